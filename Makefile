@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` (main job) and `make test`.
+# Each creates .venv/ from uv.lock on first use (uv itself is installed with pip if absent).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= offline
+export WANDB_SILENT := true
+
+.PHONY: venv test test-fast demo bench clean
+
+$(UV):
+	$(PYTHON) -m pip install --user --quiet "uv>=0.5"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+venv: $(VENV)/.synced
+
+test: venv  ## full test suite, slow tests included (what CI runs)
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: venv  ## skip the slow real-data runs
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+demo: venv  ## main job: strategy comparison on a generated (synthetic) fundus-like set, CPU, a few minutes
+	$(VENV)/bin/finetune-kit compare --demo --output_dir runs/demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Command-line composition root (typer). Thin: parse options, build a config, call a task."""

@@ -1,0 +1,9 @@
+"""Built-in fine-tuning strategies, registered in :mod:`finetune_kit.strategy` on import.
+
+``linear`` (linear probe), ``gradual`` (ULMFiT-style unfreezing on validation plateau),
+``full`` (alias ``llrd``: all layers with layer-wise LR decay) and ``progressive``
+(unfreezing on an epoch schedule with LR warm-up of newly unfrozen groups).
+"""
+from strategies import full, gradual, linear, progressive  # noqa: F401
+
+__all__ = ["linear", "gradual", "full", "progressive"]
