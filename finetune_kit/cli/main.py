@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from finetune_kit.cli import analysis, classification, compression
+from finetune_kit.cli import analysis, classification, compression, compression_finetune
 
 app = typer.Typer(
     name="finetune-kit",
@@ -33,6 +33,7 @@ def strategies_cmd() -> None:
 
 
 classification.register(app)
+compression_finetune.register(compression.app)
 app.add_typer(compression.app, name="compress", help="Train, fine-tune and evaluate learned image compression models.")
 analysis.register(app)
 
