@@ -387,10 +387,9 @@ def resolve_layer_groups(
     groups: list[LayerGroup] = []
     for lid in sorted(by_id):
         names = by_id[lid]
-        if lid == 0 and source != "patterns" and (preset or source == "timm") and "stem" in matcher:
-            gname = "stem"
-        elif source.startswith("preset") and not (chosen and chosen.head):  # compression: name = matcher key
-            gname = next(k for k, rx in compiled if rx.match(names[0]))
+        key, rx = next(((k, r) for k, r in compiled if r.match(names[0])), (None, None))
+        if key is not None and rx.groups == 0 and not re.fullmatch(r"group\d+", key) and key != "blocks":
+            gname = key  # a named entry without capture groups names its group: stem, g_a, context, ...
         else:
             gname = _group_name(names, compiled, f"group{lid}")
         is_block = bool(block_rx.search(gname)) and gname != "stem"
