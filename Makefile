@@ -2,7 +2,10 @@
 # Each creates .venv/ from uv.lock on first use (uv itself is installed with pip if absent).
 SHELL := /bin/bash
 PYTHON ?= python3
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# the interpreter uv builds .venv with: any Python 3.11 it finds (CompressAI 1.2.8 ships cp311 wheels)
+UV_PYTHON ?= 3.11
+# uv from PATH, else the uv Python package (installed with pip on first use).
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 VENV := .venv
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
@@ -10,11 +13,9 @@ export WANDB_SILENT := true
 
 .PHONY: venv test test-fast demo bench clean
 
-$(UV):
-	$(PYTHON) -m pip install --user --quiet "uv>=0.5"
-
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5" || $(PYTHON) -m pip install --quiet --user "uv>=0.5"
+	$(UV) sync --frozen --python $(UV_PYTHON)
 	@touch $@
 
 venv: $(VENV)/.synced
