@@ -1,0 +1,100 @@
+"""Run several strategies on the same data and split; write a table and one figure.
+
+Outputs in the comparison folder: ``comparison.md`` and ``comparison.csv`` (test AUROC,
+accuracy, ECE before/after temperature scaling, epochs, wall time, trainable parameter
+fraction, peak memory), ``comparison.json``, ``val_auroc.png`` (validation AUROC per epoch
+per strategy) and one run folder per strategy.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from tasks.classification.config import ClassificationConfig
+
+__all__ = ["run_comparison", "DEMO_OVERRIDES", "COLUMNS"]
+
+#: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
+DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=6, linear_probe_epochs=6, batch_size=32,
+                      learning_rate=1e-3, gradual_patience=1, unfreeze_schedule="2,4", unfreeze_warmup_epochs=1,
+                      warmup_epochs=0.5)
+
+COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accuracy", "test accuracy"),
+           ("ece_before", "ECE before"), ("ece_after", "ECE after (T)"), ("temperature", "T"),
+           ("epochs", "epochs"), ("best_epoch", "best epoch"), ("wall_time_s", "wall time (s)"),
+           ("trainable_fraction", "trainable fraction"), ("peak_memory_mb", "peak memory (MiB)")]
+
+
+def _row(name: str, m: Mapping) -> dict:
+    t = m.get("test", {})
+    return {"strategy": name, "test_auroc": t.get("auroc"), "test_accuracy": t.get("accuracy"),
+            "ece_before": t.get("ece"), "ece_after": t.get("ece_calibrated"), "temperature": m.get("temperature"),
+            "epochs": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "wall_time_s": m.get("wall_time_s"),
+            "trainable_fraction": m.get("trainable_fraction_final"), "peak_memory_mb": m.get("peak_memory_mb")}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.0f}"
+    return "" if v is None else str(v)
+
+
+def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output_dir: str | Path, *,
+                   per_strategy: Mapping[str, Mapping] | None = None, console=None, title: str = "") -> dict:
+    """Train each of ``strategies`` with ``base`` (plus ``per_strategy[name]`` overrides) on the same
+    data and split (same ``split_seed``; decoded images shared in memory).
+
+    Returns:
+        ``{"folder", "rows", "markdown"}``.
+
+    Raises:
+        whatever :func:`tasks.classification.train.run_training` raises for bad input (before any
+        strategy has run, the first one fails fast).
+    """
+    from finetune_kit.checkpoint import atomic_write_text
+    from finetune_kit.run_dir import RunDir, new_run_dir
+    from finetune_kit.strategy import strategy_class
+    from tasks.classification.plots import plot_val_auroc_per_strategy
+    from tasks.classification.train import run_training
+    from tasks.classification.transforms import ImageCache, cache_size_for
+
+    for s in strategies:
+        strategy_class(s)  # unknown names fail before anything runs
+    folder = RunDir(new_run_dir(output_dir, f"compare-{base.tag}"))
+    folder.write_json("config.json", {"base": base, "strategies": list(strategies), "per_strategy": per_strategy or {}})
+    cache = ImageCache(cache_size_for(base.model_name, base.img_size))  # decode once, share between strategies
+    rows, histories, results = [], {}, {}
+    for name in strategies:
+        overrides = dict((per_strategy or {}).get(name, {}))
+        cfg = base.model_copy(update={"ft_strategy": name, "run_dir": str(folder.path / name),
+                                      "experiment_tag": f"{base.tag}-{name}", **overrides})
+        cfg = ClassificationConfig.model_validate(cfg.model_dump())
+        result = run_training(cfg, image_cache=cache, console=console)
+        results[name] = result
+        histories[name] = RunDir(folder.path / name).history()
+        rows.append(_row(name, result))
+        _write_tables(folder, rows, title)
+    plot_val_auroc_per_strategy(histories, folder.path / "val_auroc.png")
+    md = _write_tables(folder, rows, title)
+    folder.write_json("comparison.json", {"rows": rows, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return {"folder": str(folder.path), "rows": rows, "markdown": md}
+
+
+def _write_tables(folder, rows: list[dict], title: str) -> str:
+    from finetune_kit.checkpoint import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([k for k, _ in COLUMNS])
+    for r in rows:
+        w.writerow([r[k] for k, _ in COLUMNS])
+    atomic_write_text(buf.getvalue(), folder.path / "comparison.csv")
+    lines = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(h for _, h in COLUMNS) + " |",
+                                                      "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r[k]) for k, _ in COLUMNS) + " |" for r in rows]
+    md = "\n".join(lines) + "\n"
+    atomic_write_text(md, folder.path / "comparison.md")
+    return md

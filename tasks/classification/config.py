@@ -1,0 +1,176 @@
+"""Typed configuration of a classification run, validated once at the edge (CLI -> here).
+
+Every field has a default; the CLI, ``train_classification.py`` and ``compare`` build a
+:class:`ClassificationConfig` and pass it to :func:`tasks.classification.train.run_training`.
+A run writes ``config.model_dump()`` to ``RUN/config.json``; ``--resume`` reads it back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["ClassificationConfig", "DataConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option and the fix."""
+
+
+class DataConfig(BaseModel):
+    """Where the images are and how their labels are given.
+
+    Attributes:
+        data: an image folder (class sub-folders, or flat with a file-name rule), a CSV file
+            (``path,label[,split]``), or ``"synthetic"`` for the embedded demo set.
+        layout: ``auto`` (CSV when ``data`` ends in .csv; ``regex`` when a preset/regex is
+            given; else ``imagefolder``), ``imagefolder``, ``csv`` or ``regex``.
+        label_regex: regex searched in each file name; a match means the positive class
+            (``positive_class``), otherwise ``negative_class``. ``acrima`` preset: ``_g_``.
+        label_preset: named file-name rule (``acrima``).
+        val_fraction / test_fraction: fractions of the images held out (stratified, seeded)
+            when the data carries no split column.
+        split_seed: seed of the stratified split (default 0).
+        skip_corrupt: skip unreadable images with a warning instead of stopping.
+        extensions: accepted image extensions, matched case-insensitively.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = "synthetic"
+    layout: Literal["auto", "imagefolder", "csv", "regex"] = "auto"
+    label_regex: Optional[str] = None
+    label_preset: Optional[Literal["acrima"]] = None
+    positive_class: str = "glaucoma"
+    negative_class: str = "normal"
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.5)
+    split_seed: int = 0
+    skip_corrupt: bool = False
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+    synthetic_size: int = Field(160, ge=8, le=4096)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves "
+                             "too little to train: keep their sum below 0.8")
+        return self
+
+
+class ClassificationConfig(BaseModel):
+    """All options of one fine-tuning run (see ``finetune-kit classify --help`` for each).
+
+    Units: ``num_epochs``/``linear_probe_epochs``/``warmup_epochs`` in epochs; learning
+    rates per optimizer step; ``img_size`` in pixels (square); ``grad_clip`` is a max L2 norm.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # data
+    data: DataConfig = Field(default_factory=DataConfig)
+    img_size: int = Field(224, ge=16, le=1024)
+    augment: Literal["auto", "fundus", "none"] = "auto"
+    clahe: bool = False
+    # model
+    model_name: str = "mobilenetv2_100"
+    pretrained: bool = False
+    custom_weights_path: Optional[str] = None
+    allow_partial_weights: bool = False
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    bn_stats: Literal["auto", "frozen", "train"] = "auto"
+    # strategy
+    ft_strategy: str = "gradual"
+    linear_probe_epochs: int = Field(10, ge=1)
+    gradual_patience: int = Field(3, ge=1)
+    llrd_decay: float = Field(0.9, gt=0.0, le=1.0)
+    unfreeze_schedule: str = "2,4"
+    unfreeze_warmup_epochs: int = Field(2, ge=0)
+    layer_stages: Optional[list[list[str]]] = None
+    # optimisation
+    num_epochs: int = Field(20, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    min_lr: float = Field(1e-6, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    grad_clip: Optional[float] = Field(1.0, gt=0.0)
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0)
+    smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    amp: bool = False
+    ema: bool = False
+    ema_decay: float = Field(0.998, gt=0.0, lt=1.0)
+    monitor: Literal["auroc", "accuracy", "balanced_accuracy", "loss"] = "auroc"
+    early_stopping_patience: int = Field(0, ge=0)
+    feature_cache: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: Optional[int] = Field(None, ge=1)
+    # outputs
+    output_dir: str = "runs"
+    experiment_tag: Optional[str] = None
+    run_dir: Optional[str] = None
+    wandb: Literal["disabled", "offline", "online"] = "offline"
+    wandb_project: str = "finetune-kit"
+    progress: bool = True
+    stop_after_epoch: Optional[int] = Field(None, ge=0)
+
+    @field_validator("ft_strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        from finetune_kit.strategy import strategy_class
+
+        strategy_class(v)  # raises UnknownStrategyError listing the registered names
+        return v
+
+    @property
+    def epochs(self) -> int:
+        """Epochs this run trains: ``linear_probe_epochs`` for the linear probe, else ``num_epochs``."""
+        from finetune_kit.strategy import strategy_class
+
+        return self.linear_probe_epochs if strategy_class(self.ft_strategy).name == "linear" else self.num_epochs
+
+    @property
+    def tag(self) -> str:
+        """Experiment tag (wandb run name, run-folder prefix); default ``MODEL-STRATEGY``."""
+        return self.experiment_tag or f"{self.model_name}-{self.ft_strategy}"
+
+    def strategy_options(self) -> dict:
+        """Options for :func:`finetune_kit.strategy.get_strategy` (others' options are ignored there)."""
+        opts = dict(gradual_patience=self.gradual_patience, llrd_decay=self.llrd_decay,
+                    unfreeze_schedule=self.unfreeze_schedule, unfreeze_warmup_epochs=self.unfreeze_warmup_epochs)
+        if self.monitor == "loss":
+            opts["monitor_mode"] = "min"
+        if self.layer_stages:
+            opts["layer_stages"] = self.layer_stages
+        return opts
+
+    def resolved_augment(self, head_only: bool) -> str:
+        """``auto`` -> ``none`` for head-only strategies (so the feature cache applies), else ``fundus``."""
+        if self.augment != "auto":
+            return self.augment
+        return "none" if head_only else "fundus"
+
+    def check_paths(self) -> None:
+        """Check files named by the config exist.
+
+        Raises:
+            ConfigError: missing data folder/CSV or weights file (names it and the fix).
+        """
+        d = self.data.data
+        if d != "synthetic" and not Path(d).exists():
+            raise ConfigError(f"--data {d}: no such folder or CSV file; pass an image folder, a CSV of path,label "
+                              "or 'synthetic' for the demo set")
+        if self.custom_weights_path and not Path(self.custom_weights_path).is_file():
+            raise ConfigError(f"--custom_weights_path {self.custom_weights_path}: no such file; pass a .pth, "
+                              ".pth.tar or .safetensors file")
+
+
+def resolved_bn_stats(cfg: ClassificationConfig) -> str:
+    """``auto`` -> ``frozen`` when pretrained weights are loaded (keep their running statistics,
+    the usual choice for small medical sets with batches of ~32), ``train`` for random init."""
+    if cfg.bn_stats != "auto":
+        return cfg.bn_stats
+    return "frozen" if (cfg.pretrained or cfg.custom_weights_path) else "train"

@@ -1,0 +1,222 @@
+"""Labelled image lists from three layouts, stratified seeded splits, and decoding checks.
+
+Layouts (``DataConfig.layout``):
+
+- ``imagefolder``: ``DATA/<class>/*.jpg`` (class names sorted; sub-folders searched recursively).
+  With exactly the two classes ``normal``/``glaucoma`` (any case) glaucoma is class 1.
+- ``csv``: a CSV with columns ``path,label`` and optionally ``split`` (``train``/``val``/``test``);
+  relative paths are relative to the CSV's folder.
+- ``regex``: a flat folder whose file names carry the label; a file whose name matches
+  ``label_regex`` (``re.search``) is the positive class. Preset ``acrima``: ``_g_`` = glaucoma.
+
+Extensions are matched case-insensitively (ACRIMA has ``.JPG``).
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tasks.classification.config import DataConfig
+
+__all__ = ["Sample", "LabelledImages", "DataError", "LABEL_PRESETS", "discover", "stratified_split",
+           "write_split", "read_split", "list_images"]
+
+LABEL_PRESETS = {"acrima": r"_g_"}
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad data input; the message names the path and the fix."""
+
+
+@dataclass
+class Sample:
+    """One labelled image: ``path`` (absolute), ``label`` (class index) and optional ``split``."""
+
+    path: str
+    label: int
+    split: str | None = None
+
+
+@dataclass
+class LabelledImages:
+    """Samples plus class names (``class_names[label]``) and where they came from."""
+
+    samples: list[Sample]
+    class_names: list[str]
+    layout: str
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels as an int64 array of shape ``(N,)``."""
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def subset(self, split: str) -> list[Sample]:
+        """Samples of ``split`` (``train``/``val``/``test``)."""
+        return [s for s in self.samples if s.split == split]
+
+
+def list_images(folder: Path, extensions: Sequence[str], recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` whose extension is in ``extensions`` (case-insensitive), sorted."""
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def _order_classes(names: list[str]) -> list[str]:
+    low = [n.lower() for n in names]
+    if sorted(low) == ["glaucoma", "normal"]:
+        return sorted(names, key=lambda n: 0 if n.lower() == "normal" else 1)  # normal=0, glaucoma=1
+    return sorted(names)
+
+
+def _from_imagefolder(root: Path, cfg: DataConfig) -> LabelledImages:
+    classes = [d.name for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
+               and list_images(d, cfg.extensions)]
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class sub-folder(s) with images; the ImageFolder layout needs "
+                        "one sub-folder per class (e.g. normal/, glaucoma/), or pass --label_preset acrima / "
+                        "--label_regex for a flat folder, or a CSV of path,label")
+    classes = _order_classes(classes)
+    samples = [Sample(str(p.resolve()), i, None) for i, c in enumerate(classes) for p in list_images(root / c, cfg.extensions)]
+    return LabelledImages(samples, classes, "imagefolder")
+
+
+def _from_regex(root: Path, cfg: DataConfig) -> LabelledImages:
+    pattern = cfg.label_regex or LABEL_PRESETS[cfg.label_preset or "acrima"]
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise DataError(f"--label_regex {pattern!r} is not a valid regular expression ({exc}); e.g. '_g_'") from None
+    files = list_images(root, cfg.extensions, recursive=False)
+    if not files:
+        raise DataError(f"{root}: no images with extensions {', '.join(cfg.extensions)} (case-insensitive); "
+                        "check --data or --extensions")
+    classes = [cfg.negative_class, cfg.positive_class]
+    samples = [Sample(str(p.resolve()), int(bool(rx.search(p.name))), None) for p in files]
+    counts = np.bincount([s.label for s in samples], minlength=2)
+    if counts.min() == 0:
+        raise DataError(f"{root}: the file-name rule {pattern!r} puts all {len(files)} images in one class "
+                        f"({classes[int(counts.argmax())]}); check --label_regex / --label_preset")
+    return LabelledImages(samples, classes, "regex")
+
+
+def _from_csv(path: Path, cfg: DataConfig) -> LabelledImages:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DataError(f"{path}: a CSV needs a header with columns path,label (optional split); "
+                        f"found {list(rows[0]) if rows else 'no rows'}")
+    classes = _order_classes(sorted({r["label"].strip() for r in rows}))
+    if len(classes) < 2:
+        raise DataError(f"{path}: only one label ({classes}) in the CSV; a classifier needs at least two")
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for line, r in enumerate(rows, start=2):
+        p = Path(r["path"].strip())
+        p = p if p.is_absolute() else (path.parent / p)
+        split = (r.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLITS:
+            raise DataError(f"{path}:{line}: split {split!r} is not one of train, val, test")
+        if not p.is_file():
+            raise DataError(f"{path}:{line}: image {p} does not exist; fix the path (relative paths are relative "
+                            "to the CSV's folder)")
+        samples.append(Sample(str(p.resolve()), index[r["label"].strip()], split))
+    with_split = sum(s.split is not None for s in samples)
+    if 0 < with_split < len(samples):
+        raise DataError(f"{path}: {len(samples) - with_split} rows have no split while others do; fill the split "
+                        "column for every row or leave it empty everywhere")
+    return LabelledImages(samples, classes, "csv")
+
+
+def discover(cfg: DataConfig) -> LabelledImages:
+    """Find the labelled images described by ``cfg`` (no decoding yet).
+
+    Returns:
+        :class:`LabelledImages` with absolute paths; ``split`` set only when a CSV gives it.
+
+    Raises:
+        DataError: missing folder/CSV, no images, a single class, bad CSV rows or regex.
+    """
+    if cfg.data == "synthetic":
+        from tasks.classification.synthetic import ensure_synthetic_dataset
+
+        root = ensure_synthetic_dataset(size=cfg.synthetic_size)
+        return _from_imagefolder(root, cfg)
+    root = Path(cfg.data).expanduser()
+    if not root.exists():
+        raise DataError(f"--data {root}: no such folder or CSV file; pass a folder of images (class sub-folders, "
+                        "or flat with --label_preset acrima) or a CSV of path,label")
+    layout = cfg.layout
+    if layout == "auto":
+        if root.is_file():
+            layout = "csv"
+        elif cfg.label_regex or cfg.label_preset:
+            layout = "regex"
+        elif any(d.is_dir() for d in root.iterdir()):
+            layout = "imagefolder"
+        else:
+            raise DataError(f"--data {root}: a flat folder without class sub-folders; say how labels are given with "
+                            "--label_preset acrima or --label_regex REGEX (matching files are the positive class)")
+    if layout == "csv":
+        if not root.is_file():
+            raise DataError(f"--data {root}: --layout csv needs a CSV file of path,label[,split]")
+        return _from_csv(root, cfg)
+    if not root.is_dir():
+        raise DataError(f"--data {root}: layout {layout} needs a folder; pass a CSV only with the csv layout")
+    return _from_regex(root, cfg) if layout == "regex" else _from_imagefolder(root, cfg)
+
+
+def stratified_split(images: LabelledImages, *, val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Assign ``train``/``val``/``test`` in place, stratified by label, reproducible from ``seed``.
+
+    Samples that already carry a split (CSV ``split`` column) are left as they are.
+
+    Raises:
+        DataError: a class too small to appear in every split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if all(s.split is not None for s in images.samples):
+        return
+    idx = np.arange(len(images.samples))
+    y = images.labels
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < 3:
+        raise DataError(f"class {images.class_names[int(np.argmin(np.where(counts > 0, counts, 1 << 30)))]!r} has fewer "
+                        "than 3 images; a stratified train/val/test split needs at least 3 per class")
+    rest, test = (idx, np.array([], dtype=int)) if test_fraction == 0 else train_test_split(
+        idx, test_size=test_fraction, stratify=y, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), stratify=y[rest],
+                                  random_state=seed)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        for i in part:
+            images.samples[i].split = name
+
+
+def write_split(images: LabelledImages, path: Path) -> Path:
+    """Write ``path,label,class,split`` rows (the split used by the run) to ``path`` atomically."""
+    import io
+
+    from finetune_kit.checkpoint import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "class", "split"])
+    for s in images.samples:
+        w.writerow([s.path, s.label, images.class_names[s.label], s.split])
+    return atomic_write_text(buf.getvalue(), path)
+
+
+def read_split(path: Path) -> tuple[list[Sample], list[str]]:
+    """Read a split file written by :func:`write_split`: (samples, class names in label order)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    names: dict[int, str] = {int(r["label"]): r["class"] for r in rows}
+    return [Sample(r["path"], int(r["label"]), r["split"] or None) for r in rows], [names[i] for i in sorted(names)]

@@ -1,0 +1,121 @@
+"""Test metrics with temperature scaling, plots, and evaluation of a finished run on any
+labelled image set (``finetune-kit evaluate RUN_DIR --data ...``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from finetune_kit.calibration import apply_temperature, fit_temperature, nll
+from tasks.classification.engine import softmax
+from tasks.classification.metrics import classification_metrics
+from tasks.classification.plots import plot_reliability, plot_roc, plot_training_curves
+
+__all__ = ["calibrated_report", "evaluate_run", "load_trained"]
+
+
+def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
+                      test_labels: np.ndarray, history: Sequence[Mapping] = (), temperature: float | None = None,
+                      prefix: str = "") -> dict:
+    """Fit the temperature on the validation logits ``(Nv, C)`` (unless ``temperature`` is given),
+    compute test metrics before/after scaling, and write ``roc.png``, ``reliability.png`` and
+    (with ``history``) ``training_curves.png`` into ``out_dir``.
+
+    Returns:
+        ``{"temperature", "val": {...}, "test": {... , "ece_calibrated", "nll_calibrated"}}``;
+        ``test`` is empty when there are no test images.
+    """
+    if temperature is None:
+        temperature = fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
+    out: dict = {"temperature": float(temperature)}
+    if len(val_labels):
+        out["val"] = classification_metrics(val_labels, softmax(val_logits), val_logits)
+        out["val"]["nll_calibrated"] = nll(val_logits, val_labels, temperature)
+    out["test"] = {}
+    if len(test_labels):
+        before = softmax(test_logits)
+        after = apply_temperature(test_logits, temperature)
+        test = classification_metrics(test_labels, before, test_logits)
+        cal = classification_metrics(test_labels, after)
+        test["ece_calibrated"] = cal["ece"]
+        test["nll_calibrated"] = nll(test_logits, test_labels, temperature)
+        out["test"] = test
+        plot_roc(test_labels, after, out_dir / f"{prefix}roc.png")
+        plot_reliability(test_labels, before, after, out_dir / f"{prefix}reliability.png", temperature)
+    if history:
+        plot_training_curves(history, out_dir / f"{prefix}training_curves.png")
+    return out
+
+
+def load_trained(run_path: str | Path, device: str = "cpu"):
+    """Load a finished run: ``(model in eval mode, config, class_names, temperature, transforms)``.
+
+    Uses ``RUN/checkpoints/best.pt`` (EMA weights when the run used EMA) and the temperature
+    from ``RUN/metrics.json``.
+
+    Raises:
+        FileNotFoundError: not a finished run folder (names the missing file and the fix).
+    """
+    import torch
+
+    from finetune_kit.checkpoint import load_checkpoint
+    from finetune_kit.run_dir import RunDir
+    from tasks.classification.config import ClassificationConfig
+    from tasks.classification.model import build_model
+    from tasks.classification.transforms import build_transforms
+
+    run = RunDir(run_path)
+    if not (run.path / "config.json").is_file():
+        raise FileNotFoundError(f"{run.path}: no config.json; pass a run folder written by finetune-kit classify")
+    best = run.checkpoints / "best.pt"
+    if not best.exists():
+        raise FileNotFoundError(f"{best} not found: the run has no checkpoint yet; finish it with --resume {run.path}")
+    cfg = ClassificationConfig.model_validate(run.read_json("config.json"))
+    ck = load_checkpoint(best)
+    class_names = ck["class_names"]
+    model, _ = build_model(cfg.model_name, len(class_names), pretrained=False, drop_rate=cfg.drop_rate,
+                           img_size=cfg.img_size)
+    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    model.to(device).eval()
+    temperature = 1.0
+    if (run.path / "metrics.json").is_file():
+        temperature = float(run.read_json("metrics.json").get("temperature") or 1.0)
+    tf = build_transforms(model, cfg.img_size, augment="none")
+    return model, cfg, class_names, temperature, tf
+
+
+def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batch_size: int = 32) -> dict:
+    """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
+    options as training) with the run's fitted temperature. Writes ``RUN/eval-NAME/metrics.json``,
+    ``roc.png`` and ``reliability.png``; returns the metrics.
+
+    Raises:
+        DataError / CorruptImageError / FileNotFoundError: bad data or run folder.
+        ValueError: the data's classes differ from the run's.
+    """
+    import torch
+
+    from finetune_kit.run_dir import RunDir
+    from tasks.classification.data import discover
+    from tasks.classification.engine import predict_logits
+    from tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
+
+    model, cfg, class_names, temperature, tf = load_trained(run_path)
+    images = discover(data_cfg)
+    if images.class_names != class_names:
+        raise ValueError(f"--data classes {images.class_names} differ from the run's {class_names}; relabel the data "
+                         "or use matching --positive_class/--negative_class")
+    cache = ImageCache(tf.cache_size)
+    skipped = set(cache.load([s.path for s in images.samples], skip_corrupt=data_cfg.skip_corrupt))
+    samples = [s for s in images.samples if s.path not in skipped]
+    ds = CachedImageDataset(cache, [s.path for s in samples], [s.label for s in samples], tf.eval)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    logits, labels = predict_logits(model, loader, lambda x: normalize_batch(x, tf.mean, tf.std))
+    out_dir = RunDir(run_path).path / f"eval-{name}"
+    rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
+                            test_logits=logits, test_labels=labels, temperature=temperature)
+    result = {"data": data_cfg.model_dump(), "n_images": len(samples), "skipped_corrupt": len(skipped),
+              "temperature": temperature, "metrics": rep["test"]}
+    RunDir(out_dir).write_json("metrics.json", result)
+    return result

@@ -1,0 +1,60 @@
+"""Classification metrics (scikit-learn) on probabilities ``(N, C)`` and labels ``(N,)``."""
+from __future__ import annotations
+
+import numpy as np
+
+from finetune_kit.calibration import expected_calibration_error, nll
+
+__all__ = ["classification_metrics", "auroc"]
+
+
+def auroc(labels, probs) -> float:
+    """Area under the ROC curve: binary uses ``probs[:, 1]``; multi-class is one-vs-rest macro.
+    NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = np.asarray(labels), np.asarray(probs)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if p.shape[1] == 2:
+        return float(roc_auc_score(y, p[:, 1]))
+    return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(p.shape[1]))))
+
+
+def classification_metrics(labels, probs, logits=None, *, n_bins: int = 15) -> dict:
+    """Accuracy, balanced accuracy, AUROC, F1, sensitivity, specificity, Cohen's kappa,
+    confusion matrix, ECE (``n_bins`` bins) and NLL (from ``logits`` when given).
+
+    Binary: positive class = label 1 (glaucoma); F1/sensitivity/specificity for it.
+    Multi-class: macro F1 and macro recall as sensitivity; specificity is omitted (NaN).
+    """
+    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score, confusion_matrix,
+                                 f1_score, recall_score)
+
+    y, p = np.asarray(labels), np.asarray(probs)
+    k = p.shape[1]
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    out = {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else float("nan"),
+        "auroc": auroc(y, p),
+        "kappa": float(cohen_kappa_score(y, pred)) if len(np.unique(np.r_[y, pred])) > 1 else float("nan"),
+        "confusion_matrix": cm.tolist(),
+        "ece": expected_calibration_error(p, y, n_bins),
+    }
+    if k == 2:
+        tn, fp, fn, tp = cm.ravel()
+        out["f1"] = float(f1_score(y, pred, pos_label=1, zero_division=0))
+        out["sensitivity"] = float(tp / (tp + fn)) if tp + fn else float("nan")
+        out["specificity"] = float(tn / (tn + fp)) if tn + fp else float("nan")
+    else:
+        out["f1"] = float(f1_score(y, pred, average="macro", zero_division=0))
+        out["sensitivity"] = float(recall_score(y, pred, average="macro", zero_division=0))
+        out["specificity"] = float("nan")
+    if logits is not None:
+        out["nll"] = nll(logits, y)
+    else:
+        out["nll"] = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+    return out

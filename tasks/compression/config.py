@@ -1,0 +1,134 @@
+"""Typed, validated configuration of the compression commands (validated once, at the edge).
+
+``lmbda`` is the rate-distortion trade-off of ``lmbda * 255^2 * MSE + bpp`` (MSE on [0, 1]
+images) or ``lmbda * (1 - MS-SSIM) + bpp``. The HPCM paper trains MSE models with
+:data:`PAPER_LAMBDAS`; ``quality`` (1..6) picks one of them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.compression.zoo import MODEL_NAMES
+
+__all__ = ["PAPER_LAMBDAS", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS"]
+
+#: lambdas of the HPCM paper's MSE models, lowest rate first (quality 1..6)
+PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
+
+#: the project's anchors file (published Kodak R-D points), used when it exists
+DEFAULT_ANCHORS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "anchors" / "kodak_rd.json"
+
+
+def _check_model(name: str) -> str:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    return name
+
+
+class TrainConfig(BaseModel):
+    """Options of ``finetune-kit compress train`` (see ``docs/compression.md``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "hpcm-tiny"
+    data: Path
+    val_data: Optional[Path] = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    output_dir: Path = Path("runs/compression")
+    name: Optional[str] = None
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="batches per epoch (default: one pass)")
+    batch_size: int = Field(8, ge=1)
+    patch_size: int = Field(256, ge=64)
+    val_patch_size: Optional[int] = Field(None, ge=64)
+    lmbda: float = Field(PAPER_LAMBDAS[2], gt=0)
+    quality: Optional[int] = Field(None, ge=1, le=len(PAPER_LAMBDAS))
+    metric: Literal["mse", "ms-ssim"] = "mse"
+    lr: float = Field(1e-4, gt=0)
+    aux_lr: float = Field(1e-3, gt=0)
+    lr_milestones: list[int] = Field(default_factory=list)
+    lr_gamma: float = Field(0.3, gt=0, le=1)
+    clip_max_norm: float = Field(1.0, ge=0)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    threads: Optional[int] = Field(None, ge=1)
+    cache_images: bool = True
+    keep_last: int = Field(1, ge=1)
+    wandb: Literal["offline", "disabled", "online"] = "offline"
+    resume: Optional[Path] = None
+    progress: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        return _check_model(v)
+
+    @field_validator("data", "val_data")
+    @classmethod
+    def _folder_exists(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and not Path(v).is_dir():
+            raise ValueError(f"image folder {v} does not exist: pass a folder of PNG/JPEG images")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "TrainConfig":
+        if self.quality is not None:
+            self.lmbda = PAPER_LAMBDAS[self.quality - 1]
+        if self.val_patch_size is None:
+            self.val_patch_size = self.patch_size
+        if self.patch_size % 16:
+            raise ValueError(f"patch_size={self.patch_size}: use a multiple of 16 px (e.g. 128 or 256)")
+        if self.metric == "ms-ssim" and min(self.patch_size, self.val_patch_size) < 161:
+            raise ValueError(f"metric ms-ssim needs crops of at least 161 px (5-scale MS-SSIM); "
+                             f"patch_size={self.patch_size}: pass --patch-size 256")
+        if sorted(self.lr_milestones) != self.lr_milestones or any(m < 1 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones={self.lr_milestones}: give increasing epoch numbers >= 1")
+        return self
+
+
+class EvalConfig(BaseModel):
+    """Options of ``finetune-kit compress eval``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoints: list[Path] = Field(min_length=1)
+    data: Path
+    output: Path = Path("runs/compression-eval")
+    model: Optional[str] = None
+    limit: Optional[int] = Field(None, ge=1)
+    anchors: Optional[Path] = None
+    anchor: str = "VTM"
+    bd_method: Literal["akima", "pchip", "cubic"] = "akima"
+    name: Optional[str] = None
+    threads: Optional[int] = Field(None, ge=1)
+    progress: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _check_model(v)
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _ckpts(cls, v: list[Path]) -> list[Path]:
+        for p in v:
+            if not Path(p).is_file():
+                raise ValueError(f"checkpoint {p} does not exist: pass .pt files written by 'compress train'")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: Path) -> Path:
+        if not Path(v).is_dir():
+            raise ValueError(f"image folder {v} does not exist: pass e.g. ../shared/data/kodak")
+        return v
+
+    @field_validator("anchors")
+    @classmethod
+    def _anchors(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"anchors file {v} does not exist: pass a JSON like ../shared/data/anchors/kodak_rd.json")
+        return v

@@ -1,0 +1,152 @@
+"""Sweeps with a stand-in task (fake_trial.py writes real run folders through RunDir, in < 1 s)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune_kit.results import load_runs
+from finetune_kit.sweep import SweepConfig, SweepError, load_state, run_sweep
+from finetune_kit.sweep_space import Param, SearchSpace
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_trial.py"))]
+
+
+def quality(strategy, lr):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_trial import quality as q
+
+    return q(strategy, lr)
+
+
+def cfg(tmp_path, space, **kw):
+    kw.setdefault("poll_s", 0.1)
+    kw.setdefault("pruning", "none")
+    return SweepConfig(task="classification", space=SearchSpace(space), output_dir=tmp_path / "sweep",
+                       command=FAKE, **kw)
+
+
+GRID = [Param("ft_strategy", choices=["linear", "full"]), Param("learning_rate", choices=[1e-4, 1e-3])]
+
+
+def test_grid_sweep_then_rerun_skips_finished(tmp_path):
+    c = cfg(tmp_path, GRID, fixed_args=["--num_epochs", "2"])
+    state = run_sweep(c, echo=lambda s: None)
+    trials = state["trials"]
+    assert [t["status"] for t in trials] == ["completed"] * 4
+    assert [t["params"] for t in trials] == [{"ft_strategy": s, "learning_rate": lr}
+                                             for s in ("linear", "full") for lr in (1e-4, 1e-3)]
+    for t in trials:  # objective: best val_auroc over epochs = quality at the last epoch
+        assert t["value"] == pytest.approx(quality(t["params"]["ft_strategy"], t["params"]["learning_rate"]))
+        assert Path(t["run_dir"]).parent == tmp_path / "sweep" / "trials" / t["tag"]
+        assert t["intermediate"] == {"0": pytest.approx(t["value"] - 0.1), "1": pytest.approx(t["value"])}
+    assert not (tmp_path / "sweep" / ".sweep.lock").exists()
+    messages: list[str] = []
+    again = run_sweep(c, echo=messages.append)
+    assert not any("started" in m for m in messages) and "4 of 4 trials already finished" in messages[0]
+    assert [t["attempts"] for t in again["trials"]] == [1] * 4
+    res = load_runs(tmp_path / "sweep")
+    assert len(res.completed) == 4 and res.resolve_param("lr") == "config.learning_rate"
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished(tmp_path):
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from test_sweep import cfg, GRID\n"
+        "from pathlib import Path\n"
+        "from finetune_kit.sweep import run_sweep\n"
+        "run_sweep(cfg(Path(%r), GRID, fixed_args=['--num_epochs', '3', '--sleep', '0.7']), echo=print)\n"
+    ) % (str(Path(__file__).parent), str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    state = None
+    while time.time() < deadline:
+        time.sleep(0.2)
+        state = load_state(tmp_path / "sweep")
+        if state and [t["status"] for t in state["trials"]][:2] == ["completed", "running"] \
+                and state["trials"][1].get("run_dir"):
+            break
+    else:
+        proc.kill()
+        pytest.fail(f"sweep did not reach trial 1: {state}")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode != 0, out
+    state = load_state(tmp_path / "sweep")
+    assert [t["status"] for t in state["trials"]] == ["completed", "pending", "pending", "pending"]
+    first_attempt = Path(state["trials"][1]["run_dir"])
+    assert json.loads((first_attempt / "status.json").read_text())["status"] == "failed"
+    done = run_sweep(cfg(tmp_path, GRID, fixed_args=["--num_epochs", "3", "--sleep", "0.7"]), echo=lambda s: None)
+    assert [t["status"] for t in done["trials"]] == ["completed"] * 4
+    assert [t["attempts"] for t in done["trials"]] == [1, 2, 1, 1]
+    res = load_runs(tmp_path / "sweep")
+    assert len(res.completed) == 4
+    assert [(r.status, "interrupted" in r.reason) for r in res.incomplete] == [("failed", True)]
+
+
+def test_median_pruning_stops_a_hopeless_trial(tmp_path):
+    space = [Param("learning_rate", choices=[1e-3, 2e-3, 5e-4, 1e-1])]
+    c = cfg(tmp_path, space, pruning="median", prune_min_trials=3, prune_warmup=1,
+            fixed_args=["--num_epochs", "4", "--sleep", "0.4"])
+    state = run_sweep(c, echo=lambda s: None)
+    assert [t["status"] for t in state["trials"]] == ["completed", "completed", "completed", "pruned"]
+    pruned = state["trials"][3]
+    assert "worse than the median" in pruned["error"] and pruned["value"] is None
+    assert len(pruned["intermediate"]) < 4
+    status = json.loads((Path(pruned["run_dir"]) / "status.json").read_text())
+    assert status["status"] == "pruned"
+    res = load_runs(tmp_path / "sweep")
+    assert [r.status for r in res.incomplete] == ["pruned"]
+
+
+def test_failed_trial_is_recorded_and_retried_on_request(tmp_path):
+    space = [Param("fail_at", choices=[-1, 0])]
+    c = cfg(tmp_path, space, fixed_args=["--num_epochs", "1"])
+    state = run_sweep(c, echo=lambda s: None)
+    assert [t["status"] for t in state["trials"]] == ["completed", "failed"]
+    assert "scripted failure" in state["trials"][1]["error"]
+    again = run_sweep(cfg(tmp_path, space, fixed_args=["--num_epochs", "1"], retry_failed=True), echo=lambda s: None)
+    assert [t["attempts"] for t in again["trials"]] == [1, 2]
+
+
+def test_tpe_sweep_with_optuna_storage_and_extension(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    space = [Param("learning_rate", "float", low=1e-5, high=1e-1, log=True), Param("ft_strategy", choices=["linear", "full"])]
+    c = cfg(tmp_path, space, method="tpe", trials=4, parallel=2, fixed_args=["--num_epochs", "1"])
+    state = run_sweep(c, echo=lambda s: None)
+    assert [t["status"] for t in state["trials"]] == ["completed"] * 4
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
+    assert study.best_value == pytest.approx(max(t["value"] for t in state["trials"]))
+    more = run_sweep(cfg(tmp_path, space, method="tpe", trials=5, fixed_args=["--num_epochs", "1"]),
+                     echo=lambda s: None)
+    assert [t["attempts"] for t in more["trials"]] == [1] * 5
+
+
+def test_errors(tmp_path, monkeypatch):
+    run_sweep(cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"]), echo=lambda s: None)
+    with pytest.raises(SweepError, match="different spec \\(differs in: space\\)"):
+        run_sweep(cfg(tmp_path, GRID, fixed_args=["--num_epochs", "1"]), echo=lambda s: None)
+    lock = tmp_path / "sweep" / ".sweep.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import os
+
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
+        with pytest.raises(SweepError, match=f"another sweep \\(pid {sleeper.pid}\\)"):
+            run_sweep(cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"]), echo=lambda s: None)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.raises(SweepError, match="grid search needs a list of values"):
+        cfg(tmp_path, [Param("lr", "float", low=1e-4, high=1e-2)])
+    with pytest.raises(SweepError, match="unknown task"):
+        SweepConfig(task="segmentation", space=SearchSpace(GRID), output_dir=tmp_path)
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(SweepError, match=r"pip install 'finetune-kit\[tune\]'"):
+        cfg(tmp_path, GRID, method="tpe", trials=2)
