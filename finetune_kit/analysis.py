@@ -95,11 +95,12 @@ def _completed(df: pd.DataFrame, metric_col: str) -> pd.DataFrame:
 
 
 def top_k(df: pd.DataFrame, metric_col: str, mode: str = "max", k: int = 5, group_col: str | None = None,
-          params: Sequence[str] = ()) -> pd.DataFrame:
+          params: Sequence[str] = (), extra: Sequence[str] = ()) -> pd.DataFrame:
     """The ``k`` best completed runs by ``metric_col`` (per group when ``group_col`` is given).
 
-    Returns a DataFrame with ``[group_col,] rank, run, *params, metric_col`` (rank 1 is best;
-    ties keep the order of the runs table). Runs without a value for the metric are left out.
+    Returns a DataFrame with ``[group_col,] rank, run, *params, metric_col, *extra`` (rank 1
+    is best; ties keep the order of the runs table; ``extra`` are other metric columns shown
+    beside it). Runs without a value for the metric are left out.
 
     Raises:
         KeyError: a column is missing. ValueError: bad ``mode`` or ``k < 1``.
@@ -107,9 +108,10 @@ def top_k(df: pd.DataFrame, metric_col: str, mode: str = "max", k: int = 5, grou
     mode = resolve_mode(metric_col, mode)
     if k < 1:
         raise ValueError(f"top-k={k}: must be at least 1")
-    _check_columns(df, metric_col, group_col, *params)
+    _check_columns(df, metric_col, group_col, *params, *extra)
     done = _completed(df, metric_col)
-    cols = ([group_col] if group_col else []) + ["run", *[p for p in params if p != group_col], metric_col]
+    cols = ([group_col] if group_col else []) + ["run", *[p for p in params if p != group_col], metric_col,
+                                                 *[e for e in extra if e != metric_col]]
     done = done.sort_values(metric_col, ascending=(mode == "min"), kind="stable")
     if group_col:
         parts = []
@@ -257,8 +259,10 @@ def _params_text(params: dict[str, Any]) -> str:
 
 def build_report(results: Results, metric_col: str, mode: str, *, group_col: str | None = None,
                  k: int = 5, heatmaps: Sequence[tuple[str, str]] = (), compare_col: str | None = None,
-                 figures: Sequence[str] = (), params: Sequence[str] | None = None) -> str:
-    """Markdown report: summary, top-k (per group), heatmap tables, comparison, recommendations,
+                 figures: Sequence[str] = (), params: Sequence[str] | None = None,
+                 extra: Sequence[str] = ()) -> str:
+    """Markdown report: summary, top-k (per group; ``extra`` metric columns shown beside the
+    ranked one), recommendations (overall and per group), heatmap tables, comparison,
     unfinished runs, and links to ``figures`` (paths relative to the report)."""
     mode = resolve_mode(metric_col, mode)
     df = results.df
@@ -279,17 +283,23 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
         lines += [f"No completed run has a value for `{metric_col}`.", ""]
     else:
         title = f"## Top {k} runs" + (f" per `{_short(group_col)}`" if group_col else "")
-        table = top_k(df, metric_col, mode, k, group_col, shown)
-        lines += [title, "", _md_table(table, {c: _short(c) for c in table.columns}), ""]
+        table = top_k(df, metric_col, mode, k, group_col, shown, extra)
+        lines += [title, "", _md_table(table, {c: _short(c) for c in table.columns})]
         lines += ["## Recommendations", ""]
-        for rec in recommend(df, metric_col, mode, params, group_col, seed_col):
-            where = f"**{_short(group_col)}={fmt(rec.group)}**: " if group_col else ""
+        recs = recommend(df, metric_col, mode, params, None, seed_col)
+        if group_col:
+            recs += recommend(df, metric_col, mode, params, group_col, seed_col)
+        for i, rec in enumerate(recs):
+            where = f"**{_short(group_col)}={fmt(rec.group)}**: " if rec.group is not None else \
+                ("**overall**: " if group_col else "")
             spread = f" ± {fmt(rec.std)}" if not math.isnan(rec.std) else ""
             seeds = f" over {rec.n} runs/seeds" if rec.n > 1 else " (1 run: no spread available)"
             text = f"- {where}{_params_text(rec.params)} -> `{metric_col}` = {fmt(rec.mean)}{spread}{seeds}"
             if rec.runner_up is not None:
                 text += f"; runner-up {_params_text(rec.runner_up)} at {fmt(rec.runner_up_mean)}"
-                if rec.within_noise:
+                if rec.runner_up_mean == rec.mean:
+                    text += " (a tie: more seeds or a finer metric needed to choose)"
+                elif rec.within_noise:
                     text += " (within seed noise: run more seeds before choosing)"
             lines.append(text)
         lines.append("")
@@ -301,11 +311,11 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
                 values, n = heatmap_data(part, metric_col, x_col, y_col)
                 suffix = f" ({_short(group_col)}={fmt(g)})" if g is not None else ""
                 lines += [f"## `{metric_col}`: `{_short(y_col)}` (rows) x `{_short(x_col)}` (columns){suffix}", "",
-                          _heatmap_md(values, n, y_col), ""]
+                          _heatmap_md(values, n, x_col, y_col)]
         if compare_col:
             comp = comparison_data(df, metric_col, compare_col, group_col if group_col != compare_col else None)
             lines += [f"## `{metric_col}` against `{_short(compare_col)}`", "",
-                      _md_table(comp, {c: _short(c) for c in comp.columns}), ""]
+                      _md_table(comp, {c: _short(c) for c in comp.columns})]
     if results.incomplete:
         lines += ["## Unfinished runs (not ranked)", "", "| run | status | reason |", "|---|---|---|"]
         lines += [f"| {r.run} | {r.status} | {r.reason.replace('|', '/')} |" for r in results.incomplete]
@@ -315,8 +325,8 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
     return "\n".join(lines)
 
 
-def _heatmap_md(values: pd.DataFrame, counts: pd.DataFrame, y_col: str) -> str:
-    head = f"| {_short(y_col)} \\ x | " + " | ".join(fmt(c) for c in values.columns) + " |"
+def _heatmap_md(values: pd.DataFrame, counts: pd.DataFrame, x_col: str, y_col: str) -> str:
+    head = f"| {_short(y_col)} \\ {_short(x_col)} | " + " | ".join(fmt(c) for c in values.columns) + " |"
     sep = "|" + "|".join("---" for _ in range(len(values.columns) + 1)) + "|"
     rows = []
     for y in values.index:

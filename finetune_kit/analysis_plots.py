@@ -165,19 +165,25 @@ def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_co
         if not pts:
             continue
         gi = groups.index(row[group_col]) if group_col else 0
-        label = ", ".join(f"{_short(c)}={fmt(row[c])}" for c in label_cols if c in row) or row["run"]
+        cols = ([group_col] if group_col else []) + [c for c in label_cols if c != group_col]
+        label = ", ".join(f"{_short(c)}={fmt(row[c])}" for c in cols if c in row) or row["run"]
         ax.plot(*zip(*pts), marker=".", color=colors(gi % 10), alpha=0.8,
                 linestyle="-" if row.get("status") == "completed" else "--", label=label)
         drawn += 1
     if not drawn:
         plt.close(fig)
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
-    ax.set_title(f"{key} per epoch" + (f" (colour: {_short(group_col)})" if group_col else ""), fontsize=10)
+    ax.set_title(f"{key} per epoch" + (f" (colour: {_short(group_col)}; dashed: unfinished)" if group_col else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    if drawn <= 12:
-        ax.legend(fontsize=7)
+    if drawn <= 16:
+        fig.set_size_inches(9.0, 4.2)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -389,8 +389,11 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
     """One run folder as a flat dict (one DataFrame row; columns as in the module docstring)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
-    row: dict[str, Any] = {"run": str(path.relative_to(root)) if path != root else path.name,
-                           "path": str(path.resolve())}
+    try:
+        name = str(path.relative_to(root)) if path != root else path.name
+    except ValueError:  # an explicit run folder outside root
+        name = path.name
+    row: dict[str, Any] = {"run": name, "path": str(path.resolve())}
     problems: list[str] = []
     config, err = _read_json(path / "config.json")
     problems += [err] if err else []

@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 from finetune_kit.sweep_space import SearchSpace, to_flags
 
-__all__ = ["SweepConfig", "SweepError", "run_sweep", "TASK_COMMANDS", "TASK_RUN_FLAGS", "DEFAULT_METRICS",
+__all__ = ["SweepConfig", "SweepError", "run_sweep", "median_rule", "TASK_COMMANDS", "TASK_RUN_FLAGS", "DEFAULT_METRICS",
            "load_state"]
 
 #: Task name -> sub-command of ``finetune-kit``.
@@ -304,11 +304,18 @@ class _Sweep:
                 "returncode": None, "started": None, "finished": None, "seconds": None}
 
     def _recover(self, t: dict[str, Any]) -> None:
-        """A trial left 'running' by a sweep that was killed: stop an orphan, re-queue it."""
+        """A trial left 'running' by a sweep that was killed: keep its result when the orphaned
+        process finished the run meanwhile, else stop the orphan and re-queue the trial."""
         pid = t.get("pid")
         if pid and _pid_alive(pid) and t["tag"] in _cmdline(pid):
             self.echo(f"{t['tag']}: stopping orphaned trial process {pid} left by an interrupted sweep")
             _stop_group(pid)
+        elif t.get("run_dir") and self.cfg.method != "tpe":
+            value, error = _objective(t["run_dir"], self.cfg.metric)
+            if error is None:
+                t.update(status="completed", value=value, pid=None, error=None)
+                self.echo(f"{t['tag']}: finished while the sweep was down; result kept")
+                return
         _set_run_status(t.get("run_dir"), "failed", "interrupted: the sweep stopped before this trial finished "
                                                     "(it is re-run as a new attempt)")
         t.update(status="pending", pid=None, intermediate={})
@@ -327,9 +334,12 @@ class _Sweep:
                 raise SweepError(f"another sweep (pid {info['pid']}) is working on {self.root}; wait for it, "
                                  f"or stop it (kill {info['pid']}) and re-run to resume")
         _atomic_json(lock, {"pid": os.getpid(), "host": os.uname().nodename})
+        self.locked = True
 
     def unlock(self) -> None:
-        (self.root / LOCK_FILE).unlink(missing_ok=True)
+        if getattr(self, "locked", False):  # never remove another sweep's lock
+            (self.root / LOCK_FILE).unlink(missing_ok=True)
+            self.locked = False
 
     # optuna ------------------------------------------------------------------------------------
     def _open_study(self) -> None:
@@ -446,22 +456,9 @@ class _Sweep:
                 return (f"pruned by Optuna's MedianPruner at epoch {epoch}: {self.cfg.prune_metric} "
                         f"{better(values.values()):.4g} is worse than the median of earlier trials")
             return None
-        done = [t for t in self.state["trials"] if t["status"] == "completed" and t["intermediate"]]
-        if len(done) < self.cfg.prune_min_trials:
-            return None
-        for epoch in sorted(values):
-            if epoch < self.cfg.prune_warmup:
-                continue
-            others = [t["intermediate"][str(epoch)] for t in done if str(epoch) in t["intermediate"]]
-            if len(others) < self.cfg.prune_min_trials:
-                continue
-            median = statistics.median(others)
-            best_so_far = better(v for e, v in values.items() if e <= epoch)
-            worse = best_so_far < median if self.cfg.mode == "max" else best_so_far > median
-            if worse:
-                return (f"pruned at epoch {epoch}: best {self.cfg.prune_metric} so far {best_so_far:.4g} is worse "
-                        f"than the median {median:.4g} of {len(others)} completed trials at that epoch")
-        return None
+        done = [t["intermediate"] for t in self.state["trials"] if t["status"] == "completed" and t["intermediate"]]
+        return median_rule(values, done, self.cfg.mode, metric=self.cfg.prune_metric,
+                           warmup=self.cfg.prune_warmup, min_trials=self.cfg.prune_min_trials)
 
     def _stop(self, live: _Live, status: str, reason: str) -> None:
         _stop_group(live.proc.pid, live.proc)
@@ -519,6 +516,37 @@ class _Sweep:
                 live.trial.pop("optuna_number", None)
             live.trial.update(status="pending", pid=None, error="interrupted", intermediate={})
             self._close(live)
+
+
+def median_rule(values: dict[int, float], completed: list[dict[str, float]], mode: str, *, metric: str = "metric",
+                warmup: int = 1, min_trials: int = 3) -> str | None:
+    """Optuna's median stopping rule on per-epoch values; the reason to prune, or None.
+
+    Args:
+        values: the running trial's ``{epoch: value}``.
+        completed: completed trials' ``{"epoch": value}`` maps (keys are strings, as in the state file).
+        mode: ``"max"`` or ``"min"``.
+        warmup: first epoch that may prune. min_trials: completed trials with a value at
+            that epoch needed before comparing.
+
+    A trial is pruned at the first epoch ``e >= warmup`` where its best value up to ``e`` is
+    worse than the median of the completed trials' values at ``e``.
+    """
+    if len(completed) < min_trials:
+        return None
+    better = max if mode == "max" else min
+    for epoch in sorted(values):
+        if epoch < warmup:
+            continue
+        others = [c[str(epoch)] for c in completed if str(epoch) in c]
+        if len(others) < min_trials:
+            continue
+        median = statistics.median(others)
+        best_so_far = better(v for e, v in values.items() if e <= epoch)
+        if (best_so_far < median) if mode == "max" else (best_so_far > median):
+            return (f"pruned at epoch {epoch}: best {metric} so far {best_so_far:.4g} is worse than the median "
+                    f"{median:.4g} of {len(others)} completed trials at that epoch")
+    return None
 
 
 def _stop_group(pid: int, proc: subprocess.Popen | None = None, grace_s: float = 10.0) -> None:

@@ -64,6 +64,8 @@ def analyze_cmd(
                                                       "metric over two parameters (one per group with --group-by)."),
     compare_param: Optional[str] = typer.Option(None, "--compare-param", help="Plot the metric against this "
                                                 "parameter, one line per group."),
+    also: List[str] = typer.Option([], "--also", help="Other metrics shown beside the ranked one in the top-k "
+                                   "tables (e.g. test_auroc, test_ece_calibrated). Repeatable."),
     where: List[str] = typer.Option([], "--where", help="Only runs with PARAM=VALUE (e.g. lambda=0.0018). Repeatable."),
     curves: Optional[str] = typer.Option(None, "--curves", help="Per-epoch key to draw for every run (default: "
                                          "the metric's per-epoch key, e.g. val_auroc, when logged)."),
@@ -97,6 +99,7 @@ def analyze_cmd(
         group_col = results.resolve_param(group_by) if group_by else None
         maps = [(results.resolve_param(heatmap[0]), results.resolve_param(heatmap[1]))] if heatmap else []
         compare_col = results.resolve_param(compare_param) if compare_param else None
+        extra = [results.resolve_metric(a) for a in also]
     except (FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc.args[0]) if exc.args else str(exc))
 
@@ -141,7 +144,7 @@ def analyze_cmd(
         if plot_curves(results.df, curve_key, out / name, group_col=group_col, label_cols=params):
             figures.append(name)
     report = analysis.build_report(results, metric_col, mode, group_col=group_col, k=top_k, heatmaps=maps,
-                                   compare_col=compare_col, figures=figures)
+                                   compare_col=compare_col, figures=figures, extra=extra)
     (out / "report.md").write_text(report)
     typer.echo(report)
     typer.echo(f"wrote {out / 'report.md'}, {out / 'runs.csv'} and {len(figures)} figure(s) to {out}")

@@ -63,6 +63,8 @@ UNFREEZE_WARMUP = typer.Option(2, "--unfreeze_warmup_epochs", help="progressive:
 EPOCHS = typer.Option(20, "--num_epochs", help="Epochs for gradual/full/progressive.", rich_help_panel=_O)
 LR = typer.Option(1e-3, "--learning_rate", help="Peak AdamW learning rate (per step, after warm-up).",
                   rich_help_panel=_O)
+HEAD_MULT = typer.Option(1.0, "--head_lr_mult", help="LR multiplier of the (new) classifier head when the backbone "
+                         "trains too (not for the linear probe).", rich_help_panel=_O)
 WD = typer.Option(0.05, "--weight_decay", help="AdamW decoupled weight decay (0 for norms/biases).", rich_help_panel=_O)
 WARMUP = typer.Option(1.0, "--warmup_epochs", help="Linear LR warm-up, epochs (then cosine to --min_lr).",
                       rich_help_panel=_O)
@@ -154,7 +156,7 @@ def classify(
     custom_weights_path: Optional[str] = WEIGHTS, allow_partial_weights: bool = PARTIAL, bn_stats: str = BN_STATS,
     ft_strategy: str = STRATEGY, linear_probe_epochs: int = LP_EPOCHS, gradual_patience: int = PATIENCE,
     llrd_decay: float = LLRD, unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
-    num_epochs: int = EPOCHS, learning_rate: float = LR, weight_decay: float = WD, warmup_epochs: float = WARMUP,
+    num_epochs: int = EPOCHS, learning_rate: float = LR, head_lr_mult: float = HEAD_MULT, weight_decay: float = WD, warmup_epochs: float = WARMUP,
     batch_size: int = BATCH, grad_clip: float = CLIP, mixup: float = MIXUP, cutmix: float = CUTMIX,
     smoothing: float = SMOOTHING, amp: bool = AMP, ema: bool = EMA, monitor: str = MONITOR,
     early_stopping_patience: int = EARLY, seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
@@ -194,6 +196,8 @@ def compare(
                                         "backbone.", rich_help_panel=_O),
     head_learning_rate: float = typer.Option(5e-3, "--head_learning_rate", help="Peak AdamW LR of the linear probe.",
                                              rich_help_panel=_O),
+    head_lr_mult: float = typer.Option(10.0, "--head_lr_mult", help="LR multiplier of the new head when the backbone "
+                                       "trains too.", rich_help_panel=_O),
     weight_decay: float = WD, warmup_epochs: float = WARMUP, batch_size: int = BATCH, grad_clip: float = CLIP,
     mixup: float = MIXUP, cutmix: float = CUTMIX, smoothing: float = SMOOTHING, amp: bool = AMP, ema: bool = EMA,
     seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,

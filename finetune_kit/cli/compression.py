@@ -16,10 +16,18 @@ _MODELS = "hpcm-tiny, hpcm-small, hpcm-base, hpcm-large, bmshj2018-hyperprior, m
           "cheng2020-anchor, elic2022-chandelier"
 
 
+def _quiet() -> None:
+    """Silence a deprecation notice CompressAI's import triggers in torch 2.14 (not actionable)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+
+
 def _config(cls, **kwargs):
     """Build a pydantic config; a validation error becomes one line and exit code 2."""
     from pydantic import ValidationError
 
+    _quiet()
     try:
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
     except ValidationError as exc:

@@ -18,7 +18,7 @@ from tasks.classification.config import ClassificationConfig
 __all__ = ["run_comparison", "DEMO_OVERRIDES", "COLUMNS"]
 
 #: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
-DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=6, linear_probe_epochs=6, batch_size=32,
+DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=5, linear_probe_epochs=10, batch_size=32,
                       learning_rate=1e-3, gradual_patience=1, unfreeze_schedule="2,4", unfreeze_warmup_epochs=1,
                       warmup_epochs=0.5)
 
@@ -63,14 +63,15 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
 
     for s in strategies:
         strategy_class(s)  # unknown names fail before anything runs
-    folder = RunDir(new_run_dir(output_dir, f"compare-{base.tag}"))
+    tag = base.experiment_tag or base.model_name
+    folder = RunDir(new_run_dir(output_dir, f"compare-{tag}"))
     folder.write_json("config.json", {"base": base, "strategies": list(strategies), "per_strategy": per_strategy or {}})
     cache = ImageCache(cache_size_for(base.model_name, base.img_size))  # decode once, share between strategies
     rows, histories, results = [], {}, {}
     for name in strategies:
         overrides = dict((per_strategy or {}).get(name, {}))
         cfg = base.model_copy(update={"ft_strategy": name, "run_dir": str(folder.path / name),
-                                      "experiment_tag": f"{base.tag}-{name}", **overrides})
+                                      "experiment_tag": f"{tag}-{name}", **overrides})
         cfg = ClassificationConfig.model_validate(cfg.model_dump())
         result = run_training(cfg, image_cache=cache, console=console)
         results[name] = result

@@ -91,6 +91,7 @@ class ClassificationConfig(BaseModel):
     # optimisation
     num_epochs: int = Field(20, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
+    head_lr_mult: float = Field(1.0, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     min_lr: float = Field(1e-6, ge=0.0)

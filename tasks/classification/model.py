@@ -122,8 +122,8 @@ def load_custom_weights(model: nn.Module, path: str | Path, *, allow_partial: bo
     rep.reinitialized += [k for k in head_missing if k not in rep.reinitialized]
     backbone_bad = rep.missing + rep.mismatched + [k for k in rep.unexpected if not _looks_like_head(k)]
     if backbone_bad and not allow_partial:
-        if not use:
-            raise ModelError(f"--custom_weights_path {path}: none of its {len(sd)} tensors match "
+        if len(use) < 0.1 * len(own):
+            raise ModelError(f"--custom_weights_path {path}: only {len(use)} of its {len(sd)} tensors fit "
                              f"{type(model).__name__} (e.g. {list(sd)[:2]} vs {list(own)[:2]}): it is for another "
                              "architecture; pick the matching --model_name")
         raise ModelError(f"--custom_weights_path {path} does not fit --model_name's backbone: {len(rep.missing)} missing, "

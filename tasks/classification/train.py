@@ -98,7 +98,6 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     amp = resolve_amp(cfg.amp, device)
     if amp.notice:
         console.print(f"[yellow]{amp.notice}[/]")
-    strategy = get_strategy(cfg.ft_strategy, **cfg.strategy_options())
 
     # -- data and model ---------------------------------------------------------------
     if resume:
@@ -114,6 +113,12 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
                                         img_size=cfg.img_size)
     if weights_report is not None:
         console.print(weights_report.summary())
+    strategy = get_strategy(cfg.ft_strategy, **cfg.strategy_options())
+    if cfg.head_lr_mult != 1.0 and not strategy.head_only:  # new head learns faster than the pretrained body
+        from tasks.classification.model import head_param_names
+
+        strategy = get_strategy(cfg.ft_strategy, **cfg.strategy_options(),
+                                lr_mults={n: cfg.head_lr_mult for n in head_param_names(model)})
     model.to(device)
     tf = build_transforms(model, cfg.img_size, augment=cfg.resolved_augment(strategy.head_only), clahe=cfg.clahe,
                           seed=cfg.seed)
@@ -195,13 +200,14 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
         return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=epoch is not None, generator=g,
                                            drop_last=drop_last and len(samples) >= cfg.batch_size, num_workers=0)
 
-    feats = {}
+    feats, feature_s = {}, 0.0
     if use_cache:
         t0 = time.perf_counter()
         for name, part in (("train", train_s), ("val", val_s)):
             feats[name] = extract_features(model, image_loader(part, tf.eval), prepare, device, amp.autocast)
+        feature_s = time.perf_counter() - t0
         console.print(f"feature cache: {len(train_s) + len(val_s)} images through the frozen backbone once "
-                      f"({time.perf_counter() - t0:.1f} s); the head trains on cached features")
+                      f"({feature_s:.1f} s); the head trains on cached features")
 
     def train_batches(epoch):
         if use_cache:
@@ -319,7 +325,8 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
         "skipped_corrupt": len(skipped), "skipped_files": skipped,
         "trainable_fraction_final": strategy.trainable_params() / total_params,
         "trainable_fraction_mean": fraction_sum / max(fraction_n, 1), "total_params": total_params,
-        "feature_cache": use_cache, "bn_stats": resolved_bn_stats(cfg), "amp": {"enabled": amp.enabled, "notice": amp.notice},
+        "feature_cache": use_cache, "feature_cache_s": feature_s,
+        "train_time_s": feature_s + sum(r.get("epoch_time_s", 0.0) for r in history), "bn_stats": resolved_bn_stats(cfg), "amp": {"enabled": amp.enabled, "notice": amp.notice},
         "train_images_per_s_median": float(np.median(ips)) if ips else None,
         "peak_memory_mb": peak, "wall_time_s": time.perf_counter() - t_start,
         "weights": dataclasses.asdict(weights_report) if weights_report else None,

@@ -346,7 +346,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                     aux_loss = model.aux_loss()
                     aux_loss.backward()
                     aux_opt.step()
-                    rec["aux_loss"] = float(aux_loss)
+                    rec["aux_loss"] = float(aux_loss.detach())
                 steps_log.write(json.dumps(rec) + "\n")
                 logger.log(rec, to_file=False)
                 for k in ("loss", "rd"):

@@ -135,7 +135,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
         losses = loss_fn(out, x)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {steps}: lower --lr or check the data")
+            raise FloatingPointError(f"loss is {float(loss.detach())} at step {steps}: lower --lr or check the data")
         loss.backward()
         if clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
@@ -150,7 +150,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
         avg.add(values, x.shape[0])
         steps += 1
         if progress:
-            bar.set_postfix(loss=f"{float(loss):.4f}", bpp=f"{float(values['bpp_loss']):.3f}")
+            bar.set_postfix(loss=f"{float(values['loss']):.4f}", bpp=f"{float(values['bpp_loss']):.3f}")
         if on_step is not None:
             on_step(steps, values)
     res = avg.result()

@@ -8,14 +8,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-ACRIMA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "acrima" / "images"
-KODAK = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kodak"
-
 
 @pytest.fixture
 def grid_runs(tmp_path):
     """A synthetic strategy x lr grid with two seeds, a crashed and a failed run."""
-    from helpers import classification_grid, make_run
+    from analysis_helpers import classification_grid, make_run
 
     root = tmp_path / "runs"
     truth = classification_grid(root, seeds=(0, 1))

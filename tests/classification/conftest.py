@@ -70,7 +70,7 @@ def small_config(data: Path | str, tmp_path: Path, **overrides):
     data_kw.setdefault("test_fraction", 0.25)
     kw = dict(model_name="resnet18", img_size=64, num_epochs=2, linear_probe_epochs=2, batch_size=8,
               learning_rate=1e-3, warmup_epochs=0.5, wandb="disabled", progress=False, output_dir=str(tmp_path),
-              num_threads=None)
+              num_threads=1)
     kw.update(overrides)
     return ClassificationConfig(data=DataConfig(data=str(data), **data_kw), **kw)
 

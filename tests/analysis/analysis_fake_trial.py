@@ -1,6 +1,6 @@
 """A stand-in for a task CLI in sweep tests: writes a real run folder through RunDir.
 
-Usage: python fake_trial.py [--learning_rate X] [--ft_strategy S] [--num_epochs N] [--sleep S]
+Usage: python analysis_fake_trial.py [--learning_rate X] [--ft_strategy S] [--num_epochs N] [--sleep S]
        [--fail_at E] --output_dir DIR --experiment_tag TAG
 
 val_auroc per epoch = quality(strategy, lr) - 0.1 * (num_epochs - 1 - epoch), where quality is

@@ -1,4 +1,4 @@
-"""Sweeps with a stand-in task (fake_trial.py writes real run folders through RunDir, in < 1 s)."""
+"""Sweeps with a stand-in task (analysis_fake_trial.py writes real run folders through RunDir, in < 1 s)."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,12 @@ from finetune_kit.results import load_runs
 from finetune_kit.sweep import SweepConfig, SweepError, load_state, run_sweep
 from finetune_kit.sweep_space import Param, SearchSpace
 
-FAKE = [sys.executable, str(Path(__file__).with_name("fake_trial.py"))]
+FAKE = [sys.executable, str(Path(__file__).with_name("analysis_fake_trial.py"))]
 
 
 def quality(strategy, lr):
     sys.path.insert(0, str(Path(__file__).parent))
-    from fake_trial import quality as q
+    from analysis_fake_trial import quality as q
 
     return q(strategy, lr)
 
@@ -57,7 +57,7 @@ def test_grid_sweep_then_rerun_skips_finished(tmp_path):
 def test_interrupted_sweep_resumes_without_rerunning_finished(tmp_path):
     script = (
         "import sys; sys.path.insert(0, %r)\n"
-        "from test_sweep import cfg, GRID\n"
+        "from test_analysis_sweep import cfg, GRID\n"
         "from pathlib import Path\n"
         "from finetune_kit.sweep import run_sweep\n"
         "run_sweep(cfg(Path(%r), GRID, fixed_args=['--num_epochs', '3', '--sleep', '0.7']), echo=print)\n"
@@ -150,3 +150,61 @@ def test_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(SweepError, match=r"pip install 'finetune-kit\[tune\]'"):
         cfg(tmp_path, GRID, method="tpe", trials=2)
+
+
+def test_median_rule_numbers():
+    from finetune_kit.sweep import median_rule
+
+    done = [{"0": 0.5, "1": 0.7}, {"0": 0.6, "1": 0.8}, {"0": 0.7, "1": 0.9}]
+    assert median_rule({0: 0.1}, done, "max") is None  # epoch 0 is before the warm-up
+    assert median_rule({0: 0.9, 1: 0.75}, done, "max") is None  # best so far 0.9 >= median 0.8
+    reason = median_rule({0: 0.4, 1: 0.75}, done, "max")
+    assert reason.startswith("pruned at epoch 1") and "0.75" in reason and "median 0.8" in reason
+    assert median_rule({0: 0.4, 1: 0.75}, done[:2], "max") is None  # too few completed trials
+    assert median_rule({1: 0.85}, done, "min") is not None and median_rule({1: 0.75}, done, "min") is None
+
+
+def test_tpe_pruning_through_optuna(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    (tmp_path / "sweep").mkdir()
+    study = optuna.create_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}",
+                                direction="maximize")
+    for lr in (1e-3, 2e-3, 5e-4, 1e-1):  # TPE asks these first, in order
+        study.enqueue_trial({"learning_rate": lr})
+    space = [Param("learning_rate", "float", low=1e-4, high=1e-1, log=True)]
+    c = cfg(tmp_path, space, method="tpe", trials=4, pruning="median", prune_min_trials=3,
+            fixed_args=["--num_epochs", "4", "--sleep", "0.4"])
+    state = run_sweep(c, echo=lambda s: None)
+    assert [t["params"]["learning_rate"] for t in state["trials"]] == pytest.approx([1e-3, 2e-3, 5e-4, 1e-1])
+    assert [t["status"] for t in state["trials"]] == ["completed", "completed", "completed", "pruned"]
+    assert "MedianPruner" in state["trials"][3]["error"]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) == 1 and pruned[0].params["learning_rate"] == pytest.approx(1e-1)
+
+
+def test_lock_of_another_sweep_is_left_alone_and_orphan_result_kept(tmp_path):
+    import os
+
+    c = cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"])
+    state = run_sweep(c, echo=lambda s: None)
+    # a sweep killed with SIGKILL after its trial finished: state still says running
+    state["trials"][1]["status"] = "running"
+    state["trials"][1]["pid"] = 999999999
+    (tmp_path / "sweep" / "sweep_state.json").write_text(json.dumps(state))
+    messages: list[str] = []
+    again = run_sweep(c, echo=messages.append)
+    assert again["trials"][1]["status"] == "completed" and again["trials"][1]["attempts"] == 1
+    assert any("result kept" in m for m in messages)
+    lock = tmp_path / "sweep" / ".sweep.lock"
+    lock.write_text(json.dumps({"pid": os.getpid() + 0, "host": "elsewhere"}))  # another host: not ours to judge
+    run_sweep(c, echo=lambda s: None)
+    assert not lock.exists()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
+        with pytest.raises(SweepError):
+            run_sweep(c, echo=lambda s: None)
+        assert json.loads(lock.read_text())["pid"] == sleeper.pid  # still the other sweep's lock
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from finetune_kit.results import discover_runs, flatten, load_runs, metric_mode
-from helpers import make_run
+from analysis_helpers import make_run
 
 
 def test_flatten_nested_lists_and_nan():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ACRIMA, KODAK
+from analysis_helpers import ACRIMA, KODAK
 from finetune_kit.results import load_runs
 
 pytestmark = pytest.mark.slow

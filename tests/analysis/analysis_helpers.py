@@ -1,14 +1,17 @@
 """Helpers for the analysis tests: write run folders through the real writer (RunDir)."""
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-
 from unittest import mock
 
 import finetune_kit.run_dir as run_dir_module
 from finetune_kit.run_dir import RunDir
+
+SHARED = Path(os.environ.get("FINETUNE_KIT_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+ACRIMA = SHARED / "data" / "acrima" / "images"
+KODAK = SHARED / "data" / "kodak"
 
 
 def light_environment() -> dict[str, Any]:
