@@ -5,7 +5,10 @@ Layout of a run folder (the contract the analysis tools read)::
     RUN/
       config.json       resolved configuration (all options, defaults filled in)
       environment.json  versions of python/torch/timm/compressai, host, CPU/GPU, command line
-      status.json       {"status": "running"|"completed"|"failed", "error": ..., "updated": ...}
+      status.json       {"status": ..., "error": ..., "updated": ..., "pid": ..., "host": ...}
+                        status is running | completed | failed | interrupted (stopped on purpose,
+                        resumable) | pruned (stopped by a sweep); pid/host let readers tell a
+                        crashed run (process gone) from a running one
       metrics.jsonl     one JSON object per epoch (or evaluation step)
       metrics.json      final metrics of the run (written at the end)
       checkpoints/      managed by :class:`finetune_kit.checkpoint.CheckpointManager`
@@ -64,10 +67,15 @@ def environment_info() -> dict[str, Any]:
         "argv": sys.argv,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    for mod in ("torch", "torchvision", "timm", "compressai", "albumentations", "sklearn", "numpy"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    # package metadata, not imports: importing timm/compressai just for a version costs seconds
+    for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"),
+                      ("compressai", "compressai"), ("albumentations", "albumentations"),
+                      ("sklearn", "scikit-learn"), ("numpy", "numpy")):
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional packages
+            info[mod] = version(dist)
+        except PackageNotFoundError:
             info[mod] = None
     try:
         import torch
@@ -133,9 +141,11 @@ class RunDir:
         self.set_status("running")
 
     def set_status(self, status: str, error: str | None = None) -> None:
-        """Record ``running``, ``completed`` or ``failed`` (with the error message)."""
+        """Record ``running``, ``completed``, ``failed`` (with the error message),
+        ``interrupted`` or ``pruned``, with this process's pid and host."""
         self.write_json("status.json", {"status": status, "error": error,
-                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "pid": os.getpid(), "host": platform.node()})
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl``.
