@@ -39,56 +39,85 @@ def _loader(paths, patch, batch, steps, seed):
     return DataLoader(ds, batch_size=batch, sampler=RandomSampler(ds, True, batch * steps, generator=g))
 
 
-def bench_ours(model, paths, args) -> float:
-    from tasks.compression.training import RateDistortion, build_optimizers, train_one_epoch
+class OursRunner:
+    """Our model trained through ``train_one_epoch`` (the project's building block)."""
 
-    opt, aux = build_optimizers(model)
-    loss = RateDistortion(args.lmbda)
-    train_one_epoch(model, _loader(paths, args.patch_size, args.batch_size, args.warmup, 1), opt, aux, loss)
-    times = []
-    train_one_epoch(model, _loader(paths, args.patch_size, args.batch_size, args.steps, 2), opt, aux, loss,
-                    on_step=lambda i, v: times.append(time.perf_counter()))
-    return statistics.median(b - a for a, b in zip(times, times[1:]))
+    def __init__(self, model, args):
+        from tasks.compression.training import RateDistortion, build_optimizers
+
+        self.model, self.args = model, args
+        self.opt, self.aux = build_optimizers(model)
+        self.loss = RateDistortion(args.lmbda)
+
+    def steps(self, loader) -> list[float]:
+        from tasks.compression.training import train_one_epoch
+
+        stamps = [time.perf_counter()]
+        train_one_epoch(self.model, loader, self.opt, self.aux, self.loss,
+                        on_step=lambda i, v: stamps.append(time.perf_counter()))
+        return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def bench_plain(model, paths, args) -> float:
+class PlainRunner:
     """The CompressAI example trainer's inner loop, written out."""
-    from compressai.losses import RateDistortionLoss
 
-    params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    opt, aux = torch.optim.Adam(params, lr=1e-4), torch.optim.Adam(aux_params, lr=1e-3)
-    criterion = RateDistortionLoss(lmbda=args.lmbda)
-    model.train()
+    def __init__(self, model, args):
+        from compressai.losses import RateDistortionLoss
 
-    def run(loader):
-        stamps = []
+        self.model = model
+        params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+        aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+        self.opt = torch.optim.Adam(params, lr=1e-4)
+        self.aux = torch.optim.Adam(aux_params, lr=1e-3)
+        self.criterion = RateDistortionLoss(lmbda=args.lmbda)
+
+    def steps(self, loader) -> list[float]:
+        self.model.train()
+        stamps = [time.perf_counter()]
         for x in loader:
-            opt.zero_grad()
-            aux.zero_grad()
-            out = model(x)
-            loss = criterion(out, x)["loss"]
+            self.opt.zero_grad()
+            self.aux.zero_grad()
+            out = self.model(x)
+            loss = self.criterion(out, x)["loss"]
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            model.aux_loss().backward()
-            aux.step()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.model.aux_loss().backward()
+            self.aux.step()
             stamps.append(time.perf_counter())
-        return stamps
+        return [b - a for a, b in zip(stamps, stamps[1:])]
 
-    run(_loader(paths, args.patch_size, args.batch_size, args.warmup, 1))
-    t = run(_loader(paths, args.patch_size, args.batch_size, args.steps, 2))
-    return statistics.median(b - a for a, b in zip(t, t[1:]))
+
+def bench_training(ours, base, paths, args) -> tuple[float, float]:
+    """Median step time (s) of both models, measured in alternating rounds on the same batches.
+
+    Alternating rounds make both see the same machine load (this machine is shared).
+    """
+    a, b = OursRunner(ours, args), PlainRunner(base, args)
+    a.steps(_loader(paths, args.patch_size, args.batch_size, args.warmup, 1))
+    b.steps(_loader(paths, args.patch_size, args.batch_size, args.warmup, 1))
+    t_a, t_b = [], []
+    per_round = max(1, args.steps // args.rounds)
+    for r in range(args.rounds):
+        t_a += a.steps(_loader(paths, args.patch_size, args.batch_size, per_round, 10 + r))
+        t_b += b.steps(_loader(paths, args.patch_size, args.batch_size, per_round, 10 + r))
+    return statistics.median(t_a), statistics.median(t_b)
 
 
 @torch.no_grad()
-def bench_coding(model, images) -> dict[str, float]:
+def bench_coding(models, images) -> dict[str, dict[str, float]]:
+    """Mean encode/decode time (s) and rates per model, images interleaved between models."""
     from tasks.compression.evaluate import evaluate_image
 
-    model.eval()
-    model.update(force=True)
-    rows = [evaluate_image(model, x) for x in images]
-    return {k: statistics.mean(r[k] for r in rows) for k in ("encoding_time", "decoding_time", "bpp", "estimated_bpp")}
+    for m in models.values():
+        m.eval()
+        m.update(force=True)
+    rows: dict[str, list] = {n: [] for n in models}
+    for x in images:
+        for n, m in models.items():
+            rows[n].append(evaluate_image(m, x))
+    return {n: {k: statistics.mean(r[k] for r in rs) for k in ("encoding_time", "decoding_time", "bpp", "estimated_bpp")}
+            for n, rs in rows.items()}
 
 
 def main() -> None:
@@ -98,7 +127,8 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, help="weights for our model in the coding benchmark (default: random)")
     p.add_argument("--data", type=Path, default=SHARED / "photos-train")
     p.add_argument("--kodak", type=Path, default=SHARED / "kodak")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per model (median reported)")
+    p.add_argument("--steps", type=int, default=12, help="timed training steps per model (median reported)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating measurement rounds (same load for both)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=128)
@@ -122,8 +152,7 @@ def main() -> None:
     n_base = sum(p.numel() for p in base.parameters()) / 1e6
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} x "
           f"{args.patch_size} px crops, {args.steps} timed steps")
-    t_ours = bench_ours(ours, paths, args)
-    t_base = bench_plain(base, paths, args)
+    t_ours, t_base = bench_training(ours, base, paths, args)
     print(f"train step  {args.model:>22} ({n_ours:.1f} M): {t_ours * 1000:8.1f} ms")
     print(f"train step  {args.baseline:>22} ({n_base:.1f} M): {t_base * 1000:8.1f} ms  (plain loop)")
     print(f"ratio ours / CompressAI: {t_ours / t_base:.2f}x")
@@ -131,11 +160,9 @@ def main() -> None:
         if args.checkpoint:
             load_weights(ours, args.checkpoint, model_name=args.model)
         images = [to_tensor(load_rgb(p)).unsqueeze(0) for p in list_images(args.kodak)[: args.kodak_images]]
-        for name, m in ((args.model, ours), (args.baseline, base)):
-            r = bench_coding(m, images)
+        for name, r in bench_coding({args.model: ours, args.baseline: base}, images).items():
             print(f"coding {name:>22}: encode {r['encoding_time']:.3f} s, decode {r['decoding_time']:.3f} s per "
                   f"Kodak image ({len(images)} images; real {r['bpp']:.4f} bpp, estimated {r['estimated_bpp']:.4f})")
-
 
 if __name__ == "__main__":
     main()

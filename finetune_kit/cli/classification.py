@@ -7,12 +7,16 @@ ends with one line ``error: ...`` naming the thing and the fix, and exit code 2.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 __all__ = ["register", "classify", "compare", "predict", "evaluate", "build_config"]
+
+# timm's norm-act layers call torch.jit.script on import of some models; the deprecation notice is noise here
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
 
 _P = "Data"
 _M = "Model"
@@ -29,6 +33,10 @@ LABEL_PRESET = typer.Option(None, "--label_preset", help="File-name label rule: 
                             rich_help_panel=_P)
 LABEL_REGEX = typer.Option(None, "--label_regex", help="Regex searched in file names; a match = the positive class.",
                            rich_help_panel=_P)
+POSITIVE = typer.Option("glaucoma", "--positive_class", help="File-name rule: class name of matching files (label 1).",
+                        rich_help_panel=_P)
+NEGATIVE = typer.Option("normal", "--negative_class", help="File-name rule: class name of the other files (label 0).",
+                        rich_help_panel=_P)
 VAL_FRACTION = typer.Option(0.15, "--val_fraction", help="Fraction held out for validation (stratified, seeded).",
                             rich_help_panel=_P)
 TEST_FRACTION = typer.Option(0.2, "--test_fraction", help="Fraction held out for the test report.", rich_help_panel=_P)
@@ -134,8 +142,8 @@ def build_config(**kw):
     """
     from tasks.classification.config import ClassificationConfig, DataConfig
 
-    data_keys = {"data", "layout", "label_regex", "label_preset", "val_fraction", "test_fraction", "split_seed",
-                 "skip_corrupt"}
+    data_keys = {"data", "layout", "label_regex", "label_preset", "positive_class", "negative_class", "val_fraction",
+                 "test_fraction", "split_seed", "skip_corrupt"}
     data = DataConfig(**{k: kw.pop(k) for k in list(kw) if k in data_keys})
     if kw.get("grad_clip") == 0:
         kw["grad_clip"] = None
@@ -150,7 +158,8 @@ def _console():
 
 def classify(
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
-    label_regex: Optional[str] = LABEL_REGEX, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
+    label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
+    val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
     split_seed: int = SPLIT_SEED, skip_corrupt: bool = SKIP_CORRUPT, img_size: int = IMG_SIZE, augment: str = AUGMENT,
     clahe: bool = CLAHE, model_name: str = MODEL_NAME, pretrained: bool = PRETRAINED,
     custom_weights_path: Optional[str] = WEIGHTS, allow_partial_weights: bool = PARTIAL, bn_stats: str = BN_STATS,
@@ -183,7 +192,8 @@ def classify(
 
 def compare(
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
-    label_regex: Optional[str] = LABEL_REGEX, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
+    label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
+    val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
     split_seed: int = SPLIT_SEED, skip_corrupt: bool = SKIP_CORRUPT, img_size: int = IMG_SIZE, clahe: bool = CLAHE,
     model_name: str = MODEL_NAME, pretrained: bool = PRETRAINED, custom_weights_path: Optional[str] = WEIGHTS,
     allow_partial_weights: bool = PARTIAL, bn_stats: str = BN_STATS,
@@ -251,7 +261,7 @@ def evaluate(
     data: str = typer.Option(..., "--data", help="Labelled images (same layouts and label options as training).",
                              rich_help_panel=_P),
     layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET, label_regex: Optional[str] = LABEL_REGEX,
-    skip_corrupt: bool = SKIP_CORRUPT,
+    positive_class: str = POSITIVE, negative_class: str = NEGATIVE, skip_corrupt: bool = SKIP_CORRUPT,
     name: str = typer.Option("external", "--name", help="Results go to RUN/eval-NAME/."),
 ) -> None:
     """Test metrics and plots of a finished run on any labelled image set (all its images)."""
@@ -260,7 +270,7 @@ def evaluate(
         from tasks.classification.evaluate import evaluate_run
 
         dc = DataConfig(data=data, layout=layout, label_preset=label_preset, label_regex=label_regex,
-                        skip_corrupt=skip_corrupt)
+                        positive_class=positive_class, negative_class=negative_class, skip_corrupt=skip_corrupt)
         res = evaluate_run(run_dir, dc, name=name)
         m = res["metrics"]
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "

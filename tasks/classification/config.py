@@ -149,7 +149,9 @@ class ClassificationConfig(BaseModel):
         return opts
 
     def resolved_augment(self, head_only: bool) -> str:
-        """``auto`` -> ``none`` for head-only strategies (so the feature cache applies), else ``fundus``."""
+        """``auto`` -> ``none`` for head-only strategies (so the feature cache applies), else ``fundus``.
+        With ``auto``, epochs in which only the head trains (gradual/progressive stage 0) also run on
+        cached un-augmented features; augmentation starts once backbone layers train."""
         if self.augment != "auto":
             return self.augment
         return "none" if head_only else "fundus"

@@ -72,22 +72,13 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     from rich.console import Console
 
     from finetune_kit.amp import resolve_amp
-    from finetune_kit.checkpoint import CheckpointManager, load_checkpoint
-    from finetune_kit.early_stopping import EarlyStopping
-    from finetune_kit.layer_groups import parameter_count, resolve_layer_groups
     from finetune_kit.run_dir import RunDir, new_run_dir
     from finetune_kit.run_logger import RunLogger
-    from finetune_kit.schedulers import build_lr_scheduler
-    from finetune_kit.seeding import rng_state, seed_everything, set_rng_state
+    from finetune_kit.seeding import seed_everything
     from finetune_kit.strategy import get_strategy
     from tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
-    from tasks.classification.engine import predict_logits, softmax, train_one_epoch, val_loss
-    from tasks.classification.evaluate import calibrated_report
-    from tasks.classification.feature_cache import can_use_feature_cache, extract_features, head_forward
-    from tasks.classification.memory import PeakMemory
-    from tasks.classification.metrics import classification_metrics
     from tasks.classification.model import build_model
-    from tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms, normalize_batch
+    from tasks.classification.transforms import ImageCache, build_transforms
 
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
@@ -142,7 +133,9 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
                          "both must be non-empty (add images or change --val_fraction)")
     logger = RunLogger(run, wandb_mode=cfg.wandb, project=cfg.wandb_project, name=cfg.tag, config=cfg)
     try:
-        result = _train(**locals())
+        result = _train(cfg=cfg, resume=resume, console=console, device=device, amp=amp, strategy=strategy,
+                        images=images, model=model, weights_report=weights_report, tf=tf, cache=cache, skipped=skipped,
+                        run=run, train_s=train_s, val_s=val_s, test_s=test_s, logger=logger, t_start=t_start)
         status = "interrupted" if result.get("status") == "interrupted" else "completed"
         run.set_status(status, None if status == "completed" else f"stopped after epoch {cfg.stop_after_epoch}; "
                        f"continue with --resume {run.path}")
@@ -158,7 +151,8 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
 
 
 def _train(*, cfg, resume, console, device, amp, strategy, images, model, weights_report, tf, cache, skipped, run,
-           train_s, val_s, test_s, logger, t_start, **_) -> dict:
+           train_s, val_s, test_s, logger, t_start) -> dict:
+    """The epochs and the final calibrated report of :func:`run_training` (same returns/raises)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
@@ -185,8 +179,12 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
         raise ValueError(f"--batch_size {cfg.batch_size}: mixup/cutmix needs an even batch size")
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing, num_classes=K) if use_mix else None
     criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
-    use_cache = can_use_feature_cache(model, head_only=strategy.head_only, random_train=tf.random_train, mixup=use_mix,
-                                      enabled=cfg.feature_cache)
+    # Feature cache: any epoch in which only the head trains runs on cached backbone features, when
+    # the images are not randomly augmented -- or when augmentation is "auto", which then means
+    # "augment once backbone layers train" (a linear probe first, then fine-tuning: LP-FT).
+    cache_ok = can_use_feature_cache(model, head_only=True, random_train=tf.random_train and cfg.augment != "auto",
+                                     mixup=use_mix, enabled=cfg.feature_cache)
+    head_names = {g.name for g in groups.head}
     prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
     identity = lambda x: x  # noqa: E731
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
@@ -201,22 +199,29 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
                                            drop_last=drop_last and len(samples) >= cfg.batch_size, num_workers=0)
 
     feats, feature_s = {}, 0.0
-    if use_cache:
-        t0 = time.perf_counter()
-        for name, part in (("train", train_s), ("val", val_s)):
-            feats[name] = extract_features(model, image_loader(part, tf.eval), prepare, device, amp.autocast)
-        feature_s = time.perf_counter() - t0
-        console.print(f"feature cache: {len(train_s) + len(val_s)} images through the frozen backbone once "
-                      f"({feature_s:.1f} s); the head trains on cached features")
 
-    def train_batches(epoch):
+    def cached_epoch() -> bool:
+        """Whether this epoch trains only the head on cached features (extracted on first use)."""
+        nonlocal feature_s
+        if not (cache_ok and head_names and set(strategy.trainable) <= head_names):
+            return False
+        if not feats:
+            t0 = time.perf_counter()
+            for name, part in (("train", train_s), ("val", val_s)):
+                feats[name] = extract_features(model, image_loader(part, tf.eval), prepare, device, amp.autocast)
+            feature_s = time.perf_counter() - t0
+            console.print(f"feature cache: {len(train_s) + len(val_s)} images through the frozen backbone once "
+                          f"({feature_s:.1f} s); the head trains on cached features while only it trains")
+        return True
+
+    def train_batches(epoch, use_cache):
         if use_cache:
             g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
             ds = torch.utils.data.TensorDataset(*feats["train"])
             return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=g)
         return image_loader(train_s, tf.train, epoch=epoch, drop_last=use_mix)
 
-    def validate():
+    def validate(use_cache):
         mod = eval_module()
         mod.eval()
         if use_cache:
@@ -225,7 +230,7 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
         return predict_logits(mod, image_loader(val_s, tf.eval), prepare, amp, device)
 
     epochs = cfg.epochs
-    steps = len(train_batches(0))
+    steps = len(image_loader(train_s, tf.train, epoch=0, drop_last=use_mix))
     schedule = build_lr_scheduler(optimizer, epochs=epochs, steps_per_epoch=steps, warmup_epochs=cfg.warmup_epochs,
                                   min_lr=cfg.min_lr)
     scaler = amp.grad_scaler()
@@ -265,20 +270,21 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
             if bn_frozen:
                 _set_bn_eval(model)
             trainable = strategy.trainable_params()
+            use_cache = cached_epoch()
             bar.reset(b_task, total=steps)
             stats, global_step = train_one_epoch(
-                forward=(lambda f: head_forward(model, f)) if use_cache else model, batches=train_batches(epoch),
+                forward=(lambda f: head_forward(model, f)) if use_cache else model, batches=train_batches(epoch, use_cache),
                 prepare=identity if use_cache else prepare, criterion=criterion, optimizer=optimizer,
                 schedule=schedule, global_step=global_step, amp=amp, scaler=scaler, grad_clip=cfg.grad_clip,
                 mixup=mixup, ema=ema, ema_model=model, device=device, on_batch=lambda: bar.advance(b_task))
-            vl, vy = validate()
+            vl, vy = validate(use_cache)
             vm = classification_metrics(vy, softmax(vl), vl)
             record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss(vl, vy), "val_auroc": vm["auroc"],
                       "val_accuracy": vm["accuracy"], "val_balanced_accuracy": vm["balanced_accuracy"],
                       "val_ece": vm["ece"], "lr": max(g["lr"] for g in optimizer.param_groups),
                       "trainable_params": trainable, "trainable_fraction": trainable / total_params,
                       "epoch_time_s": stats.seconds, "train_images_per_s": stats.images_per_s,
-                      "global_step": global_step}
+                      "global_step": global_step, "feature_cache": use_cache}
             metric = record[monitor]
             events += strategy.on_validation_end(epoch, metric, optimizer)
             record["unfrozen"] = [dataclasses.asdict(e) for e in events]
@@ -325,7 +331,8 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
         "skipped_corrupt": len(skipped), "skipped_files": skipped,
         "trainable_fraction_final": strategy.trainable_params() / total_params,
         "trainable_fraction_mean": fraction_sum / max(fraction_n, 1), "total_params": total_params,
-        "feature_cache": use_cache, "feature_cache_s": feature_s,
+        "feature_cache": any(r.get("feature_cache") for r in history),
+        "feature_cache_epochs": sum(bool(r.get("feature_cache")) for r in history), "feature_cache_s": feature_s,
         "train_time_s": feature_s + sum(r.get("epoch_time_s", 0.0) for r in history), "bn_stats": resolved_bn_stats(cfg), "amp": {"enabled": amp.enabled, "notice": amp.notice},
         "train_images_per_s_median": float(np.median(ips)) if ips else None,
         "peak_memory_mb": peak, "wall_time_s": time.perf_counter() - t_start,

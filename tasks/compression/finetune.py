@@ -139,7 +139,7 @@ class _Tasks:
 
     def terms(self, out, x):
         """``(RDTerms-like, task dict)`` for one batch."""
-        from tasks.compression.hierarchical_loss import HierarchicalRDLoss, RDTerms, rd_terms
+        from tasks.compression.hierarchical_loss import RDTerms, rd_terms
 
         if self.hier is not None:
             t = self.hier(out, x)

@@ -33,9 +33,13 @@ def test_strategy_two_epochs_on_acrima(strategy, extra, acrima_flat, tmp_path):
         assert k in t, k
     assert res["temperature"] > 0 and res["skipped_corrupt"] == 0
     if strategy == "linear":
-        assert res["feature_cache"] and res["trainable_fraction_final"] < 0.01
-    else:
-        assert not res["feature_cache"]
+        assert res["feature_cache_epochs"] == 2 and res["trainable_fraction_final"] < 0.01
+    if strategy in ("gradual", "progressive"):  # head-only first epoch: cached features (LP, then FT)
+        assert hist[0]["feature_cache"]
+    if strategy == "progressive":  # backbone layers train from epoch 1: images, augmented
+        assert not hist[1]["feature_cache"]
+    if strategy == "full":
+        assert res["feature_cache_epochs"] == 0
     if strategy == "full":
         assert res["trainable_fraction_final"] == pytest.approx(1.0)
     if strategy == "progressive":  # stage 1 (head + layer4) at epoch 1
