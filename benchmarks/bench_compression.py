@@ -164,5 +164,6 @@ def main() -> None:
             print(f"coding {name:>22}: encode {r['encoding_time']:.3f} s, decode {r['decoding_time']:.3f} s per "
                   f"Kodak image ({len(images)} images; real {r['bpp']:.4f} bpp, estimated {r['estimated_bpp']:.4f})")
 
+
 if __name__ == "__main__":
     main()
