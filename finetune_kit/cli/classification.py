@@ -224,11 +224,11 @@ def compare(
     head_lr = opts.pop("head_learning_rate")
     is_demo = opts.pop("demo")
     try:
-        from tasks.classification.compare import DEMO_OVERRIDES, run_comparison
+        from tasks.classification.compare import DEMO_HEAD_LR, DEMO_OVERRIDES, run_comparison
 
         if is_demo:
             opts.update(DEMO_OVERRIDES, data="synthetic", custom_weights_path=None, pretrained=False)
-            head_lr = 1e-2
+            head_lr = DEMO_HEAD_LR
         opts.setdefault("experiment_tag", None)
         cfg = build_config(**opts)
         title = ("SYNTHETIC demo data (generated images, not medical): " if cfg.data.data == "synthetic" else "") + \

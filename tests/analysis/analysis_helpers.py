@@ -35,6 +35,13 @@ def make_run(root: Path, name: str, config: Mapping[str, Any], history: Sequence
         run.write_json("metrics.json", final)
     if status != "running":
         run.set_status(status, error)
+    else:  # a run left "running" by a process that died: record a pid that no longer exists
+        import subprocess
+
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        data = run.read_json("status.json")
+        run.write_json("status.json", {**data, "pid": dead.pid})
     return run.path
 
 

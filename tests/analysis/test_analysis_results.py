@@ -60,7 +60,12 @@ def test_crashed_and_failed_runs_are_listed_not_dropped(grid_runs):
     assert "out of memory" in by_run["zz-failed"].reason
     assert by_run["zz-crashed"].status == "crashed"
     assert "running" in by_run["zz-crashed"].reason
-    # a run still being written is 'running', not crashed
+    # a run whose process is alive (here: this test process) is 'running', not crashed
+    import json
+    import os
+
+    status_file = root / "zz-crashed" / "status.json"
+    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "pid": os.getpid()}))
     fresh = load_runs(root, stale_after_s=3600)
     assert {r.run: r.status for r in fresh.incomplete}["zz-crashed"] == "running"
     assert set(fresh.df.loc[fresh.df["status"] != "completed", "run"]) == {"zz-crashed", "zz-failed"}
