@@ -88,6 +88,12 @@ def plain_loop(cfg, cache, samples, epochs: int, decode_every_time: bool = False
 
     loader = torch.utils.data.DataLoader(DS(), batch_size=cfg.batch_size, shuffle=True, num_workers=0)
     model.train()
+    from tasks.classification.config import resolved_bn_stats
+
+    if resolved_bn_stats(cfg) == "frozen":  # same work as our loop: pretrained BatchNorm statistics kept (eval mode)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     t0, n = time.perf_counter(), 0
     for _ in range(epochs):
         for x, y in loader:

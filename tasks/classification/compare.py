@@ -18,9 +18,11 @@ from tasks.classification.config import ClassificationConfig
 __all__ = ["run_comparison", "DEMO_OVERRIDES", "COLUMNS"]
 
 #: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
-DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=5, linear_probe_epochs=10, batch_size=32,
-                      learning_rate=1e-3, gradual_patience=1, unfreeze_schedule="2,4", unfreeze_warmup_epochs=1,
-                      warmup_epochs=0.5, num_threads=1)
+DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=10, linear_probe_epochs=20, batch_size=32,
+                      learning_rate=3e-3, head_lr_mult=1.0, gradual_patience=1, unfreeze_schedule="2,4",
+                      unfreeze_warmup_epochs=1, warmup_epochs=0.5, num_threads=1)
+#: ``compare --demo``: LR of the linear probe (random-init features are small, so it is high).
+DEMO_HEAD_LR = 3e-2
 
 COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accuracy", "test accuracy"),
            ("ece_before", "ECE before"), ("ece_after", "ECE after (T)"), ("temperature", "T"),
