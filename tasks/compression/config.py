@@ -28,6 +28,17 @@ def _check_model(name: str) -> str:
     return name
 
 
+
+def require_image_folder(v: Optional[Path]) -> Optional[Path]:
+    """Config validator: ``v`` (when given) must be an existing folder.
+
+    Raises:
+        ValueError: one line naming the folder and the fix.
+    """
+    if v is not None and not Path(v).is_dir():
+        raise ValueError(f"image folder {v} does not exist: pass a folder of PNG/JPEG images")
+    return v
+
 class TrainConfig(BaseModel):
     """Options of ``finetune-kit compress train`` (see ``docs/compression.md``)."""
 
@@ -69,9 +80,7 @@ class TrainConfig(BaseModel):
     @field_validator("data", "val_data")
     @classmethod
     def _folder_exists(cls, v: Optional[Path]) -> Optional[Path]:
-        if v is not None and not Path(v).is_dir():
-            raise ValueError(f"image folder {v} does not exist: pass a folder of PNG/JPEG images")
-        return v
+        return require_image_folder(v)
 
     @model_validator(mode="after")
     def _resolve(self) -> "TrainConfig":

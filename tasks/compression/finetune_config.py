@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.compression.config import PAPER_LAMBDAS
+from tasks.compression.config import PAPER_LAMBDAS, require_image_folder
 from tasks.compression.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
 from tasks.compression.lr_manager import DEFAULT_LR_MULTS
 from tasks.compression.zoo import MODEL_NAMES
@@ -109,9 +109,7 @@ class FinetuneConfig(BaseModel):
     @field_validator("data", "val_data")
     @classmethod
     def _folder(cls, v: Optional[Path]) -> Optional[Path]:
-        if v is not None and not Path(v).is_dir():
-            raise ValueError(f"image folder {v} does not exist: pass a folder of PNG/JPEG images")
-        return v
+        return require_image_folder(v)
 
     @field_validator("checkpoint")
     @classmethod
