@@ -15,7 +15,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 if os.environ.get("FK_TEST_THREADS") or (os.cpu_count() or 1) <= 2:
     torch.set_num_threads(int(os.environ.get("FK_TEST_THREADS", "1")))
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = Path(os.environ.get("FINETUNE_KIT_SHARED", Path(__file__).resolve().parents[3] / "shared")) / "data"
 KODAK = SHARED / "kodak"
 PHOTOS = SHARED / "photos-train"
 ANCHORS = SHARED / "anchors" / "kodak_rd.json"
