@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from finetune_kit.atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "atomic_save",
@@ -25,41 +26,13 @@ __all__ = [
 ]
 
 
-def _atomic_write(path: Path, write_fn) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write_fn(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """Save ``obj`` with :func:`torch.save` atomically (temp file + fsync + rename).
 
     Returns the path written. Raises whatever :func:`torch.save` raises; the target is
     then left untouched.
     """
-    path = Path(path)
-    _atomic_write(path, lambda fh: torch.save(obj, fh))
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically. Returns the path."""
-    path = Path(path)
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-    return path
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from finetune_kit.checkpoint import atomic_write_text
+from finetune_kit.atomic import atomic_write_text
 
 __all__ = ["RunDir", "new_run_dir", "environment_info", "to_jsonable"]
 

@@ -13,29 +13,14 @@ import math
 import os
 import sys
 import time
-import types
 
 
-def _stub_checkpoint_module() -> None:
-    """RunDir needs only ``atomic_write_text`` from finetune_kit.checkpoint, which imports torch
-    (about 9 s on a loaded 2-core machine); a stub keeps each fake trial under a second."""
-    stub = types.ModuleType("finetune_kit.checkpoint")
-
-    def atomic_write_text(text: str, path) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-
-    stub.atomic_write_text = atomic_write_text
-    sys.modules["finetune_kit.checkpoint"] = stub
-
-
-_stub_checkpoint_module()
-import finetune_kit.run_dir as run_dir_module  # noqa: E402
+import finetune_kit.run_dir as run_dir_module  # noqa: E402  (torch-free: finetune_kit.atomic)
 from finetune_kit.run_dir import RunDir, new_run_dir  # noqa: E402
 
-run_dir_module.environment_info = lambda: {"pid": os.getpid(), "host": os.uname().nodename, "argv": sys.argv}
+
+def _light_environment() -> dict:
+    return {"pid": os.getpid(), "host": os.uname().nodename, "argv": sys.argv}
 
 
 def quality(strategy: str, lr: float) -> float:
@@ -53,6 +38,7 @@ def main() -> int:
     ap.add_argument("--output_dir", required=True)
     ap.add_argument("--experiment_tag", required=True)
     args = ap.parse_args()
+    run_dir_module.environment_info = _light_environment  # only in this stand-in process, never on import
     run = RunDir(new_run_dir(args.output_dir, args.experiment_tag))
     run.start(vars(args))
     q = quality(args.ft_strategy, args.learning_rate)
