@@ -20,6 +20,18 @@ from finetune_kit.analysis import fmt
 __all__ = ["plot_comparison", "plot_curves", "plot_heatmap"]
 
 
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Lay out, write and close ``fig``; returns the path (parent folders created)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
 def _plt():
     import matplotlib
 
@@ -81,12 +93,7 @@ def plot_heatmap(values: pd.DataFrame, path: str | os.PathLike, *, counts: pd.Da
         bi, bj = np.unravel_index(np.argmax(flat) if mode == "max" else np.argmin(flat), data.shape)
         ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     fig.colorbar(im, ax=ax, label=metric)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_comparison(comp: pd.DataFrame, param_col: str, path: str | os.PathLike, *, group_col: str | None = None,
@@ -129,12 +136,7 @@ def plot_comparison(comp: pd.DataFrame, param_col: str, path: str | os.PathLike,
     ax.grid(alpha=0.3)
     if group_col:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_col: str | None = None,
@@ -184,9 +186,4 @@ def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_co
     if drawn <= 16:
         fig.set_size_inches(9.0, 4.2)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
