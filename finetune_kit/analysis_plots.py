@@ -179,6 +179,9 @@ def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_co
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
     ax.set_title(f"{key} per epoch" + (f" (colour: {_short(group_col)}; dashed: unfinished)" if group_col else ""),
                  fontsize=10)

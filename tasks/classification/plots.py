@@ -71,6 +71,7 @@ def plot_reliability(labels, probs_before, probs_after, path: Path, temperature:
 def plot_training_curves(history: Sequence[Mapping], path: Path) -> Path:
     """Train/val loss and val AUROC/accuracy per epoch, with unfreeze events marked."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     ep = [r["epoch"] for r in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     a1.plot(ep, [r.get("train_loss") for r in history], "o-", label="train loss")
@@ -79,6 +80,8 @@ def plot_training_curves(history: Sequence[Mapping], path: Path) -> Path:
     a2.plot(ep, [r.get("val_auroc") for r in history], "o-", label="val AUROC")
     a2.plot(ep, [r.get("val_accuracy") for r in history], "o-", label="val accuracy")
     a2.set(xlabel="epoch", ylabel="metric")
+    for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     for r in history:
         if r.get("unfrozen"):
             for a in (a1, a2):
@@ -90,9 +93,11 @@ def plot_training_curves(history: Sequence[Mapping], path: Path) -> Path:
 def plot_val_auroc_per_strategy(histories: Mapping[str, Sequence[Mapping]], path: Path) -> Path:
     """One figure: validation AUROC per epoch, one line per strategy."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, hist in histories.items():
         ax.plot([r["epoch"] for r in hist], [r.get("val_auroc") for r in hist], "o-", label=name)
     ax.set(xlabel="epoch", ylabel="validation AUROC", title="validation AUROC per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     return _save(fig, path)
