@@ -41,7 +41,7 @@ DEFAULT_WEIGHTS = DEFAULT_DATA.parents[2] / "weights" / "mobilenetv2_100.in1k_in
 
 def subset_folder(data: Path, n: int) -> Path:
     """A temp folder of symlinks to ``n`` ACRIMA images (half glaucoma, half normal)."""
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = sorted(p.resolve() for p in data.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     g = [p for p in files if "_g_" in p.name][: n // 2]
     o = [p for p in files if "_g_" not in p.name][: n - len(g)]
     out = Path(tempfile.mkdtemp(prefix="bench-acrima-"))
@@ -51,19 +51,25 @@ def subset_folder(data: Path, n: int) -> Path:
 
 
 def config(folder: Path, out: Path, args, **kw):
+    """A run config over ``folder`` (the benchmark's subset) with the benchmark's model, size,
+    batch, device and precision; ``kw`` overrides fields."""
     from tasks.classification.config import ClassificationConfig, DataConfig
 
     weights = str(args.weights) if args.weights and Path(args.weights).is_file() and args.model == "mobilenetv2_100" else None
     base = dict(model_name=args.model, img_size=args.img_size, batch_size=args.batch_size, custom_weights_path=weights,
-                wandb="disabled", progress=False, output_dir=str(out), learning_rate=3e-4, num_threads=args.threads)
+                wandb="disabled", progress=False, output_dir=str(out), learning_rate=3e-4, num_threads=args.threads,
+                device=args.device, amp=args.amp, amp_dtype=args.amp_dtype)
     base.update(kw)
     return ClassificationConfig(data=DataConfig(data=str(folder), label_preset="acrima", val_fraction=0.1,
                                                 test_fraction=0.1), **base)
 
 
 def plain_loop(cfg, cache, samples, epochs: int, decode_every_time: bool = False) -> float:
-    """Images/s of a minimal loop: DataLoader -> augmentation -> normalise -> forward/backward/AdamW."""
+    """Images/s of a minimal loop: DataLoader -> augmentation -> normalise -> forward/backward/AdamW
+    (with ``cfg.amp``: autocast and a GradScaler, as ``finetune_kit.amp`` resolves them)."""
     import cv2
+
+    from finetune_kit.amp import resolve_amp
 
     from tasks.classification.model import build_model
     from tasks.classification.transforms import build_transforms, crop_to_fov, decode_image, normalize_batch
@@ -71,6 +77,10 @@ def plain_loop(cfg, cache, samples, epochs: int, decode_every_time: bool = False
     torch.manual_seed(0)
     model, _ = build_model(cfg.model_name, 2, custom_weights_path=cfg.custom_weights_path)
     tf = build_transforms(model, cfg.img_size, augment="fundus", seed=0)
+    device = torch.device(cfg.device)
+    amp = resolve_amp(cfg.amp, device, cfg.amp_dtype)
+    scaler = amp.grad_scaler()
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
@@ -97,15 +107,21 @@ def plain_loop(cfg, cache, samples, epochs: int, decode_every_time: bool = False
     t0, n = time.perf_counter(), 0
     for _ in range(epochs):
         for x, y in loader:
-            loss = crit(model(normalize_batch(x, tf.mean, tf.std)), y)
+            x, y = normalize_batch(x, tf.mean, tf.std).to(device, non_blocking=True), y.to(device)
+            with amp.autocast():
+                loss = crit(model(x).float(), y)
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             n += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return n / (time.perf_counter() - t0)
 
 
 def main() -> None:
+    """Parse the options, run the two comparisons and print their figures and ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
@@ -117,6 +133,9 @@ def main() -> None:
     ap.add_argument("--lp_epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both loops run there)")
+    ap.add_argument("--amp", action="store_true", help="mixed precision in both loops")
+    ap.add_argument("--amp_dtype", default="auto", choices=["auto", "bf16", "fp16"])
     ap.add_argument("--skip", choices=["throughput", "probe"], default=None)
     args = ap.parse_args()
     if not args.data.is_dir():
@@ -137,7 +156,8 @@ def main() -> None:
     stratified_split(images, val_fraction=0.1, test_fraction=0.1, seed=0)
     train = images.subset("train")
     print(f"{len(images.samples)} ACRIMA images ({len(train)} train), {args.model} at {args.img_size} px, "
-          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, device {args.device}"
+          + (f", amp {args.amp_dtype}" if args.amp else ""))
 
     if args.skip != "throughput":
         ours, plain, naive = [], [], []

@@ -57,8 +57,10 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
+        """Settings and counters (best, best_epoch, bad_epochs) for a checkpoint."""
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed run continues the same count)."""
         for k, v in state.items():
             setattr(self, k, v)

@@ -34,9 +34,11 @@ class StepwiseLR:
         return float(self.scheduler._get_lr(step)[0])
 
     def state_dict(self) -> dict:
+        """The wrapped timm scheduler's state, for a checkpoint."""
         return self.scheduler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.scheduler.load_state_dict(state)
 
 

@@ -222,14 +222,18 @@ _LOADED_ENTRY_POINTS = False
 
 
 def _ensure_builtin() -> None:
-    """Import the modules declared under the ``finetune_kit.strategies`` entry-point group
-    (the built-in ``strategies`` package declares itself there; plugins can too)."""
+    """Import the built-in ``strategies`` package and the modules declared under the
+    ``finetune_kit.strategies`` entry-point group (plugins register there). The built-ins
+    are imported directly too, so a source checkout that is not installed (no package
+    metadata, e.g. ``PYTHONPATH=.``) still knows them."""
     global _LOADED_ENTRY_POINTS
     if _LOADED_ENTRY_POINTS:
         return
     _LOADED_ENTRY_POINTS = True
+    import importlib
     from importlib.metadata import entry_points
 
+    importlib.import_module("strategies")
     for ep in entry_points(group="finetune_kit.strategies"):
         ep.load()
 

@@ -41,6 +41,8 @@ VAL_FRACTION = typer.Option(0.15, "--val_fraction", help="Fraction held out for 
                             rich_help_panel=_P)
 TEST_FRACTION = typer.Option(0.2, "--test_fraction", help="Fraction held out for the test report.", rich_help_panel=_P)
 SPLIT_SEED = typer.Option(0, "--split_seed", help="Seed of the stratified split.", rich_help_panel=_P)
+EXTENSIONS = typer.Option(None, "--extensions", help="Comma-separated image extensions, case-insensitive "
+                          "(default jpg,jpeg,png,bmp,tif,tiff,webp).", rich_help_panel=_P)
 SKIP_CORRUPT = typer.Option(False, "--skip_corrupt", help="Skip unreadable images with a warning (count in "
                             "metrics.json) instead of stopping.", rich_help_panel=_P)
 IMG_SIZE = typer.Option(224, "--img_size", help="Network input side in pixels.", rich_help_panel=_P)
@@ -58,6 +60,17 @@ BN_STATS = typer.Option("auto", "--bn_stats", help="BatchNorm running statistics
                         "with pretrained/custom weights, train for random init).", rich_help_panel=_M)
 STRATEGY = typer.Option("gradual", "--ft_strategy", help="linear|gradual|full (alias llrd)|progressive "
                         "(`finetune-kit strategies`).", rich_help_panel=_S)
+LAYER_PATTERNS = typer.Option(None, "--layer_patterns", help="Layer groups from regexes instead of timm's "
+                              "group_matcher: repeatable, stem first, [NAME=]REGEX matched at the start of parameter "
+                              "names; a numeric capture gives one group per value ('layer=^layer(\\d)\\.'), use "
+                              "(?:a|b) for alternatives; the head is added last.", rich_help_panel=_S)
+LAYER_PRESET = typer.Option(None, "--layer_preset", help="Named layer-group preset: vit|resnet|convnext|hpcm "
+                            "(default: the model's own timm group_matcher).", rich_help_panel=_S)
+GRANULARITY = typer.Option("stages", "--layer_granularity", help="stages|blocks: timm group_matcher coarse "
+                           "(layer4) or fine (layer4.1) groups, for LLRD depth and unfreezing.", rich_help_panel=_S)
+LAYER_STAGES = typer.Option(None, "--layer_stages", help="gradual/progressive stages instead of the family default: "
+                            "stages by ';', group keys by ',' (e.g. 'head;layer4;layer3;re:.'); cumulative.",
+                            rich_help_panel=_S)
 LP_EPOCHS = typer.Option(10, "--linear_probe_epochs", help="Epochs of the linear probe (--ft_strategy linear).",
                          rich_help_panel=_S)
 PATIENCE = typer.Option(3, "--gradual_patience", help="gradual: epochs without val improvement before the next "
@@ -83,6 +96,8 @@ CUTMIX = typer.Option(0.0, "--cutmix", help="CutMix alpha (0: off).", rich_help_
 SMOOTHING = typer.Option(0.1, "--smoothing", help="Label smoothing.", rich_help_panel=_O)
 AMP = typer.Option(False, "--amp", help="Mixed precision (CUDA fp16/bf16; CPU bf16 only with native support, else fp32 "
                    "with a notice).", rich_help_panel=_O)
+AMP_DTYPE = typer.Option("auto", "--amp_dtype", help="auto|bf16|fp16 with --amp (auto: bf16 where the device has it, "
+                         "else fp16 with a GradScaler on CUDA).", rich_help_panel=_O)
 EMA = typer.Option(False, "--ema", help="Keep an EMA of the weights (timm ModelEmaV3) and evaluate it.",
                    rich_help_panel=_O)
 MONITOR = typer.Option("auroc", "--monitor", help="Validation metric choosing the best epoch: auroc|accuracy|"
@@ -143,7 +158,7 @@ def build_config(**kw):
     from tasks.classification.config import ClassificationConfig, DataConfig
 
     data_keys = {"data", "layout", "label_regex", "label_preset", "positive_class", "negative_class", "val_fraction",
-                 "test_fraction", "split_seed", "skip_corrupt"}
+                 "test_fraction", "split_seed", "skip_corrupt", "extensions"}
     data = DataConfig(**{k: kw.pop(k) for k in list(kw) if k in data_keys})
     if kw.get("grad_clip") == 0:
         kw["grad_clip"] = None
@@ -160,14 +175,17 @@ def classify(
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
     label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
     val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
-    split_seed: int = SPLIT_SEED, skip_corrupt: bool = SKIP_CORRUPT, img_size: int = IMG_SIZE, augment: str = AUGMENT,
+    split_seed: int = SPLIT_SEED, extensions: Optional[str] = EXTENSIONS, skip_corrupt: bool = SKIP_CORRUPT,
+    img_size: int = IMG_SIZE, augment: str = AUGMENT,
     clahe: bool = CLAHE, model_name: str = MODEL_NAME, pretrained: bool = PRETRAINED,
     custom_weights_path: Optional[str] = WEIGHTS, allow_partial_weights: bool = PARTIAL, bn_stats: str = BN_STATS,
     ft_strategy: str = STRATEGY, linear_probe_epochs: int = LP_EPOCHS, gradual_patience: int = PATIENCE,
     llrd_decay: float = LLRD, unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
+    layer_patterns: Optional[List[str]] = LAYER_PATTERNS, layer_preset: Optional[str] = LAYER_PRESET,
+    layer_granularity: str = GRANULARITY, layer_stages: Optional[str] = LAYER_STAGES,
     num_epochs: int = EPOCHS, learning_rate: float = LR, head_lr_mult: float = HEAD_MULT, weight_decay: float = WD, warmup_epochs: float = WARMUP,
     batch_size: int = BATCH, grad_clip: float = CLIP, mixup: float = MIXUP, cutmix: float = CUTMIX,
-    smoothing: float = SMOOTHING, amp: bool = AMP, ema: bool = EMA, monitor: str = MONITOR,
+    smoothing: float = SMOOTHING, amp: bool = AMP, amp_dtype: str = AMP_DTYPE, ema: bool = EMA, monitor: str = MONITOR,
     early_stopping_patience: int = EARLY, seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
     output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG, wandb: str = WANDB, wandb_project: str = PROJECT,
     progress: bool = PROGRESS,
@@ -194,13 +212,16 @@ def compare(
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
     label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
     val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
-    split_seed: int = SPLIT_SEED, skip_corrupt: bool = SKIP_CORRUPT, img_size: int = IMG_SIZE, clahe: bool = CLAHE,
+    split_seed: int = SPLIT_SEED, extensions: Optional[str] = EXTENSIONS, skip_corrupt: bool = SKIP_CORRUPT,
+    img_size: int = IMG_SIZE, clahe: bool = CLAHE,
     model_name: str = MODEL_NAME, pretrained: bool = PRETRAINED, custom_weights_path: Optional[str] = WEIGHTS,
     allow_partial_weights: bool = PARTIAL, bn_stats: str = BN_STATS,
     strategies: str = typer.Option("linear,gradual,full,progressive", "--strategies",
                                    help="Comma-separated strategies to run.", rich_help_panel=_S),
     linear_probe_epochs: int = LP_EPOCHS, gradual_patience: int = PATIENCE, llrd_decay: float = LLRD,
     unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
+    layer_patterns: Optional[List[str]] = LAYER_PATTERNS, layer_preset: Optional[str] = LAYER_PRESET,
+    layer_granularity: str = GRANULARITY, layer_stages: Optional[str] = LAYER_STAGES,
     num_epochs: int = typer.Option(8, "--num_epochs", help="Epochs for gradual/full/progressive.", rich_help_panel=_O),
     learning_rate: float = typer.Option(5e-4, "--learning_rate", help="Peak AdamW LR of strategies that train the "
                                         "backbone.", rich_help_panel=_O),
@@ -209,8 +230,8 @@ def compare(
     head_lr_mult: float = typer.Option(10.0, "--head_lr_mult", help="LR multiplier of the new head when the backbone "
                                        "trains too.", rich_help_panel=_O),
     weight_decay: float = WD, warmup_epochs: float = WARMUP, batch_size: int = BATCH, grad_clip: float = CLIP,
-    mixup: float = MIXUP, cutmix: float = CUTMIX, smoothing: float = SMOOTHING, amp: bool = AMP, ema: bool = EMA,
-    seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
+    mixup: float = MIXUP, cutmix: float = CUTMIX, smoothing: float = SMOOTHING, amp: bool = AMP,
+    amp_dtype: str = AMP_DTYPE, ema: bool = EMA, seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
     output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG,
     wandb: str = typer.Option("disabled", "--wandb", help="disabled|offline|online for each run.", rich_help_panel=_R),
     progress: bool = PROGRESS,
@@ -261,8 +282,8 @@ def evaluate(
     data: str = typer.Option(..., "--data", help="Labelled images (same layouts and label options as training).",
                              rich_help_panel=_P),
     layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET, label_regex: Optional[str] = LABEL_REGEX,
-    positive_class: str = POSITIVE, negative_class: str = NEGATIVE, skip_corrupt: bool = SKIP_CORRUPT,
-    name: str = typer.Option("external", "--name", help="Results go to RUN/eval-NAME/."),
+    positive_class: str = POSITIVE, negative_class: str = NEGATIVE, extensions: Optional[str] = EXTENSIONS,
+    skip_corrupt: bool = SKIP_CORRUPT, name: str = typer.Option("external", "--name", help="Results go to RUN/eval-NAME/."),
 ) -> None:
     """Test metrics and plots of a finished run on any labelled image set (all its images)."""
     try:
@@ -270,7 +291,8 @@ def evaluate(
         from tasks.classification.evaluate import evaluate_run
 
         dc = DataConfig(data=data, layout=layout, label_preset=label_preset, label_regex=label_regex,
-                        positive_class=positive_class, negative_class=negative_class, skip_corrupt=skip_corrupt)
+                        positive_class=positive_class, negative_class=negative_class, extensions=extensions,
+                        skip_corrupt=skip_corrupt)
         res = evaluate_run(run_dir, dc, name=name)
         m = res["metrics"]
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "

@@ -2,7 +2,7 @@
 
 Outputs in the comparison folder: ``comparison.md`` and ``comparison.csv`` (test AUROC,
 accuracy, ECE before/after temperature scaling, epochs, wall time, trainable parameter
-fraction, peak memory), ``comparison.json``, ``val_auroc.png`` (validation AUROC per epoch
+fraction, peak memory and the part training added), ``comparison.json``, ``val_auroc.png`` (validation AUROC per epoch
 per strategy) and one run folder per strategy.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ DEMO_HEAD_LR = 3e-2
 COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accuracy", "test accuracy"),
            ("ece_before", "ECE before"), ("ece_after", "ECE after (T)"), ("temperature", "T"),
            ("epochs", "epochs"), ("best_epoch", "best epoch"), ("wall_time_s", "wall time (s)"),
-           ("trainable_fraction", "trainable fraction"), ("peak_memory_mb", "peak memory (MiB)")]
+           ("trainable_fraction", "trainable fraction"), ("peak_memory_mb", "peak memory (MiB)"),
+           ("training_memory_mb", "training memory (MiB)")]
 
 
 def _row(name: str, m: Mapping) -> dict:
@@ -35,7 +36,8 @@ def _row(name: str, m: Mapping) -> dict:
     return {"strategy": name, "test_auroc": t.get("auroc"), "test_accuracy": t.get("accuracy"),
             "ece_before": t.get("ece"), "ece_after": t.get("ece_calibrated"), "temperature": m.get("temperature"),
             "epochs": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "wall_time_s": m.get("wall_time_s"),
-            "trainable_fraction": m.get("trainable_fraction_final"), "peak_memory_mb": m.get("peak_memory_mb")}
+            "trainable_fraction": m.get("trainable_fraction_final"), "peak_memory_mb": m.get("peak_memory_mb"),
+            "training_memory_mb": m.get("peak_memory_increase_mb")}
 
 
 def _fmt(v) -> str:
@@ -59,6 +61,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     from finetune_kit.checkpoint import atomic_write_text
     from finetune_kit.run_dir import RunDir, new_run_dir
     from finetune_kit.strategy import strategy_class
+    from tasks.classification.data import discover
     from tasks.classification.plots import plot_val_auroc_per_strategy
     from tasks.classification.train import run_training
     from tasks.classification.transforms import ImageCache, cache_size_for
@@ -68,7 +71,9 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     tag = base.experiment_tag or base.model_name
     folder = RunDir(new_run_dir(output_dir, f"compare-{tag}"))
     folder.write_json("config.json", {"base": base, "strategies": list(strategies), "per_strategy": per_strategy or {}})
-    cache = ImageCache(cache_size_for(base.model_name, base.img_size))  # decode once, share between strategies
+    # decode once, before any strategy's clock starts, and share the images between strategies
+    cache = ImageCache(cache_size_for(base.model_name, base.img_size))
+    cache.load([s.path for s in discover(base.data).samples], skip_corrupt=base.data.skip_corrupt)
     rows, histories, results = [], {}, {}
     for name in strategies:
         overrides = dict((per_strategy or {}).get(name, {}))

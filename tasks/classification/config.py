@@ -6,6 +6,7 @@ A run writes ``config.model_dump()`` to ``RUN/config.json``; ``--resume`` reads 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -49,6 +50,18 @@ class DataConfig(BaseModel):
     split_seed: int = 0
     skip_corrupt: bool = False
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+    @field_validator("extensions", mode="before")
+    @classmethod
+    def _extensions(cls, v):
+        """``"jpg,png"`` or ``[".jpg", "png"]`` -> ``(".jpg", ".png")`` (lower case, with the dot)."""
+        if v is None:
+            return cls.model_fields["extensions"].default
+        items = v.split(",") if isinstance(v, str) else v
+        out = tuple("." + e.strip().lower().lstrip(".") for e in items if e.strip())
+        if not out:
+            raise ValueError("give at least one extension, e.g. --extensions jpg,png")
+        return out
     synthetic_size: int = Field(160, ge=8, le=4096)
 
     @model_validator(mode="after")
@@ -88,6 +101,9 @@ class ClassificationConfig(BaseModel):
     unfreeze_schedule: str = "2,4"
     unfreeze_warmup_epochs: int = Field(2, ge=0)
     layer_stages: Optional[list[list[str]]] = None
+    layer_patterns: Optional[list[str]] = None
+    layer_preset: Optional[str] = None
+    layer_granularity: Literal["stages", "blocks"] = "stages"
     # optimisation
     num_epochs: int = Field(20, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
@@ -101,6 +117,7 @@ class ClassificationConfig(BaseModel):
     cutmix: float = Field(0.0, ge=0.0)
     smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     amp: bool = False
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
     ema: bool = False
     ema_decay: float = Field(0.998, gt=0.0, lt=1.0)
     monitor: Literal["auroc", "accuracy", "balanced_accuracy", "loss"] = "auroc"
@@ -125,6 +142,23 @@ class ClassificationConfig(BaseModel):
 
         strategy_class(v)  # raises UnknownStrategyError listing the registered names
         return v
+
+    @field_validator("layer_stages", mode="before")
+    @classmethod
+    def _stages(cls, v):
+        """``"head;head,layer4;re:."`` (stages by ``;``, group keys by ``,``) -> list of lists."""
+        if isinstance(v, str):
+            v = [[k.strip() for k in stage.split(",") if k.strip()] for stage in v.split(";") if stage.strip()]
+        return v or None
+
+    def layer_group_options(self) -> dict:
+        """Keyword arguments of :func:`finetune_kit.layer_groups.resolve_layer_groups`.
+        ``layer_patterns`` entries written ``NAME=REGEX`` name their groups; plain regexes are
+        named after what they match."""
+        patterns = self.layer_patterns or None
+        if patterns and all(re.match(r"^[A-Za-z_][\w.]*=", p) for p in patterns):
+            patterns = dict(p.split("=", 1) for p in patterns)
+        return dict(patterns=patterns, preset=self.layer_preset, coarse=self.layer_granularity == "stages")
 
     @property
     def epochs(self) -> int:

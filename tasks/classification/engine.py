@@ -33,6 +33,7 @@ class EpochStats:
 
     @property
     def images_per_s(self) -> float:
+        """Training throughput of the epoch, images per second (NaN for an empty epoch)."""
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 

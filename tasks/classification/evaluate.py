@@ -2,6 +2,7 @@
 labelled image set (``finetune-kit evaluate RUN_DIR --data ...``)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -103,9 +104,13 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
 
     model, cfg, class_names, temperature, tf = load_trained(run_path)
     images = discover(data_cfg)
-    if images.class_names != class_names:
-        raise ValueError(f"--data classes {images.class_names} differ from the run's {class_names}; relabel the data "
-                         "or use matching --positive_class/--negative_class")
+    if images.class_names != class_names:  # same classes up to case/order (Glaucoma/ vs glaucoma): relabel
+        index = {c.lower(): i for i, c in enumerate(class_names)}
+        if sorted(index) != sorted(c.lower() for c in images.class_names):
+            raise ValueError(f"--data classes {images.class_names} differ from the run's {class_names}; relabel the "
+                             "data or use matching --positive_class/--negative_class")
+        remap = [index[c.lower()] for c in images.class_names]
+        images.samples = [dataclasses.replace(s, label=remap[s.label]) for s in images.samples]
     cache = ImageCache(tf.cache_size)
     skipped = set(cache.load([s.path for s in images.samples], skip_corrupt=data_cfg.skip_corrupt))
     samples = [s for s in images.samples if s.path not in skipped]

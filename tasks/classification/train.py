@@ -86,7 +86,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     device = torch.device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    amp = resolve_amp(cfg.amp, device)
+    amp = resolve_amp(cfg.amp, device, cfg.amp_dtype)
     if amp.notice:
         console.print(f"[yellow]{amp.notice}[/]")
 
@@ -172,7 +172,7 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
 
     K = len(images.class_names)
     bn_frozen = resolved_bn_stats(cfg) == "frozen"
-    groups = resolve_layer_groups(model)
+    groups = resolve_layer_groups(model, **cfg.layer_group_options())
     optimizer = torch.optim.AdamW(strategy.build_param_groups(groups, weight_decay=cfg.weight_decay), lr=cfg.learning_rate)
     use_mix = cfg.mixup > 0 or cfg.cutmix > 0
     if use_mix and cfg.batch_size % 2:
@@ -209,7 +209,7 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
             t0 = time.perf_counter()
             for name, part in (("train", train_s), ("val", val_s)):
                 feats[name] = extract_features(model, image_loader(part, tf.eval), prepare, device, amp.autocast)
-            feature_s = time.perf_counter() - t0
+            feature_s += time.perf_counter() - t0
             console.print(f"feature cache: {len(train_s) + len(val_s)} images through the frozen backbone once "
                           f"({feature_s:.1f} s); the head trains on cached features while only it trains")
         return True
@@ -250,11 +250,11 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
         if early is not None and ck.get("early"):
             early.load_state_dict(ck["early"])
         set_rng_state(ck["rng"])
+        skipped, feature_s = list(ck.get("skipped", skipped)), float(ck.get("feature_s", 0.0))
         start_epoch, global_step = int(ck["epoch"]) + 1, int(ck["global_step"])
         run.truncate_history(start_epoch)
         console.print(f"resuming {run.path} at epoch {start_epoch}")
 
-    fraction_sum, fraction_n, ips = 0.0, 0, []
     show = cfg.progress
     with PeakMemory(device) as mem, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                              TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -288,16 +288,18 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
             metric = record[monitor]
             events += strategy.on_validation_end(epoch, metric, optimizer)
             record["unfrozen"] = [dataclasses.asdict(e) for e in events]
-            fraction_sum, fraction_n = fraction_sum + record["trainable_fraction"], fraction_n + 1
-            ips.append(stats.images_per_s)
             logger.log(record, step=epoch)
+            if early is not None:  # before the checkpoint, so a resumed run has this epoch's patience count
+                early.step(metric, epoch)
             state = {"epoch": epoch, "global_step": global_step, "model": model.state_dict(),
                      "ema": ema.module.state_dict() if ema is not None else None,
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "scheduler": schedule.state_dict(), "strategy": strategy.state_dict(),
                      "early": early.state_dict() if early is not None else None, "rng": rng_state(),
+                     "skipped": skipped, "feature_s": feature_s,
                      "class_names": images.class_names, "config": cfg.model_dump()}
-            manager.save(state, epoch, metrics={monitor: metric if metric == metric else -math.inf})
+            worst = -math.inf if mode == "max" else math.inf  # a NaN epoch is never the best one
+            manager.save(state, epoch, metrics={monitor: metric if metric == metric else worst})
             bar.advance(ep_task)
             ev = "; ".join(f"unfroze {', '.join(e['groups'])}" for e in record["unfrozen"])
             console.print(f"epoch {epoch + 1}/{epochs} loss {stats.loss:.4f} val_loss {record['val_loss']:.4f} "
@@ -305,12 +307,10 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
                           + (f" | {ev}" if ev else ""))
             if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch + 1 < epochs:
                 return {"status": "interrupted", "run_dir": str(run.path), "epoch": epoch}
-            if early is not None:
-                early.step(metric, epoch)
-                if early.should_stop:
-                    console.print(f"early stopping: {monitor} did not improve for {early.patience} epochs")
-                    break
-        peak = mem.read()
+            if early is not None and early.should_stop:
+                console.print(f"early stopping: {monitor} did not improve for {early.patience} epochs")
+                break
+        peak, peak_increase = mem.read(), mem.increase_mb
 
     # -- best epoch: calibrate on validation, report on test ---------------------------
     best_path = manager.best() or manager.last()
@@ -330,12 +330,14 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
         "n_images": {"train": len(train_s), "val": len(val_s), "test": len(test_s)},
         "skipped_corrupt": len(skipped), "skipped_files": skipped,
         "trainable_fraction_final": strategy.trainable_params() / total_params,
-        "trainable_fraction_mean": fraction_sum / max(fraction_n, 1), "total_params": total_params,
+        "trainable_fraction_mean": float(np.mean([r["trainable_fraction"] for r in history])) if history else None,
+        "total_params": total_params,
         "feature_cache": any(r.get("feature_cache") for r in history),
         "feature_cache_epochs": sum(bool(r.get("feature_cache")) for r in history), "feature_cache_s": feature_s,
         "train_time_s": feature_s + sum(r.get("epoch_time_s", 0.0) for r in history), "bn_stats": resolved_bn_stats(cfg), "amp": {"enabled": amp.enabled, "notice": amp.notice},
-        "train_images_per_s_median": float(np.median(ips)) if ips else None,
-        "peak_memory_mb": peak, "wall_time_s": time.perf_counter() - t_start,
+        "train_images_per_s_median": float(np.median([r["train_images_per_s"] for r in history])) if history else None,
+        "peak_memory_mb": peak, "peak_memory_increase_mb": peak_increase,
+        "wall_time_s": time.perf_counter() - t_start,
         "weights": dataclasses.asdict(weights_report) if weights_report else None,
         "unfreeze_events": [dataclasses.asdict(e) for e in strategy.events], "config": cfg.model_dump(),
     }

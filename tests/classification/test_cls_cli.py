@@ -76,6 +76,41 @@ def test_predict_and_evaluate(finished_run, acrima_flat, tmp_path):
     assert "nothing.jpg" in line
 
 
+def test_evaluate_relabels_class_folders_that_differ_in_case(finished_run, acrima_flat, tmp_path):
+    """An external ImageFolder set named Glaucoma/ and normal/ sorts the other way round; its labels
+    are mapped to the run's classes, so the metrics equal those on the same images named by rule."""
+    import json
+    import os
+
+    for p in acrima_flat.iterdir():
+        cls = "Glaucoma" if "_g_" in p.name else "normal"
+        (tmp_path / "ext" / cls).mkdir(parents=True, exist_ok=True)
+        os.symlink(os.readlink(p), tmp_path / "ext" / cls / p.name)
+    ref = runner.invoke(app, ["evaluate", str(finished_run), "--data", str(acrima_flat), "--label_preset", "acrima",
+                              "--name", "byname"])
+    res = runner.invoke(app, ["evaluate", str(finished_run), "--data", str(tmp_path / "ext"), "--name", "folders",
+                              "--extensions", "JPG,jpg"])
+    assert ref.exit_code == 0 and res.exit_code == 0, res.output
+    a, b = (json.loads((finished_run / f"eval-{n}" / "metrics.json").read_text()) for n in ("byname", "folders"))
+    assert a["metrics"]["auroc"] == pytest.approx(b["metrics"]["auroc"])
+    assert a["metrics"]["confusion_matrix"] == b["metrics"]["confusion_matrix"]
+
+
+def test_layer_patterns_and_stages_reach_the_strategy(acrima_flat, tmp_path):
+    import json
+
+    res = runner.invoke(app, ["classify", "--data", str(acrima_flat), "--label_preset", "acrima", "--ft_strategy",
+                              "progressive", "--num_epochs", "2", "--unfreeze_schedule", "1", "--batch_size", "8",
+                              "--layer_patterns", "stem=^(?:conv1|bn1)\\.", "--layer_patterns", "layer=^layer(\\d)\\.",
+                              "--layer_stages", "head;layer4,layer3", "--output_dir", str(tmp_path), *FAST])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(next(tmp_path.glob("*/metrics.json")).read_text())
+    assert [(e["epoch"], e["groups"]) for e in metrics["unfreeze_events"]] == [(1, ["layer3", "layer4"])]
+    bad = _error_line(runner.invoke(app, ["classify", "--data", str(acrima_flat), "--label_preset", "acrima",
+                                          "--layer_stages", "head;decoder", "--output_dir", str(tmp_path), *FAST]))
+    assert "'decoder'" in bad and "layer4" in bad
+
+
 def test_synthetic_set_is_labelled_and_separable(tmp_path):
     import numpy as np
 
@@ -101,3 +136,7 @@ def test_compare_writes_table_and_figure(acrima_flat, tmp_path):
         assert (folder / f).exists(), f
     header = (folder / "comparison.csv").read_text().splitlines()[0]
     assert header.startswith("strategy,test_auroc,test_accuracy,ece_before,ece_after")
+    rows = {r["strategy"]: r for r in csv.DictReader(open(folder / "comparison.csv"))}
+    # full fine-tuning adds gradients and AdamW state for all 11 M parameters (> 100 MiB); the linear
+    # probe trains a 1 k-parameter head on cached features
+    assert float(rows["full"]["training_memory_mb"]) > float(rows["linear"]["training_memory_mb"]) + 50

@@ -57,13 +57,18 @@ def test_vit_gradual_unfreezes_top_blocks(acrima_flat, tmp_path):
 def test_resume_after_interrupt_matches_uninterrupted(acrima_flat, tmp_path):
     """Random augmentation, mixup, EMA and plateau unfreezing: resuming from last.pt after epoch 0
     must reproduce the uninterrupted run's per-epoch and final metrics exactly."""
+    import torch
+
     kw = dict(ft_strategy="gradual", gradual_patience=1, num_epochs=3, augment="fundus", mixup=0.2, ema=True,
-              ema_decay=0.9, label_preset="acrima")
+              ema_decay=0.9, label_preset="acrima", early_stopping_patience=5)
     full = run_training(small_config(acrima_flat, tmp_path / "a", **kw))
     part = run_training(small_config(acrima_flat, tmp_path / "b", stop_after_epoch=0, **kw))
     assert part["status"] == "interrupted"
     run_b = Path(part["run_dir"])
     assert json.loads((run_b / "status.json").read_text())["status"] == "interrupted"
+    # the checkpoint written after epoch 0 already counts epoch 0 in the early-stopping state
+    early = torch.load(run_b / "checkpoints" / "last.pt", weights_only=False)["early"]
+    assert early["best_epoch"] == 0 and early["best"] is not None
     resumed = run_training(resume_config(run_b), resume=True)
     drop = {"epoch_time_s", "train_images_per_s"}
     ha = [{k: v for k, v in json.loads(x).items() if k not in drop}
@@ -73,6 +78,8 @@ def test_resume_after_interrupt_matches_uninterrupted(acrima_flat, tmp_path):
     assert ha == hb
     assert full["test"] == resumed["test"] and full["best_epoch"] == resumed["best_epoch"]
     assert full["temperature"] == resumed["temperature"]
+    for key in ("skipped_corrupt", "epochs_run", "trainable_fraction_mean", "feature_cache_epochs"):
+        assert full[key] == resumed[key], key
 
 
 def test_skip_corrupt_counts_in_metrics(acrima_imagefolder, tmp_path):

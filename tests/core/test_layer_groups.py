@@ -98,6 +98,15 @@ def test_unknown_architecture_says_how_to_pass_patterns():
     assert groups.names == ["0", "2"]
 
 
+def test_select_keys_are_module_prefixes_not_string_prefixes(vit, convnext):
+    groups = resolve_layer_groups(vit)
+    assert groups.select(["blocks.1"]) == ["blocks.1"]  # not blocks.10 / blocks.11+norm
+    assert groups.select(["blocks.11"]) == ["blocks.11+norm"]  # a part of a merged group
+    assert groups.select(["norm"]) == ["blocks.11+norm"]
+    assert groups.select(["re:^blocks\\.1[01]"]) == ["blocks.10", "blocks.11+norm"]
+    assert resolve_layer_groups(convnext).select(["head"]) == ["head.norm", "head"]  # module prefix
+
+
 def test_hpcm_preset_detected_with_quantiles_apart(hpcm_shaped):
     model = hpcm_shaped
     groups = resolve_layer_groups(model)

@@ -59,6 +59,19 @@ def test_registry_lists_four_and_rejects_unknown():
     assert get_strategy("llrd").name == "full"
 
 
+def test_builtin_strategies_known_without_package_metadata():
+    """A source checkout used through PYTHONPATH (no installed entry points) still has the four."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import importlib.metadata as md; md.entry_points = lambda **kw: []; "
+            "from finetune_kit.strategy import list_strategies; print(sorted(list_strategies()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.strip() == "['full', 'gradual', 'linear', 'progressive']"
+
+
 def test_linear_probe_trains_head_only_and_keeps_bn_stats():
     model, groups, strategy, optimizer, schedule = _setup("linear")
     schedule.apply(0)
@@ -180,6 +193,26 @@ def test_state_round_trips_through_a_checkpoint(tmp_path):
     assert strategy.stage == strategy2.stage == 2
     with pytest.raises(ValueError, match="--ft_strategy gradual"):
         get_strategy("linear").load_state_dict(ckpt["strategy"])
+
+
+def test_progressive_state_round_trips_mid_warmup(tmp_path):
+    opts = dict(unfreeze_schedule="1,3", unfreeze_warmup_epochs=2, warmup_start=0.1)
+    model, groups, strategy, optimizer, schedule = _setup("progressive", **opts)
+    for epoch in range(2):  # stop in the middle of layer4's warm-up ramp
+        strategy.on_epoch_start(epoch, optimizer)
+    path = atomic_save({"strategy": strategy.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "p.pt")
+    ckpt = load_checkpoint(path)
+    model2, groups2, strategy2, optimizer2, schedule2 = _setup("progressive", **opts)
+    strategy2.load_state_dict(ckpt["strategy"])
+    optimizer2.load_state_dict(ckpt["optimizer"])
+    for epoch in range(2, 5):
+        strategy.on_epoch_start(epoch, optimizer)
+        strategy2.on_epoch_start(epoch, optimizer2)
+        schedule.apply(epoch)
+        schedule2.apply(epoch)
+        assert _lrs(optimizer) == _lrs(optimizer2)
+        assert _trainable_groups(groups) == _trainable_groups(groups2)
+    assert [e.epoch for e in strategy2.events] == [1, 3]
 
 
 def test_scheduler_warmup_cosine_honours_group_multipliers():
