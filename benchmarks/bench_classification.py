@@ -58,7 +58,7 @@ def config(folder: Path, out: Path, args, **kw):
     weights = str(args.weights) if args.weights and Path(args.weights).is_file() and args.model == "mobilenetv2_100" else None
     base = dict(model_name=args.model, img_size=args.img_size, batch_size=args.batch_size, custom_weights_path=weights,
                 wandb="disabled", progress=False, output_dir=str(out), learning_rate=3e-4, num_threads=args.threads,
-                device=args.device, amp=args.amp, amp_dtype=args.amp_dtype)
+                device=args.device, amp=args.amp, amp_dtype=args.amp_dtype, num_workers=args.num_workers)
     base.update(kw)
     return ClassificationConfig(data=DataConfig(data=str(folder), label_preset="acrima", val_fraction=0.1,
                                                 test_fraction=0.1), **base)
@@ -96,7 +96,8 @@ def plain_loop(cfg, cache, samples, epochs: int, decode_every_time: bool = False
                 img = cache.get(s.path)
             return np.ascontiguousarray(tf.train(image=img)["image"]), s.label
 
-    loader = torch.utils.data.DataLoader(DS(), batch_size=cfg.batch_size, shuffle=True, num_workers=0)
+    loader = torch.utils.data.DataLoader(DS(), batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                                         pin_memory=device.type == "cuda")
     model.train()
     from tasks.classification.config import resolved_bn_stats
 
@@ -135,6 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both loops run there)")
     ap.add_argument("--amp", action="store_true", help="mixed precision in both loops")
+    ap.add_argument("--num_workers", type=int, default=0, help="DataLoader workers in both loops")
     ap.add_argument("--amp_dtype", default="auto", choices=["auto", "bf16", "fp16"])
     ap.add_argument("--skip", choices=["throughput", "probe"], default=None)
     args = ap.parse_args()
@@ -157,7 +159,7 @@ def main() -> None:
     train = images.subset("train")
     print(f"{len(images.samples)} ACRIMA images ({len(train)} train), {args.model} at {args.img_size} px, "
           f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, device {args.device}"
-          + (f", amp {args.amp_dtype}" if args.amp else ""))
+          + (f", amp {args.amp_dtype}" if args.amp else "") + f", {args.num_workers} loader workers")
 
     if args.skip != "throughput":
         ours, plain, naive = [], [], []

@@ -107,6 +107,9 @@ EARLY = typer.Option(0, "--early_stopping_patience", help="Stop after this many 
 SEED = typer.Option(0, "--seed", help="Seed of initialisation, sampling and augmentation.", rich_help_panel=_O)
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.", rich_help_panel=_O)
 THREADS = typer.Option(None, "--num_threads", help="torch CPU threads (default: torch's).", rich_help_panel=_O)
+WORKERS = typer.Option(0, "--num_workers", help="DataLoader worker processes augmenting images beside training "
+                       "(0: in the main process; use several on a GPU, where augmentation is the bottleneck). "
+                       "Runs with the same value repeat exactly.", rich_help_panel=_O)
 OUTPUT = typer.Option("runs", "--output_dir", help="Each run gets its own folder under it.", rich_help_panel=_R)
 TAG = typer.Option(None, "--experiment_tag", help="Run-folder prefix and wandb run name (default MODEL-STRATEGY).",
                    rich_help_panel=_R)
@@ -187,6 +190,7 @@ def classify(
     batch_size: int = BATCH, grad_clip: float = CLIP, mixup: float = MIXUP, cutmix: float = CUTMIX,
     smoothing: float = SMOOTHING, amp: bool = AMP, amp_dtype: str = AMP_DTYPE, ema: bool = EMA, monitor: str = MONITOR,
     early_stopping_patience: int = EARLY, seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
+    num_workers: int = WORKERS,
     output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG, wandb: str = WANDB, wandb_project: str = PROJECT,
     progress: bool = PROGRESS,
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted run in this folder "
@@ -232,6 +236,7 @@ def compare(
     weight_decay: float = WD, warmup_epochs: float = WARMUP, batch_size: int = BATCH, grad_clip: float = CLIP,
     mixup: float = MIXUP, cutmix: float = CUTMIX, smoothing: float = SMOOTHING, amp: bool = AMP,
     amp_dtype: str = AMP_DTYPE, ema: bool = EMA, seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
+    num_workers: int = WORKERS,
     output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG,
     wandb: str = typer.Option("disabled", "--wandb", help="disabled|offline|online for each run.", rich_help_panel=_R),
     progress: bool = PROGRESS,

@@ -126,6 +126,7 @@ class ClassificationConfig(BaseModel):
     seed: int = 0
     device: str = "cpu"
     num_threads: Optional[int] = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
     # outputs
     output_dir: str = "runs"
     experiment_tag: Optional[str] = None

@@ -27,6 +27,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + 7919 * (epoch + 1)) % (2**31 - 1)
 
 
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker start: seed its copy of the augmentation from the worker's torch seed
+    (drawn from the epoch's generator), so runs with the same ``num_workers`` repeat exactly."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
 def resume_config(run_path: str | Path) -> ClassificationConfig:
     """The saved config of an interrupted run, pointing at that run folder.
 
@@ -192,11 +201,11 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
 
     def image_loader(samples, transform, epoch=None, drop_last=False):
         ds = CachedImageDataset(cache, [s.path for s in samples], [s.label for s in samples], transform)
-        g = None
-        if epoch is not None:
-            g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+        g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, -1 if epoch is None else epoch))
         return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=epoch is not None, generator=g,
-                                           drop_last=drop_last and len(samples) >= cfg.batch_size, num_workers=0)
+                                           drop_last=drop_last and len(samples) >= cfg.batch_size,
+                                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                                           worker_init_fn=_seed_worker if cfg.num_workers else None)
 
     feats, feature_s = {}, 0.0
 

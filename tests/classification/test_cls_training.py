@@ -117,3 +117,13 @@ def test_frozen_batchnorm_stays_frozen_with_real_weights(acrima_flat, tmp_path, 
         if not k.startswith("classifier."):
             assert torch.equal(v, sd[k]), k
     assert not torch.equal(ref.classifier.weight, sd["classifier.weight"])
+
+
+def test_loader_workers_repeat_exactly(acrima_flat, tmp_path):
+    """Augmentation in 2 DataLoader worker processes: the same seed gives the same run."""
+    kw = dict(ft_strategy="full", num_epochs=2, augment="fundus", label_preset="acrima", num_workers=2)
+    a, b = (run_training(small_config(acrima_flat, tmp_path / d, **kw)) for d in ("a", "b"))
+    drop = {"epoch_time_s", "train_images_per_s"}
+    ha, hb = ([{k: v for k, v in json.loads(x).items() if k not in drop}
+               for x in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()] for r in (a, b))
+    assert ha == hb and a["test"] == b["test"]
