@@ -178,6 +178,23 @@ class CheckpointManager:
         self._write_tracking()
         return path
 
+    def truncate(self, after_epoch: int) -> list[Path]:
+        """Forget and delete the tracked checkpoints of epochs after ``after_epoch``.
+
+        Used when a run resumes from an earlier checkpoint than its latest: the later epochs
+        belong to the abandoned trajectory and must not be ranked (``best.pt``) or kept
+        (``last.pt``) beside the new ones. ``last.pt`` / ``best.pt`` and the tracking file are
+        rewritten (the aliases are removed when nothing is left). Returns the deleted paths.
+        """
+        dropped = [e for e in self.entries if e.epoch > after_epoch]
+        if not dropped:
+            return []
+        for e in dropped:
+            (self.directory / e.file).unlink(missing_ok=True)
+        self.entries = [e for e in self.entries if e.epoch <= after_epoch]
+        self._write_tracking()
+        return [self.directory / e.file for e in dropped]
+
     def _prune(self) -> None:
         keep = {e.file for e in sorted(self.entries, key=lambda e: -e.epoch)[: self.keep_last]}
         keep |= {e.file for e in self.best_entries()[: self.keep_best]}
@@ -198,6 +215,7 @@ class CheckpointManager:
     def _link(self, alias: str, target: Path | None) -> None:
         link = self.directory / alias
         if target is None:
+            link.unlink(missing_ok=True)  # nothing tracked: no alias to a deleted or foreign file
             return
         tmp = self.directory / f".{alias}.tmp"
         tmp.unlink(missing_ok=True)

@@ -136,18 +136,34 @@ register_layer_preset(LayerPreset(
     detect=lambda m: _has(m, "stem", "stages"),
     top_blocks=1,
 ))
-# HPCM and other CompressAI models: analysis/synthesis transforms, hyper transforms, context
+# HPCM and the CompressAI models: analysis/synthesis transforms, hyper transforms, context
 # model and entropy models. The entropy bottleneck's ``quantiles`` (trained only by the aux
-# loss) are a group of their own so they can be frozen or trained separately.
+# loss) are a group of their own so they can be frozen or trained separately. CompressAI
+# zoo models name their context modules differently (cheng2020/mbt2018: context_prediction,
+# entropy_parameters; ELIC: channel_context and per-group checkerboard codecs under
+# latent_codec.y; channel-wise models: cc_*_transforms, lrp_transforms): every module named
+# in ``_COMPRESSION_CONTEXT`` goes to ``context`` so the context LR multiplier applies;
+# latent-codec models keep h_a/h_s/entropy_bottleneck under ``latent_codec.<name>.``.
+_COMPRESSION_CONTEXT = ("context", "context_prediction", "entropy_parameters", "channel_context",
+                        "spatial_context", "param_aggregation", "cc_transforms", "cc_mean_transforms",
+                        "cc_scale_transforms", "lrp_transforms")
+_LC = r"(?:latent_codec\.\w+\.)?"  # CompressAI latent codecs (ELIC): latent_codec.hyper.h_a...
+
+
+def _is_compression_model(m: nn.Module) -> bool:
+    """HPCM / CompressAI layout: g_a and g_s, and an entropy bottleneck (top-level or in a latent codec)."""
+    return _has(m, "g_a", "g_s") and any(n.rsplit(".", 1)[-1] == "entropy_bottleneck" for n, _ in m.named_modules())
+
+
 register_layer_preset(LayerPreset(
     name="hpcm",
-    matcher={"g_a": r"^g_a\.", "g_s": r"^g_s\.", "h_a": r"^h_a\.", "h_s": r"^h_s\.",
-             "context": r"^context\.",
-             "entropy_bottleneck": r"^entropy_bottleneck\.(?!quantiles$)",
-             "quantiles": r"^entropy_bottleneck\.quantiles$",
-             "gaussian_conditional": r"^gaussian_conditional\."},
+    matcher={"g_a": r"^g_a\.", "g_s": r"^g_s\.", "h_a": rf"^{_LC}h_a\.", "h_s": rf"^{_LC}h_s\.",
+             "context": rf"^(?:[\w.]+\.)?(?:{'|'.join(_COMPRESSION_CONTEXT)})\.",
+             "entropy_bottleneck": rf"^{_LC}entropy_bottleneck\.(?!quantiles$)",
+             "quantiles": rf"^{_LC}entropy_bottleneck\.quantiles$",
+             "gaussian_conditional": r"^(?:[\w.]+\.)?gaussian_conditional\."},
     head=None,
-    detect=lambda m: _has(m, "g_a", "g_s", "h_a", "h_s") and hasattr(m, "entropy_bottleneck"),
+    detect=_is_compression_model,
     stages=(("g_a", "g_s"), ("h_a", "h_s", "entropy_bottleneck"), ("context",)),
 ))
 
@@ -179,6 +195,7 @@ class LayerGroups(Sequence[LayerGroup]):
 
     @property
     def names(self) -> list[str]:
+        """Group names in order, stem first and head last."""
         return [g.name for g in self.groups]
 
     @property
@@ -187,9 +204,10 @@ class LayerGroups(Sequence[LayerGroup]):
         return [g for g in self.groups if g.is_head]
 
     def select(self, keys: Iterable[str]) -> list[str]:
-        """Names of the groups matching ``keys``: a key is a group name, a prefix of group
-        names (``context`` matches ``context``; ``blocks`` matches ``blocks.0`` ...) or
-        ``re:REGEX``. Raises ValueError naming a key that matches nothing."""
+        """Names of the groups matching ``keys``: a key is a group name, a module prefix of
+        group names (``blocks`` matches ``blocks.0`` ..., but ``blocks.1`` not ``blocks.10``),
+        a part of a merged group (``norm`` matches ``blocks.11+norm``) or ``re:REGEX``.
+        Raises ValueError naming a key that matches nothing."""
         out: list[str] = []
         for key in keys:
             hits = [n for n in self.names if _key_matches(key, n)]
@@ -228,9 +246,12 @@ class LayerGroups(Sequence[LayerGroup]):
 
 
 def _key_matches(key: str, name: str) -> bool:
+    """Whether group ``name`` is selected by ``key``: the name itself, a module prefix of it
+    (``head`` selects ``head.norm``), a part of a merged group (``blocks.11`` selects
+    ``blocks.11+norm``), or ``re:REGEX`` (searched). ``blocks.1`` does not select ``blocks.10``."""
     if key.startswith("re:"):
         return re.search(key[3:], name) is not None
-    return name == key or name.startswith(key + ".") or name.startswith(key)
+    return any(part == key or part.startswith(key + ".") for part in name.split("+"))
 
 
 def _common_prefix(names: Sequence[str]) -> str:
@@ -366,7 +387,7 @@ def resolve_layer_groups(
             raise UnknownArchitectureError(
                 f"cannot resolve layer groups of {type(model).__name__}: it has no timm group_matcher() and "
                 f"matches no preset ({', '.join(sorted(_PRESETS))}); pass regexes bottom to top, e.g. "
-                "patterns=[r'^stem\\.', r'^blocks\\.(\\d+)\\.', r'^head\\.'] (CLI: --layer_patterns '^stem\\.,^blocks\\.(\\d+)\\.,^head\\.')")
+                "patterns=[r'^stem\\.', r'^blocks\\.(\\d+)\\.', r'^head\\.'] (CLI: --layer_patterns '^stem\\.' --layer_patterns '^blocks\\.(\\d+)\\.' ...)")
         matcher, source, strict = dict(chosen.matcher), f"preset:{chosen.name}", True
         head_names = _head_names(model, chosen, all_names)
 

@@ -32,7 +32,9 @@ class ProgressiveUnfreezing(FineTuneStrategy):
     ``unfreeze_warmup_epochs`` epochs. Stages: the family default (HPCM: g_a+g_s, then
     +h_a+h_s (+entropy bottleneck), then +context; classifiers: head, + top groups, all)
     or ``layer_stages``. Accepts ``lr_mults`` (e.g. ``g_a:1.0,h_a:0.5,context:0.1``) and
-    ``freeze_patterns``.
+    ``freeze_patterns``. A group whose parameters are all pinned by ``freeze_patterns`` (e.g.
+    the entropy bottleneck with ``--freeze_entropy``) joins its stage but stays frozen, so it is
+    left out of the stage's :class:`UnfreezeEvent` (which lists only groups that start training).
 
     Args:
         unfreeze_schedule: epochs (0-based) at which stages 1, 2, ... unfreeze; ``"100,200"``.
@@ -85,7 +87,22 @@ class ProgressiveUnfreezing(FineTuneStrategy):
                 for g in event.groups:
                     self.unfrozen_at[g] = epoch
                 events.append(event)
-        return self._finish_events(events, optimizer, epoch)
+        events = self._finish_events(events, optimizer, epoch)
+        return self._without_pinned(events, optimizer)
+
+    def _without_pinned(self, events: list[UnfreezeEvent], optimizer) -> list[UnfreezeEvent]:
+        """Drop from ``events`` the groups none of whose parameters can train (all pinned frozen, or
+        in no optimizer group); an event left with no group is dropped. Edits the recorded events too."""
+        live = {g["group_name"] for g in optimizer.param_groups
+                if not g.get("pinned_frozen", False) and any(p.requires_grad for p in g["params"])}
+        kept = []
+        for e in events:
+            e.groups = [g for g in e.groups if g in live]
+            if e.groups:
+                kept.append(e)
+            else:
+                self.events.remove(e)
+        return kept
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "stage": self.stage, "unfrozen_at": dict(self.unfrozen_at)}

@@ -66,6 +66,7 @@ def train_cmd(
     seed: int = typer.Option(0, help="Random seed."),
     num_workers: int = typer.Option(0, "--num-workers", "--num_workers", help="DataLoader worker processes (0: load in the main process)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    device: str = typer.Option("cpu", "--device", help="cpu (default, reproducible), cuda or cuda:N."),
     keep_last: int = typer.Option(1, "--keep-last", "--keep_last", help="Checkpoints kept besides the best one."),
     wandb: str = typer.Option("offline", help="Weights & Biases mode: offline, disabled or online."),
     resume: Optional[Path] = typer.Option(None, help="Run folder or checkpoint to continue (same model, lambda, metric)."),
@@ -78,7 +79,7 @@ def train_cmd(
                   output_dir=output_dir, name=name, epochs=epochs, steps_per_epoch=steps_per_epoch,
                   batch_size=batch_size, patch_size=patch_size, lmbda=lmbda, quality=quality, metric=metric,
                   lr=lr, aux_lr=aux_lr, lr_milestones=lr_milestones or [], lr_gamma=lr_gamma,
-                  clip_max_norm=clip_max_norm, seed=seed, num_workers=num_workers, threads=threads,
+                  clip_max_norm=clip_max_norm, seed=seed, num_workers=num_workers, threads=threads, device=device,
                   keep_last=keep_last, wandb=wandb, resume=resume, progress=progress)
     from tasks.compression.training import train
 
@@ -101,13 +102,16 @@ def eval_cmd(
     bd_method: str = typer.Option("akima", "--bd-method", "--bd_method", help="BD interpolation: akima, pchip or cubic."),
     name: Optional[str] = typer.Option(None, help="Curve name in the JSON and plot (default: the model name)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    device: str = typer.Option("cpu", "--device", help="cpu (default), cuda or cuda:N: transforms and context model "
+                               "run there, rANS coding on the CPU; decode bit-exact on the same device type."),
     progress: bool = typer.Option(True, help="Show progress bars and per-checkpoint lines."),
 ) -> None:
     """Evaluate checkpoints with real bitstreams (rANS): bpp, PSNR, MS-SSIM, times, R-D plot, BD-rate."""
     from tasks.compression.config import EvalConfig
 
     cfg = _config(EvalConfig, checkpoints=checkpoints, data=data, output=output, model=model, limit=limit,
-                  anchors=anchors, anchor=anchor, bd_method=bd_method, name=name, threads=threads, progress=progress)
+                  anchors=anchors, anchor=anchor, bd_method=bd_method, name=name, threads=threads, device=device,
+                  progress=progress)
     from tasks.compression.evaluate import run_eval
 
     try:

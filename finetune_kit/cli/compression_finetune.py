@@ -64,14 +64,15 @@ def register(app: typer.Typer) -> None:
         early_stopping_min_delta: Optional[float] = typer.Option(None, "--early_stopping_min_delta", help="Smallest improvement of the R-D cost."),
         max_patience: Optional[int] = typer.Option(None, "--max_patience", help="Ceiling of adaptive patience (default 2x patience)."),
         use_balanced: bool = typer.Option(False, "--use_balanced", help="Balanced R-D: learned task weights (Zhang et al., CVPR 2025)."),
-        adaptive_gamma: bool = typer.Option(False, "--adaptive_gamma", help="Schedule gamma with --gamma_strategy (else constant)."),
-        gamma_strategy: Optional[str] = typer.Option(None, "--gamma_strategy", help=f"Gamma schedule: {_GAMMA}."),
+        adaptive_gamma: bool = typer.Option(False, "--adaptive_gamma", help="Schedule gamma (default schedule hpcm, hierarchical per scale; else gamma is constant)."),
+        gamma_strategy: Optional[str] = typer.Option(None, "--gamma_strategy", help=f"Gamma schedule (implies --adaptive_gamma): {_GAMMA}."),
         gamma: Optional[float] = typer.Option(None, "--gamma", help="Start gamma (two tasks: default 0.001; hierarchical: s1's, default 0.008)."),
         gamma_final: Optional[float] = typer.Option(None, "--gamma_final", help="End gamma of the schedule (default gamma/10)."),
         scale_gammas: Optional[str] = typer.Option(None, "--scale_gammas", help="Per-scale start gammas (default s1:0.008,s2:0.006,s3:0.004)."),
         w_lr: Optional[float] = typer.Option(None, "--w_lr", help="Adam LR of the task-weight logits (default 0.025)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu (default, reproducible), cuda or cuda:N."),
         keep_last: Optional[int] = typer.Option(None, "--keep_last", help="Most recent checkpoints kept (default 2)."),
         keep_best: Optional[int] = typer.Option(None, "--keep_best", help="Best checkpoints kept by validation R-D cost (default 1)."),
         wandb: Optional[str] = typer.Option(None, "--wandb", help="offline (default), disabled or online."),
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
         from click.core import ParameterSource
         from pydantic import ValidationError
 
-        from tasks.compression.finetune_config import FinetuneConfig, load_yaml_config
+        from tasks.compression.finetune_config import FinetuneConfig, OptionWarning, load_yaml_config
 
         values = dict(ctx.params)
         values.pop("config")
@@ -100,18 +101,19 @@ def register(app: typer.Typer) -> None:
                 merged[key] = value
         if not merged.get("progress", True):
             merged["progress"] = False
-        try:
-            cfg = FinetuneConfig(**merged)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(x) for x in err["loc"]) or "options"
-            typer.echo(f"error: {where}: {err['msg'].removeprefix('Value error, ')}", err=True)
-            raise typer.Exit(2) from None
         from tasks.compression.finetune import FromScratchWarning, finetune
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # option and from-scratch warnings: one line each
             warnings.simplefilter("always", FromScratchWarning)
+            warnings.simplefilter("always", OptionWarning)
             warnings.showwarning = lambda m, c, *a, **k: typer.secho(f"WARNING: {m}", fg="yellow", err=True)
+            try:
+                cfg = FinetuneConfig(**merged)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(x) for x in err["loc"]) or "options"
+                typer.echo(f"error: {where}: {err['msg'].removeprefix('Value error, ')}", err=True)
+                raise typer.Exit(2) from None
             try:
                 final = finetune(cfg)
             except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:

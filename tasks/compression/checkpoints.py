@@ -128,7 +128,8 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None) -> tup
 
 
 def to_cpu_state(state: Mapping[str, Any]) -> dict:
-    """Copy of an optimizer/scheduler state dict with tensors moved to CPU (for portable files)."""
+    """Copy of a model/optimizer/scheduler state dict with tensors moved to CPU (portable files: they
+    load on any device). A model state dict keeps its ``_metadata`` (module versions)."""
     def move(v):
         if isinstance(v, torch.Tensor):
             return v.detach().cpu()
@@ -137,7 +138,13 @@ def to_cpu_state(state: Mapping[str, Any]) -> dict:
         if isinstance(v, (list, tuple)):
             return type(v)(move(x) for x in v)
         return v
-    return move(dict(state))
+    out = move(dict(state))
+    if hasattr(state, "_metadata"):
+        from collections import OrderedDict
+
+        out = OrderedDict(out)
+        out._metadata = state._metadata  # type: ignore[attr-defined]
+    return out
 
 
 def default_checkpoint(path: str | os.PathLike) -> Path:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tasks.compression.zoo import MODEL_NAMES
 
-__all__ = ["PAPER_LAMBDAS", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS"]
+__all__ = ["PAPER_LAMBDAS", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS", "check_device", "require_image_folder"]
 
 #: lambdas of the HPCM paper's MSE models, lowest rate first (quality 1..6)
 PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
@@ -27,6 +27,29 @@ def _check_model(name: str) -> str:
         raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
     return name
 
+def check_device(v: str) -> str:
+    """Config validator: ``cpu``, ``cuda`` or ``cuda:N``, and the CUDA device must exist here.
+
+    Returns the device string (stripped). Raises:
+        ValueError: one line naming the device and the fix (unknown form, no CUDA, no such GPU).
+    """
+    import re
+
+    v = str(v).strip()
+    m = re.fullmatch(r"cpu|cuda(?::(\d+))?", v)
+    if m is None:
+        raise ValueError(f"device {v!r} is not one of cpu, cuda, cuda:N: pass e.g. --device cuda:0")
+    if v != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {v!r}: CUDA is not available on this machine (torch {torch.__version__}): "
+                             "use --device cpu")
+        count = torch.cuda.device_count()
+        if int(m.group(1) or 0) >= count:
+            raise ValueError(f"device {v!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}: "
+                             "pass one of them")
+    return v
 
 
 def require_image_folder(v: Optional[Path]) -> Optional[Path]:
@@ -38,6 +61,7 @@ def require_image_folder(v: Optional[Path]) -> Optional[Path]:
     if v is not None and not Path(v).is_dir():
         raise ValueError(f"image folder {v} does not exist: pass a folder of PNG/JPEG images")
     return v
+
 
 class TrainConfig(BaseModel):
     """Options of ``finetune-kit compress train`` (see ``docs/compression.md``)."""
@@ -66,6 +90,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1)
+    device: str = Field("cpu", description="cpu (default, reproducible), cuda or cuda:N")
     cache_images: bool = True
     keep_last: int = Field(1, ge=1)
     wandb: Literal["offline", "disabled", "online"] = "offline"
@@ -81,6 +106,11 @@ class TrainConfig(BaseModel):
     @classmethod
     def _folder_exists(cls, v: Optional[Path]) -> Optional[Path]:
         return require_image_folder(v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     @model_validator(mode="after")
     def _resolve(self) -> "TrainConfig":
@@ -113,12 +143,18 @@ class EvalConfig(BaseModel):
     bd_method: Literal["akima", "pchip", "cubic"] = "akima"
     name: Optional[str] = None
     threads: Optional[int] = Field(None, ge=1)
+    device: str = Field("cpu", description="cpu (default), cuda or cuda:N; entropy coding itself runs on the CPU")
     progress: bool = True
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: Optional[str]) -> Optional[str]:
         return None if v is None else _check_model(v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     @field_validator("checkpoints")
     @classmethod

@@ -5,12 +5,23 @@ real bpp (8 x bitstream bytes / pixels), estimated bpp (likelihoods of an eval-m
 PSNR-RGB on the 8-bit rounded output (dB), MS-SSIM-RGB, encode and decode times (s), and,
 for HPCM, real per-scale bpp and whether the decoder's y_hat equals the encoder's.
 Results are written as CompressAI-style JSON (``{"name", "description", "results": {metric:
-[one value per checkpoint]}}``) with per-image details beside.
+[one value per checkpoint]}}``) with per-image details beside. Means over the folder skip NaN
+values (MS-SSIM is undefined below 161 px: such an image is named in one warning and left out of
+the MS-SSIM mean only).
+
+Devices (``device``, default ``cpu``): the transforms, the context model and the entropy
+parameters run on the model's device; CompressAI's rANS coder runs on the CPU, so symbols,
+indexes and CDF tables are copied there (``.tolist()``) and decoded symbols copied back. The
+decoder reproduces the encoder's ``y_hat`` bit for bit when both run on the same device type
+(CPU with CPU, the same GPU model with GPU): the context model's floating-point results must
+match exactly, which holds for one device type but not across CPU and GPU.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,35 +29,52 @@ import torch
 from torch import nn
 
 from tasks.compression.hpcm import pad_to_multiple
-from tasks.compression.metrics import bpp_per_scale, ms_ssim, psnr, to_8bit
+from tasks.compression.metrics import MS_SSIM_MIN_SIDE, bpp_per_scale, ms_ssim, psnr, to_8bit
 from tasks.compression.zoo import pad_multiple
 
-__all__ = ["evaluate_image", "evaluate_model", "run_eval"]
+__all__ = ["evaluate_image", "evaluate_model", "run_eval", "nan_mean"]
+
+
+def nan_mean(values) -> float:
+    """Mean of the finite-or-infinite values, ignoring NaN; NaN when every value is NaN (or none)."""
+    kept = [float(v) for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock times cover it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
 def evaluate_image(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     """Code one image ``x [1, 3, H, W]`` for real and measure it.
 
-    The model must be in eval mode with updated tables (``model.update(force=True)``).
-    Non-HPCM models get the image padded to a multiple of 64 px (edge replication) and the
-    output cropped back; HPCM pads internally.
+    The model must be in eval mode with updated tables (``model.update(force=True)``). ``x`` is
+    moved to the model's device. Non-HPCM models get the image padded to a multiple of 64 px
+    (edge replication) and the output cropped back; HPCM pads internally.
 
     Returns:
         ``bpp`` (real), ``estimated_bpp``, ``psnr-rgb`` (dB), ``ms-ssim-rgb``,
         ``encoding_time``/``decoding_time`` (s), ``bytes``; for HPCM also ``bpp_s1``,
         ``bpp_s2``, ``bpp_s3``, ``bpp_z`` (real) and ``y_hat_exact`` (bool).
     """
+    device = next(model.parameters()).device
+    x = x.to(device)
     h, w = x.shape[-2:]
     num_pixels = h * w
     xp = pad_to_multiple(x, pad_multiple(model))
+    _sync(device)
     t0 = time.perf_counter()
     enc = model.compress(xp)
+    _sync(device)
     t1 = time.perf_counter()
     if "image_size" in enc:
         dec = model.decompress(enc["strings"], enc["shape"], enc["image_size"])
     else:
         dec = model.decompress(enc["strings"], enc["shape"])
+    _sync(device)
     t2 = time.perf_counter()
     x_hat = to_8bit(dec["x_hat"][..., :h, :w])
     nbytes = sum(len(s) for strings in enc["strings"] for s in strings)
@@ -72,7 +100,9 @@ def evaluate_image(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
 def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` on image files ``paths``; returns ``{"per_image": {name: metrics}, "mean": {...}}``.
 
-    Calls ``model.eval()`` and ``model.update(force=True)`` first.
+    Calls ``model.eval()`` and ``model.update(force=True)`` first; images go to the model's device.
+    Means skip NaN values; images whose MS-SSIM is undefined (a side under 161 px) are named in
+    one ``UserWarning``.
     """
     from tqdm.auto import tqdm
 
@@ -85,7 +115,12 @@ def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = 
         x = to_tensor(load_rgb(p)).unsqueeze(0)
         per_image[Path(p).name] = evaluate_image(model, x)
     keys = [k for k, v in next(iter(per_image.values())).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    mean = {k: sum(r[k] for r in per_image.values()) / len(per_image) for k in keys}
+    mean = {k: nan_mean(r[k] for r in per_image.values()) for k in keys}
+    undefined = [n for n, r in per_image.items() if math.isnan(r.get("ms-ssim-rgb", 0.0))]
+    if undefined:
+        warnings.warn(f"MS-SSIM is undefined for {len(undefined)} image(s) with a side under {MS_SSIM_MIN_SIDE} px "
+                      f"({', '.join(undefined[:5])}{' ...' if len(undefined) > 5 else ''}): left out of the MS-SSIM "
+                      "mean", UserWarning, stacklevel=2)
     if any("y_hat_exact" in r for r in per_image.values()):
         mean["y_hat_exact"] = all(r.get("y_hat_exact", False) for r in per_image.values())
     return {"per_image": per_image, "mean": mean}
@@ -111,6 +146,7 @@ def run_eval(cfg: "EvalConfig") -> dict[str, Any]:  # noqa: F821
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = torch.device(getattr(cfg, "device", "cpu"))
     paths = list_images(cfg.data)
     if cfg.limit is not None:
         paths = paths[: cfg.limit]
@@ -125,6 +161,7 @@ def run_eval(cfg: "EvalConfig") -> dict[str, Any]:  # noqa: F821
     names = set()
     for ckpt_path in cfg.checkpoints:
         model, ckpt = load_model(ckpt_path, cfg.model)
+        model.to(device)
         names.add(cfg.model or checkpoint_model_name(ckpt))
         res = evaluate_model(model, paths, progress=cfg.progress)
         lmbda = (ckpt.get("config") or {}).get("lmbda")

@@ -8,27 +8,32 @@ One run (:func:`finetune`) composes the pieces, each living in its own module:
   optimizer, the LR schedule and the epoch counter always start fresh, also (and especially) when
   the checkpoint was trained at another lambda (the new lambda is announced); ``--resume``
   continues a fine-tune run itself, with every state restored;
-- layer groups (:func:`finetune_kit.layer_groups.resolve_layer_groups`, ``hpcm`` preset) and a
+- layer groups (:func:`finetune_kit.layer_groups.resolve_layer_groups`, ``hpcm`` preset, which
+  also groups the CompressAI zoo models: their context modules form ``context``) and a
   strategy from the registry: ``progressive`` with ``--progressive_unfreeze``, else ``full`` with
   no layer-wise decay; LR multipliers / freezing / weight decay from
   :mod:`tasks.compression.lr_manager` (table printed and written to ``lr_table.json``);
-- the loss: ``lambda * 255^2 * MSE + bpp``, split into per-scale tasks with ``--use_hierarchical``
-  (:mod:`tasks.compression.hierarchical_loss`), weighted by the balanced optimizer with
-  ``--use_balanced`` (:mod:`tasks.compression.balanced`) whose gamma follows
-  :mod:`tasks.compression.gamma_schedules`;
+- the loss (:mod:`tasks.compression.finetune_objective`): ``lambda * 255^2 * MSE + bpp``, split
+  into per-scale tasks with ``--use_hierarchical``, weighted by the balanced optimizer with
+  ``--use_balanced`` whose gamma follows :mod:`tasks.compression.gamma_schedules`;
 - per-scale early stopping (:mod:`finetune_kit.scale_early_stopping`) on the validation R-D cost
   of each scale, or plain early stopping on the total with ``--early_stopping_patience`` alone;
 - :class:`finetune_kit.checkpoint.CheckpointManager` (last N + best M by validation R-D cost),
   :class:`finetune_kit.run_dir.RunDir` and :class:`finetune_kit.run_logger.RunLogger`.
 
 Balanced steps re-evaluate the same batch after the model step with the same random
-quantization noise (the RNG state is replayed), so ``delta`` measures the parameter change only.
-Checkpoints keep the ``compress train`` layout (``state_dict``, ``model``, ``config`` with ``lmbda``
-...) so ``compress eval`` reads them, plus a ``finetune`` entry with every extra state.
+quantization noise (the RNG state of the model's device is replayed), so ``delta`` measures the
+parameter change only. ``--device`` (``cpu`` default, ``cuda``, ``cuda:N``) holds the model and the
+batches; checkpoints are written with CPU tensors and load on any device. They keep the
+``compress train`` layout (``state_dict``, ``model``, ``config`` with ``lmbda`` ...) so
+``compress eval`` reads them, plus a ``finetune`` entry with every extra state.
+
+Resuming (``--resume``) continues from the chosen checkpoint: ``metrics.jsonl`` and
+``steps.jsonl`` are cut back to that epoch, and tracked checkpoints of later epochs (an abandoned
+trajectory, when resuming from an earlier checkpoint than the latest) are deleted.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -39,6 +44,7 @@ from typing import Any
 import torch
 
 from tasks.compression.finetune_config import FinetuneConfig
+from tasks.compression.finetune_objective import FinetuneObjective, replay_rng, rng_snapshot, validate
 
 __all__ = ["finetune", "FromScratchWarning", "DEFAULT_LAMBDA"]
 
@@ -97,116 +103,36 @@ def _scheduler(cfg: FinetuneConfig, optimizer, steps_per_epoch: int):
                               warmup_lr_init=cfg.learning_rate * cfg.warmup_start)
 
 
-class _Tasks:
-    """The loss side of a step: terms, task dict, combined loss, balanced weights and gamma."""
+def _truncate_steps(path: Path, before_epoch: int) -> None:
+    """Keep only the ``steps.jsonl`` records of epochs before ``before_epoch`` (resume), atomically."""
+    from finetune_kit.checkpoint import atomic_write_text
 
-    def __init__(self, cfg: FinetuneConfig, lmbda: float, has_scales: bool) -> None:
-        from finetune_kit.param_groups import parse_multipliers
-        from tasks.compression.balanced import DEFAULT_SCALE_GAMMAS, BalancedRD, HierarchicalBalancedRD
-        from tasks.compression.hierarchical_loss import HierarchicalRDLoss
-
-        self.cfg, self.lmbda = cfg, lmbda
-        self.k = lmbda * 255 ** 2
-        self.monitor = HierarchicalRDLoss(lmbda) if has_scales else None  # measured per-scale costs (validation)
-        self.hier = (HierarchicalRDLoss(lmbda, decomposition=cfg.decomposition, pyramid=cfg.pyramid,
-                                        levels=cfg.pyramid_levels) if cfg.use_hierarchical else None)
-        self.modulation = {"s1": 1.0, "s2": 1.0, "s3": 1.0, **parse_multipliers(cfg.scale_modulation)}
-        self.scale_starts = {**DEFAULT_SCALE_GAMMAS, **parse_multipliers(cfg.scale_gammas)}
-        if cfg.use_hierarchical and cfg.gamma is not None and not cfg.scale_gammas:
-            ratio = cfg.gamma / DEFAULT_SCALE_GAMMAS["s1"]  # --gamma sets s1; s2, s3 keep their proportions
-            self.scale_starts = {s: g * ratio for s, g in DEFAULT_SCALE_GAMMAS.items()}
-        self.balanced = None
-        if cfg.use_balanced:
-            if self.hier is not None:
-                self.balanced = HierarchicalBalancedRD(self.hier.task_names, scale_gammas=self.scale_starts,
-                                                       scale_modulation=self.modulation, w_lr=cfg.w_lr)
-            else:
-                self.balanced = BalancedRD(["distortion", "rate"], gamma=cfg.gamma if cfg.gamma is not None else 0.001,
-                                           w_lr=cfg.w_lr)
-
-    @contextlib.contextmanager
-    def frozen_split(self):
-        """Evaluate without updating learned split ratios (validation, balanced re-evaluation)."""
-        if self.hier is None:
-            yield
-            return
-        was = self.hier.training
-        self.hier.train(False)
-        try:
-            yield
-        finally:
-            self.hier.train(was)
-
-    def terms(self, out, x):
-        """``(RDTerms-like, task dict)`` for one batch."""
-        from tasks.compression.hierarchical_loss import RDTerms, rd_terms
-
-        if self.hier is not None:
-            t = self.hier(out, x)
-            return t, t.tasks
-        mse, bpp, _ = rd_terms(out, x, self.lmbda)
-        t = RDTerms(tasks={}, mse=mse, bpp=bpp["total"], rd=self.k * mse + bpp["total"],
-                    bpp_scales={n: float(v.detach()) for n, v in bpp.items()})
-        return t, {"distortion": self.k * mse, "rate": bpp["total"]}
-
-    def loss(self, t, tasks):
-        """The loss to back-propagate."""
-        from tasks.compression.balanced import scale_of_task
-
-        if self.balanced is not None:
-            return self.balanced.combine(tasks)
-        if self.hier is not None:
-            return sum(self.modulation[scale_of_task(n)] * v for n, v in tasks.items())
-        return t.rd
-
-    def set_epoch_gamma(self, epoch: int, history: list[float], scale_hist: dict[str, list[float]]) -> dict[str, float]:
-        """Set the balanced optimizer's gamma for ``epoch``; returns it for the log ({} without balancing)."""
-        from tasks.compression.gamma_schedules import GAMMA_STRATEGIES, gamma_at, scale_gammas_at
-
-        if self.balanced is None:
-            return {}
-        cfg, strat = self.cfg, self.cfg.resolved_gamma_strategy
-        opts = {"window": cfg.gamma_window, "threshold": cfg.gamma_threshold} if "adaptive" in strat else {}
-        if self.hier is None:
-            g0 = cfg.gamma if cfg.gamma is not None else 0.001
-            name = "constant" if strat == "fixed" else strat
-            g = gamma_at(name, epoch, epochs=cfg.epochs, gamma=g0, gamma_final=cfg.gamma_final, history=history, **opts)
-            self.balanced.set_gamma(g)
-            return {"gamma": g}
-        s1 = self.scale_starts["s1"]
-        ratio = (cfg.gamma_final / s1) if cfg.gamma_final is not None else 0.1
-        if strat in ("fixed", "linear", "cosine", "adaptive", "hierarchical"):
-            gs = scale_gammas_at(strat, epoch, epochs=cfg.epochs, starts=self.scale_starts, final_ratio=ratio,
-                                 histories=scale_hist, **opts)
-        elif strat in GAMMA_STRATEGIES:  # a single schedule applied to every scale proportionally
-            f = gamma_at(strat, epoch, epochs=cfg.epochs, gamma=1.0, gamma_final=ratio, history=history, **opts)
-            gs = {s: g * f for s, g in self.scale_starts.items()}
-        self.balanced.set_gamma(gs)
-        return {f"gamma_{s}": v for s, v in gs.items()}
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("epoch", -1) < before_epoch]
+    atomic_write_text("".join(line + "\n" for line in kept), path)
 
 
-def _validate(model, loader, tasks: _Tasks, max_batches: int | None) -> dict[str, float]:
-    """Eval-mode validation: mean R-D cost, MSE, PSNR (dB), bpp and per-scale costs / bpp."""
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    with torch.no_grad(), tasks.frozen_split():
-        for i, x in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            out = model(x)
-            t, _ = tasks.terms(out, x)
-            vals = {"rd": float(t.rd), "mse": float(t.mse), "bpp": float(t.bpp),
-                    **{f"bpp_{k}": v for k, v in t.bpp_scales.items() if k != "total"}}
-            if tasks.monitor is not None:
-                vals.update({f"rd_{s}": v for s, v in tasks.monitor(out, x).scale_costs.items()})
-            for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + v * x.shape[0]
-            n += x.shape[0]
-    res = {k: v / max(n, 1) for k, v in sums.items()}
-    res["psnr"] = 10 * math.log10(1 / res["mse"]) if res.get("mse", 0) > 0 else float("inf")
-    res["aux_loss"] = float(model.aux_loss())
-    return res
+def _layer_groups(model, model_name: str):
+    """The ``hpcm`` preset's groups of ``model``; a model it cannot group fails in one line."""
+    from finetune_kit.layer_groups import resolve_layer_groups
+    from tasks.compression.zoo import MODEL_NAMES
+
+    try:
+        return resolve_layer_groups(model, preset="hpcm")
+    except ValueError as exc:
+        raise ValueError(f"cannot split {model_name} into layer groups ({str(exc).split(':')[0]}): compress finetune "
+                         f"supports {', '.join(MODEL_NAMES)}") from None
+
+
+def _stages(groups, progressive: bool) -> list[list[str]] | None:
+    """Progressive stages of the preset limited to the groups the model has (bmshj2018 has no
+    ``context``); None (the preset's default, with its trailing groups) when all exist."""
+    stages = groups.preset.stages if groups.preset is not None else None
+    if not progressive or not stages or all(k in groups.names for st in stages for k in st):
+        return None
+    return [[k for k in st if k in groups.names] for st in stages if any(k in groups.names for k in st)]
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -219,7 +145,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """
     from finetune_kit.checkpoint import CheckpointManager, load_checkpoint
     from finetune_kit.early_stopping import EarlyStopping
-    from finetune_kit.layer_groups import resolve_layer_groups
     from finetune_kit.run_dir import RunDir, new_run_dir
     from finetune_kit.run_logger import RunLogger
     from finetune_kit.scale_early_stopping import ScaleEarlyStopping
@@ -231,6 +156,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
     seed_everything(cfg.seed)
     resume = load_checkpoint(default_checkpoint(cfg.resume)) if cfg.resume else None
     model_name, source, src_lmbda = _source(cfg) if resume is None else (resume["model"], None, None)
@@ -248,7 +174,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 "gamma_strategy": cfg.resolved_gamma_strategy, "source_lmbda": src_lmbda}
     rd.start(resolved)
     logger = RunLogger(rd, wandb_mode=cfg.wandb, project="finetune-kit-compression", name=run_path.name, config=resolved)
-    steps_log = open(run_path / "steps.jsonl", "a", encoding="utf-8")
+    steps_log = None
     try:
         for note in notes:
             print(f"note: {note}")
@@ -256,9 +182,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         model = build_model(model_name)
         if source is not None:
             load_weights(model, source, model_name=model_name)
-        model.eval()
+        model.to(device).eval()
         with torch.no_grad():  # probe: does forward() report per-scale rates (HPCM's y_scale_masks)?
-            has_scales = bool(model(torch.rand(1, 3, 64, 64)).get("y_scale_masks"))
+            has_scales = bool(model(torch.rand(1, 3, 64, 64, device=device)).get("y_scale_masks"))
         if (cfg.scale_early_stopping or (cfg.use_hierarchical and cfg.decomposition != "fixed")) and not has_scales:
             raise ValueError(f"{model_name} reports no per-scale rates: --scale_early_stopping and measured/adaptive "
                              "decompositions need an HPCM model (or use --decomposition fixed without scale early stopping)")
@@ -266,10 +192,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                               freeze_entropy=cfg.freeze_entropy, freeze_patterns=cfg.freeze_patterns,
                               weight_decay=cfg.weight_decay, weight_decay_map=cfg.weight_decay_map,
                               clip_map=cfg.clip_map, clip_max_norm=cfg.clip_max_norm)
+        groups = _layer_groups(model, model_name)
         strategy = get_strategy("progressive" if cfg.progressive_unfreeze else "full", llrd_decay=1.0,
                                 unfreeze_schedule=cfg.unfreeze_schedule, unfreeze_warmup_epochs=cfg.unfreeze_warmup_epochs,
-                                warmup_start=cfg.warmup_start, **lrcfg.strategy_options())
-        groups = resolve_layer_groups(model)
+                                warmup_start=cfg.warmup_start, layer_stages=_stages(groups, cfg.progressive_unfreeze),
+                                **lrcfg.strategy_options(groups))
         main, aux = split_aux_groups(strategy.build_param_groups(groups, weight_decay=cfg.weight_decay))
         optimizer = torch.optim.AdamW(main, lr=cfg.learning_rate)
         for p in aux:  # quantiles follow --freeze_entropy only (the aux loss keeps them fitted otherwise)
@@ -277,7 +204,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         aux_opt = torch.optim.Adam(aux, lr=cfg.aux_lr) if aux and not cfg.freeze_entropy else None
         steps_per_epoch = len(train_loader)
         sched = _scheduler(cfg, optimizer, steps_per_epoch)
-        tasks = _Tasks(cfg, lmbda, has_scales)
+        tasks = FinetuneObjective(cfg, lmbda, has_scales)
         patience = cfg.early_stopping_patience or 50
         ses = (ScaleEarlyStopping(["s1", "s2", "s3"], patience=patience, min_delta=cfg.early_stopping_min_delta,
                                   adaptive=cfg.adaptive_patience, max_patience=cfg.max_patience,
@@ -306,6 +233,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             set_rng_state(resume["rng_state"])
             start_epoch = int(resume["epoch"]) + 1
             rd.truncate_history(start_epoch)
+            _truncate_steps(run_path / "steps.jsonl", start_epoch)
+            dropped = manager.truncate(start_epoch - 1)
+            if dropped:
+                print(f"note: resuming after epoch {start_epoch - 1}: deleted {len(dropped)} checkpoint(s) of later "
+                      f"epochs ({', '.join(p.name for p in dropped)}) from the abandoned run")
+        steps_log = open(run_path / "steps.jsonl", "a", encoding="utf-8")
         strategy.apply(optimizer, start_epoch)
         table = lr_table(optimizer, base_lr=cfg.learning_rate, clip_map=cfg.clip_map, aux_params=aux, aux_lr=cfg.aux_lr)
         rd.write_json("lr_table.json", {"base_lr": cfg.learning_rate, "global_clip": cfg.clip_max_norm, "groups": table})
@@ -316,16 +249,17 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         t_run = time.perf_counter()
         for epoch in range(start_epoch, cfg.epochs):
             events = strategy.on_epoch_start(epoch, optimizer)
-            for ev in events:
+            for ev in events:  # pinned groups (--freeze_entropy, --freeze_pattern) are not in ev.groups
                 print(f"epoch {epoch}: unfroze {', '.join(ev.groups)} ({ev.trainable_params:,} trainable parameters)")
             gamma_log = tasks.set_epoch_gamma(epoch, history, scale_hist)
             strategy.train_mode(model)
             t0, sums, n = time.perf_counter(), {}, 0
             for i, x in enumerate(train_loader):
+                x = x.to(device, non_blocking=True)
                 step = epoch * steps_per_epoch + i
                 sched.apply(step)
                 optimizer.zero_grad(set_to_none=True)
-                rng = torch.get_rng_state()
+                rng = rng_snapshot(device)
                 t, tk = tasks.terms(model(x), x)
                 loss = tasks.loss(t, tk)
                 if not torch.isfinite(loss):
@@ -336,8 +270,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 rec = {"epoch": epoch, "step": step, "loss": float(loss.detach()), "rd": float(t.rd.detach()),
                        "grad_norm": norms["total"]}
                 if tasks.balanced is not None:
-                    with torch.no_grad(), torch.random.fork_rng(devices=[]), tasks.frozen_split():
-                        torch.set_rng_state(rng)  # same batch, same quantization noise
+                    with torch.no_grad(), replay_rng(device, rng), tasks.frozen_split():  # same noise
                         _, tk2 = tasks.terms(model(x), x)
                     tasks.balanced.update(tk2)
                     rec.update(tasks.balanced.last_record)
@@ -356,7 +289,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 n += x.shape[0]
             steps_log.flush()
             train = {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
-            va = _validate(model, val_loader, tasks, cfg.val_max_batches)
+            va = validate(model, val_loader, tasks, cfg.val_max_batches, device)
             history.append(va["rd"])
             for s in scale_hist:
                 if f"rd_{s}" in va:
@@ -376,7 +309,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 es.step(va["rd"], epoch)
                 stop = es.should_stop
             logger.log(record)
-            state = {"state_dict": model.state_dict(), "optimizer": to_cpu_state(optimizer.state_dict()),
+            state = {"state_dict": to_cpu_state(model.state_dict()), "optimizer": to_cpu_state(optimizer.state_dict()),
                      "aux_optimizer": to_cpu_state(aux_opt.state_dict()) if aux_opt else None,
                      "lr_scheduler": sched.state_dict(), "epoch": epoch, "model": model_name,
                      "config": resolved, "metrics": record, "rng_state": rng_state(),
@@ -407,5 +340,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         rd.set_status("failed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        steps_log.close()
+        if steps_log is not None:
+            steps_log.close()
         logger.finish()

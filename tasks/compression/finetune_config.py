@@ -5,20 +5,31 @@ Field names follow the user's guides (``freeze_entropy``, ``context_lr_ratio``, 
 (in YAML too). Units: epochs are passes over the training set (or ``steps_per_epoch`` batches);
 LRs are absolute for ``learning_rate`` and multipliers elsewhere; ``lmbda`` weighs
 ``lmbda * 255^2 * MSE + bpp``.
+
+Options that would be silently ignored get one :class:`OptionWarning` each at validation:
+``--gamma``/``--gamma_final``/... without ``--use_balanced``, ``--gamma_final`` with a constant
+gamma, and an ``--unfreeze_schedule`` epoch at or past ``--epochs`` (that stage never unfreezes).
+``--gamma_strategy`` alone turns the schedule on (``--adaptive_gamma`` is implied, as in the
+guides, which always give both).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.compression.config import PAPER_LAMBDAS, require_image_folder
+from tasks.compression.config import PAPER_LAMBDAS, check_device, require_image_folder
 from tasks.compression.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
 from tasks.compression.lr_manager import DEFAULT_LR_MULTS
 from tasks.compression.zoo import MODEL_NAMES
 
-__all__ = ["FinetuneConfig", "load_yaml_config"]
+__all__ = ["FinetuneConfig", "OptionWarning", "load_yaml_config"]
+
+
+class OptionWarning(UserWarning):
+    """An option was given that has no effect with the other options (the message names both)."""
 
 
 class FinetuneConfig(BaseModel):
@@ -92,6 +103,7 @@ class FinetuneConfig(BaseModel):
     # run plumbing
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1)
+    device: str = Field("cpu", description="cpu (default, reproducible), cuda or cuda:N")
     num_workers: int = Field(0, ge=0)
     cache_images: bool = True
     keep_last: int = Field(2, ge=1)
@@ -110,6 +122,11 @@ class FinetuneConfig(BaseModel):
     @classmethod
     def _folder(cls, v: Optional[Path]) -> Optional[Path]:
         return require_image_folder(v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     @field_validator("checkpoint")
     @classmethod
@@ -134,13 +151,37 @@ class FinetuneConfig(BaseModel):
                 raise ValueError("gamma_strategy 'hierarchical' schedules per-scale gammas: add --use_hierarchical")
         if self.decomposition != "measured" and not self.use_hierarchical:
             raise ValueError(f"--decomposition {self.decomposition} applies to the hierarchical loss: add --use_hierarchical")
+        self._warn_ignored()
         return self
+
+    def _warn_ignored(self) -> None:
+        """One :class:`OptionWarning` per option that the other options make ineffective."""
+        from strategies.progressive import parse_schedule
+
+        given = self.model_fields_set
+        gamma_opts = [f"--{k}" for k in ("gamma", "gamma_final", "gamma_strategy", "adaptive_gamma", "scale_gammas")
+                      if k in given and getattr(self, k) not in (None, False)]
+        if gamma_opts and not self.use_balanced:
+            warnings.warn(f"{', '.join(gamma_opts)} only act on the balanced optimizer and are ignored: add "
+                          "--use_balanced", OptionWarning, stacklevel=2)
+        elif self.gamma_final is not None and self.resolved_gamma_strategy in ("constant", "fixed"):
+            warnings.warn(f"--gamma_final {self.gamma_final:g} is ignored with a constant gamma: add --adaptive_gamma "
+                          "(or --gamma_strategy hpcm/linear/cosine/...)", OptionWarning, stacklevel=2)
+        if self.progressive_unfreeze:
+            late = [e for e in parse_schedule(self.unfreeze_schedule) if e >= self.epochs]
+            if late:
+                warnings.warn(f"--unfreeze_schedule {self.unfreeze_schedule}: epoch(s) {', '.join(map(str, late))} are "
+                              f">= --epochs {self.epochs}, so those stages never unfreeze: lower them or raise --epochs",
+                              OptionWarning, stacklevel=2)
+        elif "unfreeze_schedule" in given:
+            warnings.warn("--unfreeze_schedule is ignored without --progressive_unfreeze", OptionWarning, stacklevel=2)
 
     @property
     def resolved_gamma_strategy(self) -> str:
-        """The gamma schedule in effect: ``constant`` unless ``adaptive_gamma`` (then ``gamma_strategy``,
-        default ``hpcm``, or ``hierarchical`` with the hierarchical loss)."""
-        if not self.adaptive_gamma:
+        """The gamma schedule in effect: ``constant`` (``fixed`` per scale) unless ``adaptive_gamma`` or a
+        ``gamma_strategy`` is given (a strategy implies scheduling); the default schedule is ``hpcm``, or
+        ``hierarchical`` with the hierarchical loss."""
+        if not self.adaptive_gamma and self.gamma_strategy is None:
             return "fixed" if self.use_hierarchical else "constant"
         return self.gamma_strategy or ("hierarchical" if self.use_hierarchical else "hpcm")
 

@@ -15,6 +15,11 @@ buffers): the z prior and the aux loss then stop training.
 The entropy bottleneck's ``quantiles`` are trained only by the aux loss (CompressAI's separate
 aux optimizer); they are kept out of the main optimizer (:func:`split_aux_groups`) so weight decay
 or a stray gradient never moves them.
+
+CompressAI zoo models keep some groups' modules under other names (cheng2020's ``context``
+group is ``context_prediction.*`` and ``entropy_parameters.*``; ELIC's ``h_a`` is
+``latent_codec.hyper.h_a.*``): :func:`group_keys_to_patterns` turns such a group-name key into
+the layer preset's pattern, so ``context:0.1`` reaches every context parameter of every model.
 """
 from __future__ import annotations
 
@@ -24,16 +29,18 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from finetune_kit.layer_groups import LayerGroups
 from finetune_kit.param_groups import match_key, parse_multipliers
 
 __all__ = ["DEFAULT_LR_MULTS", "ENTROPY_FREEZE_PATTERNS", "AUX_GROUP", "LayerLRConfig", "LRTableRow",
-           "split_aux_groups", "lr_table", "print_lr_table", "clip_grad_norms"]
+           "group_keys_to_patterns", "split_aux_groups", "lr_table", "print_lr_table", "clip_grad_norms"]
 
 #: the guides' layer-wise LR multipliers
 DEFAULT_LR_MULTS = "g_a:1.0,g_s:1.0,h_a:0.5,h_s:0.5,context:0.1"
 #: what ``--freeze_entropy`` freezes (regexes searched in parameter names): the entropy
-#: bottleneck (density model + quantiles) and the Gaussian conditional
-ENTROPY_FREEZE_PATTERNS = (r"^entropy_bottleneck\.", r"^gaussian_conditional\.")
+#: bottleneck (density model + quantiles) and the Gaussian conditional, top-level or inside a
+#: CompressAI latent codec (ELIC: ``latent_codec.hyper.entropy_bottleneck``)
+ENTROPY_FREEZE_PATTERNS = (r"(?:^|\.)entropy_bottleneck\.", r"(?:^|\.)gaussian_conditional\.")
 #: layer group (``hpcm`` preset) of the parameters trained by the aux loss only
 AUX_GROUP = "quantiles"
 
@@ -84,10 +91,36 @@ class LayerLRConfig:
         """User freeze patterns plus :data:`ENTROPY_FREEZE_PATTERNS` when ``freeze_entropy``."""
         return list(self.freeze_patterns) + (list(ENTROPY_FREEZE_PATTERNS) if self.freeze_entropy else [])
 
-    def strategy_options(self) -> dict:
-        """Keyword options for :func:`finetune_kit.strategy.get_strategy` (every strategy accepts them)."""
-        return {"lr_mults": self.mults, "weight_decay_map": parse_multipliers(self.weight_decay_map),
-                "freeze_patterns": self.all_freeze_patterns}
+    def strategy_options(self, groups: LayerGroups | None = None) -> dict:
+        """Keyword options for :func:`finetune_kit.strategy.get_strategy` (every strategy accepts them).
+
+        With the model's ``groups``, keys naming a group whose parameters live under other module
+        names become the preset's pattern (:func:`group_keys_to_patterns`)."""
+        mults, wd = self.mults, parse_multipliers(self.weight_decay_map)
+        if groups is not None:
+            mults, wd = group_keys_to_patterns(mults, groups), group_keys_to_patterns(wd, groups)
+        return {"lr_mults": mults, "weight_decay_map": wd, "freeze_patterns": self.all_freeze_patterns}
+
+
+def group_keys_to_patterns(mapping: Mapping[str, float], groups: LayerGroups) -> dict[str, float]:
+    """``mapping`` with each key that names a layer group of ``groups`` whose parameters are not all
+    under that module prefix replaced by ``re:`` + the group's preset pattern.
+
+    Parameter-name keys (:func:`finetune_kit.param_groups.match_key`) then reach the whole group:
+    ``context`` on cheng2020 covers ``context_prediction.*`` and ``entropy_parameters.*``, ``h_a`` on
+    ELIC covers ``latent_codec.hyper.h_a.*``. HPCM's keys are module prefixes already and pass
+    unchanged, as do keys that name no group (``g_a.0``, ``re:...``). Values are kept.
+    """
+    matcher = groups.preset.matcher if groups.preset is not None else {}
+    out: dict[str, float] = {}
+    for key, value in mapping.items():
+        pattern = matcher.get(key) if key in groups.names else None
+        if isinstance(pattern, str) and any(not (n == key or n.startswith(key + "."))
+                                            for n in groups.by_name(key).param_names):
+            out[f"re:{pattern}"] = value
+        else:
+            out[key] = value
+    return out
 
 
 def split_aux_groups(param_groups: list[dict]) -> tuple[list[dict], list[torch.nn.Parameter]]:

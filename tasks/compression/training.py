@@ -5,7 +5,9 @@ for the network, a separate Adam (lr 1e-3) for the entropy bottleneck's ``quanti
 ``model.aux_loss()``, gradient-norm clipping (1.0), random crops with flips, and the loss
 ``lmbda * 255^2 * MSE + bpp`` (or ``lmbda * (1 - MS-SSIM) + bpp``) from
 ``compressai.losses.RateDistortionLoss``. The building blocks hold no global state so the
-fine-tuning command reuses them.
+fine-tuning command reuses them; they run on the model's device (batches are moved there), and
+:func:`train` puts the model on ``cfg.device`` (``cpu`` by default) and writes checkpoints with
+CPU tensors, which load on any device.
 """
 from __future__ import annotations
 
@@ -191,8 +193,9 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
 
     Writes the run folder (``config.json``, ``environment.json``, ``status.json``,
     ``metrics.jsonl``, ``metrics.json``, ``checkpoints/``); ``cfg.resume`` (a run folder or a
-    checkpoint) continues from the last completed epoch with optimizer, scheduler and RNG
-    states restored. Returns the final metrics (with ``run_dir`` and ``checkpoint``).
+    checkpoint) continues from that checkpoint's epoch with optimizer, scheduler and RNG states
+    restored (checkpoints of later epochs, an abandoned trajectory, are deleted). The model and
+    batches live on ``cfg.device``. Returns the final metrics (with ``run_dir`` and ``checkpoint``).
 
     Raises:
         ValueError: a resumed checkpoint was trained with another model, lambda or metric.
@@ -243,7 +246,7 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
                                   num_workers=cfg.num_workers, drop_last=len(train_ds) >= cfg.batch_size)
         val_loader = DataLoader(val_ds, batch_size=min(cfg.batch_size, len(val_ds)), num_workers=cfg.num_workers)
 
-        model = build_model(cfg.model)
+        model = build_model(cfg.model).to(torch.device(cfg.device))
         optimizer, aux_optimizer = build_optimizers(model, cfg.lr, cfg.aux_lr)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
         loss_fn = RateDistortion(cfg.lmbda, cfg.metric)
@@ -259,6 +262,7 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
                 set_rng_state(resume_ckpt["rng_state"])
             start_epoch = int(resume_ckpt["epoch"]) + 1
             rd.truncate_history(start_epoch)
+            manager.truncate(start_epoch - 1)
 
         final: dict[str, Any] = {}
         for epoch in range(start_epoch, cfg.epochs):
@@ -271,7 +275,7 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
             record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in tr.items()},
                       **{f"val_{k}": v for k, v in va.items()}}
             logger.log(record, step=epoch)
-            state = {"state_dict": model.state_dict(), "optimizer": to_cpu_state(optimizer.state_dict()),
+            state = {"state_dict": to_cpu_state(model.state_dict()), "optimizer": to_cpu_state(optimizer.state_dict()),
                      "aux_optimizer": to_cpu_state(aux_optimizer.state_dict()),
                      "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "model": cfg.model,
                      "config": cfg.model_dump(mode="json"), "metrics": record, "rng_state": rng_state(),

@@ -77,3 +77,23 @@ def test_eval_cli_errors(tmp_path, kodak):
     path = atomic_save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "bare.pt")
     r = runner.invoke(app, ["compress", "eval", str(path), "--data", str(kodak), "--output", str(tmp_path / "o")])
     assert r.exit_code == 1 and "--model" in r.output
+
+
+def test_small_image_is_left_out_of_the_ms_ssim_mean_only(kodak, tmp_path):
+    from PIL import Image
+
+    from tasks.compression.data import list_images
+    from tasks.compression.evaluate import evaluate_model
+    from tasks.compression.zoo import build_model
+
+    img = Image.open(list_images(kodak)[0]).convert("RGB")
+    paths = [tmp_path / "big.png", tmp_path / "small.png"]
+    img.crop((0, 0, 192, 192)).save(paths[0])
+    img.crop((0, 0, 96, 128)).save(paths[1])  # under 161 px: MS-SSIM undefined
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"MS-SSIM is undefined for 1 image\(s\).*\(small\.png\)"):
+        res = evaluate_model(build_model("hpcm-tiny"), paths)
+    per = res["per_image"]
+    assert per["small.png"]["ms-ssim-rgb"] != per["small.png"]["ms-ssim-rgb"]  # NaN for that image
+    assert res["mean"]["ms-ssim-rgb"] == pytest.approx(per["big.png"]["ms-ssim-rgb"])
+    assert res["mean"]["psnr-rgb"] == pytest.approx((per["big.png"]["psnr-rgb"] + per["small.png"]["psnr-rgb"]) / 2)

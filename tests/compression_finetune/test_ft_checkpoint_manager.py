@@ -38,3 +38,23 @@ def test_tracking_ignores_deleted_files(tmp_path):
     (tmp_path / "epoch_0002.pt").unlink()
     again = CheckpointManager(tmp_path, keep_last=3, keep_best=0)
     assert again.last().name == "epoch_0001.pt"
+
+
+def test_truncate_drops_the_abandoned_trajectory(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=4, keep_best=1, metric="val_rd", mode="min")
+    for e, cost in enumerate([3.0, 2.0, 1.0, 0.5]):  # the later epochs are the best: they would win best.pt
+        mgr.save({"epoch": e}, e, {"val_rd": cost})
+    assert mgr.best().name == "epoch_0003.pt"
+    dropped = mgr.truncate(1)  # resume after epoch 1
+    assert sorted(p.name for p in dropped) == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_0000.pt", "epoch_0001.pt"]
+    assert mgr.last().name == "epoch_0001.pt" and mgr.best().name == "epoch_0001.pt"
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    track = json.loads((tmp_path / "checkpoints.json").read_text())
+    assert [e["epoch"] for e in track["entries"]] == [0, 1]
+    again = CheckpointManager(tmp_path, keep_last=4, keep_best=1, metric="val_rd", mode="min")  # a resumed run
+    again.save({"epoch": 2}, 2, {"val_rd": 2.5})
+    assert again.best().name == "epoch_0001.pt" and again.last().name == "epoch_0002.pt"
+    assert mgr.truncate(5) == []  # nothing later: no change
+    assert CheckpointManager(tmp_path, keep_last=4, keep_best=1, metric="val_rd", mode="min").truncate(-1)
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()

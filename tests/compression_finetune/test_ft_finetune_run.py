@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import pytest
 import torch
 
 from finetune_kit.checkpoint import atomic_save, load_checkpoint
+from tasks.compression.finetune_config import OptionWarning
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def _cfg(data, out, **kw):
     return FinetuneConfig(**{**base, **kw})
 
 
-def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_path):
+def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_path, capsys):
     from tasks.compression.finetune import finetune
 
     opts = dict(checkpoint=base_ckpt, lmbda=0.013, learning_rate=1e-4, use_hierarchical=True, use_balanced=True,
@@ -49,8 +51,18 @@ def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_pat
                 unfreeze_warmup_epochs=1, freeze_entropy=True)
     ctx_before = {k: v.clone() for k, v in torch.load(base_ckpt)["state_dict"].items()
                   if k.startswith(("context.", "entropy_bottleneck."))}
-    res = finetune(_cfg(photos, tmp_path, name="h", **opts))
+    with pytest.warns(OptionWarning, match="epoch\\(s\\) 2 are >= --epochs 2"):
+        res = finetune(_cfg(photos, tmp_path, name="h", **opts))
     run = res["run_dir"]
+    # --freeze_entropy pins the entropy bottleneck: stage 2 announces (and counts) only h_a, h_s
+    from tasks.compression.zoo import build_model
+
+    ev = load_checkpoint(res["checkpoint"])["finetune"]["strategy"]["events"]
+    assert [e["groups"] for e in ev] == [["h_a", "h_s"]]
+    counts = {n: sum(p.numel() for k, p in build_model("hpcm-tiny").named_parameters() if k.startswith(n + "."))
+              for n in ("g_a", "g_s", "h_a", "h_s")}
+    assert ev[0]["trainable_params"] == sum(counts.values())
+    assert "epoch 1: unfroze h_a, h_s (" in capsys.readouterr().out
     ck = load_checkpoint(res["checkpoint"])
     assert ck["epoch"] == 1 and ck["config"]["lmbda"] == 0.013 and ck["model"] == "hpcm-tiny"
     assert "lambda=0.0067" in res["notes"][0]  # another lambda: announced, counters reset (epoch 0 start)
@@ -75,7 +87,52 @@ def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_pat
     ck2 = load_checkpoint(res2["checkpoint"])
     assert ck2["epoch"] == 2 and ck2["finetune"]["balanced"]["steps"] == 6
     assert [h["epoch"] for h in (json.loads(line) for line in open(f"{run}/metrics.jsonl"))] == [0, 1, 2]
+    assert [s["step"] for s in (json.loads(line) for line in open(f"{run}/steps.jsonl"))] == [0, 1, 2, 3, 4, 5]
     assert "context" in ck2["finetune"]["strategy"]["trainable"]
+
+
+def test_resume_from_an_earlier_checkpoint_drops_the_later_trajectory(photos, base_ckpt, tmp_path):
+    from tasks.compression.finetune import finetune
+
+    res = finetune(_cfg(photos, tmp_path, checkpoint=base_ckpt, epochs=3, steps_per_epoch=1, keep_last=3, keep_best=1))
+    run = res["run_dir"]
+    ckdir = f"{run}/checkpoints"
+    first = load_checkpoint(f"{ckdir}/epoch_0000.pt")
+    assert first["epoch"] == 0
+    res2 = finetune(_cfg(photos, tmp_path, resume=f"{ckdir}/epoch_0000.pt", epochs=2, steps_per_epoch=1, keep_last=3,
+                         keep_best=1))
+    assert res2["run_dir"] == run and load_checkpoint(res2["checkpoint"])["epoch"] == 1
+    track = json.load(open(f"{ckdir}/checkpoints.json"))
+    assert sorted(e["epoch"] for e in track["entries"]) == [0, 1]  # epoch 2 of the old run is gone
+    assert not os.path.exists(f"{ckdir}/epoch_0002.pt")
+    assert load_checkpoint(f"{ckdir}/best.pt")["epoch"] in (0, 1) and load_checkpoint(f"{ckdir}/last.pt")["epoch"] == 1
+    steps = [json.loads(line) for line in open(f"{run}/steps.jsonl")]
+    assert [(s["epoch"], s["step"]) for s in steps] == [(0, 0), (1, 1)]  # no duplicated steps of the old epochs 1, 2
+    assert [h["epoch"] for h in (json.loads(line) for line in open(f"{run}/metrics.jsonl"))] == [0, 1]
+
+
+def test_option_warnings_and_gamma_strategy_implies_a_schedule(photos):
+    from tasks.compression.finetune_config import FinetuneConfig, OptionWarning
+
+    def cfg(**kw):
+        return FinetuneConfig(data=photos, **kw)
+
+    with pytest.warns(OptionWarning, match="--gamma_final 0.001 is ignored with a constant gamma"):
+        assert cfg(use_balanced=True, gamma=0.003, gamma_final=0.001).resolved_gamma_strategy == "constant"
+    with pytest.warns(OptionWarning, match="--gamma, --gamma_strategy only act on the balanced optimizer"):
+        cfg(gamma=0.003, gamma_strategy="cosine")
+    with pytest.warns(OptionWarning, match="epoch\\(s\\) 200 are >= --epochs 150"):
+        cfg(progressive_unfreeze=True, unfreeze_schedule="100,200", epochs=150)
+    with pytest.warns(OptionWarning, match="ignored without --progressive_unfreeze"):
+        cfg(unfreeze_schedule="1,2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the guides' workflow 3 as written: no warning
+        guide = cfg(use_balanced=True, adaptive_gamma=True, gamma_strategy="hpcm", gamma=0.003, gamma_final=0.001)
+        assert guide.resolved_gamma_strategy == "hpcm"
+        assert cfg(use_balanced=True, gamma_strategy="cosine", gamma_final=0.001).resolved_gamma_strategy == "cosine"
+        assert cfg(use_balanced=True, use_hierarchical=True, adaptive_gamma=True).resolved_gamma_strategy == "hierarchical"
+    with pytest.raises(ValueError, match="comma-separated epochs"):
+        cfg(progressive_unfreeze=True, unfreeze_schedule="a,b")
 
 
 def test_from_scratch_warns_and_two_task_balanced(photos, tmp_path):
@@ -108,3 +165,5 @@ def test_cli_yaml_config_and_flags(photos, base_ckpt, tmp_path):
     assert conf["context_lr_ratio"] == 0.2
     bad = CliRunner().invoke(app, ["compress", "finetune", "--data", str(photos), "--decomposition", "fixed"])
     assert bad.exit_code == 2 and "--use_hierarchical" in bad.output
+    bad = CliRunner().invoke(app, ["compress", "finetune", "--data", str(photos), "--device", "gpu"])
+    assert bad.exit_code == 2 and "device 'gpu' is not one of cpu, cuda, cuda:N" in bad.output

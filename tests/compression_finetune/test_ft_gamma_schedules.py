@@ -60,3 +60,36 @@ def test_per_scale():
     assert scale_gammas_at("hierarchical", 100, epochs=E)["s3"] == pytest.approx(0.0004)
     ada = scale_gammas_at("adaptive", 6, epochs=E, histories={"s1": [3.0] * 6, "s2": [6, 5, 4, 3, 2, 1]}, window=3)
     assert ada["s1"] == pytest.approx(0.004) and ada["s2"] == pytest.approx(0.006) and ada["s3"] == 0.004
+
+
+def test_plot_draws_every_schedule_and_the_scripts_are_thin(tmp_path, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from tasks.compression.gamma_plots import gamma_curves, plot_gamma_schedules
+    from tasks.compression.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
+
+    curves = gamma_curves(60, 0.001, 0.0001)
+    plot = plot_gamma_schedules(tmp_path / "g" / "gammas.png", curves)
+    assert plot.path.stat().st_size > 10_000
+    assert plot.single_labels == list(GAMMA_STRATEGIES)
+    assert plot.scale_labels == [f"{s} {sc}" for s in SCALE_GAMMA_STRATEGIES for sc in ("s1", "s2", "s3")]
+    # the adaptive curves react to the synthetic plateau (not constant), per scale at different epochs
+    assert curves.single["adaptive"][0] == 0.001 and curves.single["adaptive"][-1] < 0.001
+    drops = {sc: next(e for e, v in enumerate(curves.per_scale["adaptive"][sc]) if v < v0)
+             for sc, v0 in (("s1", 0.008), ("s2", 0.006), ("s3", 0.004))}
+    assert drops["s1"] < drops["s2"] < drops["s3"]
+    repo = Path(__file__).resolve().parents[2]
+    for script, out_flag in (("plot_gamma_schedules.py", "--out"), ("test_gamma_scheduler.py", "--output")):
+        out = tmp_path / f"{script}.png"
+        argv, sys.argv = sys.argv, [script, "--epochs", "30", out_flag, str(out)]
+        try:
+            runpy.run_path(str(repo / "scripts" / script), run_name="__main__")
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        finally:
+            sys.argv = argv
+        assert out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "adaptive:s3" in printed and "hpcm" in printed
