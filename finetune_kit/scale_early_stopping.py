@@ -144,13 +144,41 @@ class ScaleEarlyStopping:
                 "history": list(self.history)}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore :meth:`state_dict`. Raises ValueError when the scales differ."""
+        """Restore :meth:`state_dict`. With a ``directory``, each ``best_<scale>.pt`` there is
+        checked against the restored best epoch: a file written by a later epoch (the run
+        resumed from an earlier checkpoint than its latest, abandoning those epochs) is deleted
+        with a warning, and the scale's best state is written again at its next improvement.
+
+        Raises:
+            ValueError: the state is for other scales.
+        """
         if set(state["stoppers"]) != set(self.scales):
             raise ValueError(f"early-stopping state is for scales {sorted(state['stoppers'])}, not {self.scales}")
         for s, st in state["stoppers"].items():
             self.stoppers[s].load_state_dict(st)
         self.stopped = dict(state["stopped"])
         self.history = list(state["history"])
+        self.best_states = {}
+        if self.directory is not None:
+            self._reconcile_best_files()
+
+    def _reconcile_best_files(self) -> None:
+        import warnings
+
+        from finetune_kit.checkpoint import load_checkpoint
+
+        for s, es in self.stoppers.items():
+            path = self.directory / f"best_{s}.pt"
+            if not path.is_file():
+                continue
+            saved_epoch = load_checkpoint(path).get("epoch")
+            if saved_epoch == es.best_epoch:
+                self.best_states[s] = path
+            else:
+                path.unlink()
+                warnings.warn(f"{path}: best state of epoch {saved_epoch} belongs to epochs abandoned by the resume "
+                              f"(best {s} is at epoch {es.best_epoch}); deleted, written again at the next improvement",
+                              stacklevel=3)
 
     def save_history(self, path: str | Path) -> Path:
         """Write the history (and each scale's best) as JSON, atomically. Returns the path."""

@@ -1,9 +1,11 @@
 """Per-scale early stopping signals on a scripted metric sequence (finetune_kit.scale_early_stopping)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
+import torch
 
 from finetune_kit.scale_early_stopping import IMPROVED, NO_IMPROVEMENT, STOPPED, ScaleEarlyStopping
 
@@ -63,3 +65,18 @@ def test_missing_scale_and_resume():
     es3 = ScaleEarlyStopping(["s1", "s2"], patience=2)
     es3.load_state_dict(es2.state_dict())
     assert es3.step({"s1": 1.0, "s2": 0.5}, 2) == {"s1": STOPPED, "s2": IMPROVED}
+
+
+def test_resume_from_an_earlier_epoch_drops_abandoned_best_files(tmp_path):
+    """Resume from the state after epoch 0 while best files of epoch 1 (abandoned) are on disk."""
+    es = ScaleEarlyStopping(["s1", "s2"], patience=3, directory=tmp_path)
+    es.step({"s1": 2.0, "s2": 2.0}, 0, state_fn=lambda: {"w": 0})
+    after_epoch0 = copy.deepcopy(es.state_dict())
+    es.step({"s1": 1.0, "s2": 3.0}, 1, state_fn=lambda: {"w": 1})  # s1 improves at epoch 1, s2 does not
+    resumed = ScaleEarlyStopping(["s1", "s2"], patience=3, directory=tmp_path)
+    with pytest.warns(UserWarning, match="best_s1.pt: best state of epoch 1 belongs to epochs abandoned"):
+        resumed.load_state_dict(after_epoch0)
+    assert not (tmp_path / "best_s1.pt").exists() and "s1" not in resumed.best_states
+    assert resumed.best_states["s2"] == tmp_path / "best_s2.pt"  # epoch 0's file is still the right one
+    resumed.step({"s1": 1.5, "s2": 2.5}, 1, state_fn=lambda: {"w": 2})
+    assert torch.load(tmp_path / "best_s1.pt", weights_only=False)["state"] == {"w": 2}
