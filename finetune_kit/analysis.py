@@ -31,6 +31,8 @@ __all__ = [
     "recommend",
     "resolve_mode",
     "seed_column",
+    "short_name",
+    "sorted_values",
     "top_k",
 ]
 
@@ -49,8 +51,10 @@ def resolve_mode(metric_col: str, mode: str | None) -> str:
 
 
 def fmt(v: Any) -> str:
-    """Short text for a value in a table: 4 significant digits, e-notation for small numbers."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    """Short text for a value in a table: 4 significant digits, e-notation for small numbers;
+    ``-`` for a missing value (None, NaN), ``inf``/``-inf`` for infinities (a PSNR of a perfect
+    reconstruction)."""
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
         return "-"
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
@@ -58,6 +62,8 @@ def fmt(v: Any) -> str:
         return str(int(v))
     if isinstance(v, (float, np.floating)):
         v = float(v)
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
         if v == int(v) and abs(v) < 1e6:
             return str(int(v))
         if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
@@ -81,8 +87,18 @@ def _check_columns(df: pd.DataFrame, *cols: str | None) -> None:
                            "resolve_param first")
 
 
-def _sort_values(values: Sequence[Any]) -> list[Any]:
-    vals = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+def short_name(col: str | None) -> str:
+    """A column name as shown to people: ``config.`` dropped (``config.learning_rate`` ->
+    ``learning_rate``); other columns unchanged; ``""`` for None."""
+    if col is None:
+        return ""
+    return col.split(".", 1)[1] if col.startswith("config.") else col
+
+
+def sorted_values(values: Sequence[Any]) -> list[Any]:
+    """Distinct-value lists (group values, heatmap axes) in order: NaN dropped, sorted by value,
+    or by text when the values cannot be compared (mixed types)."""
+    vals = [v for v in values if not (isinstance(v, (float, np.floating)) and math.isnan(v))]
     try:
         return sorted(vals)
     except TypeError:
@@ -115,7 +131,7 @@ def top_k(df: pd.DataFrame, metric_col: str, mode: str = "max", k: int = 5, grou
     done = done.sort_values(metric_col, ascending=(mode == "min"), kind="stable")
     if group_col:
         parts = []
-        for g in _sort_values(done[group_col].dropna().unique()):
+        for g in sorted_values(done[group_col].dropna().unique()):
             part = done[done[group_col] == g].head(k)[cols].copy()
             part.insert(1, "rank", range(1, len(part) + 1))
             parts.append(part)
@@ -179,7 +195,7 @@ def recommend(df: pd.DataFrame, metric_col: str, mode: str, params: Sequence[str
     mode = resolve_mode(metric_col, mode)
     seed_col = seed_col if seed_col is not None else seed_column(df)
     params = [p for p in params if p not in (seed_col, group_col)]
-    groups = [None] if not group_col else _sort_values(_completed(df, metric_col)[group_col].dropna().unique())
+    groups = [None] if not group_col else sorted_values(_completed(df, metric_col)[group_col].dropna().unique())
     recs = []
     for g in groups:
         part = df if g is None else df[df[group_col] == g]
@@ -218,7 +234,7 @@ def heatmap_data(df: pd.DataFrame, metric_col: str, x_col: str, y_col: str,
     if agg not in ("mean", "median", "max", "min"):
         raise ValueError(f"agg {agg!r}: use mean, median, max or min")
     done = _completed(df, metric_col)
-    xs, ys = _sort_values(done[x_col].unique()), _sort_values(done[y_col].unique())
+    xs, ys = sorted_values(done[x_col].unique()), sorted_values(done[y_col].unique())
     grouped = done.groupby([y_col, x_col])[metric_col]
     values = grouped.agg(agg).unstack(x_col).reindex(index=ys, columns=xs)
     counts = grouped.size().unstack(x_col).reindex(index=ys, columns=xs).fillna(0).astype(int)
@@ -249,12 +265,8 @@ def _md_table(df: pd.DataFrame, rename: dict[str, str] | None = None) -> str:
     return "\n".join([head, sep, *body]) + "\n"
 
 
-def _short(col: str) -> str:
-    return col.split(".", 1)[1] if col.startswith("config.") else col
-
-
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{_short(k)}={fmt(v)}" for k, v in params.items()) or "(the only configuration)"
+    return ", ".join(f"{short_name(k)}={fmt(v)}" for k, v in params.items()) or "(the only configuration)"
 
 
 def build_report(results: Results, metric_col: str, mode: str, *, group_col: str | None = None,
@@ -274,23 +286,24 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
     lines = [f"# Analysis of `{results.root}`", "",
              f"- runs: {len(df)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})",
              f"- metric: `{metric_col}` ({arrow})",
-             f"- parameters that vary: {', '.join(f'`{_short(p)}`' for p in params) or '(none)'}",
-             f"- grouped by: `{_short(group_col)}`" if group_col else "- grouped by: (no grouping)",
-             f"- seeds: `{_short(seed_col)}` ({df[seed_col].nunique()} distinct)" if seed_col else "- seeds: none recorded",
+             f"- parameters that vary: {', '.join(f'`{short_name(p)}`' for p in params) or '(none)'}",
+             f"- grouped by: `{short_name(group_col)}`" if group_col else "- grouped by: (no grouping)",
+             f"- seeds: `{short_name(seed_col)}` ({df[seed_col].nunique()} distinct)" if seed_col
+             else "- seeds: none recorded",
              ""]
     done = _completed(df, metric_col)
     if done.empty:
         lines += [f"No completed run has a value for `{metric_col}`.", ""]
     else:
-        title = f"## Top {k} runs" + (f" per `{_short(group_col)}`" if group_col else "")
+        title = f"## Top {k} runs" + (f" per `{short_name(group_col)}`" if group_col else "")
         table = top_k(df, metric_col, mode, k, group_col, shown, extra)
-        lines += [title, "", _md_table(table, {c: _short(c) for c in table.columns})]
+        lines += [title, "", _md_table(table, {c: short_name(c) for c in table.columns})]
         lines += ["## Recommendations", ""]
         recs = recommend(df, metric_col, mode, params, None, seed_col)
         if group_col:
             recs += recommend(df, metric_col, mode, params, group_col, seed_col)
         for i, rec in enumerate(recs):
-            where = f"**{_short(group_col)}={fmt(rec.group)}**: " if rec.group is not None else \
+            where = f"**{short_name(group_col)}={fmt(rec.group)}**: " if rec.group is not None else \
                 ("**overall**: " if group_col else "")
             spread = f" ± {fmt(rec.std)}" if not math.isnan(rec.std) else ""
             seeds = f" over {rec.n} runs/seeds" if rec.n > 1 else " (1 run: no spread available)"
@@ -305,17 +318,17 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
         lines.append("")
         for x_col, y_col in heatmaps:
             groups = [None] if not group_col or group_col in (x_col, y_col) else \
-                _sort_values(done[group_col].dropna().unique())
+                sorted_values(done[group_col].dropna().unique())
             for g in groups:
                 part = df if g is None else df[df[group_col] == g]
                 values, n = heatmap_data(part, metric_col, x_col, y_col)
-                suffix = f" ({_short(group_col)}={fmt(g)})" if g is not None else ""
-                lines += [f"## `{metric_col}`: `{_short(y_col)}` (rows) x `{_short(x_col)}` (columns){suffix}", "",
-                          _heatmap_md(values, n, x_col, y_col)]
+                suffix = f" ({short_name(group_col)}={fmt(g)})" if g is not None else ""
+                title = f"## `{metric_col}`: `{short_name(y_col)}` (rows) x `{short_name(x_col)}` (columns)"
+                lines += [title + suffix, "", _heatmap_md(values, n, x_col, y_col)]
         if compare_col:
             comp = comparison_data(df, metric_col, compare_col, group_col if group_col != compare_col else None)
-            lines += [f"## `{metric_col}` against `{_short(compare_col)}`", "",
-                      _md_table(comp, {c: _short(c) for c in comp.columns})]
+            lines += [f"## `{metric_col}` against `{short_name(compare_col)}`", "",
+                      _md_table(comp, {c: short_name(c) for c in comp.columns})]
     if results.incomplete:
         lines += ["## Unfinished runs (not ranked)", "", "| run | status | reason |", "|---|---|---|"]
         lines += [f"| {r.run} | {r.status} | {r.reason.replace('|', '/')} |" for r in results.incomplete]
@@ -326,7 +339,7 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
 
 
 def _heatmap_md(values: pd.DataFrame, counts: pd.DataFrame, x_col: str, y_col: str) -> str:
-    head = f"| {_short(y_col)} \\ {_short(x_col)} | " + " | ".join(fmt(c) for c in values.columns) + " |"
+    head = f"| {short_name(y_col)} \\ {short_name(x_col)} | " + " | ".join(fmt(c) for c in values.columns) + " |"
     sep = "|" + "|".join("---" for _ in range(len(values.columns) + 1)) + "|"
     rows = []
     for y in values.index:

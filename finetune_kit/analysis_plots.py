@@ -1,8 +1,9 @@
 """Figures for the analysis report: annotated heatmaps, metric-vs-parameter comparisons, curves.
 
 matplotlib is imported inside each function with the non-interactive ``Agg`` backend, so
-these work on a headless machine and importing this module is cheap. Every function writes
-a PNG and returns its path.
+these work on a headless machine and importing this module is cheap. The ``plot_*``
+functions write a PNG and return its path; :func:`draw_heatmap` draws on given axes (what
+:func:`plot_heatmap` saves), so its cells can be read back.
 """
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from finetune_kit.analysis import fmt
+from finetune_kit.analysis import fmt, short_name
 
-__all__ = ["plot_comparison", "plot_curves", "plot_heatmap"]
-
+__all__ = ["draw_heatmap", "plot_comparison", "plot_curves", "plot_heatmap"]
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -32,6 +32,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     plt.close(fig)
     return path
 
+
 def _plt():
     import matplotlib
 
@@ -41,38 +42,30 @@ def _plt():
     return plt
 
 
-def _short(col: str | None) -> str:
-    if col is None:
-        return ""
-    return col.split(".", 1)[1] if col.startswith("config.") else col
+def draw_heatmap(ax, values: pd.DataFrame, *, counts: pd.DataFrame | None = None, metric: str = "metric",
+                 mode: str = "max", title: str | None = None, x_label: str | None = None,
+                 y_label: str | None = None):
+    """Draw ``values`` (rows = y parameter, columns = x) on the matplotlib axes ``ax`` with
+    every cell annotated; returns the image (``AxesImage``, for a colour bar).
 
-
-def plot_heatmap(values: pd.DataFrame, path: str | os.PathLike, *, counts: pd.DataFrame | None = None,
-                 metric: str = "metric", mode: str = "max", title: str | None = None,
-                 x_label: str | None = None, y_label: str | None = None) -> Path:
-    """Heatmap of ``values`` (rows = y parameter, columns = x) with every cell annotated.
-
-    Empty cells (no run) are grey and marked ``-``; the best cell (by ``mode``) is outlined;
-    cells aggregating several runs show ``n=``. Colours: brighter is better in both modes.
-    Returns the written path (parent folders are created).
+    Cell ``(row i, column j)`` gets a text at ``(j, i)``: the value (:func:`~finetune_kit.analysis.fmt`),
+    plus a line ``n=K`` when ``counts`` says it aggregates K > 1 runs; an empty cell (no run)
+    is grey and marked ``-``. The best cell (by ``mode``) is outlined in red. Colours:
+    brighter is better in both modes.
 
     Raises:
         ValueError: ``values`` is empty.
     """
     if values.empty:
-        raise ValueError(f"no data for heatmap {path}: no completed run has both parameters and {metric}")
+        raise ValueError(f"no data for heatmap of {metric}: no completed run has both parameters and the metric")
     plt = _plt()
     data = values.to_numpy(dtype=float)
-    masked = np.ma.masked_invalid(data)
     cmap = plt.get_cmap("viridis" if mode == "max" else "viridis_r").with_extremes(bad="#dddddd")
-    w = max(4.0, 1.1 * data.shape[1] + 2.5)
-    h = max(3.0, 0.7 * data.shape[0] + 1.8)
-    fig, ax = plt.subplots(figsize=(w, h), dpi=110)
-    im = ax.imshow(masked, cmap=cmap, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, aspect="auto")
     ax.set_xticks(range(data.shape[1]), [fmt(c) for c in values.columns])
     ax.set_yticks(range(data.shape[0]), [fmt(i) for i in values.index])
-    ax.set_xlabel(x_label or _short(str(values.columns.name)))
-    ax.set_ylabel(y_label or _short(str(values.index.name)))
+    ax.set_xlabel(x_label or short_name(str(values.columns.name)))
+    ax.set_ylabel(y_label or short_name(str(values.index.name)))
     ax.set_title(title or f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)", fontsize=10)
     finite = data[np.isfinite(data)]
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
@@ -92,6 +85,26 @@ def plot_heatmap(values: pd.DataFrame, path: str | os.PathLike, *, counts: pd.Da
         flat = np.where(np.isfinite(data), data, -np.inf if mode == "max" else np.inf)
         bi, bj = np.unravel_index(np.argmax(flat) if mode == "max" else np.argmin(flat), data.shape)
         ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    return im
+
+
+def plot_heatmap(values: pd.DataFrame, path: str | os.PathLike, *, counts: pd.DataFrame | None = None,
+                 metric: str = "metric", mode: str = "max", title: str | None = None,
+                 x_label: str | None = None, y_label: str | None = None) -> Path:
+    """Write the heatmap of :func:`draw_heatmap` (same arguments) with a colour bar to ``path``
+    (PNG; parent folders are created). Returns the path.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    if values.empty:
+        raise ValueError(f"no data for heatmap {path}: no completed run has both parameters and {metric}")
+    plt = _plt()
+    w = max(4.0, 1.1 * values.shape[1] + 2.5)
+    h = max(3.0, 0.7 * values.shape[0] + 1.8)
+    fig, ax = plt.subplots(figsize=(w, h), dpi=110)
+    im = draw_heatmap(ax, values, counts=counts, metric=metric, mode=mode, title=title, x_label=x_label,
+                      y_label=y_label)
     fig.colorbar(im, ax=ax, label=metric)
     return _save(fig, path)
 
@@ -121,7 +134,7 @@ def plot_comparison(comp: pd.DataFrame, param_col: str, path: str | os.PathLike,
             np.array([categories.index(str(v)) for v in part[param_col]], dtype=float)
         order = np.argsort(xs)
         std = part["std"].fillna(0).to_numpy()[order]
-        label = f"{_short(group_col)}={fmt(g)}" if g is not None else None
+        label = f"{short_name(group_col)}={fmt(g)}" if g is not None else None
         ax.errorbar(xs[order], part["mean"].to_numpy()[order], yerr=std, marker="o", capsize=3, label=label)
     if numeric:
         vals = xs_all.to_numpy(dtype=float)
@@ -129,9 +142,9 @@ def plot_comparison(comp: pd.DataFrame, param_col: str, path: str | os.PathLike,
             ax.set_xscale("log")
     else:
         ax.set_xticks(range(len(categories)), categories)
-    ax.set_xlabel(_short(param_col))
+    ax.set_xlabel(short_name(param_col))
     ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs {_short(param_col)} ({'higher' if mode == 'max' else 'lower'} is better)",
+    ax.set_title(title or f"{metric} vs {short_name(param_col)} ({'higher' if mode == 'max' else 'lower'} is better)",
                  fontsize=10)
     ax.grid(alpha=0.3)
     if group_col:
@@ -168,7 +181,7 @@ def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_co
             continue
         gi = groups.index(row[group_col]) if group_col else 0
         cols = ([group_col] if group_col else []) + [c for c in label_cols if c != group_col]
-        label = ", ".join(f"{_short(c)}={fmt(row[c])}" for c in cols if c in row) or row["run"]
+        label = ", ".join(f"{short_name(c)}={fmt(row[c])}" for c in cols if c in row) or row["run"]
         ax.plot(*zip(*pts), marker=".", color=colors(gi % 10), alpha=0.8,
                 linestyle="-" if row.get("status") == "completed" else "--", label=label)
         drawn += 1
@@ -179,11 +192,8 @@ def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_co
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
-    ax.set_title(f"{key} per epoch" + (f" (colour: {_short(group_col)}; dashed: unfinished)" if group_col else ""),
+    ax.set_title(f"{key} per epoch" + (f" (colour: {short_name(group_col)}; dashed: unfinished)" if group_col else ""),
                  fontsize=10)
     ax.grid(alpha=0.3)
     if drawn <= 16:

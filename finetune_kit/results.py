@@ -10,18 +10,20 @@ Column convention (nested values are flattened with dots, ``{"a": {"b": 1}}`` ->
 ``run``                     run folder path relative to the root given to :func:`load_runs`
 ``path``                    absolute run folder path
 ``status``                  ``completed``, ``failed``, ``pruned``, ``interrupted``,
-                            ``crashed``, ``running`` or ``incomplete`` (:func:`run_status`)
+                            ``crashed``, ``running``, ``incomplete`` (:func:`run_status`) or
+                            ``unknown`` (a wandb-only run without an exit record)
 ``reason``                  why a run is not ``completed`` (``None`` otherwise)
 ``epochs``                  number of records in ``metrics.jsonl``
-``config.<key>``            resolved config (``config.json``; wandb ``config.yaml`` when
-                            the run has no ``config.json``)
-``final.<key>``             final metrics (``metrics.json``; wandb summary when the run
-                            has no ``metrics.json``)
+``config.<key>``            resolved config (``config.json``; the wandb config when the
+                            run has no ``config.json``)
+``final.<key>``             final metrics (``metrics.json``; the wandb summary for a
+                            wandb-only run)
 ``best.<key>``              best value over epochs of a per-epoch metric whose direction
                             is known (see :func:`metric_mode`), from ``metrics.jsonl``
 ``best_epoch.<key>``        the epoch of that best value (the record's ``epoch`` key)
 ``last.<key>``              value in the last ``metrics.jsonl`` record (every numeric key)
-``wandb.summary.<key>``     wandb offline run summary (``files/wandb-summary.json``)
+``wandb.summary.<key>``     wandb summary: of the run's ``wandb/`` runs merged oldest
+                            first (a resumed run has several), or of a wandb-only run
 ``checkpoint.<key>``        ``checkpoints/checkpoints.json``: ``metric``, ``mode``,
                             ``best``, ``last``, ``best_epoch``
 ==========================  ===========================================================
@@ -30,10 +32,13 @@ Names given by a user (``--metric val_auroc``, ``--group-by ft_strategy``) are r
 columns by :meth:`Results.resolve_metric` and :meth:`Results.resolve_param`, with a few
 optional aliases (``strategy`` -> ``ft_strategy``, ``lr`` -> ``learning_rate``,
 ``lambda`` -> ``lmbda``) so the same words work for both tasks.
+
+Finding and reading the files is :mod:`finetune_kit.run_files`; a run's status is
+:mod:`finetune_kit.run_status`. ``discover_runs``, ``flatten``, ``run_status``,
+``RUN_MARKERS`` and ``STALE_AFTER_S`` are re-exported here, where they used to live.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -44,25 +49,25 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from finetune_kit.run_files import (RUN_MARKERS, discover_runs, flatten, is_wandb_run, read_json, read_jsonl,
+                                    read_wandb_run, wandb_runs_in)
+from finetune_kit.run_status import STALE_AFTER_S, run_status
+
 __all__ = [
     "IncompleteRun",
     "Results",
     "discover_runs",
+    "epoch_key",
     "flatten",
     "load_run",
     "load_runs",
     "metric_mode",
     "run_status",
+    "run_value",
     "PARAM_ALIASES",
+    "RUN_MARKERS",
     "STALE_AFTER_S",
 ]
-
-#: Files whose presence makes a folder a run folder.
-RUN_MARKERS = ("config.json", "status.json", "metrics.jsonl", "metrics.json")
-
-#: A run whose status is ``running`` but which wrote nothing for this long (seconds), and
-#: whose process cannot be checked, is reported as ``crashed``. Default 30 minutes.
-STALE_AFTER_S = 30 * 60
 
 #: Optional aliases for parameter names: what a user types -> config keys to try, in order.
 PARAM_ALIASES: dict[str, tuple[str, ...]] = {
@@ -79,58 +84,65 @@ PARAM_ALIASES: dict[str, tuple[str, ...]] = {
 IDENTITY_KEYS = {"output_dir", "experiment_tag", "run_dir", "run_name", "name", "resume", "wandb_project",
                  "checkpoint_dir", "log_dir", "project"}
 
-_MIN_PATTERN = re.compile(r"(loss|bpp|ece|nll|error|err\b|mse|mae|brier|distortion|rate|time|seconds|"
-                          r"memory|mem_|bd_rate|bdrate)", re.IGNORECASE)
-_MAX_PATTERN = re.compile(r"(auroc|auc|acc|accuracy|psnr|ssim|f1|kappa|precision|recall|sensitivity|"
-                          r"specificity|map\b|iou|dice|score|throughput)", re.IGNORECASE)
-_MAX_LIST_FLATTEN = 16
+#: Words of a metric name (split at ``_``/``-``) meaning lower is better. "rate" is a weak one
+#: (bit rate, BD-rate) that a hyperparameter word overrides (learning_rate, drop_path_rate).
+_MIN_WORDS = {"loss", "bpp", "ece", "nll", "error", "err", "mse", "mae", "rmse", "brier", "distortion", "rd",
+              "cost", "bdrate", "time", "seconds", "memory", "mem", "latency"}
+_WEAK_MIN_WORDS = {"rate", "bitrate"}
+_MAX_WORDS = {"auroc", "auc", "acc", "accuracy", "psnr", "ssim", "msssim", "f1", "kappa", "precision", "recall",
+              "sensitivity", "specificity", "map", "iou", "dice", "score", "throughput"}
+#: Words of hyperparameters and bookkeeping values that are logged beside metrics but have no direction.
+_PARAM_WORDS = {"lr", "learning", "decay", "drop", "dropout", "momentum", "warmup", "weight", "weights", "gamma",
+                "lambda", "lmbda", "temperature", "patience", "seed", "epoch", "epochs", "step", "steps", "batch",
+                "grad", "norm", "params", "trainable", "contrib", "delta", "beta", "wd"}
+_METRIC_PREFIXES = ("final.", "best_epoch.", "best.", "last.", "wandb.summary.")
 
 
 def metric_mode(name: str) -> str | None:
     """Direction of a metric from its name: ``"max"``, ``"min"`` or ``None`` when unknown.
 
-    ``*loss*``, ``bpp``, ``ece``, ``nll``, ``mse``, ``time``, ... are minimised; ``auroc``,
-    ``accuracy``, ``psnr``, ``ssim``, ``f1``, ``kappa``, ... maximised. A min word wins
-    when both appear (``psnr_loss`` -> ``"min"``); ``lr``-like keys give ``None``.
+    Only the last dotted part counts (``final.test.auroc`` -> ``auroc``), and of a
+    ``quantity/task`` key the quantity (``task_weight/distortion`` -> ``task_weight``). Its
+    words (split at ``_`` and ``-``) decide: a last word naming a cost (``loss``, ``rd``,
+    ``bpp``, ``ece``, ``nll``, ``mse``, ``cost``, ``time``, ``seconds``, ...) gives ``"min"``,
+    one naming a score (``auroc``, ``accuracy``, ``psnr``, ``ssim``, ``f1``, ...) ``"max"``;
+    otherwise a hyperparameter word (``lr``, ``learning``, ``decay``, ``weight``, ``gamma``,
+    ``epoch``, ...) gives ``None`` (``learning_rate``, ``gamma_s1``, ``loss_weight``), then any
+    cost word (including ``rate``: ``bd_rate``) ``"min"`` and any score word ``"max"``
+    (``ece_after`` -> ``"min"``, ``val_rd_s1`` -> ``"min"``).
     """
-    base = name.split(".")[-1]
-    if re.search(r"(^|_)(lr|learning_rate|epoch|step|gamma|weight|temperature)s?($|_)", base, re.IGNORECASE) \
-            and not _MIN_PATTERN.search(base) and not _MAX_PATTERN.search(base):
+    base = name.split(".")[-1].split("/")[0].lower()
+    words = [w for w in re.split(r"[_\-\s]+", base) if w]
+    if not words:
         return None
-    if _MIN_PATTERN.search(base):
+    if words[-1] in _MIN_WORDS:
         return "min"
-    if _MAX_PATTERN.search(base):
+    if words[-1] in _MAX_WORDS:
+        return "max"
+    found = set(words)
+    if found & _PARAM_WORDS:
+        return None
+    if found & (_MIN_WORDS | _WEAK_MIN_WORDS):
+        return "min"
+    if found & _MAX_WORDS:
         return "max"
     return None
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts (and short lists) into ``{dotted.key: scalar}``.
+def epoch_key(metric: str) -> str:
+    """The per-epoch (``metrics.jsonl``) key matching a metric name or column.
 
-    Lists of length 1 become their element; lists up to 16 items are indexed
-    (``cm.0.1``); longer lists are kept as a compact string (so configs stay groupable).
-    Non-finite floats become ``None``.
+    The column prefix goes (``best.val_auroc`` -> ``val_auroc``), dots become ``_``
+    (``final.test.auroc`` -> ``test_auroc``) and a test metric maps to its validation
+    counterpart (``test_auroc`` -> ``val_auroc``). Whether a task logs that key per epoch is
+    up to the task; callers check the records.
     """
-    out: dict[str, Any] = {}
-    if isinstance(obj, Mapping):
-        if not obj and prefix:
-            out[prefix] = None
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, (list, tuple)):
-        if len(obj) == 1 and not isinstance(obj[0], (Mapping, list, tuple)):
-            out.update(flatten(obj[0], prefix))
-        elif 0 < len(obj) <= _MAX_LIST_FLATTEN and all(isinstance(v, (int, float, Mapping, list, tuple))
-                                                        and not isinstance(v, bool) for v in obj):
-            for i, v in enumerate(obj):
-                out.update(flatten(v, f"{prefix}.{i}"))
-        else:
-            out[prefix] = json.dumps(obj, separators=(",", ":"), default=str)
-    elif isinstance(obj, float) and not math.isfinite(obj):
-        out[prefix] = None
-    else:
-        out[prefix] = obj
-    return out
+    for prefix in _METRIC_PREFIXES:
+        if metric.startswith(prefix):
+            metric = metric[len(prefix):]
+            break
+    key = metric.replace(".", "_")
+    return "val_" + key[len("test_"):] if key.startswith("test_") else key
 
 
 @dataclass
@@ -228,165 +240,16 @@ class Results:
                        f"config columns that vary: {varying}")
 
 
-def discover_runs(root: str | os.PathLike) -> list[Path]:
-    """Run folders under ``root`` (``root`` itself when it is one), sorted by path.
-
-    A run folder holds at least one of ``config.json``, ``status.json``, ``metrics.jsonl``,
-    ``metrics.json``; a folder holding a ``wandb/offline-run-*`` (or that is a wandb
-    ``offline-run-*`` folder itself) outside any run folder also counts. Sub-folders of a
-    run folder are not searched. Hidden folders are skipped.
-
-    Raises:
-        FileNotFoundError: ``root`` does not exist or is not a folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"runs folder {root} does not exist or is not a folder: "
-                                "pass the --output_dir your runs were written to")
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        is_run = any(m in filenames for m in RUN_MARKERS) or _wandb_runs(here) or _is_wandb_run(here)
-        if is_run:
-            found.append(here)
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
-    return sorted(found)
-
-
-def _is_wandb_run(path: Path) -> bool:
-    return re.match(r"(offline-)?run-", path.name) is not None and (path / "files").is_dir()
-
-
-def _wandb_runs(path: Path) -> list[Path]:
-    wb = path / "wandb"
-    if not wb.is_dir():
-        return []
-    return sorted(p for p in wb.glob("*run-*") if p.is_dir() and (p / "files").is_dir())
-
-
-def _read_json(path: Path) -> tuple[Any, str | None]:
-    """(data, error) for a JSON file; data is None when missing or unreadable."""
-    if not path.is_file():
-        return None, None
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), None
-    except (OSError, ValueError) as exc:
-        return None, f"{path.name} unreadable ({exc})"
-
-
-def _read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """Records of a JSON-lines file and the count of unreadable lines (a crash mid-write)."""
-    if not path.is_file():
-        return [], 0
-    records, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records, bad
-
-
-def _wandb_files(run_path: Path) -> tuple[dict, dict]:
-    """(config, summary) of the latest wandb run of a run folder (empty dicts when none)."""
-    runs = [run_path] if _is_wandb_run(run_path) else _wandb_runs(run_path)
-    if not runs:
-        return {}, {}
-    files = runs[-1] / "files"
-    summary, _ = _read_json(files / "wandb-summary.json")
-    config: dict = {}
-    if (files / "config.yaml").is_file():
-        try:
-            import yaml
-
-            raw = yaml.safe_load((files / "config.yaml").read_text()) or {}
-            for k, v in raw.items():
-                if str(k).startswith("_") or k == "wandb_version":
-                    continue
-                config[k] = v.get("value") if isinstance(v, Mapping) and "value" in v else v
-        except Exception:  # noqa: BLE001 - a damaged wandb file must not stop the analysis
-            config = {}
-    summary = {k: v for k, v in (summary or {}).items() if not str(k).startswith("_")}
-    return config, summary
-
-
-def _pid_alive(pid: Any) -> bool | None:
-    """True/False when ``pid`` can be checked on this machine, None otherwise."""
-    try:
-        pid = int(pid)
-    except (TypeError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return None
-    return True
-
-
-def run_status(path: Path, status_data: Mapping | None, has_final: bool, environment: Mapping | None = None,
-               *, now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> tuple[str, str | None]:
-    """Status and reason of one run folder.
-
-    * ``completed`` with ``metrics.json`` -> ``("completed", None)``;
-      ``completed`` without it -> ``incomplete``.
-    * ``failed`` -> ``failed`` with the recorded error; ``pruned`` (written by a sweep) -> ``pruned``;
-      ``interrupted`` (a task stopped by Ctrl-C or ``--stop_after_epoch``) -> ``interrupted``.
-    * ``running``: when a ``pid`` is recorded (status.json or environment.json) on this
-      host and that process is gone -> ``crashed``; when no pid can be checked and nothing
-      was written for ``stale_after_s`` seconds -> ``crashed``; otherwise ``running``.
-    * no ``status.json`` -> ``incomplete``.
-    """
-    now = time.time() if now is None else now
-    if not status_data:
-        return "incomplete", "no status.json" + ("" if has_final else " and no metrics.json")
-    status = str(status_data.get("status"))
-    error = status_data.get("error")
-    if status == "completed":
-        return ("completed", None) if has_final else ("incomplete", "status completed but metrics.json missing")
-    if status == "failed":
-        return "failed", str(error or "status failed (no error recorded)")
-    if status == "pruned":
-        return "pruned", str(error or "pruned by a sweep")
-    if status == "interrupted":
-        return "interrupted", str(error or "interrupted (resumable with --resume)")
-    if status == "running":
-        pid = status_data.get("pid") or (environment or {}).get("pid")
-        host = status_data.get("host") or (environment or {}).get("host")
-        same_host = host is None or host == os.uname().nodename
-        alive = _pid_alive(pid) if (pid and same_host) else None
-        files = [path / n for n in ("status.json", "metrics.jsonl", "metrics.json")]
-        last_write = max((f.stat().st_mtime for f in files if f.exists()), default=now)
-        idle = now - last_write
-        if alive is False:
-            return "crashed", f"status running but its process {pid} is gone (last write {_ago(idle)} ago)"
-        if alive is None and idle > stale_after_s:
-            return "crashed", f"status running but nothing written for {_ago(idle)} (process presumably gone)"
-        return "running", f"still running (last write {_ago(idle)} ago)"
-    return "incomplete", f"unknown status {status!r}"
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
              now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> dict[str, Any]:
-    """One run folder as a flat dict (one DataFrame row; columns as in the module docstring)."""
+    """One run folder as a flat dict (one DataFrame row; columns as in the module docstring).
+
+    ``path`` is a finetune-kit run folder (its ``wandb/`` runs' summaries are merged into
+    ``wandb.summary.*``) or a wandb run folder on its own (a *wandb-only* run: config and
+    summary from wandb; status ``completed``/``failed`` from its exit record, ``unknown``
+    without one). ``root`` names the run (``run`` column, relative path; default: the
+    parent). ``now``/``stale_after_s``: see :func:`run_status`.
+    """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     try:
@@ -394,28 +257,35 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
     except ValueError:  # an explicit run folder outside root
         name = path.name
     row: dict[str, Any] = {"run": name, "path": str(path.resolve())}
-    problems: list[str] = []
-    config, err = _read_json(path / "config.json")
-    problems += [err] if err else []
-    final, err = _read_json(path / "metrics.json")
-    problems += [err] if err else []
-    status_data, err = _read_json(path / "status.json")
-    problems += [err] if err else []
-    environment, _ = _read_json(path / "environment.json")
-    history, bad_lines = _read_jsonl(path / "metrics.jsonl")
-    wb_config, wb_summary = _wandb_files(path)
-    wandb_only = config is None and final is None and status_data is None and bool(wb_summary)
-    if config is None and wb_config:
-        config = wb_config
+    wandb_only = is_wandb_run(path) and not any((path / m).is_file() for m in RUN_MARKERS)
+    history: list[dict] = []
+    notes: list[str] = []
     if wandb_only:
-        final, status_data = wb_summary, {"status": "completed"}  # all a wandb-only run has
-
-    status, reason = run_status(path, status_data, isinstance(final, Mapping), environment,
-                                now=now, stale_after_s=stale_after_s)
-    if problems and status == "completed":
-        status = "incomplete"
-    notes = problems + ([f"{bad_lines} unreadable line(s) in metrics.jsonl"] if bad_lines else [])
-    notes += ["wandb run only (no finetune-kit run files)"] if wandb_only else []
+        wb = read_wandb_run(path)
+        config, final, wb_summary = wb.config, wb.summary, wb.summary
+        status, reason = _wandb_only_status(wb.exit_code)
+        notes.append("wandb run only (no finetune-kit run files)")
+    else:
+        problems: list[str] = []
+        config, err = read_json(path / "config.json")
+        problems += [err] if err else []
+        final, err = read_json(path / "metrics.json")
+        problems += [err] if err else []
+        status_data, err = read_json(path / "status.json")
+        problems += [err] if err else []
+        environment, _ = read_json(path / "environment.json")
+        history, bad_lines = read_jsonl(path / "metrics.jsonl")
+        wb_config, wb_summary = {}, {}
+        for wb in map(read_wandb_run, wandb_runs_in(path)):  # oldest first: later values win
+            wb_config.update(wb.config)
+            wb_summary.update(wb.summary)
+        if config is None and wb_config:
+            config = wb_config
+        status, reason = run_status(path, status_data, isinstance(final, Mapping), environment,
+                                    now=now, stale_after_s=stale_after_s)
+        if problems and status == "completed":
+            status = "incomplete"
+        notes = problems + ([f"{bad_lines} unreadable line(s) in metrics.jsonl"] if bad_lines else [])
     if notes:
         reason = "; ".join(([reason] if reason else []) + notes)
     row["status"], row["reason"] = status, reason
@@ -431,6 +301,14 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
         row[f"wandb.summary.{k}"] = v
     row.update(_checkpoint_columns(path))
     return row
+
+
+def _wandb_only_status(exit_code: int | None) -> tuple[str, str | None]:
+    if exit_code is None:
+        return "unknown", "no exit record (still running, killed, or not recorded by this wandb version)"
+    if exit_code == 0:
+        return "completed", None
+    return "failed", f"wandb run exited with code {exit_code}"
 
 
 def _history_columns(history: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -458,7 +336,7 @@ def _history_columns(history: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _checkpoint_columns(path: Path) -> dict[str, Any]:
-    data, _ = _read_json(path / "checkpoints" / "checkpoints.json")
+    data, _ = read_json(path / "checkpoints" / "checkpoints.json")
     if not isinstance(data, Mapping):
         return {}
     out = {f"checkpoint.{k}": data.get(k) for k in ("metric", "mode", "best", "last")}
@@ -487,7 +365,8 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
     paths = [Path(p) for p in runs] if runs is not None else discover_runs(root)
     if not paths:
         raise FileNotFoundError(f"{root} has no run folders (folders with config.json/status.json/metrics.json"
-                                "/metrics.jsonl): pass the --output_dir your runs were written to")
+                                "/metrics.jsonl, or wandb offline-run-* folders): pass the --output_dir your "
+                                "runs were written to")
     now = time.time()
     rows = [load_run(p, root, now=now, stale_after_s=stale_after_s) for p in paths]
     df = pd.DataFrame(rows)
@@ -499,6 +378,27 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
     incomplete = [IncompleteRun(r["run"], Path(r["path"]), r["status"], r["reason"] or "")
                   for r in rows if r["status"] != "completed"]
     return Results(root=root, df=df, incomplete=incomplete)
+
+
+def run_value(run_dir: str | os.PathLike, metric: str) -> tuple[float | None, str | None]:
+    """``(value, error)`` of ``metric`` in one finished run, the name resolved as ``analyze
+    --metric`` does (:meth:`Results.resolve_metric`: final value, else best over epochs).
+
+    ``error`` (one line, value None) when the run is not ``completed``, lacks the metric
+    (lists what it has) or holds no number for it.
+    """
+    row = load_run(run_dir)
+    if row["status"] != "completed":
+        return None, f"run ended with status {row['status']}: {row['reason']}"
+    res = Results(Path(run_dir), pd.DataFrame([row]))
+    try:
+        col = res.resolve_metric(metric)
+    except KeyError as exc:
+        return None, str(exc.args[0])
+    value = row.get(col)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return None, f"metric {col} has no numeric value in {run_dir}"
+    return float(value), None
 
 
 def _numeric_if_possible(col: pd.Series) -> pd.Series:

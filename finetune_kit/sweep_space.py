@@ -221,23 +221,49 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def to_flags(values: Mapping[str, Any]) -> list[str]:
+def to_flags(values: Mapping[str, Any], command: Any = None) -> list[str]:
     """Task CLI flags for parameter values: ``{"learning_rate": 1e-3}`` -> ``["--learning_rate", "0.001"]``.
 
-    ``True`` -> ``--name``; ``False`` -> ``--no-name`` (typer's boolean flags); ``None`` -> omitted;
-    lists -> comma-joined.
+    ``True`` -> ``--name``; ``None`` -> omitted; lists -> comma-joined. ``False`` -> nothing
+    (the task's default, which is off for flags such as ``--ema``, ``--amp``,
+    ``--use_balanced``), unless ``command`` declares an off form for the option
+    (``--progress/--no-progress``), which is then used.
+
+    Args:
+        values: parameter name (the option without dashes, or with them) -> value.
+        command: the task's click command (``typer.main.get_command``), or None. With it,
+            every name must be one of its options.
+
+    Raises:
+        ValueError: with ``command``: a name that is not one of its options, or ``False`` for
+            a flag that defaults to on and has no off form.
     """
     flags: list[str] = []
     for name, v in values.items():
         flag = name if name.startswith("-") else f"--{name}"
+        option = _find_option(command, flag) if command is not None else None
         if v is None:
             continue
         if v is True:
             flags.append(flag)
         elif v is False:
-            flags.append("--no-" + flag.lstrip("-"))
+            off = list(getattr(option, "secondary_opts", None) or [])
+            if off:
+                flags.append(off[0])
+            elif option is not None and getattr(option, "is_flag", False) and getattr(option, "default", False):
+                raise ValueError(f"parameter {name}=false cannot be passed: {flag} is on by default and has no off "
+                                 f"form; leave false out of its values")
         elif isinstance(v, (list, tuple)):
             flags += [flag, ",".join(str(x) for x in v)]
         else:
             flags += [flag, repr(v) if isinstance(v, float) else str(v)]
     return flags
+
+
+def _find_option(command: Any, flag: str) -> Any:
+    """The option of a click command spelled ``flag`` (either form); ValueError when none is."""
+    for param in getattr(command, "params", []):
+        if flag in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())):
+            return param
+    raise ValueError(f"parameter {flag.lstrip('-')}: the task command {getattr(command, 'name', '')!r} has no option "
+                     f"{flag}; see the task's --help for its option names")

@@ -12,8 +12,13 @@ from typing import List, Optional, Tuple
 
 import typer
 
-#: Metrics tried, in order, when ``analyze`` is given no ``--metric``.
-DEFAULT_METRIC_CANDIDATES = ("test_auroc", "val_auroc", "psnr", "val_loss", "loss")
+#: Metrics tried, in order, when ``analyze`` is given no ``--metric``: classification's AUROC,
+#: then the R-D cost of compression runs (``val_rd``: compression-finetune; ``val_loss``:
+#: compression-train), then PSNR for runs without an R-D cost (evaluations). PSNR comes after
+#: the costs because it ignores the rate.
+DEFAULT_METRIC_CANDIDATES = ("test_auroc", "val_auroc", "val_rd", "val_loss", "val_psnr", "psnr", "loss")
+#: Per-epoch keys drawn as curves when the metric has none of its own.
+CURVE_CANDIDATES = ("val_auroc", "val_rd", "val_loss")
 
 
 def _fail(message: str) -> None:
@@ -77,7 +82,7 @@ def analyze_cmd(
     """Rank runs, draw heatmaps and comparisons, recommend settings; write a markdown report."""
     from finetune_kit import analysis
     from finetune_kit.analysis_plots import plot_comparison, plot_curves, plot_heatmap
-    from finetune_kit.results import load_runs
+    from finetune_kit.results import epoch_key, load_runs
 
     try:
         results = load_runs(runs_dir, stale_after_s=stale_after_min * 60)
@@ -107,12 +112,12 @@ def analyze_cmd(
     out.mkdir(parents=True, exist_ok=True)
     results.df.to_csv(out / "runs.csv", index=False)
     figures: list[str] = []
-    short = lambda c: c.split(".", 1)[1] if c and c.startswith("config.") else c  # noqa: E731
+    short = analysis.short_name
     for x_col, y_col in maps:
         groups = [None]
         if group_col and group_col not in (x_col, y_col):
             done = results.completed
-            groups = analysis._sort_values(done[group_col].dropna().unique())
+            groups = analysis.sorted_values(done[group_col].dropna().unique())
         for g in groups:
             part = results.df if g is None else results.df[results.df[group_col] == g]
             values, counts = analysis.heatmap_data(part, metric_col, x_col, y_col)
@@ -132,9 +137,9 @@ def analyze_cmd(
             name = _slug(f"compare_{metric_col}_vs_{short(compare_col)}") + ".png"
             plot_comparison(comp, compare_col, out / name, group_col=gcol, metric=metric_col, mode=mode)
             figures.append(name)
-    curve_key = curves or (metric_col.split(".", 1)[1] if metric_col.startswith(("best.", "last.")) else None)
+    curve_key = curves
     if curve_key is None:
-        for cand in ("val_auroc", "val_loss"):
+        for cand in (epoch_key(metric_col), *CURVE_CANDIDATES):
             if f"last.{cand}" in results.df.columns:
                 curve_key = cand
                 break
@@ -162,7 +167,7 @@ def sweep_cmd(
     trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Number of trials (grid: cap)."),
     parallel: Optional[int] = typer.Option(None, "--parallel", "-j", min=1, help="Trials running at once (default 1)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default val_auroc for classification, "
-                                         "val_loss for compression)."),
+                                         "val_loss for compression-train, val_rd for compression-finetune)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: from the metric name)."),
     output_dir: Path = typer.Option(Path("sweeps/sweep"), "--output_dir", "--output-dir",
                                     help="Sweep folder; re-run the same command on it to resume."),
@@ -170,6 +175,9 @@ def sweep_cmd(
     pruning: Optional[str] = typer.Option(None, "--pruning", help="median | none (default median)."),
     prune_warmup: int = typer.Option(1, "--prune-warmup", min=0, help="First epoch at which pruning may stop a trial."),
     prune_min_trials: int = typer.Option(3, "--prune-min-trials", min=1, help="Completed trials needed before pruning."),
+    prune_metric: Optional[str] = typer.Option(None, "--prune-metric", help="Per-epoch metrics.jsonl key pruning "
+                                               "watches (default: the objective's validation key, test_auroc -> "
+                                               "val_auroc)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run trials that failed."),
     trial_timeout_min: Optional[float] = typer.Option(None, "--trial-timeout", help="Fail a trial running longer "
                                                       "than this many minutes."),
@@ -189,14 +197,16 @@ def sweep_cmd(
         for text in param:
             p = parse_param(text)
             params = [q for q in params if q.name != p.name] + [p] if p.name in given else params + [p]
-        fixed = to_flags(spec.get("fixed") or {}) + [str(a) for a in spec.get("args") or []]
+        task = task or spec.get("task", "classification")
+        task_cli = _task_command(ctx, task)
+        fixed = to_flags(spec.get("fixed") or {}, task_cli) + [str(a) for a in spec.get("args") or []]
         cfg = SweepConfig(
-            task=task or spec.get("task", "classification"), space=SearchSpace(params), output_dir=output_dir,
+            task=task, space=SearchSpace(params), output_dir=output_dir, task_cli=task_cli,
             method=method or spec.get("method", "grid"), trials=trials or spec.get("trials"),
             parallel=parallel or spec.get("parallel", 1), metric=metric or spec.get("metric"),
             mode=mode or spec.get("mode"), fixed_args=fixed + list(ctx.args), seed=seed if seed is not None else
             spec.get("seed", 0), pruning=pruning or spec.get("pruning", "median"), prune_warmup=prune_warmup,
-            prune_min_trials=prune_min_trials, retry_failed=retry_failed,
+            prune_min_trials=prune_min_trials, prune_metric=prune_metric, retry_failed=retry_failed,
             trial_timeout_s=trial_timeout_min * 60 if trial_timeout_min else None)
     except (SweepError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -208,6 +218,19 @@ def sweep_cmd(
         typer.echo(f"sweep interrupted; state saved in {output_dir}. Re-run the same command to resume.", err=True)
         raise typer.Exit(130)
     _print_trials(state, cfg)
+
+
+def _task_command(ctx: typer.Context, task: str):
+    """The click command a trial of ``task`` runs (``finetune-kit compress finetune`` ...), found
+    in this CLI; None for an unknown task (the sweep config reports it)."""
+    from finetune_kit.sweep_config import TASK_COMMANDS
+
+    cmd = ctx.find_root().command
+    for name in TASK_COMMANDS.get(task, [None]):
+        cmd = cmd.get_command(ctx, name) if name and hasattr(cmd, "get_command") else None
+        if cmd is None:
+            return None
+    return cmd
 
 
 def _print_trials(state: dict, cfg) -> None:

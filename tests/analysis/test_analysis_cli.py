@@ -74,5 +74,40 @@ def test_sweep_cli_builds_config_with_pass_through(tmp_path, monkeypatch):
     assert cfg.command[-1] == "classify"
     r = runner.invoke(app, ["sweep", "--task", "segmentation", "--param", "a=1,2", "--output_dir", str(tmp_path)])
     assert r.exit_code == 2 and "unknown task 'segmentation'" in r.output
-    r = runner.invoke(app, ["sweep", "--param", "lr=loguniform:1e-5:1e-2", "--output_dir", str(tmp_path)])
-    assert r.exit_code == 2 and "grid search needs a list of values for lr" in r.output
+    r = runner.invoke(app, ["sweep", "--param", "learning_rate=loguniform:1e-5:1e-2", "--output_dir", str(tmp_path)])
+    assert r.exit_code == 2 and "grid search needs a list of values for learning_rate" in r.output
+    r = runner.invoke(app, ["sweep", "--param", "lrr=1e-3,1e-2", "--output_dir", str(tmp_path)])
+    assert r.exit_code == 2 and "the task command 'classify' has no option --lrr" in r.output
+
+
+def test_sweep_cli_for_compression_finetune_defaults_and_flags(tmp_path, monkeypatch):
+    import finetune_kit.sweep as sweep_mod
+    from finetune_kit.sweep_space import to_flags
+
+    seen = {}
+    monkeypatch.setattr(sweep_mod, "run_sweep", lambda cfg, echo: seen.setdefault("cfg", cfg) and {"trials": []})
+    r = runner.invoke(app, ["sweep", "--task", "compression-finetune", "--param", "use_balanced=true,false",
+                            "--param", "progress=false", "--output_dir", str(tmp_path / "sw")])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.metric, cfg.mode, cfg.prune_metric) == ("val_rd", "min", "val_rd")  # what the task logs
+    argvs = [to_flags(p, cfg.task_cli) for p in cfg.space.grid()]
+    assert argvs == [["--use_balanced", "--no-progress"], ["--no-progress"]]
+    for argv in argvs:  # the real command accepts them
+        cfg.task_cli.make_context("finetune", list(argv))
+
+
+def test_analyze_default_metric_of_compression_finetune_runs(tmp_path):
+    from analysis_helpers import make_run
+
+    root = tmp_path / "runs"
+    for gamma, rd in ((0.004, 1.5), (0.008, 1.2), (0.016, 1.4)):
+        hist = [{"epoch": e, "val_rd": rd + 0.1 * (1 - e), "val_bpp": 0.4, "val_psnr": 30 - rd, "lr": 1e-5}
+                for e in range(2)]
+        make_run(root, f"g{gamma}", {"gamma": gamma, "lmbda": 0.0018}, hist, final={**hist[-1], "lmbda": 0.0018})
+    r = runner.invoke(app, ["analyze", str(root), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "metric: `final.val_rd` (lower is better)" in r.output
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert report.index("| 1 | g0.008 |") < report.index("| 2 | g0.016 |") < report.index("| 3 | g0.004 |")
+    assert (tmp_path / "o" / "curves_val_rd.png").is_file()

@@ -18,6 +18,7 @@ import pytest
 
 from analysis_helpers import ACRIMA, KODAK
 from finetune_kit.results import load_runs
+from finetune_kit.sweep import DEFAULT_METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +86,7 @@ def test_dataframe_from_real_runs(real_runs):
     assert res.resolve_metric("val_auroc") == "best.val_auroc"
     for _, row in done.iterrows():  # best over epochs agrees with metrics.jsonl
         hist = [json.loads(line) for line in (Path(row["path"]) / "metrics.jsonl").read_text().splitlines()]
+        assert all(DEFAULT_METRICS["classification"][0] in h for h in hist)  # the sweep's default objective
         assert row["best.val_auroc"] == pytest.approx(max(h["val_auroc"] for h in hist))
         assert row["epochs"] == len(hist) >= 1
     assert set(res.param_columns()) >= {"config.ft_strategy", "config.learning_rate"}
@@ -152,7 +154,7 @@ def test_sweep_of_real_classification_runs_interrupted_and_resumed(tmp_path):
     assert "1 of 3 trials already finished" in r.stdout
     res = load_runs(sweep)
     assert len(res.completed) == 3
-    assert [r.status for r in res.incomplete] == ["failed"]  # the interrupted first attempt of trial 1
+    assert [r.status for r in res.incomplete] == ["interrupted"]  # the interrupted first attempt of trial 1
     values = {t["tag"]: t["value"] for t in state["trials"]}
     for _, row in res.completed.iterrows():
         tag = Path(row["path"]).parent.name
@@ -186,3 +188,45 @@ def test_compression_run_is_loaded(tmp_path):
     for _, row in res.completed.iterrows():
         hist = [json.loads(line) for line in (Path(row["path"]) / "metrics.jsonl").read_text().splitlines()]
         assert row["best.val_loss"] == pytest.approx(min(h["val_loss"] for h in hist))
+        assert all(DEFAULT_METRICS["compression-train"][0] in h for h in hist)
+
+
+def test_sweep_of_real_compression_finetune_runs_with_a_boolean_parameter(tmp_path):
+    """Two tiny fine-tuning trials, --use_balanced on and off: both run, the default objective
+    (val_rd) is found, and its per-epoch values (what pruning reads) are recorded."""
+    if not KODAK.is_dir():
+        pytest.skip(f"Kodak images not found at {KODAK}")
+    if importlib.util.find_spec("tasks.compression.finetune") is None:
+        pytest.skip("the compression fine-tuning task (issue 5) is not installed yet")
+    from typer.testing import CliRunner
+
+    from finetune_kit.cli.main import app
+    from finetune_kit.sweep import load_state
+
+    crops = tmp_path / "kodak"
+    crops.mkdir()
+    for n in sorted(os.listdir(KODAK))[:4]:
+        (crops / n).symlink_to(KODAK / n)
+    sweep = tmp_path / "sweep"
+    r = subprocess.run([*CLI, "sweep", "--task", "compression-finetune", "--param", "use_balanced=true,false",
+                        "--output_dir", str(sweep), "--", "--data", str(crops), "--model", "hpcm-tiny", "--epochs", "2",
+                        "--steps_per_epoch", "1", "--batch_size", "2", "--patch_size", "64", "--lambda", "0.0018",
+                        "--val_fraction", "0.5", "--wandb", "disabled", "--no-progress", "--threads", "1"],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "pruning is off" not in r.stdout
+    state = load_state(sweep)
+    assert state["spec"]["metric"] == "val_rd" and state["spec"]["mode"] == "min"
+    assert [t["status"] for t in state["trials"]] == ["completed"] * 2, [t["error"] for t in state["trials"]]
+    for t in state["trials"]:
+        assert ("--use_balanced" in t["command"]) is t["params"]["use_balanced"]
+        assert not any(a.startswith("--no-use") for a in t["command"])
+        config = json.loads((Path(t["run_dir"]) / "config.json").read_text())
+        assert config["use_balanced"] is t["params"]["use_balanced"]
+        final = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())
+        assert t["value"] == pytest.approx(final["val_rd"])
+        assert sorted(t["intermediate"]) == ["0", "1"]
+    out = tmp_path / "report"
+    a = CliRunner().invoke(app, ["analyze", str(sweep), "-o", str(out)])
+    assert a.exit_code == 0, a.output
+    assert "metric: `final.val_rd` (lower is better)" in a.output

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from finetune_kit import analysis
-from finetune_kit.analysis_plots import plot_comparison, plot_curves, plot_heatmap
+from finetune_kit.analysis_plots import draw_heatmap, plot_comparison, plot_curves, plot_heatmap
 from finetune_kit.results import load_runs
 
 S, LR, M = "config.ft_strategy", "config.learning_rate", "final.test_auroc"
@@ -81,6 +81,42 @@ def test_report_lists_everything(res):
     assert "| zz-crashed | crashed |" in text and "| zz-failed | failed | RuntimeError: out of memory |" in text
     assert "![heatmap.png](heatmap.png)" in text
     assert "0.931 (n=2)" in text  # heatmap cell: mean of two seeds
+
+
+def test_heatmap_cells_show_the_pivot_values(res, grid_runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, truth = grid_runs
+    df = res.df[~((res.df[S] == "linear") & (res.df[LR] == 1e-2) & (res.df["config.seed"] == 1))]  # one seed there
+    df = df[~((df[S] == "linear") & (df[LR] == 1e-4))]  # an empty cell
+    values, counts = analysis.heatmap_data(df, M, LR, S)
+    fig, ax = plt.subplots()
+    try:
+        draw_heatmap(ax, values, counts=counts, metric=M, mode="max")
+        cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+        best = [p.get_xy() for p in ax.patches]
+    finally:
+        plt.close(fig)
+    assert len(cells) == values.size == 6
+    mean = np.mean([truth[("full", 1e-3, 0)], truth[("full", 1e-3, 1)]])
+    assert cells[(0, 1)] == f"{mean:.4g}\nn=2"  # row full, column lr=1e-3: mean of two seeds
+    assert cells[(1, 2)] == f"{truth[('linear', 1e-2, 0)]:.4g}"  # a single run: no n=
+    assert cells[(1, 0)] == "-"  # no run
+    for i, y in enumerate(values.index):
+        for j, x in enumerate(values.columns):
+            v, n = values.loc[y, x], counts.loc[y, x]
+            expected = "-" if n == 0 else analysis.fmt(v) + (f"\nn={n}" if n > 1 else "")
+            assert cells[(i, j)] == expected
+    assert best == [(1 - 0.5, 0 - 0.5)]  # the best cell (full, 1e-3) is outlined
+
+
+def test_fmt():
+    assert analysis.fmt(float("inf")) == "inf" and analysis.fmt(np.float64("-inf")) == "-inf"
+    assert analysis.fmt(float("nan")) == "-" and analysis.fmt(None) == "-"
+    assert analysis.fmt(3.0) == "3" and analysis.fmt(0.93125) == "0.9313" and analysis.fmt(1e-5) == "1e-05"
 
 
 def test_plots_write_files(res, tmp_path):

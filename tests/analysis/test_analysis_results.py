@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from finetune_kit.results import discover_runs, flatten, load_runs, metric_mode
+from finetune_kit.results import discover_runs, epoch_key, flatten, load_runs, metric_mode
 from analysis_helpers import make_run
 
 
@@ -24,9 +24,26 @@ def test_flatten_nested_lists_and_nan():
 
 @pytest.mark.parametrize("name,mode", [("val_auroc", "max"), ("test_accuracy", "max"), ("val_loss", "min"),
                                        ("bpp", "min"), ("val_bpp_loss", "min"), ("psnr", "max"),
-                                       ("ece_after", "min"), ("lr", None), ("epoch", None)])
+                                       ("ece_after", "min"), ("lr", None), ("epoch", None),
+                                       # compression-finetune's R-D cost and its per-scale parts
+                                       ("val_rd", "min"), ("final.val_rd", "min"), ("val_rd_s1", "min"),
+                                       ("rd", "min"), ("cost", "min"), ("nll", "min"), ("test_ece_calibrated", "min"),
+                                       ("bd_rate", "min"), ("epoch_time", "min"), ("val_psnr", "max"),
+                                       ("final.test.auroc", "max"), ("psnr_loss", "min"),
+                                       # hyperparameters logged beside the metrics have no direction
+                                       ("learning_rate", None), ("config.learning_rate", None), ("decay_rate", None),
+                                       ("drop_path_rate", None), ("gamma_s1", None), ("loss_weight", None),
+                                       ("task_weight/distortion", None), ("trainable_params", None)])
 def test_metric_mode(name, mode):
     assert metric_mode(name) == mode
+
+
+@pytest.mark.parametrize("name,key", [("val_auroc", "val_auroc"), ("best.val_auroc", "val_auroc"),
+                                      ("test_auroc", "val_auroc"), ("final.test.auroc", "val_auroc"),
+                                      ("final.val_rd", "val_rd"), ("wandb.summary.test_psnr", "val_psnr"),
+                                      ("final.epochs", "epochs")])
+def test_epoch_key(name, key):
+    assert epoch_key(name) == key
 
 
 def test_dataframe_one_row_per_run_with_config_final_best(grid_runs):
@@ -99,24 +116,60 @@ def test_completed_without_metrics_json_and_truncated_jsonl(tmp_path):
     assert "unreadable line" in row["reason"] and row["epochs"] == 1
 
 
-def test_wandb_offline_folder_is_read(tmp_path):
-    p = make_run(tmp_path, "r", {"seed": 0}, [{"epoch": 0, "val_auroc": 0.5}], final={"test_auroc": 0.6})
-    files = p / "wandb" / "offline-run-20260101_000000-abc" / "files"
+def _legacy_wandb_run(folder, summary, config_yaml):
+    """A wandb offline run folder as older wandb versions wrote it (files/, no record log)."""
+    files = folder / "files"
     files.mkdir(parents=True)
-    (files / "wandb-summary.json").write_text(json.dumps({"val_auroc": 0.55, "_runtime": 3}))
-    (files / "config.yaml").write_text("_wandb:\n  value: {}\nlearning_rate:\n  desc: null\n  value: 0.001\n")
-    # a wandb-only run (no finetune-kit files)
-    only = tmp_path / "other" / "wandb" / "offline-run-20260101_000001-def" / "files"
-    only.mkdir(parents=True)
-    (only / "wandb-summary.json").write_text(json.dumps({"test_auroc": 0.7}))
-    (only / "config.yaml").write_text("learning_rate:\n  value: 0.01\n")
+    (files / "wandb-summary.json").write_text(json.dumps(summary))
+    (files / "config.yaml").write_text(config_yaml)
+    return folder
+
+
+def test_wandb_folders_inside_a_run_are_merged_oldest_first(tmp_path):
+    p = make_run(tmp_path, "r", {"seed": 0}, [{"epoch": 0, "val_auroc": 0.5}], final={"test_auroc": 0.6})
+    _legacy_wandb_run(p / "wandb" / "offline-run-20260101_000000-abc", {"val_auroc": 0.55, "first": 1, "_runtime": 3},
+                      "_wandb:\n  value: {}\nlearning_rate:\n  desc: null\n  value: 0.001\n")
+    _legacy_wandb_run(p / "wandb" / "offline-run-20260102_000000-xyz", {"val_auroc": 0.58}, "")  # resumed later
     res = load_runs(tmp_path)
-    df = res.df.set_index("run")
-    assert df.loc["r", "wandb.summary.val_auroc"] == 0.55
-    assert "wandb.summary._runtime" not in df.columns
-    assert df.loc["other", "config.learning_rate"] == 0.01
-    assert df.loc["other", "final.test_auroc"] == 0.7
-    assert df.loc["other", "status"] == "completed"
+    assert list(res.df["run"]) == ["r"]  # the wandb runs of a run folder are not runs of their own
+    row = res.df.iloc[0]
+    assert row["status"] == "completed" and row["final.test_auroc"] == 0.6
+    assert row["wandb.summary.val_auroc"] == 0.58 and row["wandb.summary.first"] == 1
+    assert "wandb.summary._runtime" not in res.df.columns
+
+
+def test_wandb_folder_beside_run_folders_hides_nothing(tmp_path):
+    make_run(tmp_path, "a", {"seed": 0}, final={"test_auroc": 0.6})
+    make_run(tmp_path, "b", {"seed": 1}, final={"test_auroc": 0.7})
+    _legacy_wandb_run(tmp_path / "wandb" / "offline-run-20260101_000001-def", {"test_auroc": 0.9},
+                      "learning_rate:\n  value: 0.01\n")
+    (tmp_path / "wandb" / "debug.log").write_text("")
+    res = load_runs(tmp_path)
+    wb = "wandb/offline-run-20260101_000001-def"
+    assert list(res.df["run"]) == ["a", "b", wb]
+    st = dict(zip(res.df["run"], res.df["status"]))
+    assert st == {"a": "completed", "b": "completed", wb: "unknown"}  # no exit record: listed, not ranked
+    assert list(res.completed["run"]) == ["a", "b"]
+    row = res.df.set_index("run").loc[wb]
+    assert row["config.learning_rate"] == 0.01 and row["final.test_auroc"] == 0.9
+    assert "wandb run only" in row["reason"] and "no exit record" in row["reason"]
+
+
+def test_real_wandb_offline_runs_get_status_from_their_exit_record(tmp_path):
+    pytest.importorskip("wandb")
+    script = ("import wandb\n"
+              "for code in (0, 3):\n"
+              "    r = wandb.init(mode='offline', dir=%r, project='p', config={'learning_rate': 0.1 * (code + 1)})\n"
+              "    r.log({'val_auroc': 0.5}); r.summary['test_auroc'] = 0.7 - code / 100\n"
+              "    r.finish(exit_code=code)\n") % str(tmp_path)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True, timeout=120)
+    res = load_runs(tmp_path)
+    assert len(res.df) == 2 and all(r.startswith("wandb/offline-run-") for r in res.df["run"])
+    df = res.df.sort_values("config.learning_rate")
+    assert list(df["status"]) == ["completed", "failed"]
+    assert list(df["final.test_auroc"]) == pytest.approx([0.7, 0.67])
+    assert "exited with code 3" in df.iloc[1]["reason"]
 
 
 def test_discover_nested_runs_but_not_inside_runs(tmp_path):

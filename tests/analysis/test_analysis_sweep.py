@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,6 +33,25 @@ def cfg(tmp_path, space, **kw):
 
 
 GRID = [Param("ft_strategy", choices=["linear", "full"]), Param("learning_rate", choices=[1e-4, 1e-3])]
+
+
+def sleeper(*argv: str) -> subprocess.Popen:
+    """A process standing in for another sweep; returns once its command line is readable."""
+    from finetune_kit.run_status import process_cmdline
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", *argv])
+    deadline = time.time() + 10
+    while "time.sleep" not in process_cmdline(proc.pid) and time.time() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
+def write_lock(folder: Path, pid: int, host: str | None = None, cmdline: str | None = None) -> Path:
+    import platform
+
+    lock = folder / ".sweep.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": host or platform.node(), "cmdline": cmdline}))
+    return lock
 
 
 def test_grid_sweep_then_rerun_skips_finished(tmp_path):
@@ -80,28 +100,64 @@ def test_interrupted_sweep_resumes_without_rerunning_finished(tmp_path):
     state = load_state(tmp_path / "sweep")
     assert [t["status"] for t in state["trials"]] == ["completed", "pending", "pending", "pending"]
     first_attempt = Path(state["trials"][1]["run_dir"])
-    assert json.loads((first_attempt / "status.json").read_text())["status"] == "failed"
+    assert json.loads((first_attempt / "status.json").read_text())["status"] == "interrupted"
     done = run_sweep(cfg(tmp_path, GRID, fixed_args=["--num_epochs", "3", "--sleep", "0.7"]), echo=lambda s: None)
     assert [t["status"] for t in done["trials"]] == ["completed"] * 4
     assert [t["attempts"] for t in done["trials"]] == [1, 2, 1, 1]
     res = load_runs(tmp_path / "sweep")
     assert len(res.completed) == 4
-    assert [(r.status, "interrupted" in r.reason) for r in res.incomplete] == [("failed", True)]
+    assert [(r.status, "interrupted" in r.reason) for r in res.incomplete] == [("interrupted", True)]
 
 
 def test_median_pruning_stops_a_hopeless_trial(tmp_path):
+    # the objective is the final test metric; pruning watches its per-epoch validation counterpart
     space = [Param("learning_rate", choices=[1e-3, 2e-3, 5e-4, 1e-1])]
-    c = cfg(tmp_path, space, pruning="median", prune_min_trials=3, prune_warmup=1,
+    c = cfg(tmp_path, space, pruning="median", prune_min_trials=3, prune_warmup=1, metric="test_auroc",
             fixed_args=["--num_epochs", "4", "--sleep", "0.4"])
+    assert c.prune_metric == "val_auroc"
     state = run_sweep(c, echo=lambda s: None)
     assert [t["status"] for t in state["trials"]] == ["completed", "completed", "completed", "pruned"]
     pruned = state["trials"][3]
     assert "worse than the median" in pruned["error"] and pruned["value"] is None
+    assert state["trials"][0]["value"] == pytest.approx(quality("full", 1e-3) - 0.01)  # test_auroc
     assert len(pruned["intermediate"]) < 4
     status = json.loads((Path(pruned["run_dir"]) / "status.json").read_text())
     assert status["status"] == "pruned"
     res = load_runs(tmp_path / "sweep")
     assert [r.status for r in res.incomplete] == ["pruned"]
+
+
+def test_metric_not_logged_per_epoch_turns_pruning_off_with_one_note(tmp_path):
+    space = [Param("learning_rate", choices=[1e-3, 2e-3, 5e-4])]
+    c = cfg(tmp_path, space, pruning="median", prune_min_trials=1, metric="final.epochs", mode="max",
+            fixed_args=["--num_epochs", "2"])
+    messages: list[str] = []
+    state = run_sweep(c, echo=messages.append)
+    assert [t["status"] for t in state["trials"]] == ["completed"] * 3
+    notes = [m for m in messages if "pruning is off" in m]
+    assert len(notes) == 1 and "'epochs'" in notes[0] and "val_auroc" in notes[0] and "\n" not in notes[0]
+
+
+def test_trial_that_ended_is_finished_not_overwritten_by_prune_or_interrupt(tmp_path):
+    from finetune_kit.sweep import _Sweep
+
+    c = cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"])
+    sweep = _Sweep(c, echo=lambda s: None)
+    sweep.open()
+    try:
+        for t in sweep.pending():
+            sweep.launch(t)
+        for live in sweep.live.values():
+            live.proc.wait()  # both trials completed since the last poll
+        sweep._stop(sweep.live[1], "pruned", "decided on values read before the trial ended")
+        sweep.interrupt()
+    finally:
+        sweep.unlock()
+    trials = sweep.state["trials"]
+    assert [(t["status"], t["attempts"]) for t in trials] == [("completed", 1), ("completed", 1)]
+    for t in trials:
+        assert t["value"] == pytest.approx(quality(t["params"]["ft_strategy"], 1e-3))  # the default lr
+        assert json.loads((Path(t["run_dir"]) / "status.json").read_text())["status"] == "completed"
 
 
 def test_failed_trial_is_recorded_and_retried_on_request(tmp_path):
@@ -132,17 +188,16 @@ def test_errors(tmp_path, monkeypatch):
     run_sweep(cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"]), echo=lambda s: None)
     with pytest.raises(SweepError, match="different spec \\(differs in: space\\)"):
         run_sweep(cfg(tmp_path, GRID, fixed_args=["--num_epochs", "1"]), echo=lambda s: None)
-    lock = tmp_path / "sweep" / ".sweep.lock"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    other = sleeper()
     try:
-        import os
+        from finetune_kit.run_status import process_cmdline
 
-        lock.write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
-        with pytest.raises(SweepError, match=f"another sweep \\(pid {sleeper.pid}\\)"):
+        write_lock(tmp_path / "sweep", other.pid, cmdline=process_cmdline(other.pid))
+        with pytest.raises(SweepError, match=f"another sweep \\(pid {other.pid}\\) holds .*sweep.lock"):
             run_sweep(cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"]), echo=lambda s: None)
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        other.kill()
+        other.wait()
     with pytest.raises(SweepError, match="grid search needs a list of values"):
         cfg(tmp_path, [Param("lr", "float", low=1e-4, high=1e-2)])
     with pytest.raises(SweepError, match="unknown task"):
@@ -182,9 +237,7 @@ def test_tpe_pruning_through_optuna(tmp_path):
     assert len(pruned) == 1 and pruned[0].params["learning_rate"] == pytest.approx(1e-1)
 
 
-def test_lock_of_another_sweep_is_left_alone_and_orphan_result_kept(tmp_path):
-    import os
-
+def test_orphan_result_kept(tmp_path):
     c = cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"])
     state = run_sweep(c, echo=lambda s: None)
     # a sweep killed with SIGKILL after its trial finished: state still says running
@@ -195,16 +248,68 @@ def test_lock_of_another_sweep_is_left_alone_and_orphan_result_kept(tmp_path):
     again = run_sweep(c, echo=messages.append)
     assert again["trials"][1]["status"] == "completed" and again["trials"][1]["attempts"] == 1
     assert any("result kept" in m for m in messages)
-    lock = tmp_path / "sweep" / ".sweep.lock"
-    lock.write_text(json.dumps({"pid": os.getpid() + 0, "host": "elsewhere"}))  # another host: not ours to judge
+
+
+def test_lock_of_another_sweep_is_left_alone(tmp_path):
+    from finetune_kit.run_status import process_cmdline
+
+    c = cfg(tmp_path, GRID[:1], fixed_args=["--num_epochs", "1"])
+    run_sweep(c, echo=lambda s: None)
+    folder = tmp_path / "sweep"
+    # another host: its process cannot be checked from here, so the lock is refused, never removed
+    lock = write_lock(folder, os.getpid(), host="elsewhere")
+    before = lock.read_text()
+    with pytest.raises(SweepError, match=r"pid \d+ on host elsewhere.*remove the lock \(rm .*\.sweep\.lock\)"):
+        run_sweep(c, echo=lambda s: None)
+    assert lock.read_text() == before
+    # this host, a live process running the recorded sweep command: refused, lock untouched
+    other = sleeper("sweep")
+    try:
+        write_lock(folder, other.pid, cmdline=process_cmdline(other.pid))
+        with pytest.raises(SweepError, match=f"another sweep \\(pid {other.pid}\\)"):
+            run_sweep(c, echo=lambda s: None)
+        assert json.loads(lock.read_text())["pid"] == other.pid
+        # the same pid running another command than the recorded one (pid reused): stale, reclaimed
+        write_lock(folder, other.pid, cmdline="python -m finetune_kit.cli.main sweep --output_dir x")
+        run_sweep(c, echo=lambda s: None)
+        assert not lock.exists()
+        # an old lock without a recorded command: stale unless the process looks like a sweep
+        write_lock(folder, other.pid)
+        with pytest.raises(SweepError, match="another sweep"):  # its argv holds "sweep"
+            run_sweep(c, echo=lambda s: None)
+    finally:
+        other.kill()
+        other.wait()
+    write_lock(folder, other.pid)  # the process is gone: stale, reclaimed
     run_sweep(c, echo=lambda s: None)
     assert not lock.exists()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+
+
+def _take_lock(folder: str, barrier, results) -> None:
+    from finetune_kit.sweep_state import SweepLock
+
+    lock = SweepLock(folder)
+    barrier.wait()
     try:
-        lock.write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
-        with pytest.raises(SweepError):
-            run_sweep(c, echo=lambda s: None)
-        assert json.loads(lock.read_text())["pid"] == sleeper.pid  # still the other sweep's lock
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+        lock.acquire()
+    except SweepError:
+        results.put(False)
+        return
+    results.put(True)
+    time.sleep(1.0)  # hold it while the others try
+    lock.release()
+
+
+def test_only_one_of_sweeps_started_at_once_gets_the_lock(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_take_lock, args=(str(tmp_path), barrier, results)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    got = sorted(results.get(timeout=30) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert got == [False] * 5 + [True]
+    assert not (tmp_path / ".sweep.lock").exists()  # released by its owner

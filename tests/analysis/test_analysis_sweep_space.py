@@ -46,7 +46,47 @@ def test_random_sampling_is_deterministic_and_in_range():
 def test_to_flags():
     assert to_flags({"learning_rate": 1e-3, "ft_strategy": "full", "amp": True, "ema": False, "x": None,
                      "unfreeze_schedule": [100, 200]}) == [
-        "--learning_rate", "0.001", "--ft_strategy", "full", "--amp", "--no-ema", "--unfreeze_schedule", "100,200"]
+        "--learning_rate", "0.001", "--ft_strategy", "full", "--amp", "--unfreeze_schedule", "100,200"]
+
+
+def _task_command(*names):
+    """The real click command of a task, as ``finetune-kit`` builds it."""
+    import click
+    import typer
+
+    from finetune_kit.cli.main import app
+
+    cmd = typer.main.get_command(app)
+    ctx = click.Context(cmd)
+    for name in names:
+        cmd = cmd.get_command(ctx, name)
+    return cmd
+
+
+def test_flags_parse_with_the_real_task_commands():
+    finetune = _task_command("compress", "finetune")
+    argv = to_flags({"use_balanced": False, "adaptive_gamma": True, "progress": False, "gamma": 0.004,
+                     "learning_rate": 1e-5}, finetune)
+    assert argv == ["--adaptive_gamma", "--no-progress", "--gamma", "0.004", "--learning_rate", "1e-05"]
+    params = finetune.make_context("finetune", list(argv)).params
+    assert (params["use_balanced"], params["adaptive_gamma"], params["progress"]) == (False, True, False)
+    assert params["gamma"] == 0.004 and params["learning_rate"] == 1e-5
+    classify = _task_command("classify")
+    for ema in (True, False):
+        argv = to_flags({"ema": ema, "amp": not ema, "learning_rate": 1e-3}, classify)
+        params = classify.make_context("classify", argv).params
+        assert (params["ema"], params["amp"], params["learning_rate"]) == (ema, not ema, 1e-3)
+    with pytest.raises(ValueError, match="has no option --lrr"):
+        to_flags({"lrr": 1e-3}, classify)
+
+
+def test_false_for_a_flag_without_off_form_that_defaults_on_is_an_error():
+    import click
+
+    cmd = click.Command("t", params=[click.Option(["--fast"], is_flag=True, default=True)])
+    assert to_flags({"fast": True}, cmd) == ["--fast"]
+    with pytest.raises(ValueError, match="fast=false cannot be passed: --fast is on by default"):
+        to_flags({"fast": False}, cmd)
 
 
 def test_space_file(tmp_path):
