@@ -137,7 +137,7 @@ class BalancedRD:
         c = (a * z / d).sum().detach()
         self.prev_losses = l.detach().cpu()
         eff = (a * z / d).detach() / c
-        self.last_record = {f"weight/{t}": float(z[i]) for i, t in enumerate(self.task_names)}
+        self.last_record = {f"weight/{t}": float(z[i].detach()) for i, t in enumerate(self.task_names)}
         self.last_record.update({f"contrib/{t}": float(eff[i]) for i, t in enumerate(self.task_names)})
         return (a * z * torch.log(d)).sum() / c
 

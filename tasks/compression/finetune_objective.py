@@ -164,5 +164,5 @@ def validate(model, loader, objective: FinetuneObjective, max_batches: int | Non
             n += x.shape[0]
     res: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
     res["psnr"] = 10 * math.log10(1 / res["mse"]) if res.get("mse", 0) > 0 else float("inf")
-    res["aux_loss"] = float(model.aux_loss())
+    res["aux_loss"] = float(model.aux_loss().detach())
     return res

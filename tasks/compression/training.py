@@ -179,7 +179,7 @@ def evaluate(model: nn.Module, loader: Iterable[Tensor], loss_fn: LossFn, *,
             x = x.to(device)
             avg.add(loss_fn(model(x), x), x.shape[0])
         res = avg.result()
-        res["aux_loss"] = float(model.aux_loss())
+        res["aux_loss"] = float(model.aux_loss().detach())
         mse = res.get("mse_loss")
         if mse is not None:
             res["psnr"] = float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
