@@ -8,6 +8,11 @@ from tasks.compression.hierarchical_loss import (HierarchicalRDLoss, haar_band_e
                                                  laplacian_band_energies)
 
 
+
+def _f(v) -> float:
+    """A scalar tensor (which may still carry the graph for a later backward()) as a float."""
+    return float(v.detach())
+
 def _out(B=2, H=64, W=48, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(B, 3, H, W, generator=g)
@@ -40,11 +45,11 @@ def test_measured_tasks_sum_to_rd_loss():
     t = loss(out, x)
     assert list(t.tasks) == loss.task_names == ["dist_coarse", "dist_mid", "dist_fine", "rate_s1", "rate_s2",
                                                 "rate_s3", "rate_z"]
-    assert float(sum(t.tasks.values())) == pytest.approx(float(t.rd), rel=1e-5)
-    assert float(t.rd) == pytest.approx(lam * 255 ** 2 * float(t.mse) + float(t.bpp), rel=1e-6)
-    assert sum(t.scale_costs.values()) == pytest.approx(float(t.rd), rel=1e-5)
+    assert _f(sum(t.tasks.values())) == pytest.approx(_f(t.rd), rel=1e-5)
+    assert _f(t.rd) == pytest.approx(lam * 255 ** 2 * _f(t.mse) + _f(t.bpp), rel=1e-6)
+    assert sum(t.scale_costs.values()) == pytest.approx(_f(t.rd), rel=1e-5)
     # white noise error: each Haar detail level holds 3/4 of what is left
-    d = [float(t.tasks[k]) for k in ("dist_fine", "dist_mid", "dist_coarse")]
+    d = [_f(t.tasks[k]) for k in ("dist_fine", "dist_mid", "dist_coarse")]
     assert d[0] / sum(d) == pytest.approx(0.75, abs=0.03)
     sum(t.tasks.values()).backward()
     assert out["x_hat"].grad is not None
@@ -53,17 +58,17 @@ def test_measured_tasks_sum_to_rd_loss():
 def test_fixed_ratios_and_adaptive_learns():
     out, x = _out()
     t = HierarchicalRDLoss(0.01, decomposition="fixed")(out, x)
-    k = 0.01 * 255 ** 2 * float(t.mse)
-    assert float(t.tasks["dist_s1"]) == pytest.approx(0.40 * k, rel=1e-5)
-    assert float(t.tasks["dist_s3"]) == pytest.approx(0.25 * k, rel=1e-5)
-    assert float(t.tasks["rate_s2"]) == pytest.approx(0.40 * float(t.bpp), rel=1e-5)
-    assert float(sum(t.tasks.values())) == pytest.approx(float(t.rd), rel=1e-5)
+    k = 0.01 * 255 ** 2 * _f(t.mse)
+    assert _f(t.tasks["dist_s1"]) == pytest.approx(0.40 * k, rel=1e-5)
+    assert _f(t.tasks["dist_s3"]) == pytest.approx(0.25 * k, rel=1e-5)
+    assert _f(t.tasks["rate_s2"]) == pytest.approx(0.40 * _f(t.bpp), rel=1e-5)
+    assert _f(sum(t.tasks.values())) == pytest.approx(_f(t.rd), rel=1e-5)
     ada = HierarchicalRDLoss(0.01, decomposition="adaptive", ratio_lr=0.5).train()
     for _ in range(200):
         ada(out, x)
     measured = HierarchicalRDLoss(0.01)(out, x)
-    dsum = sum(float(measured.tasks[f"dist_{b}"]) for b in ("coarse", "mid", "fine"))
-    assert ada.ratios()["dist"][2] == pytest.approx(float(measured.tasks["dist_fine"]) / dsum, abs=0.01)
+    dsum = sum(_f(measured.tasks[f"dist_{b}"]) for b in ("coarse", "mid", "fine"))
+    assert ada.ratios()["dist"][2] == pytest.approx(_f(measured.tasks["dist_fine"]) / dsum, abs=0.01)
     assert "dist_logits" in ada.state_dict()
 
 
