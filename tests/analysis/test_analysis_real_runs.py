@@ -5,7 +5,6 @@ commands are absent.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -31,8 +30,6 @@ RUNS = [("linear", 1e-2), ("full", 1e-3), ("full", 1e-4)]
 def _need_classify():
     if not ACRIMA.is_dir():
         pytest.skip(f"ACRIMA images not found at {ACRIMA}")
-    if importlib.util.find_spec("tasks.classification.train") is None:
-        pytest.skip("the classification task (issue 3) is not installed yet")
 
 
 def tiny_acrima(folder: Path, per_class: int = 12) -> Path:
@@ -161,15 +158,18 @@ def test_sweep_of_real_classification_runs_interrupted_and_resumed(tmp_path):
         assert row["best.val_auroc"] == pytest.approx(values[tag])
 
 
+def _kodak_subset(folder: Path, n: int) -> Path:
+    """A folder of symbolic links to the first ``n`` Kodak images (decoding all 24 would dominate)."""
+    folder.mkdir()
+    for name in sorted(os.listdir(KODAK))[:n]:
+        (folder / name).symlink_to(KODAK / name)
+    return folder
+
+
 def test_compression_run_is_loaded(tmp_path):
     if not KODAK.is_dir():
         pytest.skip(f"Kodak images not found at {KODAK}")
-    if importlib.util.find_spec("tasks.compression.training") is None:
-        pytest.skip("the compression task (issue 4) is not installed yet")
-    crops = tmp_path / "kodak"
-    crops.mkdir()
-    for n in sorted(os.listdir(KODAK))[:4]:
-        (crops / n).symlink_to(KODAK / n)
+    crops = _kodak_subset(tmp_path / "kodak", 4)
     root = tmp_path / "runs"
     for lmbda in (0.0018, 0.0067):
         r = subprocess.run([*CLI, "compress", "train", "--data", str(crops), "--model", "hpcm-tiny", "--epochs", "1",
@@ -196,17 +196,12 @@ def test_sweep_of_real_compression_finetune_runs_with_a_boolean_parameter(tmp_pa
     (val_rd) is found, and its per-epoch values (what pruning reads) are recorded."""
     if not KODAK.is_dir():
         pytest.skip(f"Kodak images not found at {KODAK}")
-    if importlib.util.find_spec("tasks.compression.finetune") is None:
-        pytest.skip("the compression fine-tuning task (issue 5) is not installed yet")
     from typer.testing import CliRunner
 
     from finetune_kit.cli.main import app
     from finetune_kit.sweep import load_state
 
-    crops = tmp_path / "kodak"
-    crops.mkdir()
-    for n in sorted(os.listdir(KODAK))[:4]:
-        (crops / n).symlink_to(KODAK / n)
+    crops = _kodak_subset(tmp_path / "kodak", 4)
     sweep = tmp_path / "sweep"
     r = subprocess.run([*CLI, "sweep", "--task", "compression-finetune", "--param", "use_balanced=true,false",
                         "--output_dir", str(sweep), "--", "--data", str(crops), "--model", "hpcm-tiny", "--epochs", "2",

@@ -37,3 +37,12 @@ class StandIn(nn.Module):
 def standin() -> StandIn:
     torch.manual_seed(0)
     return StandIn()
+
+
+@pytest.fixture(scope="session")
+def photos(photos_train_dir, tmp_path_factory):
+    """Five of the training photographs (symbolic links; decoding all 50 would dominate the test time)."""
+    d = tmp_path_factory.mktemp("photos")
+    for p in sorted(photos_train_dir.glob("*.png"))[:5]:
+        (d / p.name).symlink_to(p)
+    return d

@@ -13,15 +13,6 @@ from tasks.compression.finetune_config import OptionWarning
 
 
 @pytest.fixture(scope="module")
-def photos(photos_train_dir, tmp_path_factory):
-    """Five of the training photographs (symbolic links; decoding all 50 would dominate the test time)."""
-    d = tmp_path_factory.mktemp("photos")
-    for p in sorted(photos_train_dir.glob("*.png"))[:5]:
-        (d / p.name).symlink_to(p)
-    return d
-
-
-@pytest.fixture(scope="module")
 def base_ckpt(tmp_path_factory):
     """A 'trained' hpcm-tiny checkpoint (random weights, compress-train layout, lambda 0.0067)."""
     from tasks.compression.zoo import build_model

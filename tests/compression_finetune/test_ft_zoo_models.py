@@ -68,14 +68,6 @@ def test_progressive_stages_skip_a_missing_context_group():
     assert _stages(resolve_layer_groups(build_model("hpcm-tiny")), progressive=True) is None  # preset default
 
 
-@pytest.fixture(scope="module")
-def photos(photos_train_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for p in sorted(photos_train_dir.glob("*.png"))[:4]:
-        (d / p.name).symlink_to(p)
-    return d
-
-
 def test_finetune_step_on_cheng2020(photos, tmp_path, capsys):
     """The model of the bug report: its context modules were in no layer group."""
     from finetune_kit.checkpoint import atomic_save
