@@ -7,7 +7,7 @@ Example (ACRIMA, glaucoma vs normal from file names)::
         --label_preset acrima --model_name mobilenetv2_100 \
         --custom_weights_path ../shared/weights/mobilenetv2_100.in1k_int8dequant.pth
 """
-from finetune_kit.cli.classification import main_classify
+from finetune_kit.tasks.classification.cli import main_classify
 
 if __name__ == "__main__":
     main_classify()

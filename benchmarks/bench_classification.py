@@ -53,7 +53,7 @@ def subset_folder(data: Path, n: int) -> Path:
 def config(folder: Path, out: Path, args, **kw):
     """A run config over ``folder`` (the benchmark's subset) with the benchmark's model, size,
     batch, device and precision; ``kw`` overrides fields."""
-    from tasks.classification.config import ClassificationConfig, DataConfig
+    from finetune_kit.tasks.classification.config import ClassificationConfig, DataConfig
 
     weights = str(args.weights) if args.weights and Path(args.weights).is_file() and args.model == "mobilenetv2_100" else None
     base = dict(model_name=args.model, img_size=args.img_size, batch_size=args.batch_size, custom_weights_path=weights,
@@ -71,8 +71,8 @@ def plain_loop(cfg, cache, samples, epochs: int, decode_every_time: bool = False
 
     from finetune_kit.amp import resolve_amp
 
-    from tasks.classification.model import build_model
-    from tasks.classification.transforms import build_transforms, crop_to_fov, decode_image, normalize_batch
+    from finetune_kit.tasks.classification.model import build_model
+    from finetune_kit.tasks.classification.transforms import build_transforms, crop_to_fov, decode_image, normalize_batch
 
     torch.manual_seed(0)
     model, _ = build_model(cfg.model_name, 2, custom_weights_path=cfg.custom_weights_path)
@@ -99,7 +99,7 @@ def plain_loop(cfg, cache, samples, epochs: int, decode_every_time: bool = False
     loader = torch.utils.data.DataLoader(DS(), batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                                          pin_memory=device.type == "cuda")
     model.train()
-    from tasks.classification.config import resolved_bn_stats
+    from finetune_kit.tasks.classification.config import resolved_bn_stats
 
     if resolved_bn_stats(cfg) == "frozen":  # same work as our loop: pretrained BatchNorm statistics kept (eval mode)
         for m in model.modules():
@@ -145,9 +145,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from tasks.classification.data import discover, stratified_split
-    from tasks.classification.train import run_training
-    from tasks.classification.transforms import ImageCache, cache_size_for
+    from finetune_kit.tasks.classification.data import discover, stratified_split
+    from finetune_kit.tasks.classification.train import run_training
+    from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
     folder = subset_folder(args.data, args.images)
     out = Path(tempfile.mkdtemp(prefix="bench-runs-"))

@@ -2,7 +2,7 @@
 
 Both models are measured in the same run, on the same crops of the same images, with the same
 loss (``lambda*255^2*MSE + bpp``), Adam + aux Adam and gradient clipping. Ours goes through
-``tasks.compression.training.train_one_epoch``; the CompressAI baseline through a plain
+``finetune_kit.tasks.compression.training.train_one_epoch``; the CompressAI baseline through a plain
 hand-written loop (the CompressAI example trainer's inner loop). Then each model (random
 weights unless ``--checkpoint``) compresses and decompresses Kodak images with rANS.
 
@@ -32,7 +32,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _loader(paths, patch, batch, steps, seed):
-    from tasks.compression.data import RandomCropDataset
+    from finetune_kit.tasks.compression.data import RandomCropDataset
 
     ds = RandomCropDataset(paths, patch)
     g = torch.Generator().manual_seed(seed)
@@ -43,14 +43,14 @@ class OursRunner:
     """Our model trained through ``train_one_epoch`` (the project's building block)."""
 
     def __init__(self, model, args):
-        from tasks.compression.training import RateDistortion, build_optimizers
+        from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers
 
         self.model, self.args = model, args
         self.opt, self.aux = build_optimizers(model)
         self.loss = RateDistortion(args.lmbda)
 
     def steps(self, loader) -> list[float]:
-        from tasks.compression.training import train_one_epoch
+        from finetune_kit.tasks.compression.training import train_one_epoch
 
         stamps = [time.perf_counter()]
         train_one_epoch(self.model, loader, self.opt, self.aux, self.loss,
@@ -107,7 +107,7 @@ def bench_training(ours, base, paths, args) -> tuple[float, float]:
 @torch.no_grad()
 def bench_coding(models, images) -> dict[str, dict[str, float]]:
     """Mean encode/decode time (s) and rates per model, images interleaved between models."""
-    from tasks.compression.evaluate import evaluate_image
+    from finetune_kit.tasks.compression.evaluate import evaluate_image
 
     for m in models.values():
         m.eval()
@@ -141,9 +141,9 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"{args.data} is absent: pass --data with a folder of training images")
 
-    from tasks.compression.checkpoints import load_weights
-    from tasks.compression.data import list_images, load_rgb, to_tensor
-    from tasks.compression.zoo import build_model
+    from finetune_kit.tasks.compression.checkpoints import load_weights
+    from finetune_kit.tasks.compression.data import list_images, load_rgb, to_tensor
+    from finetune_kit.tasks.compression.models.zoo import build_model
 
     torch.manual_seed(0)
     paths = list_images(args.data)[:16]

@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     from torch.utils.data import DataLoader, RandomSampler
 
-    from tasks.compression.config import check_device
-    from tasks.compression.data import RandomCropDataset, list_images, load_rgb, to_tensor
-    from tasks.compression.evaluate import evaluate_image
-    from tasks.compression.training import RateDistortion, build_optimizers, train_one_epoch
-    from tasks.compression.zoo import build_model
+    from finetune_kit.tasks.compression.config import check_device
+    from finetune_kit.tasks.compression.data import RandomCropDataset, list_images, load_rgb, to_tensor
+    from finetune_kit.tasks.compression.evaluate import evaluate_image
+    from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers, train_one_epoch
+    from finetune_kit.tasks.compression.models.zoo import build_model
 
     try:
         device = torch.device(check_device(args.device))

@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from finetune_kit.checkpoint import atomic_save, atomic_write_text
+from finetune_kit.runs.checkpoint import atomic_save, atomic_write_text
 from finetune_kit.early_stopping import EarlyStopping
 
 __all__ = ["ScaleEarlyStopping", "IMPROVED", "NO_IMPROVEMENT", "STOPPED"]
@@ -165,7 +165,7 @@ class ScaleEarlyStopping:
     def _reconcile_best_files(self) -> None:
         import warnings
 
-        from finetune_kit.checkpoint import load_checkpoint
+        from finetune_kit.runs.checkpoint import load_checkpoint
 
         for s, es in self.stoppers.items():
             path = self.directory / f"best_{s}.pt"

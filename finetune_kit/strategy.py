@@ -222,18 +222,19 @@ _LOADED_ENTRY_POINTS = False
 
 
 def _ensure_builtin() -> None:
-    """Import the built-in ``strategies`` package and the modules declared under the
-    ``finetune_kit.strategies`` entry-point group (plugins register there). The built-ins
-    are imported directly too, so a source checkout that is not installed (no package
-    metadata, e.g. ``PYTHONPATH=.``) still knows them."""
+    """Import the modules declared under the ``finetune_kit.strategies`` entry-point group once.
+
+    The built-in strategies are declared there by this distribution itself (``builtin =
+    finetune_kit.strategies``) and plugins register the same way, so the core never imports a
+    strategy module by name. The composition root (:mod:`finetune_kit.tasks.cli`) also imports
+    the built-ins directly, for environments without package metadata.
+    """
     global _LOADED_ENTRY_POINTS
     if _LOADED_ENTRY_POINTS:
         return
     _LOADED_ENTRY_POINTS = True
-    import importlib
     from importlib.metadata import entry_points
 
-    importlib.import_module("strategies")
     for ep in entry_points(group="finetune_kit.strategies"):
         ep.load()
 

@@ -20,5 +20,5 @@ if command -v finetune-kit >/dev/null 2>&1; then
 elif [[ -x "$here/.venv/bin/finetune-kit" ]]; then
   exec "$here/.venv/bin/finetune-kit" analyze "$@"
 else
-  exec python -m finetune_kit.cli.main analyze "$@"
+  exec python -m finetune_kit.tasks.cli analyze "$@"
 fi

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune_kit.cli.classification import main_compare  # noqa: E402
+from finetune_kit.tasks.classification.cli import main_compare  # noqa: E402
 
 if __name__ == "__main__":
     main_compare()

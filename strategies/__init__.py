@@ -4,6 +4,6 @@
 ``full`` (alias ``llrd``: all layers with layer-wise LR decay) and ``progressive``
 (unfreezing on an epoch schedule with LR warm-up of newly unfrozen groups).
 """
-from strategies import full, gradual, linear, progressive  # noqa: F401
+from finetune_kit.strategies import full, gradual, linear, progressive  # noqa: F401
 
 __all__ = ["linear", "gradual", "full", "progressive"]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from tasks.classification.config import ClassificationConfig
+from finetune_kit.tasks.classification.config import ClassificationConfig
 
 __all__ = ["run_comparison", "DEMO_OVERRIDES", "COLUMNS"]
 
@@ -55,16 +55,16 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
         ``{"folder", "rows", "markdown"}``.
 
     Raises:
-        whatever :func:`tasks.classification.train.run_training` raises for bad input (before any
+        whatever :func:`finetune_kit.tasks.classification.train.run_training` raises for bad input (before any
         strategy has run, the first one fails fast).
     """
-    from finetune_kit.checkpoint import atomic_write_text
-    from finetune_kit.run_dir import RunDir, new_run_dir
+    from finetune_kit.runs.checkpoint import atomic_write_text
+    from finetune_kit.runs.run_dir import RunDir, new_run_dir
     from finetune_kit.strategy import strategy_class
-    from tasks.classification.data import discover
-    from tasks.classification.plots import plot_val_auroc_per_strategy
-    from tasks.classification.train import run_training
-    from tasks.classification.transforms import ImageCache, cache_size_for
+    from finetune_kit.tasks.classification.data import discover
+    from finetune_kit.tasks.classification.plots import plot_val_auroc_per_strategy
+    from finetune_kit.tasks.classification.train import run_training
+    from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
     for s in strategies:
         strategy_class(s)  # unknown names fail before anything runs
@@ -92,7 +92,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
 
 
 def _write_tables(folder, rows: list[dict], title: str) -> str:
-    from finetune_kit.checkpoint import atomic_write_text
+    from finetune_kit.runs.checkpoint import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)

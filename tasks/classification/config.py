@@ -1,7 +1,7 @@
 """Typed configuration of a classification run, validated once at the edge (CLI -> here).
 
 Every field has a default; the CLI, ``train_classification.py`` and ``compare`` build a
-:class:`ClassificationConfig` and pass it to :func:`tasks.classification.train.run_training`.
+:class:`ClassificationConfig` and pass it to :func:`finetune_kit.tasks.classification.train.run_training`.
 A run writes ``config.model_dump()`` to ``RUN/config.json``; ``--resume`` reads it back.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tasks.classification.config import DataConfig
+from finetune_kit.tasks.classification.config import DataConfig
 
 __all__ = ["Sample", "LabelledImages", "DataError", "LABEL_PRESETS", "discover", "stratified_split",
            "write_split", "read_split", "list_images"]
@@ -145,7 +145,7 @@ def discover(cfg: DataConfig) -> LabelledImages:
         DataError: missing folder/CSV, no images, a single class, bad CSV rows or regex.
     """
     if cfg.data == "synthetic":
-        from tasks.classification.synthetic import ensure_synthetic_dataset
+        from finetune_kit.tasks.classification.synthetic import ensure_synthetic_dataset
 
         root = ensure_synthetic_dataset(size=cfg.synthetic_size)
         return _from_imagefolder(root, cfg)
@@ -204,7 +204,7 @@ def write_split(images: LabelledImages, path: Path) -> Path:
     """Write ``path,label,class,split`` rows (the split used by the run) to ``path`` atomically."""
     import io
 
-    from finetune_kit.checkpoint import atomic_write_text
+    from finetune_kit.runs.checkpoint import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)

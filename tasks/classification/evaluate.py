@@ -9,9 +9,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from finetune_kit.calibration import apply_temperature, fit_temperature, nll
-from tasks.classification.engine import softmax
-from tasks.classification.metrics import classification_metrics
-from tasks.classification.plots import plot_reliability, plot_roc, plot_training_curves
+from finetune_kit.tasks.classification.engine import softmax
+from finetune_kit.tasks.classification.metrics import classification_metrics
+from finetune_kit.tasks.classification.plots import plot_reliability, plot_roc, plot_training_curves
 
 __all__ = ["calibrated_report", "evaluate_run", "load_trained"]
 
@@ -60,11 +60,11 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     """
     import torch
 
-    from finetune_kit.checkpoint import load_checkpoint
-    from finetune_kit.run_dir import RunDir
-    from tasks.classification.config import ClassificationConfig
-    from tasks.classification.model import build_model
-    from tasks.classification.transforms import build_transforms
+    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.runs.run_dir import RunDir
+    from finetune_kit.tasks.classification.config import ClassificationConfig
+    from finetune_kit.tasks.classification.model import build_model
+    from finetune_kit.tasks.classification.transforms import build_transforms
 
     run = RunDir(run_path)
     if not (run.path / "config.json").is_file():
@@ -97,10 +97,10 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     """
     import torch
 
-    from finetune_kit.run_dir import RunDir
-    from tasks.classification.data import discover
-    from tasks.classification.engine import predict_logits
-    from tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
+    from finetune_kit.runs.run_dir import RunDir
+    from finetune_kit.tasks.classification.data import discover
+    from finetune_kit.tasks.classification.engine import predict_logits
+    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
 
     model, cfg, class_names, temperature, tf = load_trained(run_path)
     images = discover(data_cfg)

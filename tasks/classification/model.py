@@ -77,7 +77,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         ModelError: missing file, unreadable file, or no tensors in it (names the file and the fix).
     """
-    from finetune_kit.checkpoint import extract_state_dict
+    from finetune_kit.runs.checkpoint import extract_state_dict
 
     path = Path(path)
     if not path.is_file():

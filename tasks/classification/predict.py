@@ -17,7 +17,7 @@ def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> li
     Raises:
         FileNotFoundError: a path that does not exist, or no image found at all (names it).
     """
-    from tasks.classification.data import list_images
+    from finetune_kit.tasks.classification.data import list_images
 
     out: list[str] = []
     for item in inputs:
@@ -45,11 +45,11 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
     import torch
 
     from finetune_kit.calibration import apply_temperature
-    from finetune_kit.checkpoint import atomic_write_text
-    from tasks.classification.config import DataConfig
-    from tasks.classification.engine import predict_logits
-    from tasks.classification.evaluate import load_trained
-    from tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
+    from finetune_kit.runs.checkpoint import atomic_write_text
+    from finetune_kit.tasks.classification.config import DataConfig
+    from finetune_kit.tasks.classification.engine import predict_logits
+    from finetune_kit.tasks.classification.evaluate import load_trained
+    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
 
     model, cfg, class_names, temperature, tf = load_trained(run_path)
     paths = expand_inputs(inputs, DataConfig().extensions)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.classification.config import ClassificationConfig, resolved_bn_stats
+from finetune_kit.tasks.classification.config import ClassificationConfig, resolved_bn_stats
 
 __all__ = ["run_training", "resume_config"]
 
@@ -42,7 +42,7 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
     Raises:
         FileNotFoundError: not a run folder or no ``last.pt`` yet (names the path).
     """
-    from finetune_kit.run_dir import RunDir
+    from finetune_kit.runs.run_dir import RunDir
 
     run = RunDir(run_path)
     if not (run.checkpoints / "last.pt").exists():
@@ -66,7 +66,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     Args:
         cfg: the validated config (``cfg.run_dir`` set when resuming, see :func:`resume_config`).
         resume: continue from ``RUN/checkpoints/last.pt``.
-        image_cache: an :class:`~tasks.classification.transforms.ImageCache` to share decoded
+        image_cache: an :class:`~finetune_kit.tasks.classification.transforms.ImageCache` to share decoded
             images between runs (``compare``); made here when None or of another size.
         console: a rich Console for messages (default: stderr).
 
@@ -81,13 +81,13 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     from rich.console import Console
 
     from finetune_kit.amp import resolve_amp
-    from finetune_kit.run_dir import RunDir, new_run_dir
-    from finetune_kit.run_logger import RunLogger
+    from finetune_kit.runs.run_dir import RunDir, new_run_dir
+    from finetune_kit.runs.logger import RunLogger
     from finetune_kit.seeding import seed_everything
     from finetune_kit.strategy import get_strategy
-    from tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
-    from tasks.classification.model import build_model
-    from tasks.classification.transforms import ImageCache, build_transforms
+    from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
+    from finetune_kit.tasks.classification.model import build_model
+    from finetune_kit.tasks.classification.transforms import ImageCache, build_transforms
 
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
@@ -115,7 +115,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
         console.print(weights_report.summary())
     strategy = get_strategy(cfg.ft_strategy, **cfg.strategy_options())
     if cfg.head_lr_mult != 1.0 and not strategy.head_only:  # new head learns faster than the pretrained body
-        from tasks.classification.model import head_param_names
+        from finetune_kit.tasks.classification.model import head_param_names
 
         strategy = get_strategy(cfg.ft_strategy, **cfg.strategy_options(),
                                 lr_mults={n: cfg.head_lr_mult for n in head_param_names(model)})
@@ -167,17 +167,17 @@ def _train(*, cfg, resume, console, device, amp, strategy, images, model, weight
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
-    from finetune_kit.checkpoint import CheckpointManager, load_checkpoint
+    from finetune_kit.runs.checkpoint import CheckpointManager, load_checkpoint
     from finetune_kit.early_stopping import EarlyStopping
     from finetune_kit.layer_groups import parameter_count, resolve_layer_groups
     from finetune_kit.schedulers import build_lr_scheduler
     from finetune_kit.seeding import rng_state, seed_everything, set_rng_state
-    from tasks.classification.engine import predict_logits, softmax, train_one_epoch, val_loss
-    from tasks.classification.evaluate import calibrated_report
-    from tasks.classification.feature_cache import can_use_feature_cache, extract_features, head_forward
-    from tasks.classification.memory import PeakMemory
-    from tasks.classification.metrics import classification_metrics
-    from tasks.classification.transforms import CachedImageDataset, normalize_batch
+    from finetune_kit.tasks.classification.engine import predict_logits, softmax, train_one_epoch, val_loss
+    from finetune_kit.tasks.classification.evaluate import calibrated_report
+    from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache, extract_features, head_forward
+    from finetune_kit.tasks.classification.memory import PeakMemory
+    from finetune_kit.tasks.classification.metrics import classification_metrics
+    from finetune_kit.tasks.classification.transforms import CachedImageDataset, normalize_batch
 
     K = len(images.class_names)
     bn_frozen = resolved_bn_stats(cfg) == "frozen"

@@ -2,12 +2,12 @@
 
 A checkpoint written by ``compress train`` is a dict with ``state_dict``, ``optimizer``,
 ``aux_optimizer``, ``lr_scheduler``, ``epoch`` (last completed, 0-based), ``config`` (the
-resolved :class:`~tasks.compression.config.TrainConfig` as a dict: ``model``, ``lmbda``,
+resolved :class:`~finetune_kit.tasks.compression.config.TrainConfig` as a dict: ``model``, ``lmbda``,
 ``metric``, ...), ``model`` (the model name), ``metrics`` and ``rng_state``. Files are written
-atomically by :class:`finetune_kit.checkpoint.CheckpointManager`.
+atomically by :class:`finetune_kit.runs.checkpoint.CheckpointManager`.
 
 Loading accepts a bare state dict or a whole checkpoint, strips ``module.``/``_orig_mod.``
-prefixes (via :func:`finetune_kit.checkpoint.extract_state_dict`) and goes through
+prefixes (via :func:`finetune_kit.runs.checkpoint.extract_state_dict`) and goes through
 ``CompressionModel.load_state_dict``, which resizes the CDF buffers of a state dict saved after
 ``update()``. A checkpoint of another architecture or size fails with one line naming the
 differing keys and shapes.
@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from finetune_kit.checkpoint import extract_state_dict, load_checkpoint
+from finetune_kit.runs.checkpoint import extract_state_dict, load_checkpoint
 
 __all__ = ["CheckpointMismatchError", "load_weights", "load_model", "checkpoint_model_name", "ENTROPY_BUFFERS"]
 
@@ -116,7 +116,7 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None) -> tup
         ValueError: no model name recorded and none given.
         CheckpointMismatchError: see :func:`load_weights`.
     """
-    from tasks.compression.zoo import build_model
+    from finetune_kit.tasks.compression.models.zoo import build_model
 
     ckpt = load_checkpoint(path)
     name = model_name or checkpoint_model_name(ckpt)

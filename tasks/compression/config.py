@@ -11,15 +11,16 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.compression.zoo import MODEL_NAMES
+from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
 
 __all__ = ["PAPER_LAMBDAS", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS", "check_device", "require_image_folder"]
 
 #: lambdas of the HPCM paper's MSE models, lowest rate first (quality 1..6)
 PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
 
-#: the project's anchors file (published Kodak R-D points), used when it exists
-DEFAULT_ANCHORS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "anchors" / "kodak_rd.json"
+#: Published R-D points on Kodak (VTM, HM, BPG, JPEG, CompressAI models, HPCM-Base/Large), shipped
+#: with the package (``anchors/kodak_rd.json``; sources listed in the file).
+DEFAULT_ANCHORS = Path(__file__).resolve().parent / "anchors" / "kodak_rd.json"
 
 
 def _check_model(name: str) -> str:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasks.compression.metrics import bpp_per_scale
+from finetune_kit.tasks.compression.metrics import bpp_per_scale
 
 __all__ = ["RateDistortion", "build_optimizers", "train_one_epoch", "evaluate", "train"]
 
@@ -37,7 +37,7 @@ class RateDistortion(nn.Module):
     Returns (from ``forward(out, x)``, ``x [B,3,H,W]``) a dict of scalar tensors: ``loss``,
     ``bpp_loss``, ``mse_loss`` (always, for logging), ``ms_ssim_loss`` (MS-SSIM metric only)
     and ``bpp_y``, ``bpp_z``, plus ``bpp_s1``, ``bpp_s2``, ``bpp_s3`` for HPCM (from
-    :func:`~tasks.compression.metrics.bpp_per_scale`).
+    :func:`~finetune_kit.tasks.compression.metrics.bpp_per_scale`).
 
     Raises:
         ValueError: ``lmbda <= 0`` or unknown metric.
@@ -78,7 +78,7 @@ def build_optimizers(model: nn.Module, lr: float = 1e-4, aux_lr: float = 1e-3
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     if not aux:
-        raise ValueError("model has no entropy_bottleneck quantiles: build it with tasks.compression.zoo.build_model")
+        raise ValueError("model has no entropy_bottleneck quantiles: build it with finetune_kit.tasks.compression.models.zoo.build_model")
     return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
 
 
@@ -202,13 +202,13 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
     """
     from torch.utils.data import DataLoader, RandomSampler
 
-    from finetune_kit.checkpoint import CheckpointManager, load_checkpoint
-    from finetune_kit.run_dir import RunDir, new_run_dir
-    from finetune_kit.run_logger import RunLogger
+    from finetune_kit.runs.checkpoint import CheckpointManager, load_checkpoint
+    from finetune_kit.runs.run_dir import RunDir, new_run_dir
+    from finetune_kit.runs.logger import RunLogger
     from finetune_kit.seeding import rng_state, seed_everything, set_rng_state
-    from tasks.compression.checkpoints import default_checkpoint, load_weights, to_cpu_state
-    from tasks.compression.data import RandomCropDataset, list_images, split_train_val
-    from tasks.compression.zoo import build_model
+    from finetune_kit.tasks.compression.checkpoints import default_checkpoint, load_weights, to_cpu_state
+    from finetune_kit.tasks.compression.data import RandomCropDataset, list_images, split_train_val
+    from finetune_kit.tasks.compression.models.zoo import build_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -1,0 +1,227 @@
+"""Checkpoints: atomic writes, tolerant loading, and a retention manager.
+
+A checkpoint is a plain dict saved with :func:`torch.save`. Writes go to a temporary file
+in the same folder, are flushed and fsynced, then renamed over the target with
+:func:`os.replace`, so an interrupted run never leaves a truncated checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from finetune_kit.runs.atomic import atomic_write, atomic_write_text
+
+__all__ = [
+    "atomic_save",
+    "atomic_write_text",
+    "load_checkpoint",
+    "extract_state_dict",
+    "CheckpointManager",
+    "CheckpointEntry",
+]
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Save ``obj`` with :func:`torch.save` atomically (temp file + fsync + rename).
+
+    Returns the path written. Raises whatever :func:`torch.save` raises; the target is
+    then left untouched.
+    """
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file written by :func:`atomic_save` (or any ``torch.save`` dict).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (message names it).
+        ValueError: the file is not a readable PyTorch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: pass the path of a .pt/.pth file written by a run")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the path and a fix
+        raise ValueError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__}: {exc}); "
+                         "re-save it with torch.save or pass another file") from exc
+
+
+def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Return the model state dict inside ``obj``.
+
+    Accepts a bare state dict or a whole checkpoint holding one under ``state_dict``,
+    ``model``, ``model_state_dict``, ``state_dict_ema`` or ``net``; strips DataParallel /
+    DDP ``module.`` prefixes (and ``_orig_mod.`` from ``torch.compile``).
+
+    Raises:
+        ValueError: nothing in ``obj`` looks like a state dict.
+    """
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+    sd: Any = obj
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if key in obj and isinstance(obj[key], Mapping):
+            sd = obj[key]
+            break
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError("no tensors found in the checkpoint: expected a state dict or a dict with a "
+                         "'state_dict' or 'model' entry")
+    out = {}
+    for k, v in tensors.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+@dataclass
+class CheckpointEntry:
+    """One tracked checkpoint file: its name (relative to the manager's folder), epoch and metrics."""
+
+    file: str
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class CheckpointManager:
+    """Keep the last ``keep_last`` and the best ``keep_best`` checkpoints in a folder.
+
+    Files are named ``epoch_0007.pt``; a tracking file ``checkpoints.json`` lists them with
+    their epoch and metrics, and ``last.pt`` / ``best.pt`` are kept as symbolic links (a
+    copy where links are unsupported). Disk use is bounded by ``keep_last + keep_best``
+    checkpoint files. A new manager on the same folder resumes from the tracking file.
+
+    Args:
+        directory: folder for the checkpoint files (created).
+        keep_last: how many of the most recent checkpoints to keep (>= 1). Default 1.
+        keep_best: how many of the best checkpoints by ``metric`` to keep (>= 0). Default 1.
+        metric: name of the metric in ``save(..., metrics=)`` that ranks checkpoints.
+        mode: ``"max"`` (higher is better, e.g. AUROC) or ``"min"`` (e.g. loss, bpp).
+
+    Raises:
+        ValueError: on a bad ``keep_last``, ``keep_best`` or ``mode``.
+    """
+
+    TRACKING_FILE = "checkpoints.json"
+
+    def __init__(self, directory: str | os.PathLike, *, keep_last: int = 1, keep_best: int = 1,
+                 metric: str | None = None, mode: str = "max") -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last={keep_last}: must be at least 1 so a run can resume")
+        if keep_best < 0:
+            raise ValueError(f"keep_best={keep_best}: must be 0 or more")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode={mode!r}: use 'max' (higher is better) or 'min'")
+        if keep_best and metric is None:
+            raise ValueError("keep_best > 0 needs metric=NAME to rank checkpoints")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep_last, self.keep_best, self.metric, self.mode = keep_last, keep_best, metric, mode
+        self.entries: list[CheckpointEntry] = []
+        tracking = self.directory / self.TRACKING_FILE
+        if tracking.is_file():
+            data = json.loads(tracking.read_text())
+            self.entries = [CheckpointEntry(**e) for e in data.get("entries", [])
+                            if (self.directory / e["file"]).is_file()]
+
+    # -- ranking -------------------------------------------------------------------
+    def _score(self, e: CheckpointEntry) -> float:
+        v = e.metrics.get(self.metric) if self.metric else None
+        if v is None or v != v:  # missing or NaN ranks last
+            return float("-inf")
+        return float(v) if self.mode == "max" else -float(v)
+
+    def best_entries(self) -> list[CheckpointEntry]:
+        """Tracked entries, best first (by ``metric``/``mode``; ties: earlier epoch first)."""
+        return sorted(self.entries, key=lambda e: (-self._score(e), e.epoch))
+
+    def best(self) -> Path | None:
+        """Path of the best checkpoint, or None when none is tracked (or ``keep_best`` is 0)."""
+        if not self.entries or not self.keep_best:
+            return None
+        return self.directory / self.best_entries()[0].file
+
+    def last(self) -> Path | None:
+        """Path of the most recent checkpoint, or None when none is tracked."""
+        if not self.entries:
+            return None
+        return self.directory / max(self.entries, key=lambda e: e.epoch).file
+
+    def is_best(self, metrics: Mapping[str, float]) -> bool:
+        """Whether a checkpoint with ``metrics`` would rank first among the tracked ones."""
+        if not self.keep_best:
+            return False
+        candidate = CheckpointEntry("", 1 << 30, dict(metrics))
+        best = self.best_entries()
+        return not best or self._score(candidate) > self._score(best[0])
+
+    # -- writing -------------------------------------------------------------------
+    def save(self, state: Mapping[str, Any], epoch: int, metrics: Mapping[str, float] | None = None) -> Path:
+        """Write ``state`` as the checkpoint of ``epoch`` atomically, then prune.
+
+        ``metrics`` (plain floats) are stored in the tracking file and rank the checkpoint.
+        Returns the path of the new file.
+        """
+        name = f"epoch_{epoch:04d}.pt"
+        path = atomic_save(dict(state), self.directory / name)
+        self.entries = [e for e in self.entries if e.epoch != epoch]
+        self.entries.append(CheckpointEntry(name, int(epoch), {k: float(v) for k, v in (metrics or {}).items()}))
+        self._prune()
+        self._write_tracking()
+        return path
+
+    def truncate(self, after_epoch: int) -> list[Path]:
+        """Forget and delete the tracked checkpoints of epochs after ``after_epoch``.
+
+        Used when a run resumes from an earlier checkpoint than its latest: the later epochs
+        belong to the abandoned trajectory and must not be ranked (``best.pt``) or kept
+        (``last.pt``) beside the new ones. ``last.pt`` / ``best.pt`` and the tracking file are
+        rewritten (the aliases are removed when nothing is left). Returns the deleted paths.
+        """
+        dropped = [e for e in self.entries if e.epoch > after_epoch]
+        if not dropped:
+            return []
+        for e in dropped:
+            (self.directory / e.file).unlink(missing_ok=True)
+        self.entries = [e for e in self.entries if e.epoch <= after_epoch]
+        self._write_tracking()
+        return [self.directory / e.file for e in dropped]
+
+    def _prune(self) -> None:
+        keep = {e.file for e in sorted(self.entries, key=lambda e: -e.epoch)[: self.keep_last]}
+        keep |= {e.file for e in self.best_entries()[: self.keep_best]}
+        for e in list(self.entries):
+            if e.file not in keep:
+                (self.directory / e.file).unlink(missing_ok=True)
+                self.entries.remove(e)
+
+    def _write_tracking(self) -> None:
+        data = {"metric": self.metric, "mode": self.mode, "keep_last": self.keep_last,
+                "keep_best": self.keep_best, "entries": [asdict(e) for e in self.entries],
+                "last": self.last().name if self.last() else None,
+                "best": self.best().name if self.best() else None}
+        atomic_write_text(json.dumps(data, indent=2), self.directory / self.TRACKING_FILE)
+        for alias, target in (("last.pt", self.last()), ("best.pt", self.best())):
+            self._link(alias, target)
+
+    def _link(self, alias: str, target: Path | None) -> None:
+        link = self.directory / alias
+        if target is None:
+            link.unlink(missing_ok=True)  # nothing tracked: no alias to a deleted or foreign file
+            return
+        tmp = self.directory / f".{alias}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.symlink(target.name, tmp)
+        except OSError:  # filesystems without symlinks: fall back to a copy
+            import shutil
+            shutil.copyfile(target, tmp)
+        os.replace(tmp, link)

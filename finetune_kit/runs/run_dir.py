@@ -1,0 +1,174 @@
+"""Run folders: every run writes its resolved config, environment, metrics and status.
+
+Layout of a run folder (the contract the analysis tools read)::
+
+    RUN/
+      config.json       resolved configuration (all options, defaults filled in)
+      environment.json  versions of python/torch/timm/compressai, host, CPU/GPU, command line
+      status.json       {"status": ..., "error": ..., "updated": ..., "pid": ..., "host": ...}
+                        status is running | completed | failed | interrupted (stopped on purpose,
+                        resumable) | pruned (stopped by a sweep); pid/host let readers tell a
+                        crashed run (process gone) from a running one
+      metrics.jsonl     one JSON object per epoch (or evaluation step)
+      metrics.json      final metrics of the run (written at the end)
+      checkpoints/      managed by :class:`finetune_kit.runs.checkpoint.CheckpointManager`
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from finetune_kit.runs.atomic import atomic_write_text
+
+__all__ = ["RunDir", "new_run_dir", "environment_info", "to_jsonable"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy/torch scalars, paths, dataclasses and pydantic models to JSON types.
+
+    NaN and infinities become ``None`` so the files stay strict JSON.
+    """
+    import dataclasses
+
+    if hasattr(obj, "model_dump"):
+        return to_jsonable(obj.model_dump())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if hasattr(obj, "tolist"):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and hardware facts that make a result traceable to where it ran."""
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "argv": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    from importlib.metadata import PackageNotFoundError, version
+
+    # package metadata, not imports: importing timm/compressai just for a version costs seconds
+    for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"),
+                      ("compressai", "compressai"), ("albumentations", "albumentations"),
+                      ("sklearn", "scikit-learn"), ("numpy", "numpy")):
+        try:
+            info[mod] = version(dist)
+        except PackageNotFoundError:
+            info[mod] = None
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["torch_threads"] = torch.get_num_threads()
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def new_run_dir(output_dir: str | os.PathLike, name: str) -> Path:
+    """Create and return a fresh run folder ``output_dir/name-YYYYmmdd-HHMMSS[-k]``.
+
+    ``name`` is sanitised to letters, digits, ``-``, ``_`` and ``.``.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "run"
+    base = Path(output_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        path, k = Path(f"{base}-{k}"), k + 1
+    path.mkdir(parents=True)
+    return path
+
+
+class RunDir:
+    """Writer for one run folder (see the module docstring for the layout).
+
+    Only the main process of a distributed run should write: pass ``enabled=False`` on
+    other ranks and every method becomes a no-op.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        if enabled:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoints(self) -> Path:
+        """Folder for checkpoint files."""
+        return self.path / "checkpoints"
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write ``data`` as indented JSON to ``RUN/name`` atomically."""
+        target = self.path / name
+        if self.enabled:
+            atomic_write_text(json.dumps(to_jsonable(data), indent=2), target)
+        return target
+
+    def read_json(self, name: str) -> Any:
+        """Read ``RUN/name`` as JSON. Raises FileNotFoundError naming the file."""
+        target = self.path / name
+        if not target.is_file():
+            raise FileNotFoundError(f"{target} not found: is {self.path} a run folder written by finetune-kit?")
+        return json.loads(target.read_text())
+
+    def start(self, config: Any) -> None:
+        """Write ``config.json``, ``environment.json`` and status ``running``."""
+        self.write_json("config.json", config)
+        self.write_json("environment.json", environment_info())
+        self.set_status("running")
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        """Record ``running``, ``completed``, ``failed`` (with the error message),
+        ``interrupted`` or ``pruned``, with this process's pid and host."""
+        self.write_json("status.json", {"status": status, "error": error,
+                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "pid": os.getpid(), "host": platform.node()})
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl``.
+
+        On resume, records of epochs at or after the resumed epoch are dropped first
+        (see :meth:`truncate_history`), so the file never holds an epoch twice.
+        """
+        if not self.enabled:
+            return
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(to_jsonable(dict(record))) + "\n")
+            fh.flush()
+
+    def history(self) -> list[dict[str, Any]]:
+        """All records of ``metrics.jsonl`` (empty when absent)."""
+        target = self.path / "metrics.jsonl"
+        if not target.is_file():
+            return []
+        return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+
+    def truncate_history(self, before_epoch: int, key: str = "epoch") -> None:
+        """Keep only records with ``record[key] < before_epoch`` (used when resuming)."""
+        if not self.enabled:
+            return
+        kept = [r for r in self.history() if r.get(key, -1) < before_epoch]
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.path / "metrics.jsonl")

@@ -1,0 +1,168 @@
+"""The loss side of ``compress finetune``: R-D terms, per-scale tasks, balanced weights, gamma, validation.
+
+:class:`FinetuneObjective` turns a forward output into the loss to back-propagate:
+``lambda * 255^2 * MSE + bpp`` by default; per-scale tasks with ``--use_hierarchical``
+(:mod:`finetune_kit.tasks.compression.finetune.hierarchical_loss`), weighted by the balanced optimizer with
+``--use_balanced`` (:mod:`finetune_kit.tasks.compression.finetune.balanced`) whose gamma follows
+:mod:`finetune_kit.tasks.compression.finetune.gamma_schedules`. :func:`validate` measures a validation loader in eval mode.
+
+Devices: the tensors of a step live on the model's device; the balanced optimizer's small
+state (task logits, Adam moments) stays on the CPU, which keeps checkpoints portable.
+:func:`replay_rng` lets the balanced re-evaluation replay the quantization noise of the step on
+the CPU or on a CUDA device (CompressAI draws that noise on the device of the latents).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator
+
+import torch
+
+from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+
+__all__ = ["FinetuneObjective", "validate", "rng_snapshot", "replay_rng"]
+
+
+def rng_snapshot(device: torch.device) -> torch.Tensor:
+    """The RNG state that draws random numbers on ``device`` (CPU generator or the CUDA device's)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def replay_rng(device: torch.device, state: torch.Tensor) -> Iterator[None]:
+    """Run the block with ``device``'s RNG set to ``state`` (from :func:`rng_snapshot`), then put the
+    generator back where it was, so the replay does not shift the run's random stream."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield
+
+
+class FinetuneObjective:
+    """Terms, task dict, combined loss, balanced weights and gamma of one fine-tune.
+
+    Args:
+        cfg: the run's options (``use_hierarchical``, ``use_balanced``, gammas ...).
+        lmbda: the R-D trade-off of ``lmbda * 255^2 * MSE + bpp``.
+        has_scales: whether the model reports per-scale rates (HPCM's ``y_scale_masks``);
+            enables the per-scale validation costs.
+    """
+
+    def __init__(self, cfg: FinetuneConfig, lmbda: float, has_scales: bool) -> None:
+        from finetune_kit.param_groups import parse_multipliers
+        from finetune_kit.tasks.compression.finetune.balanced import DEFAULT_SCALE_GAMMAS, BalancedRD, HierarchicalBalancedRD
+        from finetune_kit.tasks.compression.finetune.hierarchical_loss import HierarchicalRDLoss
+
+        self.cfg, self.lmbda = cfg, lmbda
+        self.k = lmbda * 255 ** 2
+        self.monitor = HierarchicalRDLoss(lmbda) if has_scales else None  # measured per-scale costs (validation)
+        self.hier = (HierarchicalRDLoss(lmbda, decomposition=cfg.decomposition, pyramid=cfg.pyramid,
+                                        levels=cfg.pyramid_levels) if cfg.use_hierarchical else None)
+        self.modulation = {"s1": 1.0, "s2": 1.0, "s3": 1.0, **parse_multipliers(cfg.scale_modulation)}
+        self.scale_starts = {**DEFAULT_SCALE_GAMMAS, **parse_multipliers(cfg.scale_gammas)}
+        if cfg.use_hierarchical and cfg.gamma is not None and not cfg.scale_gammas:
+            ratio = cfg.gamma / DEFAULT_SCALE_GAMMAS["s1"]  # --gamma sets s1; s2, s3 keep their proportions
+            self.scale_starts = {s: g * ratio for s, g in DEFAULT_SCALE_GAMMAS.items()}
+        self.balanced = None
+        if cfg.use_balanced:
+            if self.hier is not None:
+                self.balanced = HierarchicalBalancedRD(self.hier.task_names, scale_gammas=self.scale_starts,
+                                                       scale_modulation=self.modulation, w_lr=cfg.w_lr)
+            else:
+                self.balanced = BalancedRD(["distortion", "rate"], gamma=cfg.gamma if cfg.gamma is not None else 0.001,
+                                           w_lr=cfg.w_lr)
+
+    @contextlib.contextmanager
+    def frozen_split(self):
+        """Evaluate without updating learned split ratios (validation, balanced re-evaluation)."""
+        if self.hier is None:
+            yield
+            return
+        was = self.hier.training
+        self.hier.train(False)
+        try:
+            yield
+        finally:
+            self.hier.train(was)
+
+    def terms(self, out, x):
+        """``(RDTerms-like, task dict)`` for one batch (tensors on ``x``'s device)."""
+        from finetune_kit.tasks.compression.finetune.hierarchical_loss import RDTerms, rd_terms
+
+        if self.hier is not None:
+            t = self.hier(out, x)
+            return t, t.tasks
+        mse, bpp, _ = rd_terms(out, x, self.lmbda)
+        t = RDTerms(tasks={}, mse=mse, bpp=bpp["total"], rd=self.k * mse + bpp["total"],
+                    bpp_scales={n: float(v.detach()) for n, v in bpp.items()})
+        return t, {"distortion": self.k * mse, "rate": bpp["total"]}
+
+    def loss(self, t, tasks):
+        """The loss to back-propagate."""
+        from finetune_kit.tasks.compression.finetune.balanced import scale_of_task
+
+        if self.balanced is not None:
+            return self.balanced.combine(tasks)
+        if self.hier is not None:
+            return sum(self.modulation[scale_of_task(n)] * v for n, v in tasks.items())
+        return t.rd
+
+    def set_epoch_gamma(self, epoch: int, history: list[float], scale_hist: dict[str, list[float]]) -> dict[str, float]:
+        """Set the balanced optimizer's gamma for ``epoch``; returns it for the log ({} without balancing)."""
+        from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, gamma_at, scale_gammas_at
+
+        if self.balanced is None:
+            return {}
+        cfg, strat = self.cfg, self.cfg.resolved_gamma_strategy
+        opts = {"window": cfg.gamma_window, "threshold": cfg.gamma_threshold} if "adaptive" in strat else {}
+        if self.hier is None:
+            g0 = cfg.gamma if cfg.gamma is not None else 0.001
+            name = "constant" if strat == "fixed" else strat
+            g = gamma_at(name, epoch, epochs=cfg.epochs, gamma=g0, gamma_final=cfg.gamma_final, history=history, **opts)
+            self.balanced.set_gamma(g)
+            return {"gamma": g}
+        s1 = self.scale_starts["s1"]
+        ratio = (cfg.gamma_final / s1) if cfg.gamma_final is not None else 0.1
+        if strat in ("fixed", "linear", "cosine", "adaptive", "hierarchical"):
+            gs = scale_gammas_at(strat, epoch, epochs=cfg.epochs, starts=self.scale_starts, final_ratio=ratio,
+                                 histories=scale_hist, **opts)
+        elif strat in GAMMA_STRATEGIES:  # a single schedule applied to every scale proportionally
+            f = gamma_at(strat, epoch, epochs=cfg.epochs, gamma=1.0, gamma_final=ratio, history=history, **opts)
+            gs = {s: g * f for s, g in self.scale_starts.items()}
+        self.balanced.set_gamma(gs)
+        return {f"gamma_{s}": v for s, v in gs.items()}
+
+
+def validate(model, loader, objective: FinetuneObjective, max_batches: int | None,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Eval-mode validation on ``device``: mean R-D cost, MSE, PSNR (dB), bpp and per-scale costs / bpp.
+
+    Returns image-weighted means (``rd``, ``mse``, ``bpp``, ``bpp_s1`` ..., ``rd_s1`` ... for models
+    with per-scale rates), ``psnr`` (dB, from the mean MSE) and ``aux_loss``.
+    """
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    with torch.no_grad(), objective.frozen_split():
+        for i, x in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = x.to(device, non_blocking=True)
+            out = model(x)
+            t, _ = objective.terms(out, x)
+            vals = {"rd": float(t.rd), "mse": float(t.mse), "bpp": float(t.bpp),
+                    **{f"bpp_{k}": v for k, v in t.bpp_scales.items() if k != "total"}}
+            if objective.monitor is not None:
+                vals.update({f"rd_{s}": v for s, v in objective.monitor(out, x).scale_costs.items()})
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+            n += x.shape[0]
+    res: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
+    res["psnr"] = 10 * math.log10(1 / res["mse"]) if res.get("mse", 0) > 0 else float("inf")
+    res["aux_loss"] = float(model.aux_loss().detach())
+    return res

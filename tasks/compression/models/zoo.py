@@ -1,0 +1,67 @@
+"""Build compression models by name: HPCM presets and CompressAI zoo architectures.
+
+Names: ``hpcm-tiny``, ``hpcm-small``, ``hpcm-base``, ``hpcm-large`` (:mod:`finetune_kit.tasks.compression.models.hpcm.model`)
+and the CompressAI architectures ``bmshj2018-hyperprior`` (Balle et al. 2018, ScaleHyperprior),
+``mbt2018-mean`` (Minnen et al. 2018, MeanScaleHyperprior), ``cheng2020-anchor`` (Cheng et al.
+2020) and ``elic2022-chandelier`` (He et al. 2022, Chandelier's re-implementation), all built
+from ``compressai.models`` classes with random weights (``pretrained=False``: no model hub here).
+CompressAI sizes default to its low-rate configurations (qualities 1-5: N=128, M=192;
+cheng2020 N=128; ELIC N=192, M=320); pass ``N=``/``M=`` to change them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["MODEL_NAMES", "build_model", "pad_multiple", "is_hpcm"]
+
+_COMPRESSAI: dict[str, tuple[str, dict[str, int]]] = {
+    "bmshj2018-hyperprior": ("ScaleHyperprior", {"N": 128, "M": 192}),
+    "mbt2018-mean": ("MeanScaleHyperprior", {"N": 128, "M": 192}),
+    "cheng2020-anchor": ("Cheng2020Anchor", {"N": 128}),
+    "elic2022-chandelier": ("Elic2022Chandelier", {"N": 192, "M": 320}),
+}
+_HPCM = ("hpcm-tiny", "hpcm-small", "hpcm-base", "hpcm-large")
+
+#: every name :func:`build_model` accepts
+MODEL_NAMES: tuple[str, ...] = _HPCM + tuple(_COMPRESSAI)
+
+
+def is_hpcm(name: str) -> bool:
+    """Whether ``name`` is one of the HPCM presets."""
+    return name in _HPCM
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the compression model ``name`` with random weights.
+
+    Args:
+        name: one of :data:`MODEL_NAMES`.
+        **kwargs: constructor overrides for CompressAI architectures (``N``, ``M``); none for HPCM.
+
+    Returns:
+        a ``compressai.models.CompressionModel`` (``forward`` gives ``x_hat`` and
+        ``likelihoods``; ``update``/``compress``/``decompress``/``aux_loss`` as in CompressAI).
+
+    Raises:
+        ValueError: unknown name, or keyword arguments given for an HPCM preset.
+    """
+    if name in _HPCM:
+        if kwargs:
+            raise ValueError(f"{name} takes no options ({sorted(kwargs)} given): pick another preset instead")
+        from finetune_kit.tasks.compression.models.hpcm.model import HPCM
+
+        return HPCM(name)
+    if name in _COMPRESSAI:
+        import compressai.models as cm
+
+        cls_name, defaults = _COMPRESSAI[name]
+        cls: Callable[..., nn.Module] = getattr(cm, cls_name)
+        return cls(**{**defaults, **kwargs})
+    raise ValueError(f"unknown compression model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+
+
+def pad_multiple(model: nn.Module) -> int:
+    """Side multiple (pixels) an input needs: the model's own ``pad_multiple`` or 64 (z at 1/64)."""
+    return int(getattr(model, "pad_multiple", 64))
