@@ -9,17 +9,20 @@ __all__ = ["freeze_batchnorm_stats", "frozen_batchnorm_modules"]
 
 def frozen_batchnorm_modules(model: nn.Module) -> list[str]:
     """Names of BatchNorm modules (incl. timm's ``BatchNormAct2d``) whose affine parameters
-    are all frozen (``requires_grad=False``). Non-affine BatchNorm layers are counted as
-    frozen when every parameter of their parent module is frozen."""
+    are all frozen (``requires_grad=False``). A non-affine BatchNorm layer (no parameters)
+    follows its nearest ancestor that has parameters: frozen when every parameter of that
+    ancestor is frozen (the parent, or above it when the parent holds none, e.g. a
+    parameter-free wrapper; the model itself at the top). A model without parameters has none."""
     names = []
     modules = dict(model.named_modules())
     for name, m in modules.items():
         if not isinstance(m, _BatchNorm):
             continue
         params = list(m.parameters(recurse=False))
-        if not params:
-            parent = modules.get(name.rpartition(".")[0], model)
-            params = list(parent.parameters())
+        parent = name
+        while not params and parent:
+            parent = parent.rpartition(".")[0]
+            params = list(modules.get(parent, model).parameters())
         if params and not any(p.requires_grad for p in params):
             names.append(name)
     return names

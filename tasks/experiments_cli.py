@@ -3,22 +3,38 @@
 Thin: options are parsed here, the work is in :mod:`finetune_kit.experiments.results`,
 :mod:`finetune_kit.experiments.analysis`, :mod:`finetune_kit.experiments.plots` and :mod:`finetune_kit.experiments.sweep.runner`
 (imported inside the commands so ``--help`` stays fast).
+
+Part of the composition root: the tasks' profiles (:class:`~finetune_kit.experiments.profiles.TaskProfile`,
+each defined in its task) are gathered here in :data:`PROFILES` and handed to the core.
 """
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import typer
 
-#: Metrics tried, in order, when ``analyze`` is given no ``--metric``: classification's AUROC,
-#: then the R-D cost of compression runs (``val_rd``: compression-finetune; ``val_loss``:
-#: compression-train), then PSNR for runs without an R-D cost (evaluations). PSNR comes after
-#: the costs because it ignores the rate.
-DEFAULT_METRIC_CANDIDATES = ("test_auroc", "val_auroc", "val_rd", "val_loss", "val_psnr", "psnr", "loss")
-#: Per-epoch keys drawn as curves when the metric has none of its own.
-CURVE_CANDIDATES = ("val_auroc", "val_rd", "val_loss")
+from finetune_kit.experiments.profiles import (curve_candidates, metric_candidates, metric_directions, profiles_by_name,
+                                               select_profile)
+from finetune_kit.tasks.classification.profile import CLASSIFICATION
+from finetune_kit.tasks.compression.profile import PROFILES as COMPRESSION_PROFILES
+
+#: The tasks ``sweep --task`` can run and ``analyze`` knows, in order of preference for
+#: ``analyze``'s defaults (classification's AUROC, then the compression R-D costs).
+PROFILES = profiles_by_name(CLASSIFICATION, *COMPRESSION_PROFILES)
+#: The program a sweep's trials run (``python -m finetune_kit.tasks.cli``), followed by a profile's command.
+PROGRAM = (sys.executable, "-m", "finetune_kit.tasks.cli")
+#: The task a sweep runs without ``--task`` (or ``task:`` in its space file).
+DEFAULT_TASK = CLASSIFICATION.name
+#: Metrics tried, in order, when ``analyze`` is given no ``--metric``: every task's own
+#: metrics, then the fallbacks (PSNR for compression runs without an R-D cost, e.g. evaluations).
+DEFAULT_METRIC_CANDIDATES = metric_candidates(PROFILES.values())
+#: Per-epoch keys drawn as curves when the metric has none of its own (each task's objective).
+CURVE_CANDIDATES = curve_candidates(PROFILES.values())
+#: Metric directions stated by the tasks (over what a metric's name says).
+METRIC_DIRECTIONS = metric_directions(PROFILES.values())
 
 
 def _fail(message: str) -> None:
@@ -85,7 +101,7 @@ def analyze_cmd(
     from finetune_kit.experiments.results import epoch_key, load_runs
 
     try:
-        results = load_runs(runs_dir, stale_after_s=stale_after_min * 60)
+        results = load_runs(runs_dir, stale_after_s=stale_after_min * 60, metric_modes=METRIC_DIRECTIONS)
         if where:
             results = _apply_where(results, where)
         if metric is None:
@@ -100,7 +116,7 @@ def analyze_cmd(
                                f"{', '.join(results.metric_columns()) or '(none)'}")
         else:
             metric_col = results.resolve_metric(metric)
-        mode = analysis.resolve_mode(metric_col, mode)
+        mode = analysis.resolve_mode(metric_col, mode, METRIC_DIRECTIONS)
         group_col = results.resolve_param(group_by) if group_by else None
         maps = [(results.resolve_param(heatmap[0]), results.resolve_param(heatmap[1]))] if heatmap else []
         compare_col = results.resolve_param(compare_param) if compare_param else None
@@ -157,8 +173,7 @@ def analyze_cmd(
 
 def sweep_cmd(
     ctx: typer.Context,
-    task: Optional[str] = typer.Option(None, "--task", help="classification | compression-train | compression-finetune "
-                                       "(default classification)."),
+    task: Optional[str] = typer.Option(None, "--task", help=f"{' | '.join(PROFILES)} (default {DEFAULT_TASK})."),
     method: Optional[str] = typer.Option(None, "--method", help="grid | random | tpe (tpe needs the optional extra: pip install 'finetune-kit\\[tune]'). "
                                          "Default grid."),
     param: List[str] = typer.Option([], "--param", "-p", help="NAME=v1,v2 or NAME=loguniform:LOW:HIGH "
@@ -166,8 +181,8 @@ def sweep_cmd(
     space: Optional[Path] = typer.Option(None, "--space", help="YAML/JSON search space (and sweep settings)."),
     trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Number of trials (grid: cap)."),
     parallel: Optional[int] = typer.Option(None, "--parallel", "-j", min=1, help="Trials running at once (default 1)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default val_auroc for classification, "
-                                         "val_loss for compression-train, val_rd for compression-finetune)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default " + ", ".join(
+                                         f"{p.metric} for {p.name}" for p in PROFILES.values()) + ")."),
     mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: from the metric name)."),
     output_dir: Path = typer.Option(Path("sweeps/sweep"), "--output_dir", "--output-dir",
                                     help="Sweep folder; re-run the same command on it to resume."),
@@ -197,11 +212,11 @@ def sweep_cmd(
         for text in param:
             p = parse_param(text)
             params = [q for q in params if q.name != p.name] + [p] if p.name in given else params + [p]
-        task = task or spec.get("task", "classification")
-        task_cli = _task_command(ctx, task)
+        profile = select_profile(PROFILES, task or spec.get("task", DEFAULT_TASK))
+        task_cli = _task_command(ctx, profile.command)
         fixed = to_flags(spec.get("fixed") or {}, task_cli) + [str(a) for a in spec.get("args") or []]
         cfg = SweepConfig(
-            task=task, space=SearchSpace(params), output_dir=output_dir, task_cli=task_cli,
+            profile=profile, space=SearchSpace(params), output_dir=output_dir, task_cli=task_cli, program=list(PROGRAM),
             method=method or spec.get("method", "grid"), trials=trials or spec.get("trials"),
             parallel=parallel or spec.get("parallel", 1), metric=metric or spec.get("metric"),
             mode=mode or spec.get("mode"), fixed_args=fixed + list(ctx.args), seed=seed if seed is not None else
@@ -220,17 +235,15 @@ def sweep_cmd(
     _print_trials(state, cfg)
 
 
-def _task_command(ctx: typer.Context, task: str):
-    """The click command a trial of ``task`` runs (``finetune-kit compress finetune`` ...), found
-    in this CLI; None for an unknown task (the sweep config reports it)."""
-    from finetune_kit.experiments.sweep.config import TASK_COMMANDS
-
+def _task_command(ctx: typer.Context, command: Tuple[str, ...]):
+    """The click command a trial runs (``command``: a profile's, e.g. ``("compress", "finetune")``),
+    found in this CLI; None when this CLI has no such command (options are then not checked)."""
     cmd = ctx.find_root().command
-    for name in TASK_COMMANDS.get(task, [None]):
-        cmd = cmd.get_command(ctx, name) if name and hasattr(cmd, "get_command") else None
+    for name in command:
+        cmd = cmd.get_command(ctx, name) if hasattr(cmd, "get_command") else None
         if cmd is None:
             return None
-    return cmd
+    return cmd if command else None
 
 
 def _print_trials(state: dict, cfg) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from finetune_kit.experiments.results import Results, metric_mode
+from finetune_kit.experiments.metric_names import metric_mode
+from finetune_kit.experiments.results import Results
 
 __all__ = [
     "Recommendation",
@@ -37,14 +38,17 @@ __all__ = [
 ]
 
 
-def resolve_mode(metric_col: str, mode: str | None) -> str:
-    """``mode`` if given, else the metric's direction from its name (default ``"max"``).
+def resolve_mode(metric_col: str, mode: str | None, modes: Mapping[str, str] | None = None) -> str:
+    """``mode`` if given, else the metric's direction: from ``modes`` (directions handed in
+    by the tasks, see :func:`~finetune_kit.experiments.profiles.metric_directions`; default
+    none), else from its name (:func:`~finetune_kit.experiments.metric_names.metric_mode`),
+    else ``"max"``.
 
     Raises:
         ValueError: ``mode`` is neither ``"max"`` nor ``"min"``.
     """
     if mode is None:
-        return metric_mode(metric_col) or "max"
+        return metric_mode(metric_col, modes) or "max"
     if mode not in ("max", "min"):
         raise ValueError(f"mode {mode!r}: use 'max' (higher is better) or 'min' (lower is better)")
     return mode

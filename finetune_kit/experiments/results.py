@@ -1,8 +1,8 @@
 """Load a folder of runs into one pandas DataFrame (one row per run).
 
 Every task writes the run-folder contract of :mod:`finetune_kit.runs.run_dir`; this module reads
-it back without any task-specific code, so it works for classification and compression
-runs alike (and for folders of a sweep, where runs sit under ``SWEEP/trials/...``).
+it back without any task-specific code, so it works for the runs of every task alike (and
+for folders of a sweep, where runs sit under ``SWEEP/trials/...``).
 
 Column convention (nested values are flattened with dots, ``{"a": {"b": 1}}`` -> ``a.b``):
 
@@ -19,7 +19,8 @@ Column convention (nested values are flattened with dots, ``{"a": {"b": 1}}`` ->
 ``final.<key>``             final metrics (``metrics.json``; the wandb summary for a
                             wandb-only run)
 ``best.<key>``              best value over epochs of a per-epoch metric whose direction
-                            is known (see :func:`metric_mode`), from ``metrics.jsonl``
+                            is known (see :func:`metric_mode`; directions the tasks
+                            hand in: ``metric_modes``), from ``metrics.jsonl``
 ``best_epoch.<key>``        the epoch of that best value (the record's ``epoch`` key)
 ``last.<key>``              value in the last ``metrics.jsonl`` record (every numeric key)
 ``wandb.summary.<key>``     wandb summary: of the run's ``wandb/`` runs merged oldest
@@ -31,17 +32,17 @@ Column convention (nested values are flattened with dots, ``{"a": {"b": 1}}`` ->
 Names given by a user (``--metric val_auroc``, ``--group-by ft_strategy``) are resolved to
 columns by :meth:`Results.resolve_metric` and :meth:`Results.resolve_param`, with a few
 optional aliases (``strategy`` -> ``ft_strategy``, ``lr`` -> ``learning_rate``,
-``lambda`` -> ``lmbda``) so the same words work for both tasks.
+``lambda`` -> ``lmbda``) so the same words work across tasks.
 
 Finding and reading the files is :mod:`finetune_kit.experiments.run_files`; a run's status is
 :mod:`finetune_kit.runs.status`. ``discover_runs``, ``flatten``, ``run_status``,
-``RUN_MARKERS`` and ``STALE_AFTER_S`` are re-exported here, where they used to live.
+``RUN_MARKERS`` and ``STALE_AFTER_S`` are re-exported here, where they used to live, and so are
+:func:`metric_mode` and :func:`epoch_key` (:mod:`finetune_kit.experiments.metric_names`).
 """
 from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ import pandas as pd
 
 from finetune_kit.experiments.run_files import (RUN_MARKERS, discover_runs, flatten, is_wandb_run, read_json, read_jsonl,
                                     read_wandb_run, wandb_runs_in)
+from finetune_kit.experiments.metric_names import epoch_key, metric_mode
 from finetune_kit.runs.status import STALE_AFTER_S, run_status
 
 __all__ = [
@@ -83,67 +85,6 @@ PARAM_ALIASES: dict[str, tuple[str, ...]] = {
 #: Config keys that identify a run rather than describe it; never treated as swept params.
 IDENTITY_KEYS = {"output_dir", "experiment_tag", "run_dir", "run_name", "name", "resume", "wandb_project",
                  "checkpoint_dir", "log_dir", "project"}
-
-#: Words of a metric name (split at ``_``/``-``) meaning lower is better. "rate" is a weak one
-#: (bit rate, BD-rate) that a hyperparameter word overrides (learning_rate, drop_path_rate).
-_MIN_WORDS = {"loss", "bpp", "ece", "nll", "error", "err", "mse", "mae", "rmse", "brier", "distortion", "rd",
-              "cost", "bdrate", "time", "seconds", "memory", "mem", "latency"}
-_WEAK_MIN_WORDS = {"rate", "bitrate"}
-_MAX_WORDS = {"auroc", "auc", "acc", "accuracy", "psnr", "ssim", "msssim", "f1", "kappa", "precision", "recall",
-              "sensitivity", "specificity", "map", "iou", "dice", "score", "throughput"}
-#: Words of hyperparameters and bookkeeping values that are logged beside metrics but have no direction.
-_PARAM_WORDS = {"lr", "learning", "decay", "drop", "dropout", "momentum", "warmup", "weight", "weights", "gamma",
-                "lambda", "lmbda", "temperature", "patience", "seed", "epoch", "epochs", "step", "steps", "batch",
-                "grad", "norm", "params", "trainable", "contrib", "delta", "beta", "wd"}
-_METRIC_PREFIXES = ("final.", "best_epoch.", "best.", "last.", "wandb.summary.")
-
-
-def metric_mode(name: str) -> str | None:
-    """Direction of a metric from its name: ``"max"``, ``"min"`` or ``None`` when unknown.
-
-    Only the last dotted part counts (``final.test.auroc`` -> ``auroc``), and of a
-    ``quantity/task`` key the quantity (``task_weight/distortion`` -> ``task_weight``). Its
-    words (split at ``_`` and ``-``) decide: a last word naming a cost (``loss``, ``rd``,
-    ``bpp``, ``ece``, ``nll``, ``mse``, ``cost``, ``time``, ``seconds``, ...) gives ``"min"``,
-    one naming a score (``auroc``, ``accuracy``, ``psnr``, ``ssim``, ``f1``, ...) ``"max"``;
-    otherwise a hyperparameter word (``lr``, ``learning``, ``decay``, ``weight``, ``gamma``,
-    ``epoch``, ...) gives ``None`` (``learning_rate``, ``gamma_s1``, ``loss_weight``), then any
-    cost word (including ``rate``: ``bd_rate``) ``"min"`` and any score word ``"max"``
-    (``ece_after`` -> ``"min"``, ``val_rd_s1`` -> ``"min"``).
-    """
-    base = name.split(".")[-1].split("/")[0].lower()
-    words = [w for w in re.split(r"[_\-\s]+", base) if w]
-    if not words:
-        return None
-    if words[-1] in _MIN_WORDS:
-        return "min"
-    if words[-1] in _MAX_WORDS:
-        return "max"
-    found = set(words)
-    if found & _PARAM_WORDS:
-        return None
-    if found & (_MIN_WORDS | _WEAK_MIN_WORDS):
-        return "min"
-    if found & _MAX_WORDS:
-        return "max"
-    return None
-
-
-def epoch_key(metric: str) -> str:
-    """The per-epoch (``metrics.jsonl``) key matching a metric name or column.
-
-    The column prefix goes (``best.val_auroc`` -> ``val_auroc``), dots become ``_``
-    (``final.test.auroc`` -> ``test_auroc``) and a test metric maps to its validation
-    counterpart (``test_auroc`` -> ``val_auroc``). Whether a task logs that key per epoch is
-    up to the task; callers check the records.
-    """
-    for prefix in _METRIC_PREFIXES:
-        if metric.startswith(prefix):
-            metric = metric[len(prefix):]
-            break
-    key = metric.replace(".", "_")
-    return "val_" + key[len("test_"):] if key.startswith("test_") else key
-
 
 @dataclass
 class IncompleteRun:
@@ -241,14 +182,18 @@ class Results:
 
 
 def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
-             now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> dict[str, Any]:
+             now: float | None = None, stale_after_s: float = STALE_AFTER_S,
+             metric_modes: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One run folder as a flat dict (one DataFrame row; columns as in the module docstring).
 
     ``path`` is a finetune-kit run folder (its ``wandb/`` runs' summaries are merged into
     ``wandb.summary.*``) or a wandb run folder on its own (a *wandb-only* run: config and
     summary from wandb; status ``completed``/``failed`` from its exit record, ``unknown``
     without one). ``root`` names the run (``run`` column, relative path; default: the
-    parent). ``now``/``stale_after_s``: see :func:`run_status`.
+    parent). ``now``/``stale_after_s``: see :func:`run_status`. ``metric_modes``: metric
+    directions handed in by the tasks (see :func:`metric_mode`; default none), used for the
+    ``best.*`` columns. Unreadable files do not raise; they make the status ``incomplete``
+    and are named in ``reason``.
     """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
@@ -296,7 +241,7 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
         if k.startswith("config.") and config is not None:
             continue  # a copy of the resolved config inside metrics.json: already in config.*
         row[f"final.{k}"] = v
-    row.update(_history_columns(history))
+    row.update(_history_columns(history, metric_modes))
     for k, v in flatten(wb_summary).items():
         row[f"wandb.summary.{k}"] = v
     row.update(_checkpoint_columns(path))
@@ -311,7 +256,7 @@ def _wandb_only_status(exit_code: int | None) -> tuple[str, str | None]:
     return "failed", f"wandb run exited with code {exit_code}"
 
 
-def _history_columns(history: list[Mapping[str, Any]]) -> dict[str, Any]:
+def _history_columns(history: list[Mapping[str, Any]], modes: Mapping[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not history:
         return out
@@ -328,7 +273,7 @@ def _history_columns(history: list[Mapping[str, Any]]) -> dict[str, Any]:
         last = flat[-1].get(k)
         if isinstance(last, (int, float, str, bool)) or last is None:
             out[f"last.{k}"] = last
-        mode = metric_mode(k)
+        mode = metric_mode(k, modes)
         if nums and mode:
             e, v = (max if mode == "max" else min)(nums, key=lambda t: t[1])
             out[f"best.{k}"], out[f"best_epoch.{k}"] = v, e
@@ -348,7 +293,8 @@ def _checkpoint_columns(path: Path) -> dict[str, Any]:
 
 
 def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
-              runs: Iterable[str | os.PathLike] | None = None) -> Results:
+              runs: Iterable[str | os.PathLike] | None = None,
+              metric_modes: Mapping[str, str] | None = None) -> Results:
     """Load every run folder under ``root`` (see :func:`discover_runs`) into :class:`Results`.
 
     Args:
@@ -356,6 +302,9 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
         stale_after_s: seconds without writes after which a ``running`` run whose process
             cannot be checked is reported ``crashed``. Default 1800.
         runs: explicit run folders to load instead of discovering them.
+        metric_modes: metric directions handed in by the tasks, ``{name: "max" | "min"}``
+            (e.g. :func:`~finetune_kit.experiments.profiles.metric_directions` of the task
+            profiles); they decide ``best.*`` where a name's words do not. Default none.
 
     Raises:
         FileNotFoundError: ``root`` is missing, or holds no run folder (message says what
@@ -368,7 +317,7 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
                                 "/metrics.jsonl, or wandb offline-run-* folders): pass the --output_dir your "
                                 "runs were written to")
     now = time.time()
-    rows = [load_run(p, root, now=now, stale_after_s=stale_after_s) for p in paths]
+    rows = [load_run(p, root, now=now, stale_after_s=stale_after_s, metric_modes=metric_modes) for p in paths]
     df = pd.DataFrame(rows)
     front = ["run", "status", "reason", "epochs"]
     order = front + sorted(c for c in df.columns if c.startswith("config.")) + \
@@ -380,14 +329,16 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
     return Results(root=root, df=df, incomplete=incomplete)
 
 
-def run_value(run_dir: str | os.PathLike, metric: str) -> tuple[float | None, str | None]:
+def run_value(run_dir: str | os.PathLike, metric: str,
+              metric_modes: Mapping[str, str] | None = None) -> tuple[float | None, str | None]:
     """``(value, error)`` of ``metric`` in one finished run, the name resolved as ``analyze
-    --metric`` does (:meth:`Results.resolve_metric`: final value, else best over epochs).
+    --metric`` does (:meth:`Results.resolve_metric`: final value, else best over epochs;
+    ``metric_modes`` as in :func:`load_runs`, default none).
 
-    ``error`` (one line, value None) when the run is not ``completed``, lacks the metric
-    (lists what it has) or holds no number for it.
+    Never raises for a bad run: ``error`` (one line, value None) when the run is not
+    ``completed``, lacks the metric (lists what it has) or holds no number for it.
     """
-    row = load_run(run_dir)
+    row = load_run(run_dir, metric_modes=metric_modes)
     if row["status"] != "completed":
         return None, f"run ended with status {row['status']}: {row['reason']}"
     res = Results(Path(run_dir), pd.DataFrame([row]))

@@ -9,9 +9,9 @@ Layout of a sweep folder::
       logs/trial-0007.log  stdout+stderr of each trial
       trials/trial-0007/<run folder written by the task>
 
-A trial runs ``python -m finetune_kit.tasks.cli <task command> <fixed args> <param flags>
---output_dir SWEEP/trials/trial-0007 --experiment_tag trial-0007`` (the flag names each task
-uses: :data:`TASK_RUN_FLAGS`) as a subprocess (its own
+A trial runs ``<program> <task command> <fixed args> <param flags> <output flag>
+SWEEP/trials/trial-0007 <name flag> trial-0007`` (the command and flag names come from the
+task's :class:`~finetune_kit.experiments.profiles.TaskProfile`) as a subprocess (its own
 process group, so pruning or Ctrl-C stops its data-loader workers too). With ``parallel``
 N > 1, N trials run at once and each gets ``OMP_NUM_THREADS = cpus // N`` unless the
 environment already sets it.
@@ -30,15 +30,15 @@ resume to extend a random/TPE sweep. The lock and state file: :mod:`finetune_kit
 Pruning (``pruning="median"``, the default; :mod:`finetune_kit.experiments.sweep.prune`): while a trial
 runs, its ``metrics.jsonl`` is read every ``poll_s`` seconds; from epoch ``prune_warmup`` on,
 once ``prune_min_trials`` trials have completed, a trial whose best value so far of the
-per-epoch metric (the objective's validation key: ``test_auroc`` -> ``val_auroc``) is worse
+per-epoch metric (the objective's validation key: ``test_x`` -> ``val_x``) is worse
 than the median of the completed trials' values at the same epoch is stopped (SIGTERM, then
 SIGKILL after 10 s) and its run folder's ``status.json`` set to ``pruned`` with the numbers.
 With ``tpe`` the same rule is Optuna's ``MedianPruner``, fed through ``trial.report``. When
 the trials do not log that key per epoch, the sweep says so once and does not prune.
 
-Settings and task tables: :mod:`finetune_kit.experiments.sweep.config`. This module is the runner; the
+Settings: :mod:`finetune_kit.experiments.sweep.config`. This module is the runner; the
 names other code imports from it (``SweepConfig``, ``SweepError``, ``load_state``,
-``median_rule``, the task tables) are re-exported from the modules that define them.
+``median_rule``) are re-exported from the modules that define them.
 """
 from __future__ import annotations
 
@@ -53,15 +53,14 @@ from typing import Any, Callable
 from finetune_kit.experiments.results import run_value
 from finetune_kit.runs.run_dir import RunDir
 from finetune_kit.runs.status import pid_alive, process_cmdline, recorded_status
-from finetune_kit.experiments.sweep.config import (DEFAULT_METRICS, TASK_COMMANDS, TASK_RUN_FLAGS, SweepConfig, SweepError,
-                                       require_optuna)
+from finetune_kit.experiments.sweep.config import SweepConfig, SweepError, require_optuna
 from finetune_kit.experiments.sweep.prune import Pruner, epoch_values, median_rule
 from finetune_kit.experiments.sweep.space import to_flags
 from finetune_kit.experiments.sweep.state import (FINISHED, LOCK_FILE, STATE_FILE, SweepLock, load_state, save_state,
-                                      stop_group)
+                                                  stop_group)
 
-__all__ = ["SweepConfig", "SweepError", "run_sweep", "median_rule", "TASK_COMMANDS", "TASK_RUN_FLAGS",
-           "DEFAULT_METRICS", "FINISHED", "LOCK_FILE", "STATE_FILE", "load_state"]
+__all__ = ["SweepConfig", "SweepError", "run_sweep", "median_rule", "FINISHED", "LOCK_FILE", "STATE_FILE",
+           "load_state"]
 
 _INTERRUPTED = "interrupted: the sweep was stopped before this trial finished; re-run the sweep command to re-run it"
 
@@ -157,7 +156,7 @@ class _Sweep:
             self.echo(f"{t['tag']}: stopping orphaned trial process {pid} left by an interrupted sweep")
             stop_group(pid)
         elif t.get("run_dir") and self.cfg.method != "tpe":
-            value, error = run_value(t["run_dir"], self.cfg.metric)
+            value, error = run_value(t["run_dir"], self.cfg.metric, self.cfg.metric_modes)
             if error is None:
                 t.update(status="completed", value=value, pid=None, error=None)
                 self.echo(f"{t['tag']}: finished while the sweep was down; result kept")
@@ -320,7 +319,7 @@ class _Sweep:
         elif not run_dir:
             error = f"the task wrote no run folder under {self.root / 'trials' / t['tag']}"
         else:
-            value, error = run_value(run_dir, self.cfg.metric)
+            value, error = run_value(run_dir, self.cfg.metric, self.cfg.metric_modes)
         t.update(status="failed" if error else "completed", value=value, error=error)
         self._tell(live, "fail" if error else "complete", value)
         self._close(live)

@@ -5,6 +5,9 @@ Usage: python analysis_fake_trial.py [--learning_rate X] [--ft_strategy S] [--nu
 
 val_auroc per epoch = quality(strategy, lr) - 0.1 * (num_epochs - 1 - epoch), where quality is
 highest for strategy "full" at lr 1e-3; ``--fail_at E`` raises at epoch E (status failed).
+
+:data:`PROFILE` describes it to the sweep as a task would (the program is this script, so
+its command is empty).
 """
 from __future__ import annotations
 
@@ -16,7 +19,14 @@ import time
 
 
 import finetune_kit.runs.run_dir as run_dir_module  # noqa: E402  (torch-free: finetune_kit.runs.atomic)
+from finetune_kit.experiments.profiles import TaskProfile  # noqa: E402
 from finetune_kit.runs.run_dir import RunDir, new_run_dir  # noqa: E402
+
+#: This stand-in as a task profile: the flags below, objective val_auroc (higher is better).
+PROFILE = TaskProfile(name="fake-trial", command=(), output_flag="--output_dir", name_flag="--experiment_tag",
+                      metric="val_auroc", mode="max", rank_metrics=("test_auroc", "val_auroc"))
+#: The program that runs it.
+PROGRAM = [sys.executable, __file__]
 
 
 def _light_environment() -> dict:

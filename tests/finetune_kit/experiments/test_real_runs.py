@@ -17,7 +17,8 @@ import pytest
 
 from analysis_helpers import ACRIMA, KODAK
 from finetune_kit.experiments.results import load_runs
-from finetune_kit.experiments.sweep.runner import DEFAULT_METRICS
+from finetune_kit.tasks.classification.profile import CLASSIFICATION
+from finetune_kit.tasks.compression.profile import COMPRESSION_TRAIN
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_dataframe_from_real_runs(real_runs):
     assert res.resolve_metric("val_auroc") == "best.val_auroc"
     for _, row in done.iterrows():  # best over epochs agrees with metrics.jsonl
         hist = [json.loads(line) for line in (Path(row["path"]) / "metrics.jsonl").read_text().splitlines()]
-        assert all(DEFAULT_METRICS["classification"][0] in h for h in hist)  # the sweep's default objective
+        assert all(CLASSIFICATION.metric in h for h in hist)  # the sweep's default objective
         assert row["best.val_auroc"] == pytest.approx(max(h["val_auroc"] for h in hist))
         assert row["epochs"] == len(hist) >= 1
     assert set(res.param_columns()) >= {"config.ft_strategy", "config.learning_rate"}
@@ -188,7 +189,7 @@ def test_compression_run_is_loaded(tmp_path):
     for _, row in res.completed.iterrows():
         hist = [json.loads(line) for line in (Path(row["path"]) / "metrics.jsonl").read_text().splitlines()]
         assert row["best.val_loss"] == pytest.approx(min(h["val_loss"] for h in hist))
-        assert all(DEFAULT_METRICS["compression-train"][0] in h for h in hist)
+        assert all(COMPRESSION_TRAIN.metric in h for h in hist)
 
 
 def test_sweep_of_real_compression_finetune_runs_with_a_boolean_parameter(tmp_path):

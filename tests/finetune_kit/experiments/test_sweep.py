@@ -14,8 +14,7 @@ import pytest
 from finetune_kit.experiments.results import load_runs
 from finetune_kit.experiments.sweep.runner import SweepConfig, SweepError, load_state, run_sweep
 from finetune_kit.experiments.sweep.space import Param, SearchSpace
-
-FAKE = [sys.executable, str(Path(__file__).with_name("analysis_fake_trial.py"))]
+from analysis_fake_trial import PROFILE, PROGRAM as FAKE  # the stand-in task (tests folder on sys.path: conftest)
 
 
 def quality(strategy, lr):
@@ -28,8 +27,8 @@ def quality(strategy, lr):
 def cfg(tmp_path, space, **kw):
     kw.setdefault("poll_s", 0.1)
     kw.setdefault("pruning", "none")
-    return SweepConfig(task="classification", space=SearchSpace(space), output_dir=tmp_path / "sweep",
-                       command=FAKE, **kw)
+    return SweepConfig(profile=PROFILE, space=SearchSpace(space), output_dir=tmp_path / "sweep",
+                       program=FAKE, **kw)
 
 
 GRID = [Param("ft_strategy", choices=["linear", "full"]), Param("learning_rate", choices=[1e-4, 1e-3])]
@@ -200,8 +199,10 @@ def test_errors(tmp_path, monkeypatch):
         other.wait()
     with pytest.raises(SweepError, match="grid search needs a list of values"):
         cfg(tmp_path, [Param("lr", "float", low=1e-4, high=1e-2)])
-    with pytest.raises(SweepError, match="unknown task"):
-        SweepConfig(task="segmentation", space=SearchSpace(GRID), output_dir=tmp_path)
+    with pytest.raises(SweepError, match="give the program that runs the task"):
+        SweepConfig(profile=PROFILE, space=SearchSpace(GRID), output_dir=tmp_path)
+    with pytest.raises(SweepError, match="expected a TaskProfile"):
+        SweepConfig(profile="classification", space=SearchSpace(GRID), output_dir=tmp_path, program=FAKE)
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(SweepError, match=r"pip install 'finetune-kit\[tune\]'"):
         cfg(tmp_path, GRID, method="tpe", trials=2)
