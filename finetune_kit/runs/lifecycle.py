@@ -1,0 +1,83 @@
+"""One run lifecycle for every training loop: what ``status.json`` says when a run ends.
+
+Every loop (classification, compression training, compression fine-tuning) wraps its work in
+:func:`run_lifecycle`, so the three states a finished process can leave mean one thing
+everywhere (the sweep's resume logic and ``analyze`` read them):
+
+=============== ==========================================================================
+``completed``   the loop ran to its end.
+``interrupted`` it stopped before the end without an error: Ctrl-C (``KeyboardInterrupt``)
+                or a planned stop the loop asked for (``--stop_after_epoch``). Resumable
+                with ``--resume RUN``.
+``failed``      an exception ended it; the error (``Type: message``) is recorded.
+=============== ==========================================================================
+
+``KeyboardInterrupt`` and exceptions are re-raised after recording, so the caller (the CLI)
+still decides how to report them; the logger is always closed.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from finetune_kit.runs.logger import RunLogger
+    from finetune_kit.runs.run_dir import RunDir
+
+__all__ = ["RunOutcome", "run_lifecycle", "resume_hint"]
+
+
+def resume_hint(run: "RunDir") -> str:
+    """The one-line hint recorded with ``interrupted``: ``continue with --resume RUN``."""
+    return f"continue with --resume {run.path}"
+
+
+@dataclass
+class RunOutcome:
+    """Handle a loop uses inside :func:`run_lifecycle` to end early on purpose.
+
+    Attributes:
+        stopped: the reason given to :meth:`stop` (None while the run is going to complete).
+    """
+
+    stopped: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Record that the loop stops before its end on purpose (status ``interrupted``)."""
+        self.stopped = reason
+
+
+@contextmanager
+def run_lifecycle(run: "RunDir", logger: "RunLogger | None" = None) -> Iterator[RunOutcome]:
+    """Record a run's status around its work (see the module docstring for the states).
+
+    Args:
+        run: the run folder (its ``status.json`` is written; a disabled ``RunDir`` on a
+            non-main rank writes nothing).
+        logger: closed (wandb finished) however the block ends; optional.
+
+    Yields:
+        a :class:`RunOutcome`; call ``outcome.stop(reason)`` for a planned early stop.
+
+    Raises:
+        whatever the block raises, after recording ``interrupted`` or ``failed``.
+    """
+    outcome = RunOutcome()
+    run.set_status("running")
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        run.set_status("interrupted", f"interrupted by the user; {resume_hint(run)}")
+        raise
+    except BaseException as exc:  # SystemExit from a library too: the run did not finish
+        run.set_status("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        if outcome.stopped:
+            run.set_status("interrupted", f"{outcome.stopped}; {resume_hint(run)}")
+        else:
+            run.set_status("completed")
+    finally:
+        if logger is not None:
+            logger.finish()
