@@ -231,7 +231,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
     t0 = time.perf_counter()
     steps = 0
     total = max_steps if max_steps is not None else (len(loader) if hasattr(loader, "__len__") else None)
-    bar = tqdm(loader, total=total, disable=not progress, desc=description, leave=False, dynamic_ncols=True)
+    # no bar: the loader itself (tqdm.auto's bar opens an iterator of its own at construction, which
+    # draws sampler/worker seeds from the RNG and would shift the random stream of the run)
+    bar = tqdm(loader, total=total, desc=description, leave=False, dynamic_ncols=True) if progress else loader
     for x in bar:
         if max_steps is not None and steps >= max_steps:
             break
