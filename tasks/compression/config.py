@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
 
-__all__ = ["PAPER_LAMBDAS", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS", "check_device", "require_image_folder"]
+__all__ = ["PAPER_LAMBDAS", "RunConfigBase", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS", "check_device", "require_image_folder"]
 
 #: lambdas of the HPCM paper's MSE models, lowest rate first (quality 1..6)
 PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
@@ -64,29 +64,41 @@ def require_image_folder(v: Optional[Path]) -> Optional[Path]:
     return v
 
 
-class TrainConfig(BaseModel):
-    """Options of ``finetune-kit compress train`` (see ``docs/compression.md``)."""
+class RunConfigBase(BaseModel):
+    """Options shared by ``compress train`` (:class:`TrainConfig`) and ``compress finetune``
+    (:class:`~finetune_kit.tasks.compression.finetune.config.FinetuneConfig`).
+
+    Data: ``data`` (image folder), ``val_data`` (default: hold out ``val_fraction`` of ``data``
+    with ``seed``), crops of ``patch_size`` px (multiple of 16; validation ``val_patch_size``,
+    default ``patch_size``), ``batch_size`` images per step, ``steps_per_epoch`` steps per
+    epoch (default one pass), ``num_workers`` loader processes, ``cache_images``. Run:
+    ``output_dir``/``name``, ``resume`` (a run folder or checkpoint), ``epochs``, ``keep_last``
+    checkpoints, ``seed``, ``threads``, ``device`` (``cpu`` default, ``cuda``, ``cuda:N``),
+    ``wandb``, ``progress``. Optimization: ``aux_lr`` (Adam of the quantiles, default 1e-3),
+    ``clip_max_norm`` (gradient L2 limit, default 1.0, 0 disables), ``quality`` (1..6: picks
+    ``lmbda`` from :data:`PAPER_LAMBDAS`). Subclasses declare ``model`` and ``lmbda``. Unknown
+    options are refused (``extra="forbid"``).
+
+    Raises (at validation):
+        ValueError: a missing image folder, a bad device, an unknown model, a patch size that
+            is not a multiple of 16.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "hpcm-tiny"
     data: Path
     val_data: Optional[Path] = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     output_dir: Path = Path("runs/compression")
     name: Optional[str] = None
+    resume: Optional[Path] = None
     epochs: int = Field(10, ge=1)
     steps_per_epoch: Optional[int] = Field(None, ge=1, description="batches per epoch (default: one pass)")
     batch_size: int = Field(8, ge=1)
     patch_size: int = Field(256, ge=64)
     val_patch_size: Optional[int] = Field(None, ge=64)
-    lmbda: float = Field(PAPER_LAMBDAS[2], gt=0)
     quality: Optional[int] = Field(None, ge=1, le=len(PAPER_LAMBDAS))
-    metric: Literal["mse", "ms-ssim"] = "mse"
-    lr: float = Field(1e-4, gt=0)
     aux_lr: float = Field(1e-3, gt=0)
-    lr_milestones: list[int] = Field(default_factory=list)
-    lr_gamma: float = Field(0.3, gt=0, le=1)
     clip_max_norm: float = Field(1.0, ge=0)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
@@ -95,13 +107,12 @@ class TrainConfig(BaseModel):
     cache_images: bool = True
     keep_last: int = Field(1, ge=1)
     wandb: Literal["offline", "disabled", "online"] = "offline"
-    resume: Optional[Path] = None
     progress: bool = True
 
-    @field_validator("model")
+    @field_validator("model", check_fields=False)
     @classmethod
-    def _model(cls, v: str) -> str:
-        return _check_model(v)
+    def _model(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _check_model(v)
 
     @field_validator("data", "val_data")
     @classmethod
@@ -114,13 +125,30 @@ class TrainConfig(BaseModel):
         return check_device(v)
 
     @model_validator(mode="after")
-    def _resolve(self) -> "TrainConfig":
+    def _resolve_shared(self) -> "RunConfigBase":
         if self.quality is not None:
             self.lmbda = PAPER_LAMBDAS[self.quality - 1]
         if self.val_patch_size is None:
             self.val_patch_size = self.patch_size
         if self.patch_size % 16:
             raise ValueError(f"patch_size={self.patch_size}: use a multiple of 16 px (e.g. 128 or 256)")
+        return self
+
+
+class TrainConfig(RunConfigBase):
+    """Options of ``finetune-kit compress train`` (see ``docs/compression.md``); shared ones in
+    :class:`RunConfigBase`. ``lr`` (Adam, default 1e-4) is multiplied by ``lr_gamma`` at each
+    epoch of ``lr_milestones``; ``metric`` ``ms-ssim`` needs crops of at least 161 px."""
+
+    model: str = "hpcm-tiny"
+    lmbda: float = Field(PAPER_LAMBDAS[2], gt=0)
+    metric: Literal["mse", "ms-ssim"] = "mse"
+    lr: float = Field(1e-4, gt=0)
+    lr_milestones: list[int] = Field(default_factory=list)
+    lr_gamma: float = Field(0.3, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "TrainConfig":
         if self.metric == "ms-ssim" and min(self.patch_size, self.val_patch_size) < 161:
             raise ValueError(f"metric ms-ssim needs crops of at least 161 px (5-scale MS-SSIM); "
                              f"patch_size={self.patch_size}: pass --patch-size 256")

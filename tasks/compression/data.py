@@ -10,7 +10,7 @@ import math
 import random
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageModeWarning", "list_images", "load_rgb", "split_train_val",
-           "RandomCropDataset", "FullImageDataset"]
+           "RandomCropDataset", "FullImageDataset", "build_loaders"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
 
@@ -147,3 +147,37 @@ class FullImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Path]:
         return to_tensor(load_rgb(self.paths[i])), self.paths[i]
+
+
+def build_loaders(cfg: Any) -> tuple[Any, Any]:
+    """``(train_loader, val_loader)`` of a compression run config (``compress train`` and ``finetune``).
+
+    Images come from ``cfg.data``; validation images from ``cfg.val_data`` when given, else
+    ``cfg.val_fraction`` of ``cfg.data`` held out with ``cfg.seed`` (:func:`split_train_val`).
+    Training batches are ``[batch_size, 3, patch_size, patch_size]`` random crops with flips,
+    shuffled, or ``steps_per_epoch * batch_size`` crops drawn with replacement when
+    ``steps_per_epoch`` is set (an epoch is then that many steps); the last partial batch is
+    dropped when there are at least ``batch_size`` images. Validation batches are centre crops of
+    ``val_patch_size`` px, ``min(batch_size, #val images)`` per batch. ``num_workers`` loader
+    processes; ``cache_images`` keeps decoded images in memory.
+
+    Raises:
+        FileNotFoundError / ValueError: from :func:`list_images`, :func:`split_train_val` and
+            :class:`RandomCropDataset` (missing folder, too few or too small images).
+    """
+    from torch.utils.data import DataLoader, RandomSampler
+
+    paths = list_images(cfg.data)
+    if cfg.val_data is not None:
+        train_paths, val_paths = paths, list_images(cfg.val_data)
+    else:
+        train_paths, val_paths = split_train_val(paths, cfg.val_fraction, cfg.seed)
+    train_ds = RandomCropDataset(train_paths, cfg.patch_size, train=True, cache=cfg.cache_images)
+    val_ds = RandomCropDataset(val_paths, cfg.val_patch_size, train=False, cache=cfg.cache_images)
+    sampler = None
+    if cfg.steps_per_epoch is not None:
+        sampler = RandomSampler(train_ds, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size)
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                       num_workers=cfg.num_workers, drop_last=len(train_ds) >= cfg.batch_size)
+    val = DataLoader(val_ds, batch_size=min(cfg.batch_size, len(val_ds)), num_workers=cfg.num_workers)
+    return train, val

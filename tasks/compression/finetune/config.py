@@ -18,12 +18,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
-from finetune_kit.tasks.compression.config import PAPER_LAMBDAS, check_device, require_image_folder
+from finetune_kit.tasks.compression.config import RunConfigBase
 from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
 from finetune_kit.tasks.compression.finetune.lr_manager import DEFAULT_LR_MULTS
-from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
 
 __all__ = ["FinetuneConfig", "OptionWarning", "load_yaml_config"]
 
@@ -32,32 +31,25 @@ class OptionWarning(UserWarning):
     """An option was given that has no effect with the other options (the message names both)."""
 
 
-class FinetuneConfig(BaseModel):
-    """Options of ``compress finetune``; see ``docs/compression_finetuning.md`` for each one."""
+class FinetuneConfig(RunConfigBase):
+    """Options of ``compress finetune``; see ``docs/compression_finetuning.md`` for each one.
+
+    Shared options (data, crops, batch size, device, seed, run folder ...) are in
+    :class:`~finetune_kit.tasks.compression.config.RunConfigBase`; defaults that differ here:
+    ``output_dir`` ``runs/compression-finetune``, ``epochs`` 500, ``keep_last`` 2."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     # source, data, run
     checkpoint: Optional[Path] = Field(None, description="trained checkpoint to fine-tune (None: from scratch, warned)")
     model: Optional[str] = Field(None, description="model name; default: the checkpoint's, else hpcm-tiny")
-    data: Path
-    val_data: Optional[Path] = None
-    val_fraction: float = Field(0.1, gt=0, lt=1)
     output_dir: Path = Path("runs/compression-finetune")
-    name: Optional[str] = None
-    resume: Optional[Path] = None
     epochs: int = Field(500, ge=1, description="guides: 500 epochs instead of 3000+ from scratch")
-    steps_per_epoch: Optional[int] = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    patch_size: int = Field(256, ge=64)
-    val_patch_size: Optional[int] = Field(None, ge=64)
     val_max_batches: Optional[int] = Field(None, ge=1)
     lmbda: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("lmbda", "lambda"),
                                    description="new lambda; default: the checkpoint's (else 0.0067)")
-    quality: Optional[int] = Field(None, ge=1, le=len(PAPER_LAMBDAS))
     # optimization
     learning_rate: float = Field(1e-5, gt=0, validation_alias=AliasChoices("learning_rate", "learning-rate", "lr"))
-    aux_lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine", "discriminative"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0)
     min_lr: float = Field(1e-7, ge=0)
@@ -72,7 +64,6 @@ class FinetuneConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     weight_decay_map: Optional[str] = None
     clip_map: Optional[str] = None
-    clip_max_norm: float = Field(1.0, ge=0)
     # progressive unfreezing
     progressive_unfreeze: bool = False
     unfreeze_schedule: str = "100,200"
@@ -101,32 +92,8 @@ class FinetuneConfig(BaseModel):
     gamma_window: int = Field(5, ge=1)
     gamma_threshold: float = Field(1e-3, ge=0)
     # run plumbing
-    seed: int = 0
-    threads: Optional[int] = Field(None, ge=1)
-    device: str = Field("cpu", description="cpu (default, reproducible), cuda or cuda:N")
-    num_workers: int = Field(0, ge=0)
-    cache_images: bool = True
     keep_last: int = Field(2, ge=1)
     keep_best: int = Field(1, ge=0)
-    wandb: Literal["offline", "disabled", "online"] = "offline"
-    progress: bool = True
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and v not in MODEL_NAMES:
-            raise ValueError(f"unknown model {v!r}: use one of {', '.join(MODEL_NAMES)}")
-        return v
-
-    @field_validator("data", "val_data")
-    @classmethod
-    def _folder(cls, v: Optional[Path]) -> Optional[Path]:
-        return require_image_folder(v)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device(v)
 
     @field_validator("checkpoint")
     @classmethod
@@ -137,12 +104,6 @@ class FinetuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolve(self) -> "FinetuneConfig":
-        if self.quality is not None:
-            self.lmbda = PAPER_LAMBDAS[self.quality - 1]
-        if self.val_patch_size is None:
-            self.val_patch_size = self.patch_size
-        if self.patch_size % 16:
-            raise ValueError(f"patch_size={self.patch_size}: use a multiple of 16 px (e.g. 128 or 256)")
         if self.gamma_strategy is not None:
             names = GAMMA_STRATEGIES + SCALE_GAMMA_STRATEGIES
             if self.gamma_strategy not in names:

@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from finetune_kit.tasks.compression.metrics import bpp_per_scale
+from finetune_kit.tasks.compression.losses import RDComponents, RateDistortionLoss
 
 __all__ = ["DECOMPOSITIONS", "FIXED_DIST_RATIOS", "FIXED_RATE_RATIOS", "RDTerms", "HierarchicalRDLoss",
-           "haar_band_energies", "laplacian_band_energies", "rd_terms"]
+           "haar_band_energies", "laplacian_band_energies"]
 
 DECOMPOSITIONS = ("measured", "fixed", "adaptive")
 FIXED_DIST_RATIOS = (0.40, 0.35, 0.25)  # s1, s2, s3 (the guides)
@@ -113,14 +113,6 @@ class RDTerms:
     scale_costs: dict[str, float] = field(default_factory=dict)
 
 
-def rd_terms(out: Mapping[str, Any], x: Tensor, lmbda: float) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """``(mse, bpp_per_scale dict, error)`` of a forward output ``out`` for input ``x [B, 3, H, W]``."""
-    B, _, H, W = x.shape
-    bpp = bpp_per_scale(out, B * H * W)
-    err = out["x_hat"] - x
-    return err.pow(2).mean(), bpp, err
-
-
 class HierarchicalRDLoss(torch.nn.Module):
     """Split the R-D loss into per-scale tasks (see the module docstring).
 
@@ -145,6 +137,7 @@ class HierarchicalRDLoss(torch.nn.Module):
         if levels < 2:
             raise ValueError(f"levels={levels}: need at least 2 pyramid levels for three distortion bands")
         self.lmbda, self.decomposition, self.pyramid, self.levels = float(lmbda), decomposition, pyramid, int(levels)
+        self.criterion = RateDistortionLoss(self.lmbda)  # the measured terms and lambda * 255^2 (no state)
         self.ratio_lr = float(ratio_lr)
         # learned split-ratio logits (adaptive); buffers so they ride along in state_dict()
         self.register_buffer("dist_logits", torch.tensor(FIXED_DIST_RATIOS).log())
@@ -169,15 +162,19 @@ class HierarchicalRDLoss(torch.nn.Module):
         n = err.numel()
         return [e[0] / n, e[1] / n, sum(e[2:]) / n]  # fine, mid, coarse (MSE units)
 
-    def forward(self, out: Mapping[str, Any], x: Tensor) -> RDTerms:
+    def forward(self, out: Mapping[str, Any], x: Tensor, components: RDComponents | None = None) -> RDTerms:
         """Tasks of one batch: ``out`` is the model's forward output, ``x`` the input ``[B, 3, H, W]``.
+
+        The tasks split the terms of :meth:`RateDistortionLoss.components
+        <finetune_kit.tasks.compression.losses.RateDistortionLoss.components>` (pass them as
+        ``components`` when already measured); distortion tasks are in ``lambda * 255^2 * MSE`` units.
 
         Raises:
             ValueError: ``measured``/``adaptive`` on a model without ``y_scale_masks`` (CompressAI zoo
                 models have no per-scale rate: use ``--decomposition fixed`` or an HPCM model).
         """
-        mse, bpp, err = rd_terms(out, x, self.lmbda)
-        k = self.lmbda * 255 ** 2
+        c = components if components is not None else self.criterion.components(out, x)
+        mse, bpp, err, k = c.mse, c.bpp, c.err, c.distortion_weight
         has_scales = "s1" in bpp
         if self.decomposition != "fixed" and not has_scales:
             raise ValueError(f"decomposition {self.decomposition!r} needs per-scale rates (y_scale_masks), which this "
@@ -196,7 +193,7 @@ class HierarchicalRDLoss(torch.nn.Module):
             tasks = {f"dist_{s}": k * mse * r["dist"][i] for i, s in enumerate(SCALES)}
             tasks.update({f"rate_{s}": bpp["total"] * r["rate"][i] for i, s in enumerate(SCALES)})
             costs = {s: tasks[f"dist_{s}"] + tasks[f"rate_{s}"] for s in SCALES}
-        return RDTerms(tasks=tasks, mse=mse, bpp=bpp["total"], rd=k * mse + bpp["total"],
+        return RDTerms(tasks=tasks, mse=mse, bpp=bpp["total"], rd=c.rd,
                        bpp_scales={n: float(v.detach()) for n, v in bpp.items()},
                        scale_costs={s: float(v.detach()) for s, v in costs.items()})
 

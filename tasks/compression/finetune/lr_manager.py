@@ -13,7 +13,8 @@ its ``quantiles``) and the Gaussian conditional (which has no parameters in Comp
 buffers): the z prior and the aux loss then stop training.
 
 The entropy bottleneck's ``quantiles`` are trained only by the aux loss (CompressAI's separate
-aux optimizer); they are kept out of the main optimizer (:func:`split_aux_groups`) so weight decay
+aux optimizer); they are kept out of the main optimizer (:func:`split_aux_groups`, defined in
+:mod:`finetune_kit.tasks.compression.engine` and shared with ``compress train``) so weight decay
 or a stray gradient never moves them.
 
 CompressAI zoo models keep some groups' modules under other names (cheng2020's ``context``
@@ -31,6 +32,7 @@ import torch
 
 from finetune_kit.layer_groups import LayerGroups
 from finetune_kit.param_groups import match_key, parse_multipliers
+from finetune_kit.tasks.compression.engine import AUX_GROUP, split_aux_groups  # the one aux split (re-exported)
 
 __all__ = ["DEFAULT_LR_MULTS", "ENTROPY_FREEZE_PATTERNS", "AUX_GROUP", "LayerLRConfig", "LRTableRow",
            "group_keys_to_patterns", "split_aux_groups", "lr_table", "print_lr_table", "clip_grad_norms"]
@@ -41,8 +43,6 @@ DEFAULT_LR_MULTS = "g_a:1.0,g_s:1.0,h_a:0.5,h_s:0.5,context:0.1"
 #: bottleneck (density model + quantiles) and the Gaussian conditional, top-level or inside a
 #: CompressAI latent codec (ELIC: ``latent_codec.hyper.entropy_bottleneck``)
 ENTROPY_FREEZE_PATTERNS = (r"(?:^|\.)entropy_bottleneck\.", r"(?:^|\.)gaussian_conditional\.")
-#: layer group (``hpcm`` preset) of the parameters trained by the aux loss only
-AUX_GROUP = "quantiles"
 
 
 @dataclass
@@ -121,16 +121,6 @@ def group_keys_to_patterns(mapping: Mapping[str, float], groups: LayerGroups) ->
         else:
             out[key] = value
     return out
-
-
-def split_aux_groups(param_groups: list[dict]) -> tuple[list[dict], list[torch.nn.Parameter]]:
-    """Separate the aux-only parameters (layer group :data:`AUX_GROUP`) from the main groups.
-
-    Returns ``(main_groups, aux_params)``; ``aux_params`` is empty for models without quantiles.
-    """
-    main = [g for g in param_groups if g["group_name"] != AUX_GROUP]
-    aux = [p for g in param_groups if g["group_name"] == AUX_GROUP for p in g["params"]]
-    return main, aux
 
 
 @dataclass

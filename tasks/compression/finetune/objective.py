@@ -4,7 +4,14 @@
 ``lambda * 255^2 * MSE + bpp`` by default; per-scale tasks with ``--use_hierarchical``
 (:mod:`finetune_kit.tasks.compression.finetune.hierarchical_loss`), weighted by the balanced optimizer with
 ``--use_balanced`` (:mod:`finetune_kit.tasks.compression.finetune.balanced`) whose gamma follows
-:mod:`finetune_kit.tasks.compression.finetune.gamma_schedules`. :func:`validate` measures a validation loader in eval mode.
+:mod:`finetune_kit.tasks.compression.finetune.gamma_schedules`. It is the *objective* of the shared
+engine (:mod:`finetune_kit.tasks.compression.engine`): :func:`~finetune_kit.tasks.compression.engine.train_step`
+calls :meth:`FinetuneObjective.begin_step` (RNG snapshot), :meth:`~FinetuneObjective.compute`,
+:meth:`~FinetuneObjective.clip` (per-group then global clipping) and :meth:`~FinetuneObjective.end_step`
+(the balanced weight update on the same batch, same noise), and
+:func:`~finetune_kit.tasks.compression.engine.evaluate` its :meth:`~FinetuneObjective.validation_values`.
+The R-D terms and ``lambda * 255^2`` come from
+:class:`~finetune_kit.tasks.compression.losses.RateDistortionLoss`.
 
 Devices: the tensors of a step live on the model's device; the balanced optimizer's small
 state (task logits, Adam moments) stays on the CPU, which keeps checkpoints portable.
@@ -14,14 +21,14 @@ the CPU or on a CUDA device (CompressAI draws that noise on the device of the la
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
 from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+from finetune_kit.tasks.compression.losses import RateDistortionLoss
 
-__all__ = ["FinetuneObjective", "validate", "rng_snapshot", "replay_rng"]
+__all__ = ["FinetuneObjective", "rng_snapshot", "replay_rng"]
 
 
 def rng_snapshot(device: torch.device) -> torch.Tensor:
@@ -44,14 +51,21 @@ def replay_rng(device: torch.device, state: torch.Tensor) -> Iterator[None]:
 
 
 class FinetuneObjective:
-    """Terms, task dict, combined loss, balanced weights and gamma of one fine-tune.
+    """Terms, task dict, combined loss, balanced weights and gamma of one fine-tune (an engine objective).
 
     Args:
-        cfg: the run's options (``use_hierarchical``, ``use_balanced``, gammas ...).
+        cfg: the run's options (``use_hierarchical``, ``use_balanced``, gammas, ``clip_map``,
+            ``clip_max_norm`` ...).
         lmbda: the R-D trade-off of ``lmbda * 255^2 * MSE + bpp``.
         has_scales: whether the model reports per-scale rates (HPCM's ``y_scale_masks``);
             enables the per-scale validation costs.
+
+    Raises:
+        ValueError: ``lmbda <= 0`` (from the criterion), bad gamma or modulation options.
     """
+
+    mse_key = "mse"
+    lr_flag = "--learning-rate"
 
     def __init__(self, cfg: FinetuneConfig, lmbda: float, has_scales: bool) -> None:
         from finetune_kit.param_groups import parse_multipliers
@@ -59,7 +73,8 @@ class FinetuneObjective:
         from finetune_kit.tasks.compression.finetune.hierarchical_loss import HierarchicalRDLoss
 
         self.cfg, self.lmbda = cfg, lmbda
-        self.k = lmbda * 255 ** 2
+        self.criterion = RateDistortionLoss(lmbda)
+        self._rng: torch.Tensor | None = None
         self.monitor = HierarchicalRDLoss(lmbda) if has_scales else None  # measured per-scale costs (validation)
         self.hier = (HierarchicalRDLoss(lmbda, decomposition=cfg.decomposition, pyramid=cfg.pyramid,
                                         levels=cfg.pyramid_levels) if cfg.use_hierarchical else None)
@@ -91,16 +106,20 @@ class FinetuneObjective:
             self.hier.train(was)
 
     def terms(self, out, x):
-        """``(RDTerms-like, task dict)`` for one batch (tensors on ``x``'s device)."""
-        from finetune_kit.tasks.compression.finetune.hierarchical_loss import RDTerms, rd_terms
+        """``(RDTerms, task dict)`` for one batch ``x [B, 3, H, W]`` (tensors on ``x``'s device).
+
+        Without the hierarchical loss the tasks are ``distortion`` (``lambda * 255^2 * MSE``) and
+        ``rate`` (bpp), the two terms of :meth:`RateDistortionLoss.components`.
+        """
+        from finetune_kit.tasks.compression.finetune.hierarchical_loss import RDTerms
 
         if self.hier is not None:
             t = self.hier(out, x)
             return t, t.tasks
-        mse, bpp, _ = rd_terms(out, x, self.lmbda)
-        t = RDTerms(tasks={}, mse=mse, bpp=bpp["total"], rd=self.k * mse + bpp["total"],
-                    bpp_scales={n: float(v.detach()) for n, v in bpp.items()})
-        return t, {"distortion": self.k * mse, "rate": bpp["total"]}
+        c = self.criterion.components(out, x)
+        t = RDTerms(tasks={}, mse=c.mse, bpp=c.bpp["total"], rd=c.rd,
+                    bpp_scales={n: float(v.detach()) for n, v in c.bpp.items()})
+        return t, {"distortion": c.weighted_mse, "rate": c.bpp["total"]}
 
     def loss(self, t, tasks):
         """The loss to back-propagate."""
@@ -111,6 +130,49 @@ class FinetuneObjective:
         if self.hier is not None:
             return sum(self.modulation[scale_of_task(n)] * v for n, v in tasks.items())
         return t.rd
+
+    # -- the engine's objective protocol (finetune_kit.tasks.compression.engine.train_step) ----------
+    def begin_step(self, model, x) -> None:
+        """Before the forward pass: snapshot the RNG of ``x``'s device (balanced re-evaluation replays it)."""
+        self._rng = rng_snapshot(x.device) if self.balanced is not None else None
+
+    def compute(self, model, x) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, {loss, rd, bpp, mse})`` of one training batch (scalar tensors)."""
+        t, tasks = self.terms(model(x), x)
+        loss = self.loss(t, tasks)
+        return loss, {"loss": loss, "rd": t.rd, "bpp": t.bpp, "mse": t.mse}
+
+    def clip(self, optimizer, model) -> dict[str, float]:
+        """Per-group (``clip_map``) then global (``clip_max_norm``) clipping; ``{"grad_norm": total norm}``."""
+        from finetune_kit.tasks.compression.finetune.lr_manager import clip_grad_norms
+
+        norms = clip_grad_norms(optimizer.param_groups, clip_map=self.cfg.clip_map, clip_max_norm=self.cfg.clip_max_norm)
+        return {"grad_norm": norms["total"]}
+
+    def end_step(self, model, x) -> dict[str, float]:
+        """After the model step: the balanced weight update from the same batch, re-evaluated with the
+        same quantization noise and frozen split ratios (so ``delta`` measures the parameter change
+        only). Returns the balanced optimizer's record ({} without balancing)."""
+        if self.balanced is None:
+            return {}
+        with torch.no_grad(), replay_rng(x.device, self._rng), self.frozen_split():  # same noise
+            _, tasks = self.terms(model(x), x)
+        self.balanced.update(tasks)
+        return dict(self.balanced.last_record)
+
+    def evaluation(self):
+        """Context of a validation pass: the learned split ratios stay frozen."""
+        return self.frozen_split()
+
+    def validation_values(self, out: Mapping[str, Any], x) -> dict[str, float]:
+        """``rd``, ``mse``, ``bpp``, ``bpp_s1`` ... and, for models with per-scale rates, ``rd_s1`` ...
+        (measured per-scale R-D costs) of one validation batch, as floats."""
+        t, _ = self.terms(out, x)
+        vals = {"rd": float(t.rd), "mse": float(t.mse), "bpp": float(t.bpp),
+                **{f"bpp_{k}": v for k, v in t.bpp_scales.items() if k != "total"}}
+        if self.monitor is not None:
+            vals.update({f"rd_{s}": v for s, v in self.monitor(out, x).scale_costs.items()})
+        return vals
 
     def set_epoch_gamma(self, epoch: int, history: list[float], scale_hist: dict[str, list[float]]) -> dict[str, float]:
         """Set the balanced optimizer's gamma for ``epoch``; returns it for the log ({} without balancing)."""
@@ -136,33 +198,3 @@ class FinetuneObjective:
             gs = {s: g * f for s, g in self.scale_starts.items()}
         self.balanced.set_gamma(gs)
         return {f"gamma_{s}": v for s, v in gs.items()}
-
-
-def validate(model, loader, objective: FinetuneObjective, max_batches: int | None,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Eval-mode validation on ``device``: mean R-D cost, MSE, PSNR (dB), bpp and per-scale costs / bpp.
-
-    Returns image-weighted means (``rd``, ``mse``, ``bpp``, ``bpp_s1`` ..., ``rd_s1`` ... for models
-    with per-scale rates), ``psnr`` (dB, from the mean MSE) and ``aux_loss``.
-    """
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    with torch.no_grad(), objective.frozen_split():
-        for i, x in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = x.to(device, non_blocking=True)
-            out = model(x)
-            t, _ = objective.terms(out, x)
-            vals = {"rd": float(t.rd), "mse": float(t.mse), "bpp": float(t.bpp),
-                    **{f"bpp_{k}": v for k, v in t.bpp_scales.items() if k != "total"}}
-            if objective.monitor is not None:
-                vals.update({f"rd_{s}": v for s, v in objective.monitor(out, x).scale_costs.items()})
-            for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + v * x.shape[0]
-            n += x.shape[0]
-    res: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
-    res["psnr"] = 10 * math.log10(1 / res["mse"]) if res.get("mse", 0) > 0 else float("inf")
-    res["aux_loss"] = float(model.aux_loss().detach())
-    return res

@@ -28,31 +28,66 @@ batches; checkpoints are written with CPU tensors and load on any device. They k
 ``compress train`` layout (``state_dict``, ``model``, ``config`` with ``lmbda`` ...) so
 ``compress eval`` reads them, plus a ``finetune`` entry with every extra state.
 
+:func:`finetune` reads top-down: :func:`resolve_source`, :func:`build_run`,
+:func:`build_model_and_optimizers`, :func:`restore` (``--resume``), then per epoch
+:func:`fit_one_epoch` (the shared engine's epoch loop with :class:`FinetuneObjective` as the
+objective), :func:`validate`, :func:`early_stop_step`, :func:`checkpoint_state` and
+:func:`report`; the status (``completed``, ``interrupted`` on Ctrl-C, ``failed``) is kept by
+:func:`finetune_kit.runs.lifecycle.run_lifecycle`.
+
 Resuming (``--resume``) continues from the chosen checkpoint: ``metrics.jsonl`` and
 ``steps.jsonl`` are cut back to that epoch, and tracked checkpoints of later epochs (an abandoned
 trajectory, when resuming from an earlier checkpoint than the latest) are deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from finetune_kit.tasks.compression.finetune.build import FinetuneParts, _stages, build_model_and_optimizers  # noqa: F401
 from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-from finetune_kit.tasks.compression.finetune.objective import FinetuneObjective, replay_rng, rng_snapshot, validate
 
-__all__ = ["finetune", "FromScratchWarning", "DEFAULT_LAMBDA"]
+__all__ = ["finetune", "FromScratchWarning", "DEFAULT_LAMBDA", "Source", "FinetuneParts", "Progress",
+           "resolve_source", "build_run", "build_model_and_optimizers", "restore", "fit_one_epoch", "validate",
+           "early_stop_step", "checkpoint_state", "report"]
 
 DEFAULT_LAMBDA = 0.0067
 
 
 class FromScratchWarning(UserWarning):
     """``compress finetune`` started without a checkpoint: the model trains from random weights."""
+
+
+@dataclass
+class Source:
+    """Where a fine-tune starts: ``model_name``, the source checkpoint (``source``, None from scratch
+    or on resume) and its lambda, the ``resume`` checkpoint (or None), the ``lmbda`` in effect,
+    the ``run_path`` and ``notes`` printed at the start."""
+
+    model_name: str
+    source: Optional[dict]
+    source_lmbda: Optional[float]
+    resume: Optional[dict]
+    lmbda: float
+    run_path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """The epoch to start at and the validation histories (R-D cost per epoch, per scale)."""
+
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    scale_hist: dict = field(default_factory=lambda: {"s1": [], "s2": [], "s3": []})
 
 
 def _source(cfg: FinetuneConfig) -> tuple[str, dict | None, float | None]:
@@ -62,7 +97,7 @@ def _source(cfg: FinetuneConfig) -> tuple[str, dict | None, float | None]:
 
     if cfg.checkpoint is None:
         warnings.warn("no --checkpoint given: training starts FROM SCRATCH (random weights), which is not a "
-                      "fine-tune; pass --checkpoint RUN/checkpoints/best.pt", FromScratchWarning, stacklevel=3)
+                      "fine-tune; pass --checkpoint RUN/checkpoints/best.pt", FromScratchWarning, stacklevel=4)
         return cfg.model or "hpcm-tiny", None, None
     ckpt = load_checkpoint(default_checkpoint(cfg.checkpoint))
     name = cfg.model or checkpoint_model_name(ckpt)
@@ -72,35 +107,42 @@ def _source(cfg: FinetuneConfig) -> tuple[str, dict | None, float | None]:
     return name, ckpt, src_cfg.get("lmbda")
 
 
-def _loaders(cfg: FinetuneConfig):
-    from torch.utils.data import DataLoader, RandomSampler
+def resolve_source(cfg: FinetuneConfig) -> Source:
+    """The model, weights, lambda and run folder of a fine-tune (see :class:`Source`).
 
-    from finetune_kit.tasks.compression.data import RandomCropDataset, list_images, split_train_val
+    ``lmbda``: ``cfg.lmbda``, else the resumed run's, else the source checkpoint's, else
+    :data:`DEFAULT_LAMBDA`. Warns :class:`FromScratchWarning` without ``--checkpoint``.
 
-    paths = list_images(cfg.data)
-    train_p, val_p = (paths, list_images(cfg.val_data)) if cfg.val_data else split_train_val(paths, cfg.val_fraction, cfg.seed)
-    train_ds = RandomCropDataset(train_p, cfg.patch_size, train=True, cache=cfg.cache_images)
-    val_ds = RandomCropDataset(val_p, cfg.val_patch_size, train=False, cache=cfg.cache_images)
-    sampler = (RandomSampler(train_ds, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size)
-               if cfg.steps_per_epoch else None)
-    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                       num_workers=cfg.num_workers, drop_last=len(train_ds) >= cfg.batch_size)
-    val = DataLoader(val_ds, batch_size=min(cfg.batch_size, len(val_ds)), num_workers=cfg.num_workers)
-    return train, val
+    Raises:
+        ValueError: a checkpoint that records no model name (pass ``--model``).
+    """
+    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.runs.run_dir import new_run_dir
+    from finetune_kit.tasks.compression.checkpoints import default_checkpoint
+
+    resume = load_checkpoint(default_checkpoint(cfg.resume)) if cfg.resume else None
+    model_name, source, src_lmbda = _source(cfg) if resume is None else (resume["model"], None, None)
+    lmbda = cfg.lmbda or (resume["config"]["lmbda"] if resume else None) or src_lmbda or DEFAULT_LAMBDA
+    notes = []
+    if source is not None and src_lmbda is not None and not math.isclose(src_lmbda, lmbda):
+        notes.append(f"checkpoint trained at lambda={src_lmbda:g}; fine-tuning to lambda={lmbda:g}: optimizer, LR "
+                     "schedule and epoch counter start fresh")
+    if resume is not None:
+        run_path = Path(cfg.resume) if Path(cfg.resume).is_dir() else default_checkpoint(cfg.resume).resolve().parent.parent
+    else:
+        run_path = new_run_dir(cfg.output_dir, cfg.name or f"{model_name}-finetune-lambda{lmbda:g}")
+    return Source(model_name, source, src_lmbda, resume, lmbda, run_path, notes)
 
 
-def _scheduler(cfg: FinetuneConfig, optimizer, steps_per_epoch: int):
-    if cfg.lr_schedule == "discriminative":
-        from finetune_kit.tasks.compression.finetune.discriminative_lr import DiscriminativeLR
+def build_run(cfg: FinetuneConfig, src: Source) -> tuple[Any, Any, dict]:
+    """``(RunDir, RunLogger, resolved config)``: the config as run (model, lambda, gamma strategy and
+    source lambda resolved) is written to ``config.json`` and recorded in every checkpoint."""
+    from finetune_kit.tasks.compression.training import build_run as build_run_folder
 
-        return DiscriminativeLR(optimizer, base_lr=cfg.learning_rate, steps_per_epoch=steps_per_epoch,
-                                warmups=cfg.discriminative_warmups, decay_rate=cfg.decay_rate,
-                                decay_every=cfg.decay_every, warmup_start=cfg.warmup_start)
-    from finetune_kit.schedulers import build_lr_scheduler
-
-    return build_lr_scheduler(optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                              warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr, kind=cfg.lr_schedule,
-                              warmup_lr_init=cfg.learning_rate * cfg.warmup_start)
+    resolved = {**cfg.model_dump(mode="json"), "model": src.model_name, "lmbda": src.lmbda,
+                "gamma_strategy": cfg.resolved_gamma_strategy, "source_lmbda": src.source_lmbda}
+    rd, logger = build_run_folder(cfg, src.run_path, resolved)
+    return rd, logger, resolved
 
 
 def _truncate_steps(path: Path, before_epoch: int) -> None:
@@ -114,25 +156,149 @@ def _truncate_steps(path: Path, before_epoch: int) -> None:
     atomic_write_text("".join(line + "\n" for line in kept), path)
 
 
-def _layer_groups(model, model_name: str):
-    """The ``hpcm`` preset's groups of ``model``; a model it cannot group fails in one line."""
-    from finetune_kit.layer_groups import resolve_layer_groups
-    from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
+def restore(parts: FinetuneParts, resume: dict, rd: Any, model_name: str) -> Progress:
+    """Restore every state of a ``--resume`` checkpoint: weights, optimizers, strategy, balanced and
+    hierarchical losses, early stoppers, histories and RNG; cut ``metrics.jsonl``,
+    ``steps.jsonl`` and the tracked checkpoints back to its epoch. Returns the :class:`Progress`.
 
-    try:
-        return resolve_layer_groups(model, preset="hpcm")
-    except ValueError as exc:
-        raise ValueError(f"cannot split {model_name} into layer groups ({str(exc).split(':')[0]}): compress finetune "
-                         f"supports {', '.join(MODEL_NAMES)}") from None
+    Raises:
+        ValueError: weights of another model; balanced state of other tasks.
+    """
+    from finetune_kit.seeding import set_rng_state
+    from finetune_kit.tasks.compression.checkpoints import load_weights
+
+    ft, obj = resume["finetune"], parts.objective
+    load_weights(parts.model, resume, model_name=model_name)
+    parts.optimizer.load_state_dict(resume["optimizer"])
+    if parts.aux_opt is not None and resume.get("aux_optimizer"):
+        parts.aux_opt.load_state_dict(resume["aux_optimizer"])
+    parts.strategy.load_state_dict(ft["strategy"])
+    for target, key in ((obj.balanced, "balanced"), (obj.hier, "hierarchical"), (parts.ses, "scale_early_stopping"),
+                        (parts.es, "early_stopping")):
+        if target is not None:
+            target.load_state_dict(ft[key])
+    set_rng_state(resume["rng_state"])
+    progress = Progress(int(resume["epoch"]) + 1, ft["history"], ft["scale_history"])
+    rd.truncate_history(progress.start_epoch)
+    _truncate_steps(rd.path / "steps.jsonl", progress.start_epoch)
+    dropped = parts.manager.truncate(progress.start_epoch - 1)
+    if dropped:
+        print(f"note: resuming after epoch {progress.start_epoch - 1}: deleted {len(dropped)} checkpoint(s) of later "
+              f"epochs ({', '.join(p.name for p in dropped)}) from the abandoned run")
+    return progress
 
 
-def _stages(groups, progressive: bool) -> list[list[str]] | None:
-    """Progressive stages of the preset limited to the groups the model has (bmshj2018 has no
-    ``context``); None (the preset's default, with its trailing groups) when all exist."""
-    stages = groups.preset.stages if groups.preset is not None else None
-    if not progressive or not stages or all(k in groups.names for st in stages for k in st):
-        return None
-    return [[k for k in st if k in groups.names] for st in stages if any(k in groups.names for k in st)]
+def _write_lr_table(cfg: FinetuneConfig, parts: FinetuneParts, rd: Any, model_name: str, epoch: int) -> None:
+    """``lr_table.json`` (and the printed table with ``--progress``) of the optimizer at ``epoch``."""
+    from finetune_kit.tasks.compression.finetune.lr_manager import lr_table, print_lr_table
+
+    table = lr_table(parts.optimizer, base_lr=cfg.learning_rate, clip_map=cfg.clip_map, aux_params=parts.aux_params,
+                     aux_lr=cfg.aux_lr)
+    rd.write_json("lr_table.json", {"base_lr": cfg.learning_rate, "global_clip": cfg.clip_max_norm, "groups": table})
+    if cfg.progress:
+        print_lr_table(table, title=f"{model_name}: layer-wise LRs at epoch {epoch} (base {cfg.learning_rate:g})",
+                       caption=f"global gradient-norm clip {cfg.clip_max_norm:g}; LR 0 = frozen at this epoch")
+
+
+def fit_one_epoch(parts: FinetuneParts, loader: Any, epoch: int, progress: Progress, steps_log: Any,
+                  logger: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """One epoch through the shared :func:`~finetune_kit.tasks.compression.engine.train_one_epoch`
+    with the fine-tune objective: progressive unfreezing and the gamma of ``epoch`` first, the
+    per-step LR before each step, one ``steps.jsonl`` line per step (loss, R-D cost, gradient
+    norm, balanced weights, aux loss).
+
+    Returns ``(train means {train_loss, train_rd, train_bpp, train_mse}, gamma log)``.
+
+    Raises:
+        FloatingPointError: the loss became NaN/inf (names the epoch and step).
+    """
+    from finetune_kit.tasks.compression.engine import train_one_epoch
+
+    for ev in parts.strategy.on_epoch_start(epoch, parts.optimizer):
+        # pinned groups (--freeze_entropy, --freeze_pattern) are not in ev.groups
+        print(f"epoch {epoch}: unfroze {', '.join(ev.groups)} ({ev.trainable_params:,} trainable parameters)")
+    gamma_log = parts.objective.set_epoch_gamma(epoch, progress.history, progress.scale_hist)
+    first = epoch * parts.steps_per_epoch
+
+    def on_step(done: int, values: dict) -> None:
+        rec = {"epoch": epoch, "step": first + done - 1,
+               **{k: float(v) for k, v in values.items() if k not in ("bpp", "mse")}}
+        steps_log.write(json.dumps(rec) + "\n")
+        logger.log(rec, to_file=False)
+
+    res = train_one_epoch(parts.model, loader, parts.optimizer, parts.aux_opt, parts.objective,
+                          before_step=lambda i: parts.scheduler.apply(first + i), on_step=on_step,
+                          train_mode=parts.strategy.train_mode, average=("loss", "rd", "bpp", "mse"), epoch=epoch)
+    steps_log.flush()
+    return {f"train_{k}": res[k] for k in ("loss", "rd", "bpp", "mse") if k in res}, gamma_log
+
+
+def validate(parts: FinetuneParts, loader: Any, cfg: FinetuneConfig, progress: Progress) -> dict[str, float]:
+    """The shared :func:`~finetune_kit.tasks.compression.engine.evaluate` with the objective (``rd``,
+    ``mse``, ``bpp``, ``psnr`` dB, ``rd_s1`` ...; at most ``val_max_batches`` batches); appends
+    the R-D costs to the histories."""
+    from finetune_kit.tasks.compression.engine import evaluate
+
+    va = evaluate(parts.model, loader, parts.objective, max_batches=cfg.val_max_batches)
+    progress.history.append(va["rd"])
+    for s in progress.scale_hist:
+        if f"rd_{s}" in va:
+            progress.scale_hist[s].append(va[f"rd_{s}"])
+    return va
+
+
+def early_stop_step(parts: FinetuneParts, va: dict, epoch: int, record: dict) -> bool:
+    """Feed the validation costs to the early stopper (per-scale signals go into ``record``);
+    True when training should stop."""
+    if parts.ses is not None:
+        signals = parts.ses.step({s: va[f"rd_{s}"] for s in ("s1", "s2", "s3")}, epoch,
+                                 state_fn=lambda: {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()})
+        record.update({f"es_{s}": sig for s, sig in signals.items()})
+        return parts.ses.should_stop
+    if parts.es is not None:
+        parts.es.step(va["rd"], epoch)
+        return parts.es.should_stop
+    return False
+
+
+def checkpoint_state(parts: FinetuneParts, epoch: int, record: dict, resolved: dict, progress: Progress,
+                     model_name: str) -> dict[str, Any]:
+    """The checkpoint of ``epoch`` in the ``compress train`` layout (CPU tensors) plus a ``finetune``
+    entry with the strategy, balanced, hierarchical and early-stopping states and the histories."""
+    from finetune_kit.seeding import rng_state
+    from finetune_kit.tasks.compression.checkpoints import to_cpu_state
+
+    obj, state = parts.objective, (lambda o: o.state_dict() if o else None)
+    return {"state_dict": to_cpu_state(parts.model.state_dict()), "optimizer": to_cpu_state(parts.optimizer.state_dict()),
+            "aux_optimizer": to_cpu_state(parts.aux_opt.state_dict()) if parts.aux_opt else None,
+            "lr_scheduler": parts.scheduler.state_dict(), "epoch": epoch, "model": model_name,
+            "config": resolved, "metrics": record, "rng_state": rng_state(),
+            "finetune": {"strategy": parts.strategy.state_dict(), "balanced": state(obj.balanced),
+                         "hierarchical": state(obj.hier), "scale_early_stopping": state(parts.ses),
+                         "early_stopping": state(parts.es), "history": progress.history,
+                         "scale_history": progress.scale_hist}}
+
+
+def report(cfg: FinetuneConfig, epoch: int, record: dict, va: dict) -> None:
+    """One line per epoch with ``--progress``: train loss, val R-D cost, bpp, PSNR (dB), seconds."""
+    if cfg.progress:
+        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f} | val R-D {va['rd']:.4f} "
+              f"bpp {va['bpp']:.4f} PSNR {va['psnr']:.2f} dB ({record['seconds']:.1f} s)")
+
+
+def _epoch(cfg, parts, loaders, epoch, progress, steps_log, logger) -> tuple[dict, dict, bool]:
+    """Train, validate and log one epoch; returns ``(record, validation, stop)``."""
+    t0 = time.perf_counter()
+    train, gamma_log = fit_one_epoch(parts, loaders[0], epoch, progress, steps_log, logger)
+    va = validate(parts, loaders[1], cfg, progress)
+    record = {"epoch": epoch, "lr": max(g["lr"] for g in parts.optimizer.param_groups), **train,
+              **{f"val_{k}": v for k, v in va.items()}, **gamma_log, "seconds": time.perf_counter() - t0,
+              "trainable_params": parts.strategy.trainable_params()}
+    if parts.objective.balanced is not None:
+        record.update({f"task_{k}": v for k, v in parts.objective.balanced.last_record.items() if k.startswith("weight/")})
+    stop = early_stop_step(parts, va, epoch, record)
+    logger.log(record)
+    return record, va, stop
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -142,204 +308,42 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         ValueError: unreadable/mismatching checkpoint (names the keys), ``--scale_early_stopping`` or a
             measured decomposition on a model without per-scale rates, resuming a run of another model.
         FloatingPointError: the loss became NaN/inf (names the step).
+        KeyboardInterrupt: re-raised after the run folder records ``interrupted``.
     """
-    from finetune_kit.runs.checkpoint import CheckpointManager, load_checkpoint
-    from finetune_kit.early_stopping import EarlyStopping
-    from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.runs.logger import RunLogger
-    from finetune_kit.scale_early_stopping import ScaleEarlyStopping
-    from finetune_kit.seeding import rng_state, seed_everything, set_rng_state
-    from finetune_kit.strategy import get_strategy
-    from finetune_kit.tasks.compression.checkpoints import default_checkpoint, load_weights, to_cpu_state
-    from finetune_kit.tasks.compression.finetune.lr_manager import LayerLRConfig, clip_grad_norms, lr_table, print_lr_table, split_aux_groups
-    from finetune_kit.tasks.compression.models.zoo import build_model
+    from finetune_kit.runs.lifecycle import run_lifecycle
+    from finetune_kit.seeding import seed_everything
+    from finetune_kit.tasks.compression.data import build_loaders
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
     seed_everything(cfg.seed)
-    resume = load_checkpoint(default_checkpoint(cfg.resume)) if cfg.resume else None
-    model_name, source, src_lmbda = _source(cfg) if resume is None else (resume["model"], None, None)
-    lmbda = cfg.lmbda or (resume["config"]["lmbda"] if resume else None) or src_lmbda or DEFAULT_LAMBDA
-    notes = []
-    if source is not None and src_lmbda is not None and not math.isclose(src_lmbda, lmbda):
-        notes.append(f"checkpoint trained at lambda={src_lmbda:g}; fine-tuning to lambda={lmbda:g}: optimizer, LR "
-                     "schedule and epoch counter start fresh")
-    if resume is not None:
-        run_path = Path(cfg.resume) if Path(cfg.resume).is_dir() else default_checkpoint(cfg.resume).resolve().parent.parent
-    else:
-        run_path = new_run_dir(cfg.output_dir, cfg.name or f"{model_name}-finetune-lambda{lmbda:g}")
-    rd = RunDir(run_path)
-    resolved = {**cfg.model_dump(mode="json"), "model": model_name, "lmbda": lmbda,
-                "gamma_strategy": cfg.resolved_gamma_strategy, "source_lmbda": src_lmbda}
-    rd.start(resolved)
-    logger = RunLogger(rd, wandb_mode=cfg.wandb, project="finetune-kit-compression", name=run_path.name, config=resolved)
-    steps_log = None
-    try:
-        for note in notes:
+    src = resolve_source(cfg)
+    rd, logger, resolved = build_run(cfg, src)
+    with run_lifecycle(rd, logger), contextlib.ExitStack() as stack:
+        for note in src.notes:
             print(f"note: {note}")
-        train_loader, val_loader = _loaders(cfg)
-        model = build_model(model_name)
-        if source is not None:
-            load_weights(model, source, model_name=model_name)
-        model.to(device).eval()
-        with torch.no_grad():  # probe: does forward() report per-scale rates (HPCM's y_scale_masks)?
-            has_scales = bool(model(torch.rand(1, 3, 64, 64, device=device)).get("y_scale_masks"))
-        if (cfg.scale_early_stopping or (cfg.use_hierarchical and cfg.decomposition != "fixed")) and not has_scales:
-            raise ValueError(f"{model_name} reports no per-scale rates: --scale_early_stopping and measured/adaptive "
-                             "decompositions need an HPCM model (or use --decomposition fixed without scale early stopping)")
-        lrcfg = LayerLRConfig(lr_mults=cfg.lr_mults, context_lr_ratio=cfg.context_lr_ratio,
-                              freeze_entropy=cfg.freeze_entropy, freeze_patterns=cfg.freeze_patterns,
-                              weight_decay=cfg.weight_decay, weight_decay_map=cfg.weight_decay_map,
-                              clip_map=cfg.clip_map, clip_max_norm=cfg.clip_max_norm)
-        groups = _layer_groups(model, model_name)
-        strategy = get_strategy("progressive" if cfg.progressive_unfreeze else "full", llrd_decay=1.0,
-                                unfreeze_schedule=cfg.unfreeze_schedule, unfreeze_warmup_epochs=cfg.unfreeze_warmup_epochs,
-                                warmup_start=cfg.warmup_start, layer_stages=_stages(groups, cfg.progressive_unfreeze),
-                                **lrcfg.strategy_options(groups))
-        main, aux = split_aux_groups(strategy.build_param_groups(groups, weight_decay=cfg.weight_decay))
-        optimizer = torch.optim.AdamW(main, lr=cfg.learning_rate)
-        for p in aux:  # quantiles follow --freeze_entropy only (the aux loss keeps them fitted otherwise)
-            p.requires_grad_(not cfg.freeze_entropy)
-        aux_opt = torch.optim.Adam(aux, lr=cfg.aux_lr) if aux and not cfg.freeze_entropy else None
-        steps_per_epoch = len(train_loader)
-        sched = _scheduler(cfg, optimizer, steps_per_epoch)
-        tasks = FinetuneObjective(cfg, lmbda, has_scales)
-        patience = cfg.early_stopping_patience or 50
-        ses = (ScaleEarlyStopping(["s1", "s2", "s3"], patience=patience, min_delta=cfg.early_stopping_min_delta,
-                                  adaptive=cfg.adaptive_patience, max_patience=cfg.max_patience,
-                                  directory=run_path / "scale_best") if cfg.scale_early_stopping else None)
-        es = (EarlyStopping(patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta, mode="min")
-              if cfg.early_stopping_patience and ses is None else None)
-        manager = CheckpointManager(rd.checkpoints, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
-                                    metric="val_rd", mode="min")
-        start_epoch, history, scale_hist = 0, [], {"s1": [], "s2": [], "s3": []}
-        if resume is not None:
-            ft = resume["finetune"]
-            load_weights(model, resume, model_name=model_name)
-            optimizer.load_state_dict(resume["optimizer"])
-            if aux_opt is not None and resume.get("aux_optimizer"):
-                aux_opt.load_state_dict(resume["aux_optimizer"])
-            strategy.load_state_dict(ft["strategy"])
-            if tasks.balanced is not None:
-                tasks.balanced.load_state_dict(ft["balanced"])
-            if tasks.hier is not None:
-                tasks.hier.load_state_dict(ft["hierarchical"])
-            if ses is not None:
-                ses.load_state_dict(ft["scale_early_stopping"])
-            if es is not None:
-                es.load_state_dict(ft["early_stopping"])
-            history, scale_hist = ft["history"], ft["scale_history"]
-            set_rng_state(resume["rng_state"])
-            start_epoch = int(resume["epoch"]) + 1
-            rd.truncate_history(start_epoch)
-            _truncate_steps(run_path / "steps.jsonl", start_epoch)
-            dropped = manager.truncate(start_epoch - 1)
-            if dropped:
-                print(f"note: resuming after epoch {start_epoch - 1}: deleted {len(dropped)} checkpoint(s) of later "
-                      f"epochs ({', '.join(p.name for p in dropped)}) from the abandoned run")
-        steps_log = open(run_path / "steps.jsonl", "a", encoding="utf-8")
-        strategy.apply(optimizer, start_epoch)
-        table = lr_table(optimizer, base_lr=cfg.learning_rate, clip_map=cfg.clip_map, aux_params=aux, aux_lr=cfg.aux_lr)
-        rd.write_json("lr_table.json", {"base_lr": cfg.learning_rate, "global_clip": cfg.clip_max_norm, "groups": table})
-        if cfg.progress:
-            print_lr_table(table, title=f"{model_name}: layer-wise LRs at epoch {start_epoch} (base {cfg.learning_rate:g})",
-                           caption=f"global gradient-norm clip {cfg.clip_max_norm:g}; LR 0 = frozen at this epoch")
+        loaders = build_loaders(cfg)
+        parts = build_model_and_optimizers(cfg, src, rd, len(loaders[0]))
+        progress = restore(parts, src.resume, rd, src.model_name) if src.resume is not None else Progress()
+        steps_log = stack.enter_context(open(src.run_path / "steps.jsonl", "a", encoding="utf-8"))
+        parts.strategy.apply(parts.optimizer, progress.start_epoch)
+        _write_lr_table(cfg, parts, rd, src.model_name, progress.start_epoch)
         final: dict[str, Any] = {}
         t_run = time.perf_counter()
-        for epoch in range(start_epoch, cfg.epochs):
-            events = strategy.on_epoch_start(epoch, optimizer)
-            for ev in events:  # pinned groups (--freeze_entropy, --freeze_pattern) are not in ev.groups
-                print(f"epoch {epoch}: unfroze {', '.join(ev.groups)} ({ev.trainable_params:,} trainable parameters)")
-            gamma_log = tasks.set_epoch_gamma(epoch, history, scale_hist)
-            strategy.train_mode(model)
-            t0, sums, n = time.perf_counter(), {}, 0
-            for i, x in enumerate(train_loader):
-                x = x.to(device, non_blocking=True)
-                step = epoch * steps_per_epoch + i
-                sched.apply(step)
-                optimizer.zero_grad(set_to_none=True)
-                rng = rng_snapshot(device)
-                t, tk = tasks.terms(model(x), x)
-                loss = tasks.loss(t, tk)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {float(loss.detach())} at epoch {epoch} step {i}: lower --learning-rate")
-                loss.backward()
-                norms = clip_grad_norms(optimizer.param_groups, clip_map=cfg.clip_map, clip_max_norm=cfg.clip_max_norm)
-                optimizer.step()
-                rec = {"epoch": epoch, "step": step, "loss": float(loss.detach()), "rd": float(t.rd.detach()),
-                       "grad_norm": norms["total"]}
-                if tasks.balanced is not None:
-                    with torch.no_grad(), replay_rng(device, rng), tasks.frozen_split():  # same noise
-                        _, tk2 = tasks.terms(model(x), x)
-                    tasks.balanced.update(tk2)
-                    rec.update(tasks.balanced.last_record)
-                if aux_opt is not None:
-                    aux_opt.zero_grad(set_to_none=True)
-                    aux_loss = model.aux_loss()
-                    aux_loss.backward()
-                    aux_opt.step()
-                    rec["aux_loss"] = float(aux_loss.detach())
-                steps_log.write(json.dumps(rec) + "\n")
-                logger.log(rec, to_file=False)
-                for k in ("loss", "rd"):
-                    sums[k] = sums.get(k, 0.0) + rec[k] * x.shape[0]
-                sums["bpp"] = sums.get("bpp", 0.0) + float(t.bpp.detach()) * x.shape[0]
-                sums["mse"] = sums.get("mse", 0.0) + float(t.mse.detach()) * x.shape[0]
-                n += x.shape[0]
-            steps_log.flush()
-            train = {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
-            va = validate(model, val_loader, tasks, cfg.val_max_batches, device)
-            history.append(va["rd"])
-            for s in scale_hist:
-                if f"rd_{s}" in va:
-                    scale_hist[s].append(va[f"rd_{s}"])
-            record = {"epoch": epoch, "lr": max(g["lr"] for g in optimizer.param_groups), **train,
-                      **{f"val_{k}": v for k, v in va.items()}, **gamma_log, "seconds": time.perf_counter() - t0,
-                      "trainable_params": strategy.trainable_params()}
-            if tasks.balanced is not None:
-                record.update({f"task_{k}": v for k, v in tasks.balanced.last_record.items() if k.startswith("weight/")})
-            stop = False
-            if ses is not None:
-                signals = ses.step({s: va[f"rd_{s}"] for s in ("s1", "s2", "s3")}, epoch,
-                                   state_fn=lambda: {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-                record.update({f"es_{s}": sig for s, sig in signals.items()})
-                stop = ses.should_stop
-            elif es is not None:
-                es.step(va["rd"], epoch)
-                stop = es.should_stop
-            logger.log(record)
-            state = {"state_dict": to_cpu_state(model.state_dict()), "optimizer": to_cpu_state(optimizer.state_dict()),
-                     "aux_optimizer": to_cpu_state(aux_opt.state_dict()) if aux_opt else None,
-                     "lr_scheduler": sched.state_dict(), "epoch": epoch, "model": model_name,
-                     "config": resolved, "metrics": record, "rng_state": rng_state(),
-                     "finetune": {"strategy": strategy.state_dict(),
-                                  "balanced": tasks.balanced.state_dict() if tasks.balanced else None,
-                                  "hierarchical": tasks.hier.state_dict() if tasks.hier else None,
-                                  "scale_early_stopping": ses.state_dict() if ses else None,
-                                  "early_stopping": es.state_dict() if es else None,
-                                  "history": history, "scale_history": scale_hist}}
-            path = manager.save(state, epoch, {"val_rd": va["rd"], "val_bpp": va["bpp"], "val_psnr": va["psnr"]})
+        for epoch in range(progress.start_epoch, cfg.epochs):
+            record, va, stop = _epoch(cfg, parts, loaders, epoch, progress, steps_log, logger)
+            path = parts.manager.save(checkpoint_state(parts, epoch, record, resolved, progress, src.model_name), epoch,
+                                      {"val_rd": va["rd"], "val_bpp": va["bpp"], "val_psnr": va["psnr"]})
             final = {**record, "checkpoint": str(path)}
-            if cfg.progress:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train['train_loss']:.4f} | val R-D {va['rd']:.4f} "
-                      f"bpp {va['bpp']:.4f} PSNR {va['psnr']:.2f} dB ({record['seconds']:.1f} s)")
+            report(cfg, epoch, record, va)
             if stop:
-                print(f"early stopping after epoch {epoch}: " + ("every scale stopped" if ses else "no improvement"))
+                print(f"early stopping after epoch {epoch}: " + ("every scale stopped" if parts.ses else "no improvement"))
                 break
-        if ses is not None:
-            ses.save_history(run_path / "scale_early_stopping.json")
-            ses.plot(run_path / "scale_convergence.png")
-        final.update(run_dir=str(run_path), best_checkpoint=str(manager.best() or manager.last()),
-                     wall_seconds=time.perf_counter() - t_run, lmbda=lmbda, notes=notes)
+        if parts.ses is not None:
+            parts.ses.save_history(src.run_path / "scale_early_stopping.json")
+            parts.ses.plot(src.run_path / "scale_convergence.png")
+        final.update(run_dir=str(src.run_path), best_checkpoint=str(parts.manager.best() or parts.manager.last()),
+                     wall_seconds=time.perf_counter() - t_run, lmbda=src.lmbda, notes=src.notes)
         rd.write_json("metrics.json", final)
         logger.summary(final)
-        rd.set_status("completed")
-        return final
-    except BaseException as exc:
-        rd.set_status("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if steps_log is not None:
-            steps_log.close()
-        logger.finish()
+    return final

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -104,3 +105,28 @@ def test_bad_options_give_one_line_errors(photos, tmp_path):
     assert r.exit_code == 2 and "161 px" in r.output
     r = runner.invoke(app, _train_args(photos, tmp_path, 1, ["--patch-size", "1024"]))  # photos are 512 px high
     assert r.exit_code == 1 and "smaller than the 1024 px crop" in r.output
+
+
+@pytest.mark.parametrize("exc, status", [(KeyboardInterrupt, "interrupted"), (RuntimeError, "failed")])
+def test_interrupt_and_failure_inside_an_epoch_are_recorded(photos, tmp_path, monkeypatch, exc, status):
+    """Ctrl-C inside a training step leaves status ``interrupted``; any other exception ``failed``
+    (both commands, through run_lifecycle)."""
+    from finetune_kit.tasks.compression import engine
+    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+    from finetune_kit.tasks.compression.finetune.run import finetune
+
+    def boom(*args, **kwargs):
+        raise exc("stopped in the step")
+
+    monkeypatch.setattr(engine, "train_step", boom)
+    cfg = TrainConfig(data=photos, output_dir=tmp_path / "t", name="a", epochs=1, steps_per_epoch=1, batch_size=2,
+                      patch_size=128, wandb="disabled", progress=False)
+    ft = FinetuneConfig(data=photos, output_dir=tmp_path / "f", model="hpcm-tiny", epochs=1, steps_per_epoch=1,
+                        batch_size=2, patch_size=128, val_fraction=0.2, wandb="disabled", progress=False)
+    for run in (lambda: train(cfg), lambda: finetune(ft)):
+        with pytest.raises(exc), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fine-tune's from-scratch warning
+            run()
+    for out in (tmp_path / "t", tmp_path / "f"):
+        st = json.loads((next(out.iterdir()) / "status.json").read_text())
+        assert st["status"] == status and "stopped in the step" in st["error"]
