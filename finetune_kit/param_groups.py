@@ -3,12 +3,17 @@
 Every parameter lands in one optimizer group keyed by (layer group, LR-multiplier key,
 weight-decay flag, pinned-frozen flag). Each group dict carries:
 
-- ``group_name``: its layer group (``layer4``, ``g_a`` ...); strategies switch it on/off;
+- ``group_name``: its layer group (``layer4``, ``blocks.3`` ...); strategies switch it on/off;
+- ``lr_key``: the ``lr_mults`` key that gave its multiplier (None: no key matched);
 - ``lr_mult``: the user's LR multiplier for it (longest matching key wins, default 1.0);
 - ``lr_scale``: what the LR scheduler multiplies its LR by (timm schedulers honour it);
   strategies set it to ``lr_mult * factor`` (LLRD, warm-up) or 0 when frozen;
 - ``weight_decay``: 0 for norms, biases, position embeddings and class tokens;
-- ``pinned_frozen``: True for parameters matched by a freeze pattern (never trained).
+- ``pinned_frozen``: True for parameters matched by a freeze pattern (never trained);
+- ``param_names``: the names of its ``params`` (same order).
+
+Keys of ``lr_mults`` and ``weight_decay_map`` follow :mod:`finetune_kit.keys` (module prefix at
+a dot boundary or ``re:REGEX``, longest match wins); ``match_key`` is re-exported from there.
 
 All groups exist from the start, so unfreezing never adds groups to a live optimizer and
 any LR scheduler stays valid (pytorch#62475, #79888).
@@ -20,6 +25,7 @@ from typing import Iterable, Mapping, Sequence
 
 from torch import nn
 
+from finetune_kit.keys import KeyMatcher, match_key
 from finetune_kit.layer_groups import LayerGroups
 
 __all__ = ["build_param_groups", "match_key", "parse_multipliers", "is_no_weight_decay", "NO_DECAY_NAME_PATTERNS"]
@@ -28,28 +34,14 @@ NO_DECAY_NAME_PATTERNS = (r"pos_embed", r"cls_token", r"reg_token", r"dist_token
                           r"relative_position_bias_table", r"absolute_pos_embed", r"\.bias$")
 
 
-def match_key(name: str, keys: Iterable[str]) -> str | None:
-    """The key of ``keys`` that matches parameter ``name`` best, or None.
-
-    A key is a module prefix (``g_a`` matches ``g_a.0.weight``; ``g_a.0`` is finer) or a
-    regex written ``re:PATTERN`` (searched). The longest matching key wins.
-    """
-    best: str | None = None
-    for key in keys:
-        if key.startswith("re:"):
-            hit = re.search(key[3:], name) is not None
-        else:
-            hit = name == key or name.startswith(key + ".")
-        if hit and (best is None or len(key) > len(best)):
-            best = key
-    return best
-
-
 def parse_multipliers(text: str | Mapping[str, float] | None) -> dict[str, float]:
-    """Parse ``"g_a:1.0,h_a:0.5,context:0.1"`` into ``{"g_a": 1.0, ...}`` (a dict passes through).
+    """Parse ``"layer4:1.0,layer3:0.5,re:\\.bias$:0"`` into ``{"layer4": 1.0, ...}`` (a dict
+    passes through; None or ``""`` give ``{}``). The value is after the last ``:``, so ``re:``
+    keys need no quoting (but cannot contain a comma).
 
     Raises:
-        ValueError: an entry that is not ``KEY:FLOAT`` or a negative multiplier.
+        ValueError: an entry that is not ``KEY:FLOAT``, a negative multiplier, or a ``re:`` key
+            whose regex does not compile (:class:`finetune_kit.keys.KeyMatcher`).
     """
     if text is None or text == "":
         return {}
@@ -71,6 +63,7 @@ def parse_multipliers(text: str | Mapping[str, float] | None) -> dict[str, float
     for k, v in items.items():
         if float(v) < 0:
             raise ValueError(f"multiplier for {k!r} is {v}: must be >= 0")
+    KeyMatcher(items)  # a malformed re: key fails here, naming the key
     return {k: float(v) for k, v in items.items()}
 
 
@@ -98,7 +91,7 @@ def build_param_groups(
         groups: from :func:`finetune_kit.layer_groups.resolve_layer_groups`.
         weight_decay: decoupled weight decay for weights (norms/biases/embeddings get 0).
         lr_mults: ``{key: multiplier}``; keys are module prefixes or ``re:REGEX``, longest
-            match wins (see :func:`match_key`); unmatched parameters get 1.0.
+            match wins (:mod:`finetune_kit.keys`); unmatched parameters get 1.0.
         weight_decay_map: per-key weight decay overriding ``weight_decay`` (same keys).
         freeze_patterns: regexes (``re.search`` on parameter names) of parameters that never
             train (``requires_grad=False`` for the whole run).
@@ -108,10 +101,11 @@ def build_param_groups(
         A list of dicts for ``torch.optim.*(groups, lr=base_lr)``; see the module docstring.
 
     Raises:
-        ValueError: an invalid regex in ``freeze_patterns``.
+        ValueError: an invalid regex in ``freeze_patterns`` or in a ``re:`` key.
     """
     lr_mults = dict(lr_mults or {})
     wd_map = dict(weight_decay_map or {})
+    lr_keys, wd_keys = KeyMatcher(lr_mults), KeyMatcher(wd_map)
     try:
         frozen_rx = [re.compile(p) for p in freeze_patterns]
     except re.error as exc:
@@ -120,8 +114,8 @@ def build_param_groups(
     buckets: dict[tuple, dict] = {}
     for lg in groups:
         for name, p in zip(lg.param_names, lg.params):
-            lr_key = match_key(name, lr_mults)
-            wd_key = match_key(name, wd_map)
+            lr_key = lr_keys.match(name)
+            wd_key = wd_keys.match(name)
             no_wd = is_no_weight_decay(name, p, extra)
             wd = 0.0 if no_wd else float(wd_map[wd_key] if wd_key else weight_decay)
             pinned = any(rx.search(name) for rx in frozen_rx)

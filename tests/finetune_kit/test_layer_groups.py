@@ -1,4 +1,4 @@
-"""Layer-group resolver on real timm models (pretrained=False) and an HPCM-shaped model."""
+"""Layer-group resolver and preset registry on real timm models (pretrained=False) and small stand-ins."""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from finetune_kit.layer_groups import UnknownArchitectureError, resolve_layer_groups
+from finetune_kit.layer_groups import UnknownArchitectureError, layer_presets, register_layer_preset, resolve_layer_groups
 
 
 def _partition_ok(model, groups):
@@ -107,18 +107,62 @@ def test_select_keys_are_module_prefixes_not_string_prefixes(vit, convnext):
     assert resolve_layer_groups(convnext).select(["head"]) == ["head.norm", "head"]  # module prefix
 
 
-def test_hpcm_preset_detected_with_quantiles_apart(hpcm_shaped):
-    model = hpcm_shaped
+def test_registered_preset_detected_for_a_headless_model(headless_codec):
+    model = headless_codec  # the conftest registers the "test-codec" preset for it
     groups = resolve_layer_groups(model)
-    assert groups.source == "preset:hpcm"
-    assert groups.names == ["g_a", "g_s", "h_a", "h_s", "context", "entropy_bottleneck", "quantiles"]
-    assert groups.by_name("quantiles").param_names == ["entropy_bottleneck.quantiles"]
+    assert groups.source == "preset:test-codec"
+    assert groups.names == ["encoder", "decoder", "hyper_encoder", "hyper_decoder", "context", "prior", "quantiles"]
+    assert groups.by_name("quantiles").param_names == ["prior.quantiles"]
     assert not groups.head
     _partition_ok(model, groups)
     stages = groups.default_stages()
-    assert stages[0] == ["g_a", "g_s"]
-    assert stages[1] == ["g_a", "g_s", "h_a", "h_s", "entropy_bottleneck"]
+    assert stages[0] == ["encoder", "decoder"]
+    assert stages[1] == ["encoder", "decoder", "hyper_encoder", "hyper_decoder", "prior"]
     assert set(stages[2]) == set(groups.names)
-    assert groups.select(["re:^h_"]) == ["h_a", "h_s"]
+    assert groups.select(["re:^hyper_"]) == ["hyper_encoder", "hyper_decoder"]
     with pytest.raises(ValueError, match="matches no layer group"):
-        groups.select(["decoder"])
+        groups.select(["backbone"])
+
+
+def test_register_preset_by_fields_and_by_name_only():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+            self.classifier = nn.Linear(2, 2)
+
+    preset = register_layer_preset("test-net", {"trunk": r"^trunk\.(\d+)\."}, head=r"^classifier\.")
+    assert layer_presets()["test-net"] is preset and preset.matches is None
+    with pytest.raises(UnknownArchitectureError):  # no ``matches``: never auto-detected
+        resolve_layer_groups(Net())
+    groups = resolve_layer_groups(Net(), preset="test-net")
+    assert groups.names == ["trunk.0", "trunk.1", "head"] and groups.head[0].param_names == ["classifier.weight",
+                                                                                              "classifier.bias"]
+    with pytest.raises(ValueError, match="test-bad"):
+        register_layer_preset("test-bad", {"x": r"^x("})
+    assert "test-bad" not in layer_presets()
+
+
+def test_a_models_own_group_matcher_is_used_and_named_in_source():
+    class Own(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.low, self.high = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def group_matcher(self, coarse=False):
+            return {"low": r"^low\.", "high": r"^high\."}
+
+    groups = resolve_layer_groups(Own())
+    assert groups.source == "group_matcher:Own" and groups.names == ["low", "high"] and groups.preset is None
+
+
+def test_core_resolver_names_no_task_model():
+    import finetune_kit.keys as keys
+    import finetune_kit.layer_groups as lg
+    import finetune_kit.layer_presets as lp
+
+    for mod in (lg, lp, keys):
+        text = open(mod.__file__, encoding="utf-8").read().lower()
+        for word in ("g_a", "entropy_bottleneck", "quantiles", "gaussian_conditional", "compressai", "hpcm"):
+            assert word not in text, (mod.__name__, word)
+    assert {"vit", "resnet", "convnext"} <= set(layer_presets())

@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from finetune_kit.keys import KeyMatcher
+
 __all__ = ["DiscriminativeLR", "parse_warmups", "DEFAULT_GROUP_ORDER"]
 
 #: the layer-group order a bare list of warm-ups (``"10,10,20,20,50"``) refers to
@@ -66,7 +68,8 @@ class DiscriminativeLR:
         base_lr: peak LR before ``lr_scale`` (e.g. ``--learning-rate 1e-5``).
         steps_per_epoch: optimizer steps per epoch (>= 1).
         warmups: per-group warm-up epochs (see :func:`parse_warmups`); groups without an entry
-            warm up over ``default_warmup`` epochs. Keys match group names by prefix (longest wins).
+            warm up over ``default_warmup`` epochs. Keys match group names as in
+            :mod:`finetune_kit.keys` (module prefix or ``re:REGEX``, longest wins).
         decay_rate: factor applied every ``decay_every`` epochs (1.0 = no decay). Default 0.5.
         decay_every: epochs between decays (>= 1). Default 100.
         warmup_start: LR fraction at the start of a warm-up (0..1). Default 0.1.
@@ -74,7 +77,7 @@ class DiscriminativeLR:
 
     Raises:
         ValueError: bad ``steps_per_epoch``, ``decay_rate`` outside (0, 1], ``decay_every`` < 1,
-            ``warmup_start`` outside [0, 1].
+            ``warmup_start`` outside [0, 1], a malformed ``re:`` key in ``warmups``.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, base_lr: float, steps_per_epoch: int,
@@ -91,14 +94,13 @@ class DiscriminativeLR:
             raise ValueError(f"warmup_start={warmup_start}: must be in [0, 1]")
         self.optimizer, self.base_lr, self.steps_per_epoch = optimizer, float(base_lr), int(steps_per_epoch)
         self.warmups = parse_warmups(warmups)
+        self._warmup_keys = KeyMatcher(self.warmups)
         self.decay_rate, self.decay_every = float(decay_rate), int(decay_every)
         self.warmup_start, self.default_warmup = float(warmup_start), int(default_warmup)
 
     def warmup_of(self, group_name: str) -> int:
         """Warm-up epochs of a layer group (longest matching key, else ``default_warmup``)."""
-        from finetune_kit.param_groups import match_key
-
-        key = match_key(group_name, self.warmups)
+        key = self._warmup_keys.match(group_name)
         return self.warmups[key] if key else self.default_warmup
 
     def factor(self, group_name: str, epoch: float) -> float:

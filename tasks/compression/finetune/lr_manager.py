@@ -30,8 +30,9 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from finetune_kit.keys import KeyMatcher
 from finetune_kit.layer_groups import LayerGroups
-from finetune_kit.param_groups import match_key, parse_multipliers
+from finetune_kit.param_groups import parse_multipliers
 from finetune_kit.tasks.compression.engine import AUX_GROUP, split_aux_groups  # the one aux split (re-exported)
 
 __all__ = ["DEFAULT_LR_MULTS", "ENTROPY_FREEZE_PATTERNS", "AUX_GROUP", "LayerLRConfig", "LRTableRow",
@@ -106,7 +107,7 @@ def group_keys_to_patterns(mapping: Mapping[str, float], groups: LayerGroups) ->
     """``mapping`` with each key that names a layer group of ``groups`` whose parameters are not all
     under that module prefix replaced by ``re:`` + the group's preset pattern.
 
-    Parameter-name keys (:func:`finetune_kit.param_groups.match_key`) then reach the whole group:
+    Parameter-name keys (:mod:`finetune_kit.keys`) then reach the whole group:
     ``context`` on cheng2020 covers ``context_prediction.*`` and ``entropy_parameters.*``, ``h_a`` on
     ELIC covers ``latent_codec.hyper.h_a.*``. HPCM's keys are module prefixes already and pass
     unchanged, as do keys that name no group (``g_a.0``, ``re:...``). Values are kept.
@@ -115,11 +116,12 @@ def group_keys_to_patterns(mapping: Mapping[str, float], groups: LayerGroups) ->
     out: dict[str, float] = {}
     for key, value in mapping.items():
         pattern = matcher.get(key) if key in groups.names else None
-        if isinstance(pattern, str) and any(not (n == key or n.startswith(key + "."))
-                                            for n in groups.by_name(key).param_names):
-            out[f"re:{pattern}"] = value
-        else:
-            out[key] = value
+        if isinstance(pattern, str):
+            under_key = KeyMatcher([key])
+            if any(under_key.match(n) is None for n in groups.by_name(key).param_names):
+                out[f"re:{pattern}"] = value
+                continue
+        out[key] = value
     return out
 
 
@@ -139,8 +141,9 @@ class LRTableRow:
     clip: float | None
 
 
-def _clip_for(group_name: str, clip_map: Mapping[str, float], default: float) -> float | None:
-    key = match_key(group_name, clip_map)
+def _clip_for(group_name: str, clip_map: Mapping[str, float], default: float,
+              keys: KeyMatcher | None = None) -> float | None:
+    key = (keys if keys is not None else KeyMatcher(clip_map)).match(group_name)
     value = clip_map[key] if key else default
     return float(value) if value > 0 else None
 
@@ -156,6 +159,7 @@ def lr_table(optimizer: torch.optim.Optimizer, *, base_lr: float | None = None,
     (None: only the global clip applies).
     """
     cmap = parse_multipliers(clip_map)
+    ckeys = KeyMatcher(cmap)
     rows = []
     for g in optimizer.param_groups:
         scale = float(g.get("lr_scale", 1.0))
@@ -163,7 +167,7 @@ def lr_table(optimizer: torch.optim.Optimizer, *, base_lr: float | None = None,
         lr = base_lr * scale if base_lr is not None else float(g["lr"])
         rows.append(LRTableRow(g.get("group_name", "?"), g.get("lr_key"), 0.0 if frozen else lr,
                                float(g.get("lr_mult", 1.0)), scale, float(g.get("weight_decay", 0.0)), frozen,
-                               sum(p.numel() for p in g["params"]), _clip_for(g.get("group_name", ""), cmap, 0.0)))
+                               sum(p.numel() for p in g["params"]), _clip_for(g.get("group_name", ""), cmap, 0.0, ckeys)))
     aux = list(aux_params)
     if aux:
         frozen = not any(p.requires_grad for p in aux)
@@ -200,6 +204,7 @@ def clip_grad_norms(param_groups: Sequence[dict], *, clip_map: str | Mapping[str
         global clip), for logging. NaN/inf norms are returned as they are.
     """
     cmap = parse_multipliers(clip_map)
+    ckeys = KeyMatcher(cmap)
     by_group: dict[str, list[torch.Tensor]] = {}
     for g in param_groups:
         ps = [p for p in g["params"] if p.grad is not None]
@@ -207,7 +212,7 @@ def clip_grad_norms(param_groups: Sequence[dict], *, clip_map: str | Mapping[str
             by_group.setdefault(g.get("group_name", "?"), []).extend(ps)
     norms: dict[str, float] = {}
     for name, ps in by_group.items():
-        limit = _clip_for(name, cmap, 0.0) if cmap else None
+        limit = _clip_for(name, cmap, 0.0, ckeys) if cmap else None
         if limit:
             norms[name] = float(torch.nn.utils.clip_grad_norm_(ps, limit))
         else:

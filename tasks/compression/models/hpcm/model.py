@@ -28,7 +28,8 @@ from finetune_kit.tasks.compression.models.hpcm.context import HPCMContext
 from finetune_kit.tasks.compression.models.hpcm.layers import analysis_transform, hyper_analysis, hyper_synthesis, synthesis_transform
 from finetune_kit.tasks.compression.models.hpcm.schedule import SCALE_STEPS, CodingSchedule
 
-__all__ = ["HPCMPreset", "PRESETS", "HPCM", "pad_to_multiple"]
+__all__ = ["HPCMPreset", "PRESETS", "GROUP_MATCHER", "HPCM", "HPCMTiny", "HPCMSmall", "HPCMBase", "HPCMLarge",
+           "PRESET_CLASSES", "pad_to_multiple"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,21 @@ PRESETS: dict[str, HPCMPreset] = {
                             prior_s12=(2, 1), prior_s3=(3, 2)),
     "hpcm-large": HPCMPreset(N=256, M=320, channels=(96, 192, 384), depths=(2, 2, 8), hyper_depth=3,
                              prior_s12=(2, 2), prior_s3=(4, 3)),
+}
+
+
+#: HPCM's layer groups, bottom to top, in timm's ``group_matcher`` format (regexes tried with
+#: ``re.match`` on parameter names, first entry wins): the transforms, the hyper transforms, the
+#: context model, the entropy bottleneck's density model and, apart, its ``quantiles`` (trained
+#: only by the aux loss). The Gaussian conditional has no parameters.
+GROUP_MATCHER: dict[str, str] = {
+    "g_a": r"^g_a\.",
+    "g_s": r"^g_s\.",
+    "h_a": r"^h_a\.",
+    "h_s": r"^h_s\.",
+    "context": r"^context\.",
+    "entropy_bottleneck": r"^entropy_bottleneck\.(?!quantiles$)",
+    "quantiles": r"^entropy_bottleneck\.quantiles$",
 }
 
 
@@ -152,6 +168,16 @@ class HPCM(CompressionModel):
     def config(self) -> dict[str, Any]:
         """The preset as a plain dict (stored in checkpoints)."""
         return asdict(self.preset)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Layer groups for :func:`finetune_kit.layer_groups.resolve_layer_groups`, timm style.
+
+        Returns a copy of :data:`GROUP_MATCHER`: ``{group name: regex}`` for ``g_a``, ``g_s``,
+        ``h_a``, ``h_s``, ``context``, ``entropy_bottleneck`` and ``quantiles``, bottom to top;
+        every parameter matches exactly one entry. HPCM has one granularity: ``coarse`` is
+        accepted for timm's protocol (``group_matcher(coarse=...)``) and changes nothing.
+        """
+        return dict(GROUP_MATCHER)
 
     # ------------------------------------------------------------------ training / estimation
     def _z_hat(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -279,6 +305,44 @@ class HPCM(CompressionModel):
             x_hats.append(x_hat)
             y_hats.append(y_hat)
         return {"x_hat": torch.cat(x_hats), "y_hat": torch.cat(y_hats)}
+
+
+class _PresetHPCM(HPCM):
+    """An :class:`HPCM` of one fixed preset, built without arguments (CompressAI's registry
+    builds models as ``MODELS[name]()``)."""
+
+    preset_name = "hpcm-base"
+
+    def __init__(self) -> None:
+        super().__init__(self.preset_name)
+
+
+class HPCMTiny(_PresetHPCM):
+    """``HPCM("hpcm-tiny")``: CPU tests and demos."""
+
+    preset_name = "hpcm-tiny"
+
+
+class HPCMSmall(_PresetHPCM):
+    """``HPCM("hpcm-small")``: CPU demos."""
+
+    preset_name = "hpcm-small"
+
+
+class HPCMBase(_PresetHPCM):
+    """``HPCM("hpcm-base")``: the paper's base model (N=256, M=320, 68.5 M parameters)."""
+
+    preset_name = "hpcm-base"
+
+
+class HPCMLarge(_PresetHPCM):
+    """``HPCM("hpcm-large")``: the paper's large model (~89.7 M parameters)."""
+
+    preset_name = "hpcm-large"
+
+
+#: preset name -> argument-less class (what the package registers in ``compressai.registry.MODELS``)
+PRESET_CLASSES: dict[str, type[HPCM]] = {c.preset_name: c for c in (HPCMTiny, HPCMSmall, HPCMBase, HPCMLarge)}
 
 
 def _scale_of(step: int) -> str:

@@ -2,12 +2,15 @@
 
 It has HPCM's top-level module names (so the ``hpcm`` layer preset resolves it) and a real
 CompressAI ``EntropyBottleneck`` (so ``quantiles`` exist), but only a few hundred parameters.
+The ``hpcm`` preset is registered by the compression models package, imported here.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
+
+import finetune_kit.tasks.compression.models  # noqa: F401  (registers the "hpcm" layer preset)
 
 
 class StandIn(nn.Module):
