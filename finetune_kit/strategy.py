@@ -17,6 +17,11 @@ Unfreezing switches ``requires_grad`` and the groups' ``lr_scale``; it never add
 to the optimizer. Under DDP, the set of parameters that need gradients is fixed when the
 model is wrapped: re-wrap the model after a hook returns events (the loop's job).
 Strategy state (stage, patience counters, events) round-trips via ``state_dict``.
+
+Options are the strategy's own: :func:`get_strategy` refuses any option the chosen strategy does
+not accept (:class:`StrategyOptionError`, a TypeError naming the accepted ones), and
+:func:`strategy_options` lists them, so a caller holding options for several strategies passes
+each only its own.
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ SCHEDULE = typer.Option("2,4", "--unfreeze_schedule", help="progressive: epochs 
                         rich_help_panel=_S)
 UNFREEZE_WARMUP = typer.Option(2, "--unfreeze_warmup_epochs", help="progressive: LR ramp of newly unfrozen groups, "
                                "epochs.", rich_help_panel=_S)
-STRATEGY_KWARGS = typer.Option(None, "--strategy_kwargs", help="Option of the chosen strategy (a plugin's "
+STRATEGY_KWARGS = typer.Option(None, "--strategy_kwargs", metavar="NAME=VALUE", help="Option of the chosen strategy (a plugin's "
                                "too), repeatable: NAME=VALUE, VALUE read as JSON when it parses (3, 0.5, true, "
                                "[1,2]), else a string; merged over the named strategy options above.",
                                rich_help_panel=_S)
@@ -249,7 +249,7 @@ def compare(
     unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
     layer_patterns: Optional[List[str]] = LAYER_PATTERNS, layer_preset: Optional[str] = LAYER_PRESET,
     layer_granularity: str = GRANULARITY, layer_stages: Optional[str] = LAYER_STAGES,
-    strategy_kwargs: Optional[List[str]] = typer.Option(None, "--strategy_kwargs", help="Strategy option NAME=VALUE "
+    strategy_kwargs: Optional[List[str]] = typer.Option(None, "--strategy_kwargs", metavar="NAME=VALUE", help="Strategy option NAME=VALUE "
                                                         "(repeatable, VALUE read as JSON when it parses); each "
                                                         "strategy gets the ones it accepts.", rich_help_panel=_S),
     num_epochs: int = typer.Option(8, "--num_epochs", help="Epochs for gradual/full/progressive.", rich_help_panel=_O),

@@ -51,10 +51,13 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     """Train each of ``strategies`` with ``base`` (plus ``per_strategy[name]`` overrides) on the same
     data and split (same ``split_seed``; decoded images shared in memory).
 
+    Each strategy gets only the options it accepts (:func:`strategy_configs`).
+
     Returns:
         ``{"folder", "rows", "markdown"}``.
 
     Raises:
+        UnknownStrategyError, StrategyOptionError: before anything runs (see :func:`strategy_configs`).
         whatever :func:`finetune_kit.tasks.classification.train.run_training` raises for bad input (before any
         strategy has run, the first one fails fast).
     """
