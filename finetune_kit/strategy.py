@@ -17,6 +17,11 @@ Unfreezing switches ``requires_grad`` and the groups' ``lr_scale``; it never add
 to the optimizer. Under DDP, the set of parameters that need gradients is fixed when the
 model is wrapped: re-wrap the model after a hook returns events (the loop's job).
 Strategy state (stage, patience counters, events) round-trips via ``state_dict``.
+
+Options are the strategy's own: :func:`get_strategy` refuses any option the chosen strategy does
+not accept (:class:`StrategyOptionError`, a TypeError naming the accepted ones), and
+:func:`strategy_options` lists them, so a caller holding options for several strategies passes
+each only its own.
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ __all__ = [
     "list_strategies",
     "strategy_class",
     "UnknownStrategyError",
+    "StrategyOptionError",
+    "strategy_options",
 ]
 
 
@@ -47,6 +54,11 @@ class UnknownStrategyError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it one readable line
         return str(self.args[0])
+
+
+class StrategyOptionError(TypeError):
+    """An option the chosen strategy does not accept; the one-line message names the strategy,
+    the option and the options it accepts."""
 
 
 @dataclass
@@ -256,29 +268,42 @@ def strategy_class(name: str) -> type[FineTuneStrategy]:
 def _accepted(cls: type) -> set[str]:
     names: set[str] = set()
     for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            names |= {p for p in inspect.signature(klass.__init__).parameters if p != "self"}
-    return names - {"args", "kwargs"}
+        if "__init__" in vars(klass) and klass is not object:
+            names |= {p.name for p in inspect.signature(klass.__init__).parameters.values()
+                      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names
 
 
-def get_strategy(name: str, *, strict: bool = False, **options) -> FineTuneStrategy:
-    """Build the strategy registered under ``name`` with ``options``.
-
-    Options meant for other registered strategies (e.g. ``llrd_decay`` given to ``linear``,
-    as a CLI passes every flag) are ignored unless ``strict``; options no strategy knows
-    are an error.
+def strategy_options(name: str) -> frozenset[str]:
+    """Names of the options the strategy registered under ``name`` (or an alias) accepts: its
+    own (e.g. ``llrd_decay`` for ``full``) and the common ones of :class:`FineTuneStrategy`.
 
     Raises:
         UnknownStrategyError: unknown name (lists the registered ones).
-        TypeError: an option no registered strategy accepts (names it).
+    """
+    return frozenset(_accepted(strategy_class(name)))
+
+
+def get_strategy(name: str, **options) -> FineTuneStrategy:
+    """Build the strategy registered under ``name`` (or an alias) with ``options``.
+
+    Every option must be one the strategy accepts (see :func:`strategy_options`); nothing is
+    dropped silently. A caller holding options for several strategies (e.g. one set of CLI
+    flags for a comparison) passes each strategy only its own.
+
+    Raises:
+        UnknownStrategyError: unknown name (lists the registered ones).
+        StrategyOptionError: an option the strategy does not accept (names the strategy, the
+            option and the options it accepts); a TypeError.
+        ValueError: an accepted option with a bad value (raised by the strategy).
     """
     cls = strategy_class(name)
     mine = _accepted(cls)
-    known = set().union(*(_accepted(c) for c in _REGISTRY.values()))
-    for key in options:
-        if key not in mine and (strict or key not in known):
-            raise TypeError(f"strategy {cls.name!r} has no option {key!r}; its options: {', '.join(sorted(mine))}")
-    return cls(**{k: v for k, v in options.items() if k in mine})
+    unknown = [k for k in options if k not in mine]
+    if unknown:
+        raise StrategyOptionError(f"strategy {cls.name!r} has no option{'s' if len(unknown) > 1 else ''} "
+                                  f"{', '.join(repr(k) for k in unknown)}; its options: {', '.join(sorted(mine))}")
+    return cls(**options)
 
 
 def list_strategies() -> dict[str, str]:

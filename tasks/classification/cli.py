@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-__all__ = ["register", "classify", "compare", "predict", "evaluate", "build_config"]
+__all__ = ["register", "classify", "compare", "predict", "evaluate", "build_config", "given_options"]
 
 # timm's norm-act layers call torch.jit.script on import of some models; the deprecation notice is noise here
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
@@ -81,6 +81,10 @@ SCHEDULE = typer.Option("2,4", "--unfreeze_schedule", help="progressive: epochs 
                         rich_help_panel=_S)
 UNFREEZE_WARMUP = typer.Option(2, "--unfreeze_warmup_epochs", help="progressive: LR ramp of newly unfrozen groups, "
                                "epochs.", rich_help_panel=_S)
+STRATEGY_KWARGS = typer.Option(None, "--strategy_kwargs", metavar="NAME=VALUE", help="Option of the chosen strategy (a plugin's "
+                               "too), repeatable: NAME=VALUE, VALUE read as JSON when it parses (3, 0.5, true, "
+                               "[1,2]), else a string; merged over the named strategy options above.",
+                               rich_help_panel=_S)
 EPOCHS = typer.Option(20, "--num_epochs", help="Epochs for gradual/full/progressive.", rich_help_panel=_O)
 LR = typer.Option(1e-3, "--learning_rate", help="Peak AdamW learning rate (per step, after warm-up).",
                   rich_help_panel=_O)
@@ -155,6 +159,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 def build_config(**kw):
     """Options (CLI names) -> validated :class:`ClassificationConfig`.
 
+    ``grad_clip=0`` means no clipping (None). Leave out the named strategy options the user did
+    not give (see :func:`given_options`), so they count as defaults, not as explicit choices.
+
     Raises:
         pydantic.ValidationError: a value out of range or of the wrong kind.
     """
@@ -168,6 +175,18 @@ def build_config(**kw):
     return ClassificationConfig(data=data, **kw)
 
 
+def given_options(ctx: typer.Context, opts: dict) -> dict:
+    """``opts`` without the named strategy options (``--llrd_decay`` ...) left at their defaults:
+    those go only to the strategies that accept them, while one given on the command line for a
+    strategy that does not accept it is an error."""
+    from finetune_kit.tasks.classification.config import STRATEGY_FIELDS
+
+    def given(name: str) -> bool:  # by name: typer may bring its own copy of click's ParameterSource
+        return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+
+    return {k: v for k, v in opts.items() if k not in STRATEGY_FIELDS or given(k)}
+
+
 def _console():
     from rich.console import Console
 
@@ -175,6 +194,7 @@ def _console():
 
 
 def classify(
+    ctx: typer.Context,
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
     label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
     val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
@@ -186,6 +206,7 @@ def classify(
     llrd_decay: float = LLRD, unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
     layer_patterns: Optional[List[str]] = LAYER_PATTERNS, layer_preset: Optional[str] = LAYER_PRESET,
     layer_granularity: str = GRANULARITY, layer_stages: Optional[str] = LAYER_STAGES,
+    strategy_kwargs: Optional[List[str]] = STRATEGY_KWARGS,
     num_epochs: int = EPOCHS, learning_rate: float = LR, head_lr_mult: float = HEAD_MULT, weight_decay: float = WD, warmup_epochs: float = WARMUP,
     batch_size: int = BATCH, grad_clip: float = CLIP, mixup: float = MIXUP, cutmix: float = CUTMIX,
     smoothing: float = SMOOTHING, amp: bool = AMP, amp_dtype: str = AMP_DTYPE, ema: bool = EMA, monitor: str = MONITOR,
@@ -200,6 +221,7 @@ def classify(
     AUROC, calibrate (temperature scaling) and report test metrics in a new run folder."""
     opts = dict(locals())
     opts.pop("resume")
+    opts = given_options(opts.pop("ctx"), opts)
     try:
         from finetune_kit.tasks.classification.train import resume_config, run_training
 
@@ -213,6 +235,7 @@ def classify(
 
 
 def compare(
+    ctx: typer.Context,
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
     label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
     val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
@@ -226,6 +249,9 @@ def compare(
     unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
     layer_patterns: Optional[List[str]] = LAYER_PATTERNS, layer_preset: Optional[str] = LAYER_PRESET,
     layer_granularity: str = GRANULARITY, layer_stages: Optional[str] = LAYER_STAGES,
+    strategy_kwargs: Optional[List[str]] = typer.Option(None, "--strategy_kwargs", metavar="NAME=VALUE", help="Strategy option NAME=VALUE "
+                                                        "(repeatable, VALUE read as JSON when it parses); each "
+                                                        "strategy gets the ones it accepts.", rich_help_panel=_S),
     num_epochs: int = typer.Option(8, "--num_epochs", help="Epochs for gradual/full/progressive.", rich_help_panel=_O),
     learning_rate: float = typer.Option(5e-4, "--learning_rate", help="Peak AdamW LR of strategies that train the "
                                         "backbone.", rich_help_panel=_O),
@@ -246,6 +272,7 @@ def compare(
     """Run several fine-tuning strategies on the same data and split; write comparison.md/.csv
     and val_auroc.png (validation AUROC per epoch per strategy)."""
     opts = dict(locals())
+    opts = given_options(opts.pop("ctx"), opts)
     names = [s.strip() for s in opts.pop("strategies").split(",") if s.strip()]
     head_lr = opts.pop("head_learning_rate")
     is_demo = opts.pop("demo")

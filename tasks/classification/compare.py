@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from finetune_kit.tasks.classification.config import ClassificationConfig
+from finetune_kit.tasks.classification.config import STRATEGY_FIELDS, ClassificationConfig
 
-__all__ = ["run_comparison", "DEMO_OVERRIDES", "COLUMNS"]
+__all__ = ["run_comparison", "strategy_configs", "DEMO_OVERRIDES", "COLUMNS"]
 
 #: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
 DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=10, linear_probe_epochs=20, batch_size=32,
@@ -51,24 +51,25 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     """Train each of ``strategies`` with ``base`` (plus ``per_strategy[name]`` overrides) on the same
     data and split (same ``split_seed``; decoded images shared in memory).
 
+    Each strategy gets only the options it accepts (:func:`strategy_configs`).
+
     Returns:
         ``{"folder", "rows", "markdown"}``.
 
     Raises:
+        UnknownStrategyError, StrategyOptionError: before anything runs (see :func:`strategy_configs`).
         whatever :func:`finetune_kit.tasks.classification.train.run_training` raises for bad input (before any
         strategy has run, the first one fails fast).
     """
     from finetune_kit.runs.checkpoint import atomic_write_text
     from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.strategy import strategy_class
     from finetune_kit.tasks.classification.data import discover
     from finetune_kit.tasks.classification.plots import plot_val_auroc_per_strategy
     from finetune_kit.tasks.classification.train import run_training
     from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
-    for s in strategies:
-        strategy_class(s)  # unknown names fail before anything runs
     tag = base.experiment_tag or base.model_name
+    configs = strategy_configs(base, strategies, per_strategy)  # bad names or options fail before anything runs
     folder = RunDir(new_run_dir(output_dir, f"compare-{tag}"))
     folder.write_json("config.json", {"base": base, "strategies": list(strategies), "per_strategy": per_strategy or {}})
     # decode once, before any strategy's clock starts, and share the images between strategies
@@ -76,10 +77,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     cache.load([s.path for s in discover(base.data).samples], skip_corrupt=base.data.skip_corrupt)
     rows, histories, results = [], {}, {}
     for name in strategies:
-        overrides = dict((per_strategy or {}).get(name, {}))
-        cfg = base.model_copy(update={"ft_strategy": name, "run_dir": str(folder.path / name),
-                                      "experiment_tag": f"{tag}-{name}", **overrides})
-        cfg = ClassificationConfig.model_validate(cfg.model_dump())
+        cfg = configs[name].model_copy(update={"run_dir": str(folder.path / name)})
         result = run_training(cfg, image_cache=cache, console=console)
         results[name] = result
         histories[name] = RunDir(folder.path / name).history()
@@ -89,6 +87,37 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     md = _write_tables(folder, rows, title)
     folder.write_json("comparison.json", {"rows": rows, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return {"folder": str(folder.path), "rows": rows, "markdown": md}
+
+
+def strategy_configs(base: ClassificationConfig, strategies: Sequence[str],
+                     per_strategy: Mapping[str, Mapping] | None = None) -> dict[str, ClassificationConfig]:
+    """``{name: config}`` of each strategy of a comparison: ``base`` with ``per_strategy[name]``
+    overrides, each strategy given only its own options (:meth:`ClassificationConfig.for_strategy`).
+    Each strategy is built once here, so bad options fail before any run.
+
+    Raises:
+        UnknownStrategyError: an unknown name.
+        StrategyOptionError: an option set explicitly in ``base`` (a named strategy option or a
+            ``strategy_kwargs`` key) that none of ``strategies`` accepts; or a bad per-strategy option.
+        ValueError / pydantic.ValidationError: a bad option value.
+    """
+    from finetune_kit.strategy import StrategyOptionError, get_strategy, strategy_options
+
+    tag = base.experiment_tag or base.model_name
+    accepted = {name: strategy_options(name) for name in strategies}
+    given = [f for f in STRATEGY_FIELDS if f in base.model_fields_set and getattr(base, f) is not None]
+    unused = [k for k in (*given, *base.strategy_kwargs) if not any(k in a for a in accepted.values())]
+    if unused:
+        raise StrategyOptionError(f"no strategy of {', '.join(strategies)} has option "
+                                  f"{', '.join(repr(k) for k in unused)}; their options: "
+                                  f"{', '.join(sorted(set().union(*accepted.values())))}")
+    configs = {}
+    for name in strategies:
+        overrides = dict((per_strategy or {}).get(name, {}))
+        cfg = base.for_strategy(name, experiment_tag=f"{tag}-{name}", **overrides)
+        get_strategy(name, **cfg.strategy_options())
+        configs[name] = cfg
+    return configs
 
 
 def _write_tables(folder, rows: list[dict], title: str) -> str:

@@ -6,17 +6,45 @@ A run writes ``config.model_dump()`` to ``RUN/config.json``; ``--resume`` reads 
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ClassificationConfig", "DataConfig", "ConfigError"]
+__all__ = ["ClassificationConfig", "DataConfig", "ConfigError", "STRATEGY_FIELDS", "parse_strategy_kwargs"]
+
+#: The built-in strategies' options that are also named config fields (``--llrd_decay`` ...).
+#: Each goes only to a strategy that accepts it; set explicitly for one that does not, it is an error.
+STRATEGY_FIELDS = ("gradual_patience", "llrd_decay", "unfreeze_schedule", "unfreeze_warmup_epochs", "layer_stages")
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option and the fix."""
+
+
+def parse_strategy_kwargs(items: Iterable[str]) -> dict[str, Any]:
+    """``["myopt=3", "lr_mults={\"head\": 10}", "unfreeze_schedule=2,4"]`` -> ``{"myopt": 3, ...}``.
+
+    Each item is ``NAME=VALUE``; VALUE becomes a JSON scalar, list or object when it parses as
+    JSON (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``), otherwise it stays a string (``2,4``,
+    ``head``). A later item with the same NAME wins.
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty NAME.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{item!r} is not NAME=VALUE (e.g. --strategy_kwargs llrd_decay=0.8)")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 class DataConfig(BaseModel):
@@ -104,6 +132,7 @@ class ClassificationConfig(BaseModel):
     layer_patterns: Optional[list[str]] = None
     layer_preset: Optional[str] = None
     layer_granularity: Literal["stages", "blocks"] = "stages"
+    strategy_kwargs: dict[str, Any] = Field(default_factory=dict)
     # optimisation
     num_epochs: int = Field(20, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
@@ -173,15 +202,58 @@ class ClassificationConfig(BaseModel):
         """Experiment tag (wandb run name, run-folder prefix); default ``MODEL-STRATEGY``."""
         return self.experiment_tag or f"{self.model_name}-{self.ft_strategy}"
 
-    def strategy_options(self) -> dict:
-        """Options for :func:`finetune_kit.strategy.get_strategy` (others' options are ignored there)."""
-        opts = dict(gradual_patience=self.gradual_patience, llrd_decay=self.llrd_decay,
-                    unfreeze_schedule=self.unfreeze_schedule, unfreeze_warmup_epochs=self.unfreeze_warmup_epochs)
-        if self.monitor == "loss":
+    @field_validator("strategy_kwargs", mode="before")
+    @classmethod
+    def _strategy_kwargs(cls, v):
+        """``["name=value", ...]`` (the CLI's repeatable ``--strategy_kwargs``) -> dict; dicts pass."""
+        if v is None:
+            return {}
+        if isinstance(v, (list, tuple)):
+            return parse_strategy_kwargs(v)
+        return v
+
+    def strategy_options(self) -> dict[str, Any]:
+        """Keyword options for :func:`finetune_kit.strategy.get_strategy` of ``ft_strategy``.
+
+        The named fields of :data:`STRATEGY_FIELDS` go in when the strategy accepts them (their
+        config defaults included) or when they were set explicitly (then ``get_strategy`` rejects
+        those it does not accept); ``monitor_mode="min"`` goes to strategies that accept it when
+        ``monitor`` is ``loss``; ``strategy_kwargs`` are merged over all of these.
+        """
+        from finetune_kit.strategy import strategy_options
+
+        accepted = strategy_options(self.ft_strategy)
+        opts: dict[str, Any] = {}
+        for name in STRATEGY_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (name in accepted or name in self.model_fields_set):
+                opts[name] = value
+        if self.monitor == "loss" and "monitor_mode" in accepted:
             opts["monitor_mode"] = "min"
-        if self.layer_stages:
-            opts["layer_stages"] = self.layer_stages
+        opts.update(self.strategy_kwargs)
         return opts
+
+    def for_strategy(self, name: str, **updates) -> "ClassificationConfig":
+        """This config for strategy ``name`` (plus ``updates``), keeping only that strategy's options.
+
+        Named fields of :data:`STRATEGY_FIELDS` it does not accept go back to their defaults (as if
+        never given) and ``strategy_kwargs`` keeps only the keys it accepts, so one set of options
+        can serve several strategies (``compare``) and a saved config validates again (``--resume``).
+
+        Raises:
+            UnknownStrategyError: unknown ``name``.
+            pydantic.ValidationError: a bad value in ``updates``.
+        """
+        from finetune_kit.strategy import strategy_options
+
+        accepted = strategy_options(name)
+        data = self.model_dump(exclude_unset=True)
+        data.update(self.model_dump(include={"data"}), ft_strategy=name, **updates)
+        for field in STRATEGY_FIELDS:
+            if field not in accepted and field not in updates:
+                data.pop(field, None)
+        data["strategy_kwargs"] = {k: v for k, v in dict(data.get("strategy_kwargs") or {}).items() if k in accepted}
+        return ClassificationConfig.model_validate(data)
 
     def resolved_augment(self, head_only: bool) -> str:
         """``auto`` -> ``none`` for head-only strategies (so the feature cache applies), else ``fundus``.

@@ -52,11 +52,48 @@ def test_registry_lists_four_and_rejects_unknown():
         get_strategy("fancy")
     with pytest.raises(TypeError, match="no option 'bogus'"):
         get_strategy("linear", bogus=1)
-    # options of other strategies (all CLI flags are passed) are ignored unless strict
-    assert get_strategy("linear", llrd_decay=0.8).name == "linear"
-    with pytest.raises(TypeError):
-        get_strategy("linear", strict=True, llrd_decay=0.8)
     assert get_strategy("llrd").name == "full"
+
+
+def test_options_of_another_strategy_are_an_error_naming_what_is_accepted():
+    """Nothing is dropped silently: an option of another strategy is as wrong as a made-up one."""
+    from finetune_kit.strategy import StrategyOptionError, strategy_options
+
+    with pytest.raises(StrategyOptionError) as info:
+        get_strategy("linear", llrd_decay=0.8)
+    msg = str(info.value)
+    assert isinstance(info.value, TypeError) and "\n" not in msg
+    assert "'linear'" in msg and "'llrd_decay'" in msg and "freeze_patterns, layer_stages, lr_mults" in msg
+    with pytest.raises(StrategyOptionError, match="'unfreeze_schedule'"):
+        get_strategy("full", llrd_decay=1.0, unfreeze_schedule="2,4")
+    assert strategy_options("llrd") == strategy_options("full") >= {"llrd_decay", "lr_mults", "layer_stages"}
+    assert "gradual_patience" in strategy_options("gradual") and "llrd_decay" not in strategy_options("gradual")
+    assert get_strategy("full", llrd_decay=0.8).llrd_decay == 0.8
+
+
+def test_plugin_strategy_with_its_own_option(tmp_path):
+    """A strategy registered from outside the package is built with its own option; others are refused."""
+    from finetune_kit.strategy import _ALIASES, _REGISTRY, FineTuneStrategy, StrategyOptionError, register_strategy
+
+    @register_strategy("test_plugin_headfirst")
+    class HeadFirst(FineTuneStrategy):
+        description = "test plugin"
+
+        def __init__(self, *, boost: float = 1.0, **common):
+            super().__init__(**common)
+            self.boost = boost
+
+        def initial_trainable(self, groups):
+            return [g.name for g in groups.head]
+
+    try:
+        s = get_strategy("test_plugin_headfirst", boost=3, lr_mults="fc:2")
+        assert s.boost == 3 and s.lr_mults == {"fc": 2.0}
+        with pytest.raises(StrategyOptionError, match="'test_plugin_headfirst' has no option 'llrd_decay'.*boost"):
+            get_strategy("test_plugin_headfirst", llrd_decay=0.9)
+    finally:
+        _REGISTRY.pop("test_plugin_headfirst", None)
+        _ALIASES.pop("test_plugin_headfirst", None)
 
 
 def test_builtin_strategies_found_through_entry_point_or_composition_root():

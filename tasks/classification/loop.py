@@ -1,0 +1,225 @@
+"""Step 2 of a classification run: restore a resumed run, then the epochs.
+
+Per epoch (:func:`fit_one_epoch`): reseed every RNG from ``(seed, epoch)`` (sampler order,
+augmentation, mixup, dropout), ``strategy.on_epoch_start``, ``strategy.train_mode`` (frozen
+BatchNorm stays in eval), one epoch of AdamW steps under the warm-up + cosine schedule,
+:func:`validate`, then ``strategy.on_validation_end`` (plateau unfreezing). :func:`end_epoch`
+logs the record, steps early stopping and writes the ``last`` and (when the monitored metric
+improves) ``best`` checkpoints atomically; a run resumed by :func:`restore` from ``last.pt``
+therefore repeats exactly what an uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from finetune_kit.tasks.classification.setup import TrainingRun, epoch_seed, image_loader
+
+__all__ = ["restore", "fit_one_epoch", "validate", "end_epoch", "train_epochs"]
+
+
+def _identity(x):
+    return x
+
+
+def _prepare(state: TrainingRun) -> Callable[[torch.Tensor], torch.Tensor]:
+    from finetune_kit.tasks.classification.transforms import normalize_batch
+
+    tf = state.data.tf
+    return lambda x: normalize_batch(x, tf.mean, tf.std)
+
+
+def _set_bn_eval(model: torch.nn.Module) -> None:
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.eval()
+
+
+def restore(state: TrainingRun) -> int:
+    """Load ``RUN/checkpoints/last.pt`` into the run: model, optimizer, strategy, AMP scaler, EMA,
+    early stopping, RNG state, skipped files and feature-extraction time; drop ``metrics.jsonl``
+    records from the resumed epoch on.
+
+    Returns:
+        The epoch to continue at (also ``state.start_epoch``).
+
+    Raises:
+        FileNotFoundError: no ``last.pt``; ValueError: the checkpoint is of another strategy.
+    """
+    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.seeding import set_rng_state
+
+    ck = load_checkpoint(state.run.checkpoints / "last.pt")
+    state.model.load_state_dict(ck["model"])
+    state.opt.optimizer.load_state_dict(ck["optimizer"])
+    state.strategy.load_state_dict(ck["strategy"])
+    state.opt.scaler.load_state_dict(ck["scaler"])
+    if state.ema is not None and ck.get("ema") is not None:
+        state.ema.module.load_state_dict(ck["ema"])
+    if state.opt.early is not None and ck.get("early"):
+        state.opt.early.load_state_dict(ck["early"])
+    set_rng_state(ck["rng"])
+    state.data.skipped = list(ck.get("skipped", state.data.skipped))
+    state.feature_s = float(ck.get("feature_s", 0.0))
+    state.start_epoch, state.global_step = int(ck["epoch"]) + 1, int(ck["global_step"])
+    state.run.truncate_history(state.start_epoch)
+    state.console.print(f"resuming {state.run.path} at epoch {state.start_epoch}")
+    return state.start_epoch
+
+
+def _cached_epoch(state: TrainingRun) -> bool:
+    """Whether this epoch trains only the head on cached features (extracted on first use)."""
+    from finetune_kit.tasks.classification.feature_cache import extract_features
+
+    head_names = {g.name for g in state.opt.groups.head}
+    if not (state.use_feature_cache and head_names and set(state.strategy.trainable) <= head_names):
+        return False
+    if not state.features:
+        t0 = time.perf_counter()
+        d = state.data
+        for name, part in (("train", d.train), ("val", d.val)):
+            state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval), _prepare(state),
+                                                    state.device, state.amp.autocast)
+        state.feature_s += time.perf_counter() - t0
+        state.console.print(f"feature cache: {len(d.train) + len(d.val)} images through the frozen backbone once "
+                            f"({state.feature_s:.1f} s); the head trains on cached features while only it trains")
+    return True
+
+
+def _train_batches(state: TrainingRun, epoch: int, use_cache: bool):
+    if use_cache:
+        g = torch.Generator().manual_seed(epoch_seed(state.cfg.seed, epoch))
+        ds = torch.utils.data.TensorDataset(*state.features["train"])
+        return torch.utils.data.DataLoader(ds, batch_size=state.cfg.batch_size, shuffle=True, generator=g)
+    return image_loader(state, state.data.train, state.data.tf.train, epoch=epoch, drop_last=state.opt.mixup is not None)
+
+
+def validate(state: TrainingRun, use_cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Validation logits ``(N, C)`` and labels ``(N,)`` of the evaluated module (EMA with ``--ema``)
+    in eval mode; on cached features when ``use_cache`` (they must have been extracted)."""
+    from finetune_kit.tasks.classification.engine import predict_logits
+    from finetune_kit.tasks.classification.feature_cache import head_forward
+
+    mod = state.eval_model
+    mod.eval()
+    if use_cache:
+        vb = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*state.features["val"]), batch_size=256)
+        return predict_logits(lambda f: head_forward(mod, f), vb, _identity, state.amp, state.device)
+    return predict_logits(mod, image_loader(state, state.data.val, state.data.tf.eval), _prepare(state), state.amp,
+                          state.device)
+
+
+def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] | None = None) -> dict:
+    """Train epoch ``epoch`` (0-based) and validate; the strategy's hooks run around it.
+
+    Writes nothing: :func:`end_epoch` logs and checkpoints the returned record.
+
+    Returns:
+        The epoch's record: ``epoch``, ``train_loss``, ``val_loss``, ``val_auroc``, ``val_accuracy``,
+        ``val_balanced_accuracy``, ``val_ece``, ``lr``, ``trainable_params``, ``trainable_fraction``,
+        ``epoch_time_s``, ``train_images_per_s``, ``global_step``, ``feature_cache`` and ``unfrozen``
+        (the strategy's unfreeze events of this epoch, as dicts).
+
+    Raises:
+        NonFiniteLossError: the training loss became NaN/inf.
+    """
+    from finetune_kit.seeding import seed_everything
+    from finetune_kit.tasks.classification.engine import softmax, train_one_epoch, val_loss
+    from finetune_kit.tasks.classification.feature_cache import head_forward
+    from finetune_kit.tasks.classification.metrics import classification_metrics
+
+    cfg, model, strategy, opt = state.cfg, state.model, state.strategy, state.opt
+    seed_everything(epoch_seed(cfg.seed, epoch))
+    if state.data.tf.random_train:
+        state.data.tf.train.set_random_seed(epoch_seed(cfg.seed, epoch))
+    events = list(strategy.on_epoch_start(epoch, opt.optimizer))
+    strategy.train_mode(model)
+    if state.bn_frozen:
+        _set_bn_eval(model)
+    trainable = strategy.trainable_params()
+    use_cache = _cached_epoch(state)
+    stats, state.global_step = train_one_epoch(
+        forward=(lambda f: head_forward(model, f)) if use_cache else model, batches=_train_batches(state, epoch, use_cache),
+        prepare=_identity if use_cache else _prepare(state), criterion=opt.criterion, optimizer=opt.optimizer,
+        schedule=opt.schedule, global_step=state.global_step, amp=state.amp, scaler=opt.scaler,
+        grad_clip=cfg.grad_clip, mixup=opt.mixup, ema=state.ema, ema_model=model, device=state.device,
+        on_batch=on_batch)
+    vl, vy = validate(state, use_cache)
+    vm = classification_metrics(vy, softmax(vl), vl)
+    record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss(vl, vy), "val_auroc": vm["auroc"],
+              "val_accuracy": vm["accuracy"], "val_balanced_accuracy": vm["balanced_accuracy"],
+              "val_ece": vm["ece"], "lr": max(g["lr"] for g in opt.optimizer.param_groups),
+              "trainable_params": trainable, "trainable_fraction": trainable / state.total_params,
+              "epoch_time_s": stats.seconds, "train_images_per_s": stats.images_per_s,
+              "global_step": state.global_step, "feature_cache": use_cache}
+    events += strategy.on_validation_end(epoch, record[opt.monitor], opt.optimizer)
+    record["unfrozen"] = [dataclasses.asdict(e) for e in events]
+    return record
+
+
+def end_epoch(state: TrainingRun, record: dict) -> None:
+    """Log ``record`` (``metrics.jsonl``, wandb), step early stopping, then write the checkpoints
+    (``last``; ``best`` when the monitored metric improved; a NaN metric is never the best) and
+    print the epoch's line. Early stopping steps first, so a resumed run has this epoch's patience."""
+    from finetune_kit.seeding import rng_state
+
+    epoch, opt, cfg = record["epoch"], state.opt, state.cfg
+    metric = record[opt.monitor]
+    state.logger.log(record, step=epoch)
+    if opt.early is not None:
+        opt.early.step(metric, epoch)
+    ema = state.ema
+    ck = {"epoch": epoch, "global_step": state.global_step, "model": state.model.state_dict(),
+          "ema": ema.module.state_dict() if ema is not None else None,
+          "optimizer": opt.optimizer.state_dict(), "scaler": opt.scaler.state_dict(),
+          "scheduler": opt.schedule.state_dict(), "strategy": state.strategy.state_dict(),
+          "early": opt.early.state_dict() if opt.early is not None else None, "rng": rng_state(),
+          "skipped": state.data.skipped, "feature_s": state.feature_s,
+          "class_names": state.data.images.class_names, "config": cfg.model_dump()}
+    worst = -math.inf if opt.mode == "max" else math.inf
+    state.checkpoints.save(ck, epoch, metrics={opt.monitor: metric if metric == metric else worst})
+    ev = "; ".join(f"unfroze {', '.join(e['groups'])}" for e in record["unfrozen"])
+    state.console.print(f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} val_loss "
+                        f"{record['val_loss']:.4f} val_auroc {record['val_auroc']:.4f} val_acc "
+                        f"{record['val_accuracy']:.3f} {record['train_images_per_s']:.1f} img/s"
+                        + (f" | {ev}" if ev else ""))
+
+
+def train_epochs(state: TrainingRun) -> int | None:
+    """Epochs ``state.start_epoch`` .. ``epochs - 1`` (:func:`fit_one_epoch` + :func:`end_epoch`)
+    with progress bars, measuring peak memory into ``state.peak_memory``; stops early on
+    ``--early_stopping_patience``.
+
+    Returns:
+        The epoch after which ``--stop_after_epoch`` stopped the run (to be resumed), else None.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from finetune_kit.tasks.classification.memory import PeakMemory
+
+    cfg, early, epochs = state.cfg, state.opt.early, state.cfg.epochs
+    stopped = None
+    with PeakMemory(state.device) as mem, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                                   TimeElapsedColumn(), TimeRemainingColumn(), console=state.console,
+                                                   disable=not cfg.progress, transient=True) as bar:
+        ep_task = bar.add_task(f"{cfg.ft_strategy} epochs", total=epochs, completed=state.start_epoch)
+        b_task = bar.add_task("batches", total=state.opt.steps)
+        for epoch in range(state.start_epoch, epochs):
+            bar.reset(b_task, total=state.opt.steps)
+            end_epoch(state, fit_one_epoch(state, epoch, on_batch=lambda: bar.advance(b_task)))
+            bar.advance(ep_task)
+            if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch + 1 < epochs:
+                stopped = epoch
+                break
+            if early is not None and early.should_stop:
+                state.console.print(f"early stopping: {state.opt.monitor} did not improve for {early.patience} epochs")
+                break
+        state.peak_memory = (mem.read(), mem.increase_mb)
+    return stopped

@@ -1,0 +1,99 @@
+"""Step 3 of a classification run: the best epoch, calibrated on validation, reported on test.
+
+:func:`report` reloads the best checkpoint (the last one when no epoch was ever the best),
+predicts validation and test logits (``RUN/logits.npz``), fits the temperature on validation
+and computes the test metrics and plots (:func:`~finetune_kit.tasks.classification.evaluate.calibrated_report`),
+then writes ``RUN/metrics.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from finetune_kit.tasks.classification.config import resolved_bn_stats
+from finetune_kit.tasks.classification.setup import TrainingRun, image_loader
+
+__all__ = ["report", "predict_best"]
+
+
+def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
+    """Load the best checkpoint into the evaluated module (EMA with ``--ema``) and predict the
+    validation and test sets; the logits and labels are also written to ``RUN/logits.npz``.
+
+    Returns:
+        ``(checkpoint, {"val_logits", "val_labels", "test_logits", "test_labels"})``.
+
+    Raises:
+        FileNotFoundError: the run has no checkpoint.
+    """
+    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.tasks.classification.engine import predict_logits
+    from finetune_kit.tasks.classification.transforms import normalize_batch
+
+    tf = state.data.tf
+    best_path = state.checkpoints.best() or state.checkpoints.last()
+    ck = load_checkpoint(best_path)
+    model = state.eval_model
+    model.load_state_dict(ck["ema"] if state.ema is not None else ck["model"])
+    model.eval()
+    prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
+    vl, vy = predict_logits(model, image_loader(state, state.data.val, tf.eval), prepare, state.amp, state.device)
+    tl, ty = predict_logits(model, image_loader(state, state.data.test, tf.eval), prepare, state.amp, state.device)
+    logits = {"val_logits": vl, "val_labels": vy, "test_logits": tl, "test_labels": ty}
+    np.savez(state.run.path / "logits.npz", **logits)
+    return ck, logits
+
+
+def report(state: TrainingRun) -> dict:
+    """Calibrate the best epoch on validation, report it on test, write ``RUN/metrics.json``
+    (plus ``roc.png``, ``reliability.png``, ``training_curves.png``) and print the test line.
+
+    Returns:
+        The content of ``metrics.json`` (``status``, ``best_epoch``, ``temperature``, ``val``,
+        ``test`` metrics, split sizes, trainable fractions, feature-cache use, times, memory,
+        weights report, unfreeze events, config; ``resumed: true`` for a resumed run).
+    """
+    from finetune_kit.tasks.classification.evaluate import calibrated_report
+
+    ck, logits = predict_best(state)
+    history = state.run.history()
+    rep = calibrated_report(state.run.path, history=history, **logits)
+    result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
+    state.run.write_json("metrics.json", result)
+    state.logger.summary({f"test_{k}": v for k, v in rep["test"].items() if isinstance(v, float)})
+    t = rep["test"]
+    if t:
+        state.console.print(f"[bold]test[/]: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  ECE {t['ece']:.4f} "
+                            f"-> {t['ece_calibrated']:.4f} (T={rep['temperature']:.3f})  run folder {state.run.path}")
+    return result
+
+
+def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: int) -> dict:
+    """The ``metrics.json`` dict of :func:`report`."""
+    cfg, d, strategy = state.cfg, state.data, state.strategy
+    peak, peak_increase = state.peak_memory or (None, None)
+    mean = lambda key: float(np.mean([r[key] for r in history])) if history else None  # noqa: E731
+    result = {
+        "status": "completed", "run_dir": str(state.run.path), "model_name": cfg.model_name,
+        "ft_strategy": cfg.ft_strategy, "class_names": d.images.class_names, "best_epoch": best_epoch,
+        "epochs_run": len(history), "temperature": rep["temperature"], "val": rep.get("val", {}), "test": rep["test"],
+        "n_images": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},
+        "skipped_corrupt": len(d.skipped), "skipped_files": d.skipped,
+        "trainable_fraction_final": strategy.trainable_params() / state.total_params,
+        "trainable_fraction_mean": mean("trainable_fraction"),
+        "total_params": state.total_params,
+        "feature_cache": any(r.get("feature_cache") for r in history),
+        "feature_cache_epochs": sum(bool(r.get("feature_cache")) for r in history), "feature_cache_s": state.feature_s,
+        "train_time_s": state.feature_s + sum(r.get("epoch_time_s", 0.0) for r in history),
+        "bn_stats": resolved_bn_stats(cfg), "amp": {"enabled": state.amp.enabled, "notice": state.amp.notice},
+        "train_images_per_s_median": float(np.median([r["train_images_per_s"] for r in history])) if history else None,
+        "peak_memory_mb": peak, "peak_memory_increase_mb": peak_increase,
+        "wall_time_s": time.perf_counter() - state.t_start,
+        "weights": dataclasses.asdict(state.weights_report) if state.weights_report else None,
+        "unfreeze_events": [dataclasses.asdict(e) for e in strategy.events], "config": cfg.model_dump(),
+    }
+    if state.resume:
+        result["resumed"] = True
+    return result

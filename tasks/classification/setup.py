@@ -1,0 +1,325 @@
+"""Step 1 of a classification run: build everything the epochs need, then start the run folder.
+
+:func:`build` reads the images (or a resumed run's ``split.csv``), splits them, builds the
+model, the strategy, the transforms and the optimisation (AdamW on the strategy's parameter
+groups, warm-up + cosine schedule, mixup, EMA, early stopping) into one :class:`TrainingRun`.
+It writes nothing. :func:`start_run` then makes (or reopens) the run folder, writes the split
+and config, and opens the logger and the checkpoint manager. The later steps
+(:mod:`~finetune_kit.tasks.classification.loop`, :mod:`~finetune_kit.tasks.classification.report`)
+take the :class:`TrainingRun` and change it in place.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from finetune_kit.tasks.classification.config import ClassificationConfig, resolved_bn_stats
+
+__all__ = ["RunData", "Optimisation", "TrainingRun", "build", "build_strategy", "start_run", "epoch_seed",
+           "image_loader"]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of every RNG at ``epoch`` (0-based; -1 for the unshuffled evaluation loaders)."""
+    return (seed * 1_000_003 + 7919 * (epoch + 1)) % (2**31 - 1)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker start: seed its copy of the augmentation from the worker's torch seed
+    (drawn from the epoch's generator), so runs with the same ``num_workers`` repeat exactly."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
+@dataclass
+class RunData:
+    """The images of a run: all of them, the three splits, their transforms and decoded cache,
+    and the files skipped as corrupt."""
+
+    images: Any  # LabelledImages
+    train: list
+    val: list
+    test: list
+    tf: Any  # Transforms
+    cache: Any  # ImageCache
+    skipped: list[str]
+
+
+@dataclass
+class Optimisation:
+    """What steps the model: optimizer, LR schedule, loss (with mixup), AMP scaler, the steps per
+    epoch, the monitored metric (``val_auroc``, ... with ``mode`` max/min) and early stopping."""
+
+    groups: Any  # LayerGroups
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: Any
+    criterion: torch.nn.Module
+    mixup: Any
+    steps: int
+    monitor: str
+    mode: str
+    early: Any = None
+
+
+@dataclass
+class TrainingRun:
+    """The state of one classification run, passed from step to step.
+
+    Built by :func:`build`; ``run``, ``logger`` and ``checkpoints`` are set by :func:`start_run`.
+    ``start_epoch``, ``global_step``, ``feature_s`` (seconds spent extracting cached features),
+    ``features`` (the cache itself) and ``peak_memory`` change as the run goes.
+    """
+
+    cfg: ClassificationConfig
+    resume: bool
+    console: Any
+    device: torch.device
+    amp: Any
+    data: RunData
+    model: torch.nn.Module
+    weights_report: Any
+    strategy: Any
+    opt: Optimisation
+    ema: Any
+    use_feature_cache: bool
+    total_params: int
+    t_start: float = field(default_factory=time.perf_counter)
+    run: Any = None
+    logger: Any = None
+    checkpoints: Any = None
+    start_epoch: int = 0
+    global_step: int = 0
+    feature_s: float = 0.0
+    features: dict = field(default_factory=dict)
+    peak_memory: tuple[float, float] | None = None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The module validated and reported: the EMA when ``--ema``, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def bn_frozen(self) -> bool:
+        """Whether BatchNorm running statistics stay fixed (``--bn_stats``, resolved)."""
+        return resolved_bn_stats(self.cfg) == "frozen"
+
+
+def image_loader(state: TrainingRun, samples, transform, epoch: int | None = None, drop_last: bool = False):
+    """A DataLoader over ``samples`` (decoded images from the run's cache) through ``transform``;
+    shuffled with the epoch's seed when ``epoch`` is given, else in order."""
+    from finetune_kit.tasks.classification.transforms import CachedImageDataset
+
+    cfg = state.cfg
+    ds = CachedImageDataset(state.data.cache, [s.path for s in samples], [s.label for s in samples], transform)
+    g = torch.Generator().manual_seed(epoch_seed(cfg.seed, -1 if epoch is None else epoch))
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=epoch is not None, generator=g,
+                                       drop_last=drop_last and len(samples) >= cfg.batch_size,
+                                       num_workers=cfg.num_workers, pin_memory=state.device.type == "cuda",
+                                       worker_init_fn=_seed_worker if cfg.num_workers else None)
+
+
+def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, console=None) -> TrainingRun:
+    """Everything a run needs, in memory: data and split, model, strategy, optimisation.
+
+    Args:
+        cfg: the validated config (``cfg.run_dir`` set when resuming; its ``split.csv`` is read).
+        resume: use the split of ``cfg.run_dir`` instead of splitting the data.
+        image_cache: an ``ImageCache`` of decoded images to share between runs (``compare``); a
+            new one is made when None or of another size.
+        console: a rich Console for messages (default: stderr).
+
+    Raises:
+        ConfigError, DataError, CorruptImageError, ModelError, UnknownStrategyError,
+        StrategyOptionError: bad input, with one-line messages.
+        ValueError: an empty training or validation split, an odd batch size with mixup/cutmix,
+            or a strategy's layer groups that the model lacks.
+    """
+    from rich.console import Console
+
+    from finetune_kit.amp import resolve_amp
+    from finetune_kit.layer_groups import parameter_count
+    from finetune_kit.seeding import seed_everything
+    from finetune_kit.tasks.classification.model import build_model
+
+    console = console or Console(stderr=True)
+    t_start = time.perf_counter()
+    cfg.check_paths()
+    build_strategy(cfg)  # options the strategy does not accept fail before any data is read
+    device = torch.device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    amp = resolve_amp(cfg.amp, device, cfg.amp_dtype)
+    if amp.notice:
+        console.print(f"[yellow]{amp.notice}[/]")
+    images = _read_images(cfg, resume)
+    seed_everything(cfg.seed)
+    model, weights_report = build_model(cfg.model_name, len(images.class_names), pretrained=cfg.pretrained,
+                                        custom_weights_path=cfg.custom_weights_path,
+                                        allow_partial_weights=cfg.allow_partial_weights, drop_rate=cfg.drop_rate,
+                                        img_size=cfg.img_size)
+    if weights_report is not None:
+        console.print(weights_report.summary())
+    strategy = build_strategy(cfg, model)
+    model.to(device)
+    data = _prepare_data(cfg, images, model, strategy, image_cache, console, split=not resume)
+    opt = _build_optimisation(cfg, model, strategy, amp, len(images.class_names))
+    ema = _build_ema(cfg, model)
+    state = TrainingRun(cfg=cfg, resume=resume, console=console, device=device, amp=amp, data=data, model=model,
+                        weights_report=weights_report, strategy=strategy, opt=opt, ema=ema, use_feature_cache=False,
+                        total_params=parameter_count(model), t_start=t_start)
+    state.use_feature_cache = _feature_cache_allowed(state)
+    opt.steps = len(image_loader(state, data.train, data.tf.train, epoch=0, drop_last=opt.mixup is not None))
+    opt.schedule = _build_schedule(cfg, opt)
+    return state
+
+
+def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = None):
+    """The strategy of ``cfg``: ``get_strategy(cfg.ft_strategy, **cfg.strategy_options())``; with
+    ``model`` and ``--head_lr_mult`` != 1 (and a strategy that trains more than the head), the head's
+    parameters get that LR multiplier, under any ``lr_mults`` given in ``strategy_kwargs``.
+
+    Raises:
+        UnknownStrategyError, StrategyOptionError: unknown name or option; ValueError: bad value.
+    """
+    from finetune_kit.strategy import get_strategy
+
+    options = cfg.strategy_options()
+    strategy = get_strategy(cfg.ft_strategy, **options)
+    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only:
+        return strategy
+    from finetune_kit.param_groups import parse_multipliers
+    from finetune_kit.tasks.classification.model import head_param_names
+
+    # the new head learns faster than the pretrained body
+    head = {n: cfg.head_lr_mult for n in head_param_names(model)}
+    return get_strategy(cfg.ft_strategy, **{**options, "lr_mults": {**head, **parse_multipliers(options.get("lr_mults"))}})
+
+
+def _read_images(cfg: ClassificationConfig, resume: bool):
+    """The labelled images: a resumed run's ``split.csv`` (split included), else ``cfg.data``."""
+    from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split
+
+    if resume:
+        from finetune_kit.runs.run_dir import RunDir
+
+        samples, class_names = read_split(RunDir(cfg.run_dir).path / "split.csv")
+        return LabelledImages(samples, class_names, "split.csv")
+    return discover(cfg.data)
+
+
+def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: bool) -> RunData:
+    """Transforms, decoded images (corrupt ones skipped with ``--skip_corrupt``) and the split.
+
+    Raises:
+        ValueError: an empty training or validation split.
+    """
+    from finetune_kit.tasks.classification.data import stratified_split
+    from finetune_kit.tasks.classification.transforms import ImageCache, build_transforms
+
+    tf = build_transforms(model, cfg.img_size, augment=cfg.resolved_augment(strategy.head_only), clahe=cfg.clahe,
+                          seed=cfg.seed)
+    cache = image_cache if image_cache is not None and image_cache.size == tf.cache_size else ImageCache(tf.cache_size)
+    skipped = cache.load([s.path for s in images.samples], skip_corrupt=cfg.data.skip_corrupt)
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} corrupt image(s), e.g. {skipped[0]}[/]")
+        images.samples = [s for s in images.samples if s.path not in set(skipped)]
+    if split:
+        stratified_split(images, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+                         seed=cfg.data.split_seed)
+    train, val, test = images.subset("train"), images.subset("val"), images.subset("test")
+    if not train or not val:
+        raise ValueError(f"{cfg.data.data}: the split has {len(train)} training and {len(val)} validation images; "
+                         "both must be non-empty (add images or change --val_fraction)")
+    return RunData(images=images, train=train, val=val, test=test, tf=tf, cache=cache, skipped=list(skipped))
+
+
+def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisation:
+    """AdamW on the strategy's parameter groups, the loss (soft targets with mixup/cutmix), the AMP
+    scaler and early stopping; ``steps`` and ``schedule`` are filled in by :func:`build`.
+
+    Raises:
+        ValueError: an odd batch size with mixup/cutmix; strategy layer groups the model lacks.
+    """
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    from finetune_kit.early_stopping import EarlyStopping
+    from finetune_kit.layer_groups import resolve_layer_groups
+
+    groups = resolve_layer_groups(model, **cfg.layer_group_options())
+    optimizer = torch.optim.AdamW(strategy.build_param_groups(groups, weight_decay=cfg.weight_decay), lr=cfg.learning_rate)
+    use_mix = cfg.mixup > 0 or cfg.cutmix > 0
+    if use_mix and cfg.batch_size % 2:
+        raise ValueError(f"--batch_size {cfg.batch_size}: mixup/cutmix needs an even batch size")
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                  num_classes=num_classes) if use_mix else None
+    criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+    monitor, mode = f"val_{cfg.monitor}", ("min" if cfg.monitor == "loss" else "max")
+    early = EarlyStopping(patience=cfg.early_stopping_patience, mode=mode) if cfg.early_stopping_patience else None
+    return Optimisation(groups=groups, optimizer=optimizer, schedule=None, scaler=amp.grad_scaler(), criterion=criterion,
+                        mixup=mixup, steps=0, monitor=monitor, mode=mode, early=early)
+
+
+def _build_ema(cfg: ClassificationConfig, model: torch.nn.Module):
+    """A timm ``ModelEmaV3`` of the model with ``--ema`` (decay ``--ema_decay``), else None."""
+    if not cfg.ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.ema_decay)
+
+
+def _build_schedule(cfg: ClassificationConfig, opt: Optimisation):
+    """Linear warm-up then cosine to ``--min_lr``, applied per optimizer step."""
+    from finetune_kit.schedulers import build_lr_scheduler
+
+    return build_lr_scheduler(opt.optimizer, epochs=cfg.epochs, steps_per_epoch=opt.steps,
+                              warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
+
+
+def _feature_cache_allowed(state: TrainingRun) -> bool:
+    """Whether head-only epochs may train on cached backbone features.
+
+    They may when the images are not randomly augmented -- or when augmentation is "auto", which
+    then means "augment once backbone layers train" (a linear probe first, then fine-tuning: LP-FT).
+    """
+    from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
+
+    cfg = state.cfg
+    return can_use_feature_cache(state.model, head_only=True,
+                                 random_train=state.data.tf.random_train and cfg.augment != "auto",
+                                 mixup=state.opt.mixup is not None, enabled=cfg.feature_cache)
+
+
+def start_run(state: TrainingRun) -> TrainingRun:
+    """Make the run folder (or reopen a resumed one): ``split.csv``, ``config.json``,
+    ``environment.json`` and status ``running`` for a new run; then the logger (``metrics.jsonl``,
+    wandb) and the checkpoint manager. Sets ``state.cfg.run_dir`` to the folder.
+
+    Returns:
+        ``state``, with ``run``, ``logger`` and ``checkpoints`` set.
+    """
+    from finetune_kit.runs.checkpoint import CheckpointManager
+    from finetune_kit.runs.logger import RunLogger
+    from finetune_kit.runs.run_dir import RunDir, new_run_dir
+    from finetune_kit.tasks.classification.data import write_split
+
+    cfg = state.cfg
+    if state.resume:
+        run = RunDir(cfg.run_dir)
+    else:
+        run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir(new_run_dir(cfg.output_dir, cfg.tag))
+        cfg = state.cfg = cfg.model_copy(update={"run_dir": str(run.path)})
+        write_split(state.data.images, run.path / "split.csv")
+        run.start(cfg)
+    state.run = run
+    state.logger = RunLogger(run, wandb_mode=cfg.wandb, project=cfg.wandb_project, name=cfg.tag, config=cfg)
+    state.checkpoints = CheckpointManager(run.checkpoints, keep_last=1, keep_best=1, metric=state.opt.monitor,
+                                          mode=state.opt.mode)
+    return state
