@@ -112,10 +112,12 @@ def _optimizers(cfg: FinetuneConfig, model, model_name: str) -> tuple[Any, torch
                           weight_decay=cfg.weight_decay, weight_decay_map=cfg.weight_decay_map,
                           clip_map=cfg.clip_map, clip_max_norm=cfg.clip_max_norm)
     groups = _layer_groups(model, model_name)
-    strategy = get_strategy("progressive" if cfg.progressive_unfreeze else "full", llrd_decay=1.0,
-                            unfreeze_schedule=cfg.unfreeze_schedule, unfreeze_warmup_epochs=cfg.unfreeze_warmup_epochs,
-                            warmup_start=cfg.warmup_start, layer_stages=_stages(groups, cfg.progressive_unfreeze),
-                            **lrcfg.strategy_options(groups))
+    common = dict(layer_stages=_stages(groups, cfg.progressive_unfreeze), **lrcfg.strategy_options(groups))
+    if cfg.progressive_unfreeze:
+        strategy = get_strategy("progressive", unfreeze_schedule=cfg.unfreeze_schedule,
+                                unfreeze_warmup_epochs=cfg.unfreeze_warmup_epochs, warmup_start=cfg.warmup_start, **common)
+    else:  # every group trains from the start at its own LR multiplier (no depth decay)
+        strategy = get_strategy("full", llrd_decay=1.0, **common)
     main, aux = split_aux_groups(strategy.build_param_groups(groups, weight_decay=cfg.weight_decay))
     optimizer = torch.optim.AdamW(main, lr=cfg.learning_rate)
     for p in aux:  # quantiles follow --freeze_entropy only (the aux loss keeps them fitted otherwise)
