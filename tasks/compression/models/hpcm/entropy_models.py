@@ -76,21 +76,40 @@ class GeneralizedGaussianConditional(GaussianConditional):
         scale_bound: lower bound of the scales (default 0.12).
         tail_mass: probability mass left out of the CDF tables, coded with the escape code
             (default 1e-6 as the official tables).
+        index_rounding: how a scale picks its table entry for coding: ``"nearest"`` (default:
+            the nearest entry in log scale) or ``"up"`` (the next larger entry, as CompressAI and
+            the official coder). Measured on Kodak with a briefly trained hpcm-tiny (0.08-0.16
+            bpp) and the 60-level table: real y bits 0.3-0.6 % over the estimate with
+            ``"nearest"``, 1.9-7.4 % with ``"up"`` (snapping small scales up makes the many zeros
+            markedly dearer; ``"up"`` needs about 8x more levels for the same gap).
 
     ``forward(y, scales, means)`` with all ``[B, M, H, W]`` returns ``(y_q, likelihoods)``
     (likelihoods in (0, 1], bits = ``-log2``); ``update()``, ``build_indexes``, ``compress`` and
     ``decompress`` are CompressAI's (``update`` uses :meth:`_standardized_cumulative` below).
 
     Raises:
-        ValueError: ``beta <= 0`` (and CompressAI's checks of the scale table).
+        ValueError: ``beta <= 0`` or an unknown ``index_rounding`` (and CompressAI's checks of the scale table).
     """
 
     def __init__(self, scale_table=None, *args: Any, beta: float = PAPER_BETA,
-                 scale_bound: float = PAPER_SCALE_BOUND, tail_mass: float = 1e-6, **kwargs: Any) -> None:
+                 scale_bound: float = PAPER_SCALE_BOUND, tail_mass: float = 1e-6,
+                 index_rounding: str = "nearest", **kwargs: Any) -> None:
         if beta <= 0:
             raise ValueError(f"generalized Gaussian shape beta must be > 0, got {beta}")
+        if index_rounding not in ("nearest", "up"):
+            raise ValueError(f"index_rounding must be 'nearest' or 'up', got {index_rounding!r}")
         super().__init__(scale_table, *args, scale_bound=scale_bound, tail_mass=tail_mass, **kwargs)
+        self.index_rounding = index_rounding
         self.register_buffer("beta", torch.tensor([float(beta)]))
+
+    def build_indexes(self, scales: Tensor) -> Tensor:
+        """Table index (int32, same shape as ``scales``) of each scale; see ``index_rounding``."""
+        if self.index_rounding == "up":
+            return super().build_indexes(scales)
+        scales = self.lower_bound_scale(scales)
+        log_table = self.scale_table.to(scales.device).log()
+        mid = (log_table[1:] + log_table[:-1]) / 2
+        return torch.bucketize(scales.log(), mid).int()
 
     def _standardized_cumulative(self, inputs: Tensor) -> Tensor:
         return gennorm_cdf(inputs, self.beta)
@@ -174,13 +193,13 @@ class MeanScaleHyperLatent(EntropyModel):
 
     def compress(self, z: Tensor) -> list[bytes]:  # type: ignore[override]
         """rANS-code ``round(z - means)`` of ``z [B, N, h, w]``: one byte string per image."""
-        return super().compress(z, self._indexes(z.shape).to(z.device), self.means.detach())
+        return super().compress(z, self._indexes(z.shape).to(z.device), self.means.detach().expand_as(z))
 
     def decompress(self, strings: list[bytes], size, dtype=torch.float) -> Tensor:  # type: ignore[override]
         """Decode :meth:`compress` output to ``z_hat [len(strings), N, *size]``."""
         shape = (len(strings), self.channels, *size)
         idx = self._indexes(shape).to(self.means.device)
-        return super().decompress(strings, idx, dtype, self.means.detach())
+        return super().decompress(strings, idx, dtype, self.means.detach().expand(shape))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # size the coder tables like the saved ones (a state dict written after update())
