@@ -105,6 +105,8 @@ def eval_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu (default), cuda or cuda:N: transforms and context model "
                                "run there, rANS coding on the CPU; decode bit-exact on the same device type."),
     progress: bool = typer.Option(True, help="Show progress bars and per-checkpoint lines."),
+    pad: str = typer.Option("edge", "--pad", help="Padding to the model's side multiple: edge (right/bottom, replicate) or "
+                            "centred (zeros, centred, multiple of 256: the official HPCM test.py, for the paper's R-D figures)."),
 ) -> None:
     """Evaluate checkpoints with real bitstreams (rANS): bpp, PSNR, MS-SSIM, times, R-D plot, BD-rate."""
     from finetune_kit.tasks.compression.config import EvalConfig
@@ -115,7 +117,7 @@ def eval_cmd(
     from finetune_kit.tasks.compression.evaluate import run_eval
 
     try:
-        res = run_eval(cfg)
+        res = run_eval(cfg, pad=pad)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
     bd = res["bd"]
