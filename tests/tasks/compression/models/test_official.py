@@ -200,3 +200,32 @@ def test_equivalence_with_official_code(arch, kodak_images):
     assert res["x_hat"] < 1e-5 and res["y_hat"] < 1e-5
     assert res["max_step_scales"] < 1e-5 and res["max_step_means"] < 1e-5
     assert res["likelihoods_y"] < 1e-5 and res["likelihoods_z"] < 1e-5
+
+
+def test_paper_schedule_partitions_y_like_the_official_masks():
+    from finetune_kit.tasks.compression.models.hpcm.paper_schedule import PaperSchedule
+    from finetune_kit.tasks.compression.models.hpcm.schedule import CodingSchedule
+
+    sch = PaperSchedule(64)
+    ids = sch.step_ids(8, 12).s3  # [M, 8, 12]
+    n = ids[0].numel()
+    for c in range(64):  # every channel: 1/32, 1/32, 3 x 1/16, 6 x 1/8 of its positions
+        counts = torch.bincount(ids[c].flatten(), minlength=11).tolist()
+        assert counts == [n // 32] * 2 + [n // 16] * 3 + [n // 8] * 6
+    # group 0 (channels 0-7): s1 at y (0, 0) of each 4x4 tile, step 0 on the even checkerboard of the s1 grid
+    assert int(ids[0, 0, 0]) == 0 and int(ids[0, 0, 4]) == 1 and int(ids[0, 4, 4]) == 0
+    # group 4 shares group 0's s2 lattice but its s1 position is (2, 0) and it starts on the odd half
+    assert int(ids[32, 2, 0]) == 1 and int(ids[32, 2, 4]) == 0
+    # s3: group 0 codes the diagonal (1, 1) first, group 1 (lattice (1, 1)) codes (0, 1) first
+    assert int(ids[0, 1, 1]) == 5 and int(ids[8, 0, 1]) == 5
+    # the kit schedule is a different one (same fractions)
+    assert not torch.equal(CodingSchedule(64).step_ids(8, 12).s3, ids)
+    # the s2 hyperprior fill puts hyper values only at the positions new in s2, per channel
+    params = torch.arange(2 * 64 * 8 * 12, dtype=torch.float32).view(1, 128, 8, 12) + 1
+    fill = sch.s2_hyper(params, sch.to_s2(params), sch.step_ids(8, 12))
+    new = (sch.step_ids(8, 12).s2 >= 2).repeat(2, 1, 1)
+    assert bool((fill[0][~new] == 0).all()) and bool((fill[0][new] > 0).all())
+    # groups 0 and 1: aligned with the s2 grid; group 2: shifted by one s2-grid column (official quirk)
+    aligned = sch.to_s2(params)
+    assert torch.equal(fill[0, :16][new[:16]], aligned[0, :16][new[:16]])
+    assert not torch.equal(fill[0, 16:24][new[16:24]], aligned[0, 16:24][new[16:24]])
