@@ -1,8 +1,9 @@
 """HPCM as a CompressAI ``CompressionModel`` (Li, Zhang, Li, Liu, ICCV 2025, arXiv 2507.19125).
 
 Top-level children: ``g_a``, ``g_s``, ``h_a``, ``h_s``, ``context`` (all context modules),
-``entropy_bottleneck`` (CompressAI ``EntropyBottleneck(N)`` for z) and ``gaussian_conditional``
-(CompressAI ``GaussianConditional(None)`` for y). y is coded progressively over three scales in
+``entropy_bottleneck`` (z: CompressAI ``EntropyBottleneck(N)`` or the official mean-scale model)
+and ``gaussian_conditional`` (y: CompressAI ``GaussianConditional(None)`` or the official
+generalized Gaussian); see the options below. y is coded progressively over three scales in
 11 steps (:mod:`finetune_kit.tasks.compression.models.hpcm.schedule`); ``compress``/``decompress`` use CompressAI's
 rANS coder (``compressai.ans``) in the same order and reproduce ``y_hat`` bit-exactly on CPU.
 
