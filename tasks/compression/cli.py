@@ -105,6 +105,8 @@ def eval_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu (default), cuda or cuda:N: transforms and context model "
                                "run there, rANS coding on the CPU; decode bit-exact on the same device type."),
     progress: bool = typer.Option(True, help="Show progress bars and per-checkpoint lines."),
+    pad: str = typer.Option("edge", "--pad", help="Padding to the model's side multiple: edge (right/bottom, replicate) or "
+                            "centred (zeros, centred, multiple of 256: the official HPCM test.py, for the paper's R-D figures)."),
 ) -> None:
     """Evaluate checkpoints with real bitstreams (rANS): bpp, PSNR, MS-SSIM, times, R-D plot, BD-rate."""
     from finetune_kit.tasks.compression.config import EvalConfig
@@ -115,10 +117,28 @@ def eval_cmd(
     from finetune_kit.tasks.compression.evaluate import run_eval
 
     try:
-        res = run_eval(cfg)
+        res = run_eval(cfg, pad=pad)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
     bd = res["bd"]
     bd_txt = (f"BD-rate {bd['bd_rate']:+.2f} %, BD-PSNR {bd['bd_psnr']:+.3f} dB vs {bd['anchor']}"
               if bd.get("bd_rate") is not None else f"BD-rate vs {bd['anchor']}: n/a ({bd.get('reason')})")
     typer.echo(f"{bd_txt}\nresults: {Path(cfg.output) / 'results.json'}\nplot: {res['plot']}")
+
+
+@app.command("convert-official")
+def convert_official_cmd(
+    checkpoint: Path = typer.Argument(..., help="Official HPCM checkpoint (github.com/lyq133/LIC-HPCM), e.g. 0.0067.pth.tar."),
+    arch: str = typer.Option(..., "--arch", help="Official architecture: base (HPCM_Base) or large (HPCM_Large)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: CKPT.hpcm-ARCH.pt beside it)."),
+    lmbda: Optional[float] = typer.Option(None, "--lambda", help="Lambda it was trained for (default: read from the file name)."),
+) -> None:
+    """Convert an official HPCM checkpoint for `compress eval` / `compress finetune` (safe load, every tensor mapped)."""
+    _quiet()
+    from finetune_kit.tasks.compression.convert import convert_official_checkpoint
+
+    try:
+        out, rep = convert_official_checkpoint(checkpoint, arch, output, lmbda=lmbda)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"{rep.summary()}\nwrote {out} (model hpcm-{arch}); evaluate with: finetune-kit compress eval {out} --data DIR --pad centred")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from finetune_kit.tasks.compression.models.hpcm.model import pad_to_multiple
+from finetune_kit.tasks.compression.padding import PAD_MODES, crop_centred, pad_centred
 from finetune_kit.tasks.compression.metrics import MS_SSIM_MIN_SIDE, bpp_per_scale, ms_ssim, psnr, to_8bit
 from finetune_kit.tasks.compression.models.zoo import pad_multiple
 
@@ -48,12 +49,18 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate_image(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+def evaluate_image(model: nn.Module, x: torch.Tensor, *, pad: str = "edge") -> dict[str, Any]:
     """Code one image ``x [1, 3, H, W]`` for real and measure it.
 
     The model must be in eval mode with updated tables (``model.update(force=True)``). ``x`` is
-    moved to the model's device. Non-HPCM models get the image padded to a multiple of 64 px
-    (edge replication) and the output cropped back; HPCM pads internally.
+    moved to the model's device. ``pad="edge"`` (default): non-HPCM models get the image padded
+    right/bottom to a multiple of 64 px (edge replication) and the output cropped back; HPCM
+    pads internally the same way. ``pad="centred"``: zeros, centred, to a multiple of
+    lcm(256, the model's multiple), the centre cropped back, as the official HPCM ``test.py``
+    (:mod:`finetune_kit.tasks.compression.padding`). Rates are per pixel of the original image.
+
+    Raises:
+        ValueError: unknown ``pad``.
 
     Returns:
         ``bpp`` (real), ``estimated_bpp``, ``psnr-rgb`` (dB), ``ms-ssim-rgb``,
@@ -64,7 +71,12 @@ def evaluate_image(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     x = x.to(device)
     h, w = x.shape[-2:]
     num_pixels = h * w
-    xp = pad_to_multiple(x, pad_multiple(model))
+    if pad == "centred":
+        xp, _ = pad_centred(x, math.lcm(256, pad_multiple(model)))
+    elif pad == "edge":
+        xp = pad_to_multiple(x, pad_multiple(model))
+    else:
+        raise ValueError(f"pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
     _sync(device)
     t0 = time.perf_counter()
     enc = model.compress(xp)
@@ -76,7 +88,7 @@ def evaluate_image(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         dec = model.decompress(enc["strings"], enc["shape"])
     _sync(device)
     t2 = time.perf_counter()
-    x_hat = to_8bit(dec["x_hat"][..., :h, :w])
+    x_hat = to_8bit(crop_centred(dec["x_hat"], (h, w)) if pad == "centred" else dec["x_hat"][..., :h, :w])
     nbytes = sum(len(s) for strings in enc["strings"] for s in strings)
     est = bpp_per_scale(model(xp), num_pixels)
     res: dict[str, Any] = {
@@ -97,8 +109,10 @@ def evaluate_image(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     return res
 
 
-def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = False) -> dict[str, Any]:
+def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = False, pad: str = "edge") -> dict[str, Any]:
     """Evaluate ``model`` on image files ``paths``; returns ``{"per_image": {name: metrics}, "mean": {...}}``.
+
+    ``pad``: ``"edge"`` (default) or ``"centred"`` (official HPCM evaluation), see :func:`evaluate_image`.
 
     Calls ``model.eval()`` and ``model.update(force=True)`` first; images go to the model's device.
     Means skip NaN values; images whose MS-SSIM is undefined (a side under 161 px) are named in
@@ -113,7 +127,7 @@ def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = 
     per_image: dict[str, dict[str, Any]] = {}
     for p in tqdm(paths, disable=not progress, desc="images", leave=False):
         x = to_tensor(load_rgb(p)).unsqueeze(0)
-        per_image[Path(p).name] = evaluate_image(model, x)
+        per_image[Path(p).name] = evaluate_image(model, x, pad=pad)
     keys = [k for k, v in next(iter(per_image.values())).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     mean = {k: nan_mean(r[k] for r in per_image.values()) for k in keys}
     undefined = [n for n, r in per_image.items() if math.isnan(r.get("ms-ssim-rgb", 0.0))]
@@ -126,8 +140,11 @@ def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = 
     return {"per_image": per_image, "mean": mean}
 
 
-def run_eval(cfg: "EvalConfig") -> dict[str, Any]:  # noqa: F821
+def run_eval(cfg: "EvalConfig", *, pad: Optional[str] = None) -> dict[str, Any]:  # noqa: F821
     """Run ``compress eval``: evaluate each checkpoint, write JSON, R-D plot and BD numbers.
+
+    ``pad`` (``compress eval --pad``): ``"edge"`` or ``"centred"`` (default: ``cfg.pad`` if the
+    config has one, else ``"edge"``); recorded in ``results.json``.
 
     Writes to ``cfg.output``: ``results.json`` (CompressAI-style, one value per checkpoint,
     sorted by rate), ``per_image.json``, ``rd.png`` and ``bd.json`` (BD-rate/BD-PSNR against
@@ -147,6 +164,9 @@ def run_eval(cfg: "EvalConfig") -> dict[str, Any]:  # noqa: F821
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(getattr(cfg, "device", "cpu"))
+    pad = pad or getattr(cfg, "pad", None) or "edge"
+    if pad not in PAD_MODES:
+        raise ValueError(f"--pad must be one of {', '.join(PAD_MODES)}, got {pad!r}")
     paths = list_images(cfg.data)
     if cfg.limit is not None:
         paths = paths[: cfg.limit]
@@ -163,7 +183,7 @@ def run_eval(cfg: "EvalConfig") -> dict[str, Any]:  # noqa: F821
         model, ckpt = load_model(ckpt_path, cfg.model)
         model.to(device)
         names.add(cfg.model or checkpoint_model_name(ckpt))
-        res = evaluate_model(model, paths, progress=cfg.progress)
+        res = evaluate_model(model, paths, progress=cfg.progress, pad=pad)
         lmbda = (ckpt.get("config") or {}).get("lmbda")
         points.append({"checkpoint": str(ckpt_path), "lmbda": lmbda, **res})
         if cfg.progress:
@@ -181,6 +201,7 @@ def run_eval(cfg: "EvalConfig") -> dict[str, Any]:  # noqa: F821
         "lmbda": [p["lmbda"] for p in points],
         "y_hat_exact": [p["mean"].get("y_hat_exact") for p in points],
         "images": [Path(p).name for p in paths],
+        "pad": pad,
         "environment": environment_info(),
     }
     atomic_write_text(json.dumps(to_jsonable(results), indent=2), out_dir / "results.json")

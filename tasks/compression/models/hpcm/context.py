@@ -61,14 +61,19 @@ class HPCMContext(nn.Module):
         self.s3_attn = WindowCrossAttention(2 * M, windows[2], heads)
         self.context_net = nn.ModuleList(conv1x1(2 * M, 2 * M) for _ in range(2))
 
-    def _predict(self, step: int, carried: Tensor, y_hat: Tensor) -> Tensor:
-        """Entropy parameters ``[B, 2M, h, w]`` of coding step ``step`` (1..10)."""
+    def _predict(self, step: int, carried: Tensor, y_hat: Tensor, schedule: CodingSchedule) -> Tensor:
+        """Entropy parameters ``[B, 2M, h, w]`` of coding step ``step`` (1..10).
+
+        The adaptor of the step is ``schedule.adaptor_index(step)`` in its scale's list (the
+        paper's code relabels them, see :mod:`...hpcm.paper_schedule`); the gain is ``step_gains[step - 1]``.
+        """
+        a = schedule.adaptor_index(step)
         if step == 1:
-            adaptor, prior = self.s1_adaptor[0], self.s12_prior
+            adaptor, prior = self.s1_adaptor[a], self.s12_prior
         elif step <= 4:
-            adaptor, prior = self.s2_adaptor[step - 2], self.s12_prior
+            adaptor, prior = self.s2_adaptor[a], self.s12_prior
         else:
-            adaptor, prior = self.s3_adaptor[step - 5], self.s3_prior
+            adaptor, prior = self.s3_adaptor[a], self.s3_prior
         gain = self.step_gains[step - 1].view(1, -1, 1, 1)
         return prior(adaptor(torch.cat((carried, y_hat), dim=1)), gain)
 
@@ -102,7 +107,7 @@ class HPCMContext(nn.Module):
             if step == 0:
                 scales, means = hyper_s1.chunk(2, 1)
             else:
-                ctx = self._predict(step, carried, y_hat)
+                ctx = self._predict(step, carried, y_hat, schedule)
                 carried = self.s1_attn(ctx, carried)
                 scales, means = ctx.chunk(2, 1)
             mask = ids.s1 == step
@@ -112,10 +117,9 @@ class HPCMContext(nn.Module):
 
         # ---- s2: 4 steps on the 2x sub-sampled grid (first = s1), 3 new
         y_hat, scales_acc, means_acc = (schedule.s1_to_s2(t) for t in (y_hat, scales_acc, means_acc))
-        new = (ids.s2 >= 2).repeat(2, 1, 1)
-        carried = self.context_net[0](schedule.s1_to_s2(carried) + torch.where(new, hyper_s2, 0.0))
+        carried = self.context_net[0](schedule.s1_to_s2(carried) + schedule.s2_hyper(params, hyper_s2, ids))
         for step in (2, 3, 4):
-            ctx = self._predict(step, carried, y_hat)
+            ctx = self._predict(step, carried, y_hat, schedule)
             carried = self.s2_attn(ctx, carried)
             scales, means = ctx.chunk(2, 1)
             mask = ids.s2 == step
@@ -128,7 +132,7 @@ class HPCMContext(nn.Module):
         new = (ids.s3 >= 5).repeat(2, 1, 1)
         carried = self.context_net[1](schedule.s2_to_s3(carried) + torch.where(new, params, 0.0))
         for step in range(5, 11):
-            ctx = self._predict(step, carried, y_hat)
+            ctx = self._predict(step, carried, y_hat, schedule)
             if step < 10:  # the last step's fused context would be unused
                 carried = self.s3_attn(ctx, carried)
             scales, means = ctx.chunk(2, 1)

@@ -1,18 +1,31 @@
 """HPCM as a CompressAI ``CompressionModel`` (Li, Zhang, Li, Liu, ICCV 2025, arXiv 2507.19125).
 
 Top-level children: ``g_a``, ``g_s``, ``h_a``, ``h_s``, ``context`` (all context modules),
-``entropy_bottleneck`` (CompressAI ``EntropyBottleneck(N)`` for z) and ``gaussian_conditional``
-(CompressAI ``GaussianConditional(None)`` for y). y is coded progressively over three scales in
+``entropy_bottleneck`` (z: CompressAI ``EntropyBottleneck(N)`` or the official mean-scale model)
+and ``gaussian_conditional`` (y: CompressAI ``GaussianConditional(None)`` or the official
+generalized Gaussian); see the options below. y is coded progressively over three scales in
 11 steps (:mod:`finetune_kit.tasks.compression.models.hpcm.schedule`); ``compress``/``decompress`` use CompressAI's
 rANS coder (``compressai.ans``) in the same order and reproduce ``y_hat`` bit-exactly on CPU.
 
 Presets (:data:`PRESETS`): ``hpcm-tiny`` / ``hpcm-small`` for CPU tests and demos,
 ``hpcm-base`` (N=256, M=320, ~68.5 M parameters as in the paper), ``hpcm-large`` (~89.7 M).
+
+Options of a preset (fields of :class:`HPCMPreset`, or keyword overrides of :class:`HPCM`):
+``schedule`` ``"paper"`` (the official code's positions per step, :mod:`...hpcm.paper_schedule`)
+or ``"kit"`` (this package's earlier schedule, :mod:`...hpcm.schedule`); ``y_entropy``
+``"generalized-gaussian"`` (official: shape 1.5, scale bound 0.12, 60-level table 0.12-64) or
+``"gaussian"`` (CompressAI ``GaussianConditional``, bound 0.11, 128-level table 0.11-256);
+``z_entropy`` ``"mean-scale"`` (official: learned mean/scale per channel, no aux loss) or
+``"bottleneck"`` (CompressAI ``EntropyBottleneck``, trained quantiles and aux loss). The paper's
+presets (hpcm-base, hpcm-large) default to the paper's three; hpcm-tiny/small keep the kit
+schedule and CompressAI's entropy models (their existing checkpoints and the aux-loss training
+loop depend on them). The modules keep the names ``entropy_bottleneck`` (z) and
+``gaussian_conditional`` (y) whichever is chosen.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -25,11 +38,22 @@ from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
 
 from finetune_kit.tasks.compression.models.hpcm.context import HPCMContext
+from finetune_kit.tasks.compression.models.hpcm.entropy_models import (
+    GeneralizedGaussianConditional,
+    MeanScaleHyperLatent,
+    paper_scale_table,
+)
+from finetune_kit.tasks.compression.models.hpcm.paper_schedule import PaperSchedule
 from finetune_kit.tasks.compression.models.hpcm.layers import analysis_transform, hyper_analysis, hyper_synthesis, synthesis_transform
 from finetune_kit.tasks.compression.models.hpcm.schedule import SCALE_STEPS, CodingSchedule
 
 __all__ = ["HPCMPreset", "PRESETS", "GROUP_MATCHER", "HPCM", "HPCMTiny", "HPCMSmall", "HPCMBase", "HPCMLarge",
-           "PRESET_CLASSES", "pad_to_multiple"]
+           "PRESET_CLASSES", "pad_to_multiple", "SCHEDULES", "Y_ENTROPY_MODELS", "Z_ENTROPY_MODELS"]
+
+#: option values of :class:`HPCMPreset` (first = the paper's)
+SCHEDULES = ("paper", "kit")
+Y_ENTROPY_MODELS = ("generalized-gaussian", "gaussian")
+Z_ENTROPY_MODELS = ("mean-scale", "bottleneck")
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,10 @@ class HPCMPreset:
         heads: attention heads. groups: channel groups of the schedule (paper 8).
         mlp_ratio: MLP ratio of the partial-conv blocks (paper 4); dw_mlp_ratio: of the
             depth-wise blocks (paper 2).
+        schedule: ``"paper"`` or ``"kit"`` (default ``"kit"``, so configs saved before this
+            option existed rebuild the model they were trained with).
+        y_entropy: ``"generalized-gaussian"`` or ``"gaussian"`` (default ``"gaussian"``).
+        z_entropy: ``"mean-scale"`` or ``"bottleneck"`` (default ``"bottleneck"``).
     """
 
     N: int
@@ -60,6 +88,9 @@ class HPCMPreset:
     groups: int = 8
     mlp_ratio: int = 4
     dw_mlp_ratio: int = 2
+    schedule: str = "kit"
+    y_entropy: str = "gaussian"
+    z_entropy: str = "bottleneck"
 
     @property
     def pad_multiple(self) -> int:
@@ -74,9 +105,11 @@ PRESETS: dict[str, HPCMPreset] = {
     "hpcm-small": HPCMPreset(N=128, M=128, channels=(64, 96, 192), depths=(1, 1, 2), hyper_depth=1,
                              prior_s12=(1, 1), prior_s3=(2, 1), windows=(2, 4, 4), heads=8, mlp_ratio=2),
     "hpcm-base": HPCMPreset(N=256, M=320, channels=(96, 192, 384), depths=(2, 2, 4), hyper_depth=3,
-                            prior_s12=(2, 1), prior_s3=(3, 2)),
+                            prior_s12=(2, 1), prior_s3=(3, 2),
+                            schedule="paper", y_entropy="generalized-gaussian", z_entropy="mean-scale"),
     "hpcm-large": HPCMPreset(N=256, M=320, channels=(96, 192, 384), depths=(2, 2, 8), hyper_depth=3,
-                             prior_s12=(2, 2), prior_s3=(4, 3)),
+                             prior_s12=(2, 2), prior_s3=(4, 3),
+                             schedule="paper", y_entropy="generalized-gaussian", z_entropy="mean-scale"),
 }
 
 
@@ -109,6 +142,8 @@ class HPCM(CompressionModel):
 
     Args:
         preset: an :class:`HPCMPreset` or the name of one in :data:`PRESETS`.
+        **options: overrides of the preset's ``schedule``, ``y_entropy``, ``z_entropy`` (see the
+            module doc), e.g. ``HPCM("hpcm-tiny", schedule="paper")``.
 
     ``forward(x)`` with ``x [B, 3, H, W]`` in [0, 1] (any H, W >= 1; padded internally to
     :attr:`pad_multiple` and cropped back) returns::
@@ -123,15 +158,22 @@ class HPCM(CompressionModel):
 
     Raises:
         KeyError: unknown preset name.
+        ValueError: an unknown option or option value.
     """
 
-    def __init__(self, preset: HPCMPreset | str = "hpcm-base") -> None:
+    def __init__(self, preset: HPCMPreset | str = "hpcm-base", **options: str) -> None:
         super().__init__()
         if isinstance(preset, str):
             if preset not in PRESETS:
                 raise KeyError(f"unknown HPCM preset {preset!r}: use one of {', '.join(PRESETS)}")
             preset = PRESETS[preset]
-        p = preset
+        unknown = set(options) - {"schedule", "y_entropy", "z_entropy"}
+        if unknown:
+            raise ValueError(f"unknown HPCM option(s) {sorted(unknown)}: use schedule, y_entropy, z_entropy")
+        p = replace(preset, **options) if options else preset
+        for field, allowed in (("schedule", SCHEDULES), ("y_entropy", Y_ENTROPY_MODELS), ("z_entropy", Z_ENTROPY_MODELS)):
+            if getattr(p, field) not in allowed:
+                raise ValueError(f"HPCM {field}={getattr(p, field)!r}: use one of {', '.join(allowed)}")
         self.preset = p
         self.N, self.M = p.N, p.M
         self.g_a = analysis_transform(p.channels, p.depths, p.M, mlp_ratio=p.mlp_ratio)
@@ -139,9 +181,15 @@ class HPCM(CompressionModel):
         self.h_a = hyper_analysis(p.M, p.N, p.hyper_depth, mlp_ratio=p.mlp_ratio)
         self.h_s = hyper_synthesis(p.M, p.N, p.hyper_depth, mlp_ratio=p.mlp_ratio)
         self.context = HPCMContext(p.M, p.prior_s12, p.prior_s3, p.windows, p.heads, p.dw_mlp_ratio)
-        self.entropy_bottleneck = EntropyBottleneck(p.N)
-        self.gaussian_conditional = GaussianConditional(None)
-        self.schedule = CodingSchedule(p.M, p.groups)
+        if p.z_entropy == "mean-scale":
+            self.entropy_bottleneck = MeanScaleHyperLatent(p.N)
+        else:
+            self.entropy_bottleneck = EntropyBottleneck(p.N)
+        if p.y_entropy == "generalized-gaussian":
+            self.gaussian_conditional = GeneralizedGaussianConditional(None)
+        else:
+            self.gaussian_conditional = GaussianConditional(None)
+        self.schedule = PaperSchedule(p.M, p.groups) if p.schedule == "paper" else CodingSchedule(p.M, p.groups)
 
     @property
     def pad_multiple(self) -> int:
@@ -154,16 +202,32 @@ class HPCM(CompressionModel):
     def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
         """Build the rANS tables (CompressAI ``CompressionModel.update``) with a finer scale table.
 
-        y's Gaussian scales are snapped up to the next entry of a log-spaced table from 0.11 to
+        Gaussian y: scales are snapped up to the next entry of a log-spaced table from 0.11 to
         256. CompressAI's 64 levels (13 % apart) cost 3-5 % over the estimated rate on our
         low-rate latents (measured on Kodak with hpcm-tiny); 128 levels (6 % apart) halve that
-        for about 10 % more coding time. Pass ``scale_table`` to choose another.
+        for about 10 % more coding time. Generalized-Gaussian y: the official table (60 levels,
+        0.12 to 64, :func:`...entropy_models.paper_scale_table`). A mean-scale z model gets one
+        table per channel. Pass ``scale_table`` to choose another y table.
+
+        Returns True when at least one table was (re)built.
         """
         if scale_table is None:
-            from compressai.models.base import get_scale_table
+            if isinstance(self.gaussian_conditional, GeneralizedGaussianConditional):
+                scale_table = paper_scale_table()
+            else:
+                from compressai.models.base import get_scale_table
 
-            scale_table = get_scale_table(0.11, 256, self.SCALE_TABLE_LEVELS)
-        return super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
+                scale_table = get_scale_table(0.11, 256, self.SCALE_TABLE_LEVELS)
+        updated = super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
+        if isinstance(self.entropy_bottleneck, MeanScaleHyperLatent):
+            updated |= self.entropy_bottleneck.update(force=force)
+        return updated
+
+    def aux_loss(self) -> Tensor:
+        """CompressAI's aux loss (``EntropyBottleneck`` quantiles); a zero tensor with the mean-scale z model."""
+        if isinstance(self.entropy_bottleneck, MeanScaleHyperLatent):
+            return self.entropy_bottleneck.loss()
+        return super().aux_loss()
 
     def config(self) -> dict[str, Any]:
         """The preset as a plain dict (stored in checkpoints)."""
@@ -181,6 +245,8 @@ class HPCM(CompressionModel):
 
     # ------------------------------------------------------------------ training / estimation
     def _z_hat(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(self.entropy_bottleneck, MeanScaleHyperLatent):
+            return self.entropy_bottleneck(z)  # straight-through rounding around the mean in training
         z_noisy, z_likelihoods = self.entropy_bottleneck(z)
         if self.training:
             offset = self.entropy_bottleneck._get_medians()

@@ -159,6 +159,32 @@ class CodingSchedule:
         self._cache[key] = grids
         return grids
 
+    # -- hooks the context model asks the schedule for (overridden by the paper's schedule) --
+    #: name of this schedule (``"kit"``: this module's offsets and orders)
+    name = "kit"
+
+    def adaptor_index(self, step: int) -> int:
+        """Index of the 1x1 adaptor used at ``step`` (1..10) in its scale's list (s1: 1, s2: 3, s3: 6).
+
+        Here step ``k`` uses adaptor ``k - first step of its scale`` (s2: 0, 1, 2; s3: 0..5).
+        """
+        for steps in SCALE_STEPS.values():
+            if step in steps:
+                return step - steps[0] - (1 if steps[0] == 0 else 0)
+        raise ValueError(f"step {step} is not one of the 11 HPCM coding steps")
+
+    def s2_hyper(self, params: Tensor, hyper_s2: Tensor, ids: "_Grids") -> Tensor:
+        """Hyperprior values ``[B, 2M, H/2, W/2]`` added to the carried context entering s2.
+
+        Args:
+            params: hyperprior output on y's grid ``[B, 2M, H, W]``.
+            hyper_s2: ``params`` moved to the s2 grid (:meth:`to_s2`).
+            ids: :meth:`step_ids` of this latent size.
+
+        Returns ``hyper_s2`` at the positions new in s2 (step ids 2-4), zeros at the s1 positions.
+        """
+        return torch.where((ids.s2 >= 2).repeat(2, 1, 1), hyper_s2, 0.0)
+
     def scale_masks(self, height: int, width: int, device=None) -> dict[str, Tensor]:
         """Boolean masks ``[M, H, W]`` of y's positions coded at each scale (``s1``, ``s2``, ``s3``).
 
