@@ -70,21 +70,17 @@ def split_aux_groups(param_groups: list[dict]) -> tuple[list[dict], list[nn.Para
 
 
 def build_optimizers(model: nn.Module, lr: float = 1e-4, aux_lr: float = 1e-3
-                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+                     ) -> tuple[torch.optim.Optimizer, Optional[torch.optim.Optimizer]]:
     """Adam (``lr``, default 1e-4) for the network and Adam (``aux_lr``, default 1e-3) for the quantiles.
 
     The split is :func:`split_aux_groups`; the main optimizer gets every other parameter with
-    ``requires_grad`` (CompressAI convention).
-
-    Raises:
-        ValueError: the model has no ``quantiles`` parameter (not a CompressAI model).
+    ``requires_grad`` (CompressAI convention). Models without ``quantiles`` (HPCM with the
+    paper's mean-scale z model, which has no aux loss) get ``None`` as the aux optimizer.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or is_aux_param(n)]
     main, aux = split_aux_groups([{"params": [p for _, p in named], "param_names": [n for n, _ in named]}])
-    if not aux:
-        raise ValueError("model has no entropy_bottleneck quantiles: build it with "
-                         "finetune_kit.tasks.compression.models.zoo.build_model")
-    return torch.optim.Adam([p for g in main for p in g["params"]], lr=lr), torch.optim.Adam(aux, lr=aux_lr)
+    aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
+    return torch.optim.Adam([p for g in main for p in g["params"]], lr=lr), aux_opt
 
 
 class RDObjective:

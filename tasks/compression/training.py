@@ -39,7 +39,7 @@ class TrainParts:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    aux_optimizer: torch.optim.Optimizer
+    aux_optimizer: Optional[torch.optim.Optimizer]
     scheduler: Any
     criterion: RateDistortionLoss
     manager: Any
@@ -109,7 +109,8 @@ def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
 
     load_weights(parts.model, ckpt, model_name=model_name)
     parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+    if parts.aux_optimizer is not None:
+        parts.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
     parts.scheduler.load_state_dict(ckpt["lr_scheduler"])
     if "rng_state" in ckpt:
         set_rng_state(ckpt["rng_state"])
@@ -138,7 +139,7 @@ def checkpoint_state(parts: TrainParts, cfg: Any, epoch: int, record: dict) -> d
 
     m = parts.model
     return {"state_dict": to_cpu_state(m.state_dict()), "optimizer": to_cpu_state(parts.optimizer.state_dict()),
-            "aux_optimizer": to_cpu_state(parts.aux_optimizer.state_dict()),
+            "aux_optimizer": to_cpu_state(parts.aux_optimizer.state_dict()) if parts.aux_optimizer else None,
             "lr_scheduler": parts.scheduler.state_dict(), "epoch": epoch, "model": cfg.model,
             "config": cfg.model_dump(mode="json"), "metrics": record, "rng_state": rng_state(),
             "preset": m.config() if hasattr(m, "config") else None}

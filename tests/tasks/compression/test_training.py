@@ -132,3 +132,20 @@ def test_interrupt_and_failure_inside_an_epoch_are_recorded(photos, tmp_path, mo
         assert st["status"] == status
         expected = "continue with --resume" if exc is KeyboardInterrupt else "RuntimeError: stopped in the step"
         assert expected in st["error"]
+
+
+def test_models_without_quantiles_train_without_an_aux_optimizer():
+    """HPCM with the paper's mean-scale z model has no aux loss: no aux optimizer, steps still train."""
+    from finetune_kit.tasks.compression.engine import RDObjective, build_optimizers, train_step
+    from finetune_kit.tasks.compression.losses import RateDistortionLoss
+    from finetune_kit.tasks.compression.models.hpcm.model import HPCM
+
+    torch.manual_seed(0)
+    model = HPCM("hpcm-tiny", schedule="paper", y_entropy="generalized-gaussian", z_entropy="mean-scale")
+    opt, aux = build_optimizers(model, lr=1e-3)
+    assert aux is None
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.rand(1, 3, 64, 64)
+    train_step(model, x, opt, aux, RDObjective(RateDistortionLoss(0.0483)))
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.startswith("entropy_bottleneck") for n in moved) and any(n.startswith("g_a") for n in moved)
