@@ -217,6 +217,24 @@ def make_pruner(cfg: SweepConfig) -> Any:
     return p.NopPruner()
 
 
+class _StaleTrial:
+    """Called by Optuna for a trial whose heartbeat stopped: marks its run folder ``failed``
+    (when it is on this machine and still says ``running``), then re-queues the trial (``retry``)."""
+
+    def __init__(self, retry: Any) -> None:
+        self.retry = retry
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        from finetune_kit.runs.run_dir import RunDir
+        from finetune_kit.runs.status import recorded_status
+
+        run_dir = trial.user_attrs.get("run_dir")
+        if run_dir and Path(run_dir).is_dir() and recorded_status(run_dir)[0] == "running":
+            RunDir(run_dir).set_status("failed", f"the sweep worker running trial {trial.number} died (no heartbeat "
+                                       "within the grace period); the trial was re-queued")
+        self.retry(study, trial)
+
+
 def make_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None = None) -> Any:
     """An Optuna ``RDBStorage`` for ``url``; with ``heartbeat_s``, trials whose heartbeat stops
     for ``grace_s`` seconds are failed and re-queued once (``RetryFailedTrialCallback(max_retry=1)``).
@@ -233,7 +251,7 @@ def make_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None =
     if heartbeat_s:
         kwargs = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s or 3 * heartbeat_s,
                   "heartbeat_stale_trial_callback" if retry.__name__.startswith("RetryHeartbeat")
-                  else "failed_trial_callback": retry(max_retry=1)}
+                  else "failed_trial_callback": _StaleTrial(retry(max_retry=1))}
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}

@@ -136,7 +136,8 @@ def test_sweep_of_real_classification_runs_interrupted_and_resumed(tmp_path):
     tiny = [a for a in TINY if a not in ("--label_preset", "acrima")]
     cmd = [*CLI, "sweep", "--task", "classification", "--method", "tpe", "--trials", "2",
            "--param", "ft_strategy=linear,full", "--param", "learning_rate=loguniform(1e-4,1e-2)",
-           "--output_dir", str(sweep), "--", "--data", str(data), "--num_epochs", "1", *tiny, "--linear_probe_epochs", "1", "--num_threads", "1"]
+           "--output_dir", str(sweep), "--", "--data", str(data), "--num_epochs", "1", *tiny,
+           "--linear_probe_epochs", "1", "--num_threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 900
     while time.time() < deadline:

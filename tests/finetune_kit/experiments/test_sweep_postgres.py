@@ -117,6 +117,10 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
     retry = [t for t in done if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == victim.params
     assert str(tmp_path / "b") in retry[0].user_attrs["run_dir"]  # the survivor re-ran it
+    from finetune_kit.runs.status import recorded_status
+
+    status, reason = recorded_status(victim.user_attrs["run_dir"])
+    assert status == "failed" and "worker running trial" in reason and "died" in reason
     assert finished_before <= {t.number for t in by_state["COMPLETE"]}  # no finished trial lost
     for t in by_state["COMPLETE"]:  # every trial ran exactly once: one run folder per trial
         tag_dir = Path(t.user_attrs["run_dir"]).parent
