@@ -94,14 +94,25 @@ def analyze_cmd(
                                           "figures (default RUNS_DIR/analysis)."),
     stale_after_min: float = typer.Option(30.0, "--stale-after", help="Minutes without writes after which a "
                                           "'running' run whose process cannot be checked is reported crashed."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage of the sweep's study (default "
+                                          "RUNS_DIR/optuna.db when present)."),
+    study_name: Optional[str] = typer.Option(None, "--study", help="Study to read (default: the only one, or the "
+                                             "one named like RUNS_DIR)."),
 ) -> None:
-    """Rank runs, draw heatmaps and comparisons, recommend settings; write a markdown report."""
+    """Rank runs, draw heatmaps and comparisons, recommend settings; write a markdown report.
+
+    A sweep folder's Optuna study joins the report: trial states, parameter importances and
+    Optuna's figures (history, importances, parallel coordinates, contour)."""
     from finetune_kit.experiments import analysis
     from finetune_kit.experiments.plots import plot_comparison, plot_curves, plot_heatmap
     from finetune_kit.experiments.results import epoch_key, load_runs
+    from finetune_kit.experiments.study_report import find_study, join_trials, study_figures, study_section
 
     try:
+        study = find_study(runs_dir, storage, study_name)
         results = load_runs(runs_dir, stale_after_s=stale_after_min * 60, metric_modes=METRIC_DIRECTIONS)
+        if study is not None:
+            results.df = join_trials(results.df, study)
         if where:
             results = _apply_where(results, where)
         if metric is None:
@@ -166,6 +177,10 @@ def analyze_cmd(
             figures.append(name)
     report = analysis.build_report(results, metric_col, mode, group_col=group_col, k=top_k, heatmaps=maps,
                                    compare_col=compare_col, figures=figures, extra=extra)
+    if study is not None:
+        drawn = study_figures(study, out)
+        figures += drawn
+        report = report.rstrip("\n") + "\n\n" + study_section(study, drawn)
     (out / "report.md").write_text(report)
     typer.echo(report)
     typer.echo(f"wrote {out / 'report.md'}, {out / 'runs.csv'} and {len(figures)} figure(s) to {out}")
@@ -174,33 +189,45 @@ def analyze_cmd(
 def sweep_cmd(
     ctx: typer.Context,
     task: Optional[str] = typer.Option(None, "--task", help=f"{' | '.join(PROFILES)} (default {DEFAULT_TASK})."),
-    method: Optional[str] = typer.Option(None, "--method", help="grid | random | tpe (tpe needs the optional extra: pip install 'finetune-kit\\[tune]'). "
-                                         "Default grid."),
-    param: List[str] = typer.Option([], "--param", "-p", help="NAME=v1,v2 or NAME=loguniform:LOW:HIGH "
-                                    "(uniform:, int:). Repeatable; NAME is the task option without dashes."),
+    method: Optional[str] = typer.Option(None, "--method", help="Optuna sampler: grid | random | tpe | cmaes | "
+                                         "nsga2 (default grid)."),
+    param: List[str] = typer.Option([], "--param", "-p", help="NAME=v1,v2 or NAME=loguniform(LOW,HIGH) "
+                                    "(uniform(), int(), logint(); or KIND:LOW:HIGH). Repeatable; NAME is the task "
+                                    "option without dashes."),
     space: Optional[Path] = typer.Option(None, "--space", help="YAML/JSON search space (and sweep settings)."),
-    trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Number of trials (grid: cap)."),
-    parallel: Optional[int] = typer.Option(None, "--parallel", "-j", min=1, help="Trials running at once (default 1)."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Trials of the study, all workers "
+                                         "together (grid: cap; default all combinations, else 10)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "--parallel", "-j", min=1,
+                                          help="Trial processes this command runs at once (default 1)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL, e.g. postgresql+psycopg://"
+                                          "user@host/db for several machines (default sqlite in OUTPUT_DIR)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name: join or resume this study (default "
+                                        "the sweep folder's name)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default " + ", ".join(
                                          f"{p.metric} for {p.name}" for p in PROFILES.values()) + ")."),
     mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: from the metric name)."),
     output_dir: Path = typer.Option(Path("sweeps/sweep"), "--output_dir", "--output-dir",
                                     help="Sweep folder; re-run the same command on it to resume."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random/TPE sampler (default 0)."),
-    pruning: Optional[str] = typer.Option(None, "--pruning", help="median | none (default median)."),
-    prune_warmup: int = typer.Option(1, "--prune-warmup", min=0, help="First epoch at which pruning may stop a trial."),
-    prune_min_trials: int = typer.Option(3, "--prune-min-trials", min=1, help="Completed trials needed before pruning."),
-    prune_metric: Optional[str] = typer.Option(None, "--prune-metric", help="Per-epoch metrics.jsonl key pruning "
-                                               "watches (default: the objective's validation key, test_auroc -> "
-                                               "val_auroc)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run trials that failed."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler (default 0)."),
+    pruner: Optional[str] = typer.Option(None, "--pruner", "--pruning", help="median | sha | hyperband | none "
+                                         "(default median)."),
+    prune_warmup: int = typer.Option(1, "--prune-warmup", min=0, help="Epochs before pruning may stop a trial."),
+    prune_min_trials: int = typer.Option(3, "--prune-min-trials", min=1, help="Finished trials the median rule "
+                                         "needs before pruning."),
+    prune_metric: Optional[str] = typer.Option(None, "--prune-metric", help="Per-epoch metrics.jsonl key reported "
+                                               "to the pruner (default: the objective's validation key, test_auroc "
+                                               "-> val_auroc)."),
+    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between heartbeats of a running trial."),
+    grace: Optional[int] = typer.Option(None, "--grace", min=1, help="Seconds without a heartbeat after which a "
+                                        "trial is failed and re-queued once (default 3 heartbeats)."),
     trial_timeout_min: Optional[float] = typer.Option(None, "--trial-timeout", help="Fail a trial running longer "
                                                       "than this many minutes."),
 ) -> None:
-    """Hyperparameter search over a task; each trial is a normal run. Fixed task options go after `--`.
+    """Hyperparameter search over a task on Optuna; each trial is a normal run. Fixed task options go after `--`.
 
-    Example: finetune-kit sweep --task classification --param ft_strategy=linear,full
-    --param learning_rate=1e-4,1e-3 --output_dir sweeps/s1 -- --data images/ --num_epochs 2
+    Example: finetune-kit sweep --task classification --method tpe --trials 12 --workers 2
+    --param ft_strategy=linear,full --param learning_rate=loguniform(1e-4,3e-3) --output_dir sweeps/s1
+    -- --data images/ --num_epochs 2
     """
     from finetune_kit.experiments.sweep.runner import SweepConfig, SweepError, run_sweep
     from finetune_kit.experiments.sweep.space import SearchSpace, load_space_file, parse_param, to_flags
@@ -208,31 +235,32 @@ def sweep_cmd(
     try:
         spec = load_space_file(space) if space else {}
         params = list(spec["params"].params) if spec else []
-        given = {p.name for p in params}
         for text in param:
             p = parse_param(text)
-            params = [q for q in params if q.name != p.name] + [p] if p.name in given else params + [p]
+            params = [q for q in params if q.name != p.name] + [p]
         profile = select_profile(PROFILES, task or spec.get("task", DEFAULT_TASK))
         task_cli = _task_command(ctx, profile.command)
         fixed = to_flags(spec.get("fixed") or {}, task_cli) + [str(a) for a in spec.get("args") or []]
         cfg = SweepConfig(
             profile=profile, space=SearchSpace(params), output_dir=output_dir, task_cli=task_cli, program=list(PROGRAM),
             method=method or spec.get("method", "grid"), trials=trials or spec.get("trials"),
-            parallel=parallel or spec.get("parallel", 1), metric=metric or spec.get("metric"),
-            mode=mode or spec.get("mode"), fixed_args=fixed + list(ctx.args), seed=seed if seed is not None else
-            spec.get("seed", 0), pruning=pruning or spec.get("pruning", "median"), prune_warmup=prune_warmup,
-            prune_min_trials=prune_min_trials, prune_metric=prune_metric, retry_failed=retry_failed,
+            workers=workers or spec.get("workers", spec.get("parallel", 1)), storage=storage or spec.get("storage"),
+            study=study or spec.get("study"), metric=metric or spec.get("metric"), mode=mode or spec.get("mode"),
+            fixed_args=fixed + list(ctx.args), seed=seed if seed is not None else spec.get("seed", 0),
+            pruner=pruner or spec.get("pruner", spec.get("pruning", "median")), prune_warmup=prune_warmup,
+            prune_min_trials=prune_min_trials, prune_metric=prune_metric, heartbeat_s=heartbeat, grace_s=grace,
             trial_timeout_s=trial_timeout_min * 60 if trial_timeout_min else None)
     except (SweepError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     try:
-        state = run_sweep(cfg, echo=typer.echo)
+        trials_done = run_sweep(cfg, echo=typer.echo)
     except SweepError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        typer.echo(f"sweep interrupted; state saved in {output_dir}. Re-run the same command to resume.", err=True)
+        typer.echo(f"sweep interrupted; the study keeps every finished trial. Re-run the same command to resume.",
+                   err=True)
         raise typer.Exit(130)
-    _print_trials(state, cfg)
+    _print_trials(trials_done, cfg)
 
 
 def _task_command(ctx: typer.Context, command: Tuple[str, ...]):
@@ -246,23 +274,25 @@ def _task_command(ctx: typer.Context, command: Tuple[str, ...]):
     return cmd if command else None
 
 
-def _print_trials(state: dict, cfg) -> None:
+def _print_trials(trials: list, cfg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    trials = state["trials"]
     names = cfg.space.names
-    table = Table("trial", "status", *names, cfg.metric, "s", title=f"sweep {cfg.output_dir}")
+    table = Table("trial", "state", *names, cfg.metric, "s", title=f"study {cfg.study} ({cfg.output_dir})")
     for t in trials:
-        vals = [f"{t['params'].get(n):.4g}" if isinstance((t.get("params") or {}).get(n), float)
-                else str((t.get("params") or {}).get(n)) for n in names]
-        table.add_row(t["tag"], t["status"], *vals, f"{t['value']:.4g}" if t["value"] is not None else "-",
-                      f"{t['seconds']:.0f}" if t.get("seconds") else "-")
+        vals = [f"{v:.4g}" if isinstance(v := t.params.get(n), float) else str(v) for n in names]
+        secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
+            else None
+        table.add_row(t.user_attrs.get("tag", str(t.number)), t.state.name.lower(), *vals,
+                      f"{t.value:.4g}" if t.value is not None and t.state.name == "COMPLETE" else "-",
+                      f"{secs:.0f}" if secs is not None else "-")
     Console().print(table)
-    done = [t for t in trials if t["value"] is not None]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
     if done:
-        best = (max if cfg.mode == "max" else min)(done, key=lambda t: t["value"])
-        typer.echo(f"best: {best['tag']} {cfg.metric}={best['value']:.4g} ({best['params']}) in {best['run_dir']}")
+        best = (max if cfg.mode == "max" else min)(done, key=lambda t: t.value)
+        typer.echo(f"best: {best.user_attrs.get('tag')} {cfg.metric}={best.value:.4g} ({best.params}) "
+                   f"in {best.user_attrs.get('run_dir')}")
     typer.echo(f"analyse with: finetune-kit analyze {cfg.output_dir} --metric {cfg.metric}"
                + (f" --heatmap {names[0]} {names[1]}" if len(names) >= 2 else ""))
 

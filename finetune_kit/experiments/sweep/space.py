@@ -1,4 +1,4 @@
-"""Search spaces for ``finetune-kit sweep``: parsing, grid enumeration, random sampling, Optuna.
+"""Search spaces for ``finetune-kit sweep``: parsing, and the Optuna distributions they become.
 
 A search space is an ordered list of :class:`Param`. Each is either a list of choices
 (``choice``; the only kind a grid accepts) or a range (``float`` / ``int``, optionally
@@ -8,9 +8,12 @@ Command line (``--param``, repeatable)::
 
     --param ft_strategy=linear,full            choices (numbers, true/false, text)
     --param learning_rate=1e-4,3e-4,1e-3       choices
-    --param learning_rate=loguniform:1e-5:1e-2 float range, log scale
-    --param llrd_decay=uniform:0.6:0.95        float range
-    --param gradual_patience=int:1:4           integer range (inclusive)
+    --param learning_rate=loguniform(1e-5,1e-2) float range, log scale (also loguniform:1e-5:1e-2)
+    --param llrd_decay=uniform(0.6,0.95)        float range
+    --param gradual_patience=int(1,4)           integer range (inclusive; logint(...) for log scale)
+
+Choices become Optuna's ``CategoricalDistribution``, ranges ``FloatDistribution`` /
+``IntDistribution`` (:meth:`SearchSpace.distributions`); ``--method grid`` takes only choices.
 
 File (``--space FILE``, YAML or JSON)::
 
@@ -22,7 +25,8 @@ File (``--space FILE``, YAML or JSON)::
     task: classification
     method: random
     trials: 8
-    parallel: 2
+    workers: 2                                            # (parallel: is read too)
+    pruner: median
     metric: val_auroc
     mode: max
     fixed: {data: /path/to/images, num_epochs: 2}        # passed as --data ... --num_epochs 2
@@ -30,10 +34,8 @@ File (``--space FILE``, YAML or JSON)::
 """
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -91,17 +93,6 @@ class Param:
         if self.log and self.low <= 0:
             raise ValueError(f"parameter {self.name}: a log range needs low > 0, got {self.low}")
 
-    def sample(self, rng: random.Random) -> Any:
-        """One value drawn with ``rng`` (uniform over choices, uniform or log-uniform over a range)."""
-        if self.kind == "choice":
-            return rng.choice(self.choices)
-        lo, hi = float(self.low), float(self.high)
-        if self.kind == "int":
-            if self.log:
-                return min(int(hi), max(int(lo), int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))))
-            return rng.randint(int(lo), int(hi))
-        return math.exp(rng.uniform(math.log(lo), math.log(hi))) if self.log else rng.uniform(lo, hi)
-
     def suggest(self, trial: Any) -> Any:
         """The value for an Optuna ``trial`` (``suggest_categorical`` / ``_float`` / ``_int``)."""
         if self.kind == "choice":
@@ -127,8 +118,8 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
-    def grid(self) -> list[dict[str, Any]]:
-        """Every combination of the choices, in order.
+    def grid(self) -> dict[str, list[Any]]:
+        """``{name: choices}``, the search space of Optuna's ``GridSampler``.
 
         Raises:
             ValueError: a parameter is a range (names it; give values or use random/tpe).
@@ -137,12 +128,22 @@ class SearchSpace:
         if ranges:
             raise ValueError(f"grid search needs a list of values for {', '.join(ranges)}: write "
                              f"{ranges[0]}=v1,v2,... or use --method random/tpe for ranges")
-        return [dict(zip(self.names, combo)) for combo in itertools.product(*[p.choices for p in self.params])]
+        return {p.name: list(p.choices) for p in self.params}
 
-    def sample(self, seed: int, number: int) -> dict[str, Any]:
-        """Trial ``number``'s random configuration; deterministic given (seed, number)."""
-        rng = random.Random(f"{seed}-{number}")
-        return {p.name: p.sample(rng) for p in self.params}
+    def grid_size(self) -> int:
+        """Number of combinations of the choices (ranges count as 0: no grid)."""
+        n = 1
+        for p in self.params:
+            n *= len(p.choices) if p.kind == "choice" else 0
+        return n
+
+    def distributions(self) -> dict[str, Any]:
+        """``{name: optuna distribution}`` (categorical, float or int; ``log`` kept)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        return {p.name: CategoricalDistribution(p.choices) if p.kind == "choice" else
+                IntDistribution(int(p.low), int(p.high), log=p.log) if p.kind == "int" else
+                FloatDistribution(float(p.low), float(p.high), log=p.log) for p in self.params}
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Configuration for an Optuna trial."""
@@ -179,10 +180,13 @@ def parse_param(text: str) -> Param:
         ValueError: no ``=``, or a malformed range (message shows the accepted forms).
     """
     if "=" not in text:
-        raise ValueError(f"--param {text!r}: expected NAME=v1,v2 or NAME=loguniform:LOW:HIGH "
-                         "(also uniform:LOW:HIGH, int:LOW:HIGH)")
+        raise ValueError(f"--param {text!r}: expected NAME=v1,v2 or NAME=loguniform(LOW,HIGH) "
+                         "(also uniform(LOW,HIGH), int(LOW,HIGH), logint(LOW,HIGH); or KIND:LOW:HIGH)")
     name, _, rhs = text.partition("=")
     name = name.strip().lstrip("-")
+    call = re.fullmatch(r"\s*(uniform|loguniform|int|logint)\s*\(([^,()]*),([^,()]*)\)\s*", rhs, re.I)
+    if call:
+        rhs = f"{call.group(1)}:{call.group(2)}:{call.group(3)}"
     head = rhs.split(":", 1)[0].strip().lower()
     if head in ("uniform", "loguniform", "int", "logint") and rhs.count(":") == 2:
         _, lo, hi = rhs.split(":")

@@ -57,23 +57,31 @@ def test_sweep_cli_builds_config_with_pass_through(tmp_path, monkeypatch):
 
     def fake_run(cfg, echo):
         seen["cfg"] = cfg
-        return {"trials": []}
+        return []
 
     monkeypatch.setattr(sweep_mod, "run_sweep", fake_run)
     space = tmp_path / "s.yaml"
     space.write_text("params:\n  llrd_decay: [0.7, 0.9]\nfixed: {num_epochs: 2}\ntrials: 3\n")
     r = runner.invoke(app, ["sweep", "--space", str(space), "--param", "ft_strategy=linear,full",
-                            "--output_dir", str(tmp_path / "sw"), "--parallel", "2", "--",
+                            "--output_dir", str(tmp_path / "sw"), "--parallel", "2", "--pruner", "sha", "--",
                             "--data", "/x/images", "--wandb", "disabled"])
     assert r.exit_code == 0, r.output
     cfg = seen["cfg"]
-    assert cfg.task == "classification" and cfg.method == "grid" and cfg.trials == 3 and cfg.parallel == 2
+    assert cfg.task == "classification" and cfg.method == "grid" and cfg.trials == 3 and cfg.workers == 2
+    assert cfg.pruner == "sha" and cfg.study == "sw" and cfg.storage == f"sqlite:///{(tmp_path / 'sw').resolve()}/optuna.db"
     assert cfg.space.names == ["llrd_decay", "ft_strategy"]
     assert cfg.fixed_args == ["--num_epochs", "2", "--data", "/x/images", "--wandb", "disabled"]
     assert cfg.metric == "val_auroc" and cfg.mode == "max"
     assert cfg.command[-1] == "classify"
     r = runner.invoke(app, ["sweep", "--task", "segmentation", "--param", "a=1,2", "--output_dir", str(tmp_path)])
     assert r.exit_code == 2 and "unknown task 'segmentation'" in r.output
+    r = runner.invoke(app, ["sweep", "--method", "tpe", "--workers", "3", "--storage", "postgresql+psycopg://h/db",
+                            "--study", "s1", "--param", "learning_rate=loguniform(1e-5,1e-2)", "--output_dir",
+                            str(tmp_path / "sw")])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.method, cfg.workers, cfg.storage, cfg.study, cfg.trials) == ("tpe", 3, "postgresql+psycopg://h/db", "s1", 10)
+    assert (cfg.space.params[0].kind, cfg.space.params[0].log) == ("float", True)
     r = runner.invoke(app, ["sweep", "--param", "learning_rate=loguniform:1e-5:1e-2", "--output_dir", str(tmp_path)])
     assert r.exit_code == 2 and "grid search needs a list of values for learning_rate" in r.output
     r = runner.invoke(app, ["sweep", "--param", "lrr=1e-3,1e-2", "--output_dir", str(tmp_path)])
@@ -85,13 +93,13 @@ def test_sweep_cli_for_compression_finetune_defaults_and_flags(tmp_path, monkeyp
     from finetune_kit.experiments.sweep.space import to_flags
 
     seen = {}
-    monkeypatch.setattr(sweep_mod, "run_sweep", lambda cfg, echo: seen.setdefault("cfg", cfg) and {"trials": []})
+    monkeypatch.setattr(sweep_mod, "run_sweep", lambda cfg, echo: seen.setdefault("cfg", cfg) and [])
     r = runner.invoke(app, ["sweep", "--task", "compression-finetune", "--param", "use_balanced=true,false",
                             "--param", "progress=false", "--output_dir", str(tmp_path / "sw")])
     assert r.exit_code == 0, r.output
     cfg = seen["cfg"]
     assert (cfg.metric, cfg.mode, cfg.prune_metric) == ("val_rd", "min", "val_rd")  # what the task logs
-    argvs = [to_flags(p, cfg.task_cli) for p in cfg.space.grid()]
+    argvs = [to_flags({"use_balanced": u, "progress": False}, cfg.task_cli) for u in cfg.space.grid()["use_balanced"]]
     assert argvs == [["--use_balanced", "--no-progress"], ["--no-progress"]]
     for argv in argvs:  # the real command accepts them
         cfg.task_cli.make_context("finetune", list(argv))

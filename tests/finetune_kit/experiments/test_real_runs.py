@@ -120,43 +120,51 @@ def test_ranking_heatmap_and_report_on_real_runs(real_runs, tmp_path):
     assert (out / "heatmap_best.val_auroc_ft_strategy_x_learning_rate.png").stat().st_size > 5000
 
 
-def test_sweep_of_real_classification_runs_interrupted_and_resumed(tmp_path):
-    """A grid of 3 tiny real trials: interrupted (SIGTERM) during trial 1, then resumed."""
-    _need_classify()
-    from finetune_kit.experiments.sweep.runner import load_state
+def _study(sweep: Path):
+    from finetune_kit.experiments.study_report import find_study
 
-    data = tiny_acrima(tmp_path / "data")
+    return find_study(sweep) if (sweep / "optuna.db").is_file() else None
+
+
+def test_sweep_of_real_classification_runs_interrupted_and_resumed(tmp_path):
+    """A TPE study of 2 tiny real trials (1 epoch each, generated images): interrupted (SIGTERM)
+    during trial 1, then resumed by the same command: trial 0 is not re-run, trial 1 re-runs."""
+    from finetune_kit.tasks.classification.synthetic import ensure_synthetic_dataset
+
+    data = ensure_synthetic_dataset(tmp_path / "data", size=48, per_class=8)
     sweep = tmp_path / "sweep"
-    cmd = [*CLI, "sweep", "--task", "classification", "--param", "ft_strategy=linear,full",
-           "--param", "learning_rate=1e-3", "--param", "num_epochs=1,2", "--trials", "3", "--pruning", "none",
-           "--output_dir", str(sweep), "--", "--data", str(data), *TINY]
+    tiny = [a for a in TINY if a not in ("--label_preset", "acrima")]
+    cmd = [*CLI, "sweep", "--task", "classification", "--method", "tpe", "--trials", "2",
+           "--param", "ft_strategy=linear,full", "--param", "learning_rate=loguniform(1e-4,1e-2)",
+           "--output_dir", str(sweep), "--", "--data", str(data), "--num_epochs", "1", *tiny,
+           "--linear_probe_epochs", "1", "--num_threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 900
     while time.time() < deadline:
-        state = load_state(sweep)
-        if state and state["trials"][0]["status"] == "completed" and state["trials"][1]["status"] == "running" \
-                and state["trials"][1]["run_dir"]:
+        study = _study(sweep)
+        trials = study.get_trials() if study else []
+        if [t.state.name for t in trials][:2] == ["COMPLETE", "RUNNING"] and trials[1].user_attrs.get("run_dir"):
             break
         time.sleep(1)
     else:
         proc.kill()
-        pytest.fail("sweep did not reach its second trial")
+        pytest.fail("sweep did not reach its second trial: " + proc.communicate()[0][-3000:])
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    state = load_state(sweep)
-    assert [t["status"] for t in state["trials"]] == ["completed"] * 3
-    assert [t["attempts"] for t in state["trials"]] == [1, 2, 1]
-    assert "1 of 3 trials already finished" in r.stdout
+    assert "2 of 2 trials already there" in r.stdout  # trial 0 done, trial 1 re-queued (waiting)
+    trials = _study(sweep).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params == trials[1].params and trials[1].user_attrs["error"] == "interrupted"
+    assert len(list((sweep / "trials" / "trial-0000").iterdir())) == 1
     res = load_runs(sweep)
-    assert len(res.completed) == 3
+    assert len(res.completed) == 2
     assert [r.status for r in res.incomplete] == ["interrupted"]  # the interrupted first attempt of trial 1
-    values = {t["tag"]: t["value"] for t in state["trials"]}
+    values = {t.user_attrs["run_dir"]: t.value for t in trials if t.state.name == "COMPLETE"}
     for _, row in res.completed.iterrows():
-        tag = Path(row["path"]).parent.name
-        assert row["best.val_auroc"] == pytest.approx(values[tag])
+        assert row["best.val_auroc"] == pytest.approx(values[row["path"]])
 
 
 def _kodak_subset(folder: Path, n: int) -> Path:
@@ -200,7 +208,6 @@ def test_sweep_of_real_compression_finetune_runs_with_a_boolean_parameter(tmp_pa
     from typer.testing import CliRunner
 
     from finetune_kit.tasks.cli import app
-    from finetune_kit.experiments.sweep.runner import load_state
 
     crops = _kodak_subset(tmp_path / "kodak", 4)
     sweep = tmp_path / "sweep"
@@ -211,17 +218,20 @@ def test_sweep_of_real_compression_finetune_runs_with_a_boolean_parameter(tmp_pa
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "pruning is off" not in r.stdout
-    state = load_state(sweep)
-    assert state["spec"]["metric"] == "val_rd" and state["spec"]["mode"] == "min"
-    assert [t["status"] for t in state["trials"]] == ["completed"] * 2, [t["error"] for t in state["trials"]]
-    for t in state["trials"]:
-        assert ("--use_balanced" in t["command"]) is t["params"]["use_balanced"]
-        assert not any(a.startswith("--no-use") for a in t["command"])
-        config = json.loads((Path(t["run_dir"]) / "config.json").read_text())
-        assert config["use_balanced"] is t["params"]["use_balanced"]
-        final = json.loads((Path(t["run_dir"]) / "metrics.json").read_text())
-        assert t["value"] == pytest.approx(final["val_rd"])
-        assert sorted(t["intermediate"]) == ["0", "1"]
+    study = _study(sweep)
+    spec = study.user_attrs["finetune_kit.spec"]
+    assert spec["metric"] == "val_rd" and spec["mode"] == "min" and study.direction.name == "MINIMIZE"
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2, [t.user_attrs.get("error") for t in trials]
+    for t in trials:
+        cmd = t.user_attrs["command"]
+        assert ("--use_balanced" in cmd) is t.params["use_balanced"]
+        assert not any(a.startswith("--no-use") for a in cmd)
+        config = json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())
+        assert config["use_balanced"] is t.params["use_balanced"]
+        final = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert t.value == pytest.approx(final["val_rd"])
+        assert sorted(t.intermediate_values) == [0, 1]
     out = tmp_path / "report"
     a = CliRunner().invoke(app, ["analyze", str(sweep), "-o", str(out)])
     assert a.exit_code == 0, a.output

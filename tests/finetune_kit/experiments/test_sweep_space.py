@@ -1,4 +1,4 @@
-"""Search spaces: --param parsing, grid order, random determinism, flags, spec files."""
+"""Search spaces: --param parsing, grid, Optuna distributions, flags, spec files."""
 from __future__ import annotations
 
 import pytest
@@ -21,26 +21,27 @@ def test_parse_param_forms():
         parse_param("x=loguniform:0:1")
 
 
-def test_grid_order_and_range_error():
+def test_call_syntax_of_ranges():
+    r = parse_param("learning_rate=loguniform(1e-4, 3e-3)")
+    assert (r.kind, r.low, r.high, r.log) == ("float", 1e-4, 3e-3, True)
+    assert (parse_param("x=uniform(0.6,0.95)").log, parse_param("k=int(1,4)").kind) == (False, "int")
+    assert parse_param("k=logint(1,64)").log
+
+
+def test_grid_and_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     space = SearchSpace([Param("a", choices=[1, 2]), Param("b", choices=["x", "y", "z"])])
-    grid = space.grid()
-    assert len(grid) == 6
-    assert grid[0] == {"a": 1, "b": "x"} and grid[1] == {"a": 1, "b": "y"} and grid[-1] == {"a": 2, "b": "z"}
+    assert space.grid() == {"a": [1, 2], "b": ["x", "y", "z"]} and space.grid_size() == 6
     with pytest.raises(ValueError, match="grid search needs a list of values for lr"):
         SearchSpace([Param("lr", "float", low=1e-4, high=1e-2, log=True)]).grid()
     with pytest.raises(ValueError, match="more than once"):
         SearchSpace([Param("a", choices=[1]), Param("a", choices=[2])])
-
-
-def test_random_sampling_is_deterministic_and_in_range():
-    space = SearchSpace([Param("lr", "float", low=1e-5, high=1e-2, log=True), Param("k", "int", low=1, high=4),
+    mixed = SearchSpace([Param("lr", "float", low=1e-5, high=1e-2, log=True), Param("k", "int", low=1, high=4),
                          Param("s", choices=["linear", "full"])])
-    draws = [space.sample(0, n) for n in range(50)]
-    assert draws == [space.sample(0, n) for n in range(50)]
-    assert draws != [space.sample(1, n) for n in range(50)]
-    assert all(1e-5 <= d["lr"] <= 1e-2 and 1 <= d["k"] <= 4 for d in draws)
-    assert {d["s"] for d in draws} == {"linear", "full"}
-    assert sum(d["lr"] < 3e-4 for d in draws) > 10  # log-uniform: many small values
+    d = mixed.distributions()
+    assert d["lr"] == FloatDistribution(1e-5, 1e-2, log=True) and d["k"] == IntDistribution(1, 4)
+    assert d["s"] == CategoricalDistribution(["linear", "full"]) and mixed.grid_size() == 0
 
 
 def test_to_flags():
