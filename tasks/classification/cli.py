@@ -19,7 +19,7 @@ import typer
 from finetune_kit.tasks.cli_options import CONFIG_HELP, merge_options, option, read_config_file, resolve_device
 
 __all__ = ["register", "classify", "compare", "predict", "evaluate", "build_config", "given_options",
-           "run_classify", "classification_file_values", "classify_app", "compare_app"]
+           "run_classify", "run_compare", "classification_file_values", "drop_foreign_strategy_fields", "classify_app", "compare_app"]
 
 # timm's norm-act layers call torch.jit.script on import of some models; the deprecation notice is noise here
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
@@ -232,20 +232,28 @@ def classification_file_values(path: str | Path) -> dict[str, Any]:
 def _merged(ctx: typer.Context, opts: dict, config: Optional[Path], *, one_strategy: bool = True) -> dict:
     """defaults < ``--config`` file < typed options; strategy options from the file that the run's
     strategy does not accept are dropped (a run's config.json records them all)."""
-    from finetune_kit.tasks.classification.config import STRATEGY_FIELDS
     from finetune_kit.tasks.cli_options import given
 
     typed = {k for k in opts if given(ctx, k)}
     file_values = classification_file_values(config) if config else {}
     merged = merge_options(ctx, given_options(ctx, opts), file_values)
     if one_strategy and file_values:
-        from finetune_kit.strategy import strategy_options
-
-        accepted = strategy_options(str(merged.get("ft_strategy", "gradual")))
-        for key in STRATEGY_FIELDS:
-            if key in file_values and key not in typed and key not in accepted:
-                merged.pop(key, None)
+        drop_foreign_strategy_fields(merged, keep=typed)
     return merged
+
+
+def drop_foreign_strategy_fields(values: dict, keep: set | frozenset = frozenset()) -> dict:
+    """Remove (in place) the named strategy options (``llrd_decay`` ...) that ``values["ft_strategy"]``
+    does not accept, except those in ``keep`` (typed by the user: those stay and are refused by the
+    strategy). A run's config.json records every one of them; this makes it valid again."""
+    from finetune_kit.strategy import strategy_options
+    from finetune_kit.tasks.classification.config import STRATEGY_FIELDS
+
+    accepted = strategy_options(str(values.get("ft_strategy", "gradual")))
+    for key in STRATEGY_FIELDS:
+        if key in values and key not in keep and key not in accepted:
+            values.pop(key)
+    return values
 
 
 def _say_device(values: dict) -> None:
