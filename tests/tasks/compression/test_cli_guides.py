@@ -121,3 +121,13 @@ def test_model_names_are_normalised(few_photos):
         assert TrainConfig(data=few_photos, model=spelling).model == "hpcm-base"
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig(data=few_photos, model="hpcm_huge")
+
+
+def test_eval_takes_a_config_file(base_run, kodak, tmp_path):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"checkpoints: [{base_run / 'checkpoints' / 'best.pt'}]\ndata: {kodak}\nlimit: 1\n"
+                   f"output: {tmp_path / 'ignored'}\nprogress: false\nthreads: 1\n")
+    res = runner.invoke(app, ["compress", "eval", "--config", str(cfg), "-o", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0].startswith("device: ")
+    assert (tmp_path / "ev" / "results.json").is_file() and not (tmp_path / "ignored").exists()
