@@ -321,13 +321,16 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A finished run folder (uses checkpoints/best.pt and its temperature)."),
     images: List[str] = typer.Argument(..., help="Image files and/or folders."),
     output: Optional[Path] = option(None, "output", "-o", help="CSV to write (default RUN/predictions.csv)."),
-    skip_corrupt: bool = SKIP_CORRUPT,
+    skip_corrupt: bool = SKIP_CORRUPT, device: str = DEVICE,
 ) -> None:
     """Write calibrated class probabilities per image to a CSV."""
     try:
         from finetune_kit.tasks.classification.predict import predict_images
 
-        typer.echo(f"predictions written to {predict_images(run_dir, images, output=output, skip_corrupt=skip_corrupt)}")
+        device, line = resolve_device(device)
+        typer.echo(line, err=True)
+        out = predict_images(run_dir, images, output=output, skip_corrupt=skip_corrupt, device=device)
+        typer.echo(f"predictions written to {out}")
     except _expected_errors() as exc:
         _fail(exc)
 
@@ -342,6 +345,7 @@ def evaluate(
     layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET, label_regex: Optional[str] = LABEL_REGEX,
     positive_class: str = POSITIVE, negative_class: str = NEGATIVE, extensions: Optional[str] = EXTENSIONS,
     skip_corrupt: bool = SKIP_CORRUPT, name: str = option("external", "name", help="Results go to RUN/eval-NAME/."),
+    device: str = DEVICE,
 ) -> None:
     """Test metrics and plots of a finished run on any labelled image set (all its images)."""
     opts = dict(locals())
@@ -351,13 +355,15 @@ def evaluate(
         from finetune_kit.tasks.classification.evaluate import evaluate_run
 
         file_values = classification_file_values(config) if config else {}
-        keep = set(opts) | set(DataConfig.model_fields)
+        keep = (set(opts) - {"device"}) | set(DataConfig.model_fields)
         values = merge_options(ctx, opts, {k: v for k, v in file_values.items() if k in keep})
         name = values.pop("name")
+        device, line = resolve_device(values.pop("device", "auto"))
+        typer.echo(line, err=True)
         if not values.get("data"):
             raise ValueError("--data: give the labelled images to evaluate on (or a --config file with data)")
         dc = DataConfig(**{k: v for k, v in values.items() if k in DataConfig.model_fields})
-        res = evaluate_run(run_dir, dc, name=name)
+        res = evaluate_run(run_dir, dc, name=name, device=device)
         m = res["metrics"]
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "
                    f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to {run_dir}/eval-{name}")

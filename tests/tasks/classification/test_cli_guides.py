@@ -124,3 +124,11 @@ def test_compare_demo_fills_only_what_is_not_given(monkeypatch, tmp_path):
     assert seen["cfg"].model_name == "resnet18" and seen["cfg"].img_size == 64 and seen["cfg"].wandb == "offline"
     (filled,) = [ln for ln in res.output.splitlines() if ln.startswith("--demo filled:")]
     assert "--model-name resnet18" in filled and "--num-epochs" not in filled and "linear-probe" not in filled
+
+
+def test_evaluate_takes_the_runs_config_for_its_data(finished_run):
+    res = runner.invoke(app, ["evaluate", str(finished_run), "--config", str(finished_run / "config.json"),
+                              "--name", "fromcfg", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0] == "device: cpu"
+    assert (finished_run / "eval-fromcfg" / "metrics.json").is_file()
