@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=500, help="run length in epochs (default 500)")
     ap.add_argument("--gamma", type=float, default=0.001, help="start gamma (default 0.001)")
-    ap.add_argument("--gamma_final", type=float, default=0.0001, help="end gamma (default 0.0001)")
+    ap.add_argument("--gamma-final", "--gamma_final", dest="gamma_final", type=float, default=0.0001, help="end gamma (default 0.0001)")
     ap.add_argument("--window", type=int, default=5, help="adaptive rule's window, epochs (default 5)")
-    ap.add_argument("--out", type=Path, default=Path("gamma_schedules.png"), help="plot file (PNG)")
+    ap.add_argument("--output", "--out", "-o", dest="out", type=Path, default=Path("gamma_schedules.png"), help="plot file (PNG)")
     args = ap.parse_args(argv)
     try:
         curves = gamma_curves(args.epochs, args.gamma, args.gamma_final, window=args.window)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare fine-tuning strategies on one data set and split (same as ``finetune-kit compare``).
 
-    python scripts/run_fine_tuning_comparison.py --demo --output_dir runs/demo
+    python scripts/run_fine_tuning_comparison.py --demo --output-dir runs/demo
 """
 import sys
 from pathlib import Path

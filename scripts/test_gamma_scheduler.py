@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=500, help="run length in epochs (default 500, the guides' fine-tuning)")
     ap.add_argument("--gamma", type=float, default=0.001, help="start gamma (default 0.001)")
-    ap.add_argument("--gamma_final", type=float, default=None, help="end gamma (default gamma / 10)")
-    ap.add_argument("--output", type=Path, default=Path("gamma_schedules.png"), help="plot file (PNG)")
+    ap.add_argument("--gamma-final", "--gamma_final", dest="gamma_final", type=float, default=None, help="end gamma (default gamma / 10)")
+    ap.add_argument("--output", "-o", type=Path, default=Path("gamma_schedules.png"), help="plot file (PNG)")
     args = ap.parse_args(argv)
     try:
         curves = gamma_curves(args.epochs, args.gamma, args.gamma_final)

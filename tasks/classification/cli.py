@@ -1,126 +1,40 @@
 """CLI commands of the classification task: ``classify``, ``compare``, ``predict``, ``evaluate``.
 
-Thin: options -> :class:`finetune_kit.tasks.classification.config.ClassificationConfig` -> task functions.
-torch/timm are imported inside the commands so ``finetune-kit --help`` stays fast. Bad input
-ends with one line ``error: ...`` naming the thing and the fix, and exit code 2.
+Thin: options (the dialect of :mod:`finetune_kit.tasks.cli_options`: ``--num-epochs`` with the
+alias ``--num_epochs`` and timm's ``--epochs`` ...) and an optional ``--config FILE`` ->
+:class:`finetune_kit.tasks.classification.config.ClassificationConfig` -> task functions.
+Options typed on the command line override the file; a run's own ``config.json`` is a valid
+file. torch/timm are imported inside the commands so ``finetune-kit --help`` stays fast. Bad
+input ends with one line ``error: ...`` naming the thing and the fix, and exit code 2.
 """
 from __future__ import annotations
 
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Mapping, Optional
 
 import typer
 
-__all__ = ["register", "classify", "compare", "predict", "evaluate", "build_config", "given_options"]
+from finetune_kit.tasks.cli_options import merge_options, option, read_config_file, resolve_device
+
+__all__ = ["register", "classify", "compare", "predict", "evaluate", "build_config", "given_options",
+           "run_classify", "run_compare", "classification_file_values", "drop_foreign_strategy_fields",
+           "classify_app", "compare_app"]
 
 # timm's norm-act layers call torch.jit.script on import of some models; the deprecation notice is noise here
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
 
-_P = "Data"
-_M = "Model"
-_S = "Strategy"
-_O = "Optimisation"
-_R = "Outputs"
-
-# -- shared option declarations ---------------------------------------------------------
-DATA = typer.Option("synthetic", "--data", help="Image folder (class sub-folders, or flat with --label_preset/"
-                    "--label_regex), a CSV of path,label[,split], or 'synthetic' (generated SYNTHETIC demo set).",
-                    rich_help_panel=_P)
-LAYOUT = typer.Option("auto", "--layout", help="auto|imagefolder|csv|regex.", rich_help_panel=_P)
-LABEL_PRESET = typer.Option(None, "--label_preset", help="File-name label rule: 'acrima' (_g_ = glaucoma).",
-                            rich_help_panel=_P)
-LABEL_REGEX = typer.Option(None, "--label_regex", help="Regex searched in file names; a match = the positive class.",
-                           rich_help_panel=_P)
-POSITIVE = typer.Option("glaucoma", "--positive_class", help="File-name rule: class name of matching files (label 1).",
-                        rich_help_panel=_P)
-NEGATIVE = typer.Option("normal", "--negative_class", help="File-name rule: class name of the other files (label 0).",
-                        rich_help_panel=_P)
-VAL_FRACTION = typer.Option(0.15, "--val_fraction", help="Fraction held out for validation (stratified, seeded).",
-                            rich_help_panel=_P)
-TEST_FRACTION = typer.Option(0.2, "--test_fraction", help="Fraction held out for the test report.", rich_help_panel=_P)
-SPLIT_SEED = typer.Option(0, "--split_seed", help="Seed of the stratified split.", rich_help_panel=_P)
-EXTENSIONS = typer.Option(None, "--extensions", help="Comma-separated image extensions, case-insensitive "
-                          "(default jpg,jpeg,png,bmp,tif,tiff,webp).", rich_help_panel=_P)
-SKIP_CORRUPT = typer.Option(False, "--skip_corrupt", help="Skip unreadable images with a warning (count in "
-                            "metrics.json) instead of stopping.", rich_help_panel=_P)
-IMG_SIZE = typer.Option(224, "--img_size", help="Network input side in pixels.", rich_help_panel=_P)
-AUGMENT = typer.Option("auto", "--augment", help="fundus|none|auto (auto: none for the linear probe, so its "
-                       "feature cache applies; fundus otherwise).", rich_help_panel=_P)
-CLAHE = typer.Option(False, "--clahe", help="Add CLAHE (p=0.3) to the fundus augmentation.", rich_help_panel=_P)
-MODEL_NAME = typer.Option("mobilenetv2_100", "--model_name", help="timm model name (timm.list_models()).",
-                          rich_help_panel=_M)
-PRETRAINED = typer.Option(False, "--pretrained", help="Download timm hub weights (needs network).", rich_help_panel=_M)
-WEIGHTS = typer.Option(None, "--custom_weights_path", help="Local weights: .pth, .pth.tar or .safetensors (state "
-                       "dict or whole checkpoint; head re-initialised when its shape differs).", rich_help_panel=_M)
-PARTIAL = typer.Option(False, "--allow-partial-weights", "--allow_partial_weights", help="Accept backbone key "
-                       "mismatches in --custom_weights_path (report only).", rich_help_panel=_M)
-BN_STATS = typer.Option("auto", "--bn_stats", help="BatchNorm running statistics: frozen|train|auto (auto: frozen "
-                        "with pretrained/custom weights, train for random init).", rich_help_panel=_M)
-STRATEGY = typer.Option("gradual", "--ft_strategy", help="linear|gradual|full (alias llrd)|progressive "
-                        "(`finetune-kit strategies`).", rich_help_panel=_S)
-LAYER_PATTERNS = typer.Option(None, "--layer_patterns", help="Layer groups from regexes instead of timm's "
-                              "group_matcher: repeatable, stem first, [NAME=]REGEX matched at the start of parameter "
-                              "names; a numeric capture gives one group per value ('layer=^layer(\\d)\\.'), use "
-                              "(?:a|b) for alternatives; the head is added last.", rich_help_panel=_S)
-LAYER_PRESET = typer.Option(None, "--layer_preset", help="Named layer-group preset: vit|resnet|convnext|hpcm "
-                            "(default: the model's own timm group_matcher).", rich_help_panel=_S)
-GRANULARITY = typer.Option("stages", "--layer_granularity", help="stages|blocks: timm group_matcher coarse "
-                           "(layer4) or fine (layer4.1) groups, for LLRD depth and unfreezing.", rich_help_panel=_S)
-LAYER_STAGES = typer.Option(None, "--layer_stages", help="gradual/progressive stages instead of the family default: "
-                            "stages by ';', group keys by ',' (e.g. 'head;layer4;layer3;re:.'); cumulative.",
-                            rich_help_panel=_S)
-LP_EPOCHS = typer.Option(10, "--linear_probe_epochs", help="Epochs of the linear probe (--ft_strategy linear).",
-                         rich_help_panel=_S)
-PATIENCE = typer.Option(3, "--gradual_patience", help="gradual: epochs without val improvement before the next "
-                        "unfreezing stage.", rich_help_panel=_S)
-LLRD = typer.Option(0.9, "--llrd_decay", help="full/llrd: LR factor per layer group of depth (head gets 1).",
-                    rich_help_panel=_S)
-SCHEDULE = typer.Option("2,4", "--unfreeze_schedule", help="progressive: epochs (0-based) at which stages 1,2 unfreeze.",
-                        rich_help_panel=_S)
-UNFREEZE_WARMUP = typer.Option(2, "--unfreeze_warmup_epochs", help="progressive: LR ramp of newly unfrozen groups, "
-                               "epochs.", rich_help_panel=_S)
-STRATEGY_KWARGS = typer.Option(None, "--strategy_kwargs", metavar="NAME=VALUE", help="Option of the chosen strategy (a plugin's "
-                               "too), repeatable: NAME=VALUE, VALUE read as JSON when it parses (3, 0.5, true, "
-                               "[1,2]), else a string; merged over the named strategy options above.",
-                               rich_help_panel=_S)
-EPOCHS = typer.Option(20, "--num_epochs", help="Epochs for gradual/full/progressive.", rich_help_panel=_O)
-LR = typer.Option(1e-3, "--learning_rate", help="Peak AdamW learning rate (per step, after warm-up).",
-                  rich_help_panel=_O)
-HEAD_MULT = typer.Option(1.0, "--head_lr_mult", help="LR multiplier of the (new) classifier head when the backbone "
-                         "trains too (not for the linear probe).", rich_help_panel=_O)
-WD = typer.Option(0.05, "--weight_decay", help="AdamW decoupled weight decay (0 for norms/biases).", rich_help_panel=_O)
-WARMUP = typer.Option(1.0, "--warmup_epochs", help="Linear LR warm-up, epochs (then cosine to --min_lr).",
-                      rich_help_panel=_O)
-BATCH = typer.Option(32, "--batch_size", help="Images per optimizer step.", rich_help_panel=_O)
-CLIP = typer.Option(1.0, "--grad_clip", help="Max global gradient L2 norm (0: off).", rich_help_panel=_O)
-MIXUP = typer.Option(0.0, "--mixup", help="Mixup alpha (0: off); uses soft-target cross-entropy.", rich_help_panel=_O)
-CUTMIX = typer.Option(0.0, "--cutmix", help="CutMix alpha (0: off).", rich_help_panel=_O)
-SMOOTHING = typer.Option(0.1, "--smoothing", help="Label smoothing.", rich_help_panel=_O)
-AMP = typer.Option(False, "--amp", help="Mixed precision (CUDA fp16/bf16; CPU bf16 only with native support, else fp32 "
-                   "with a notice).", rich_help_panel=_O)
-AMP_DTYPE = typer.Option("auto", "--amp_dtype", help="auto|bf16|fp16 with --amp (auto: bf16 where the device has it, "
-                         "else fp16 with a GradScaler on CUDA).", rich_help_panel=_O)
-EMA = typer.Option(False, "--ema", help="Keep an EMA of the weights (timm ModelEmaV3) and evaluate it.",
-                   rich_help_panel=_O)
-MONITOR = typer.Option("auroc", "--monitor", help="Validation metric choosing the best epoch: auroc|accuracy|"
-                       "balanced_accuracy|loss.", rich_help_panel=_O)
-EARLY = typer.Option(0, "--early_stopping_patience", help="Stop after this many epochs without val improvement "
-                     "(0: off).", rich_help_panel=_O)
-SEED = typer.Option(0, "--seed", help="Seed of initialisation, sampling and augmentation.", rich_help_panel=_O)
-DEVICE = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.", rich_help_panel=_O)
-THREADS = typer.Option(None, "--num_threads", help="torch CPU threads (default: torch's).", rich_help_panel=_O)
-WORKERS = typer.Option(0, "--num_workers", help="DataLoader worker processes augmenting images beside training "
-                       "(0: in the main process; use several on a GPU, where augmentation is the bottleneck). "
-                       "Runs with the same value repeat exactly.", rich_help_panel=_O)
-OUTPUT = typer.Option("runs", "--output_dir", help="Each run gets its own folder under it.", rich_help_panel=_R)
-TAG = typer.Option(None, "--experiment_tag", help="Run-folder prefix and wandb run name (default MODEL-STRATEGY).",
-                   rich_help_panel=_R)
-WANDB = typer.Option("offline", "--wandb", help="disabled|offline|online (offline: RUN/wandb, `wandb sync` later).",
-                     rich_help_panel=_R)
-PROJECT = typer.Option("finetune-kit", "--wandb_project", help="wandb project.", rich_help_panel=_R)
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Rich progress bars.", rich_help_panel=_R)
+from finetune_kit.tasks.classification.options import (  # noqa: E402
+    _M, _O, _P, _R, _S, CONFIG, DATA, LAYOUT, LABEL_PRESET, LABEL_REGEX, POSITIVE, NEGATIVE, VAL_FRACTION,
+    TEST_FRACTION, SPLIT_SEED, EXTENSIONS, SKIP_CORRUPT, SYNTHETIC_SIZE, IMG_SIZE, AUGMENT, CLAHE,
+    MODEL_NAME, PRETRAINED, WEIGHTS, PARTIAL, DROP_RATE, BN_STATS, STRATEGY, LAYER_PATTERNS,
+    LAYER_PRESET, GRANULARITY, LAYER_STAGES, LP_EPOCHS, PATIENCE, LLRD, SCHEDULE, UNFREEZE_WARMUP,
+    STRATEGY_KWARGS, EPOCHS, LR, HEAD_MULT, WD, WARMUP, MIN_LR, BATCH,
+    CLIP, MIXUP, CUTMIX, SMOOTHING, AMP, AMP_DTYPE, EMA, EMA_DECAY,
+    MONITOR, EARLY, FEATURE_CACHE, SEED, DEVICE, THREADS, WORKERS, OUTPUT,
+    TAG, WANDB, PROJECT, PROGRESS, STOP_AFTER,
+)
 
 
 def _fail(exc: BaseException) -> None:
@@ -167,24 +81,128 @@ def build_config(**kw):
     """
     from finetune_kit.tasks.classification.config import ClassificationConfig, DataConfig
 
-    data_keys = {"data", "layout", "label_regex", "label_preset", "positive_class", "negative_class", "val_fraction",
-                 "test_fraction", "split_seed", "skip_corrupt", "extensions"}
-    data = DataConfig(**{k: kw.pop(k) for k in list(kw) if k in data_keys})
+    data = DataConfig(**{k: kw.pop(k) for k in list(kw) if k in DataConfig.model_fields})
     if kw.get("grad_clip") == 0:
         kw["grad_clip"] = None
     return ClassificationConfig(data=data, **kw)
 
 
 def given_options(ctx: typer.Context, opts: dict) -> dict:
-    """``opts`` without the named strategy options (``--llrd_decay`` ...) left at their defaults:
+    """``opts`` without the named strategy options (``--llrd-decay`` ...) left at their defaults:
     those go only to the strategies that accept them, while one given on the command line for a
     strategy that does not accept it is an error."""
     from finetune_kit.tasks.classification.config import STRATEGY_FIELDS
+    from finetune_kit.tasks.cli_options import given
 
-    def given(name: str) -> bool:  # by name: typer may bring its own copy of click's ParameterSource
-        return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    return {k: v for k, v in opts.items() if k not in STRATEGY_FIELDS or given(ctx, k)}
 
-    return {k: v for k, v in opts.items() if k not in STRATEGY_FIELDS or given(k)}
+
+def classification_file_values(path: str | Path) -> dict[str, Any]:
+    """The options of a classification ``--config`` file (YAML/JSON), flat as the CLI names them.
+
+    A run's ``config.json`` works: its nested ``data`` section is flattened and the keys a run
+    records about itself (:data:`~finetune_kit.tasks.classification.config.RECORDED_FIELDS`,
+    e.g. ``run_dir``) are dropped, so the new run gets its own folder. A ``compare`` folder's
+    ``config.json`` (``base``, ``strategies``, ``per_strategy``) gives the base options plus
+    ``strategies`` and ``head_learning_rate``.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`finetune_kit.tasks.cli_options.read_config_file`.
+    """
+    from finetune_kit.tasks.classification.config import RECORDED_FIELDS
+
+    values = read_config_file(path)
+    if isinstance(values.get("base"), dict) and "strategies" in values:  # a compare folder's config.json
+        out = {k.replace("-", "_"): v for k, v in values["base"].items()}
+        strategies = values["strategies"]
+        out["strategies"] = ",".join(strategies) if isinstance(strategies, (list, tuple)) else strategies
+        head_lr = (values.get("per_strategy") or {}).get("linear", {}).get("learning_rate")
+        if head_lr is not None:
+            out["head_learning_rate"] = head_lr
+        values = out
+    if isinstance(values.get("data"), dict):
+        values.update({k.replace("-", "_"): v for k, v in values.pop("data").items()})
+    for key in RECORDED_FIELDS:
+        values.pop(key, None)
+    return values
+
+
+def _merged(ctx: typer.Context, opts: dict, config: Optional[Path], *, one_strategy: bool = True) -> dict:
+    """defaults < ``--config`` file < typed options; strategy options from the file that the run's
+    strategy does not accept are dropped (a run's config.json records them all)."""
+    from finetune_kit.tasks.cli_options import given
+
+    typed = {k for k in opts if given(ctx, k)}
+    file_values = classification_file_values(config) if config else {}
+    merged = merge_options(ctx, given_options(ctx, opts), file_values)
+    if one_strategy and file_values:
+        drop_foreign_strategy_fields(merged, keep=typed)
+    return merged
+
+
+def drop_foreign_strategy_fields(values: dict, keep: set | frozenset = frozenset()) -> dict:
+    """Remove (in place) the named strategy options (``llrd_decay`` ...) that ``values["ft_strategy"]``
+    does not accept, except those in ``keep`` (typed by the user: those stay and are refused by the
+    strategy). A run's config.json records every one of them; this makes it valid again."""
+    from finetune_kit.strategy import strategy_options
+    from finetune_kit.tasks.classification.config import STRATEGY_FIELDS
+
+    accepted = strategy_options(str(values.get("ft_strategy", "gradual")))
+    for key in STRATEGY_FIELDS:
+        if key in values and key not in keep and key not in accepted:
+            values.pop(key)
+    return values
+
+
+def _say_device(values: dict) -> None:
+    """Resolve ``values["device"]`` (``auto`` -> cuda/cpu) and print it: the first line of output."""
+    device, line = resolve_device(values.get("device", "auto"))
+    values["device"] = device
+    typer.echo(line, err=True)
+
+
+def run_classify(values: Mapping[str, Any], *, console=None) -> dict:
+    """Train one classification run from option values (CLI names, flat; e.g. a merged ``--config``).
+
+    Resolves ``device`` (``auto``; printed as the first line), validates the config and calls
+    :func:`finetune_kit.tasks.classification.train.run_training`. Returns its result (the
+    content of ``RUN/metrics.json``).
+
+    Raises:
+        pydantic.ValidationError, ConfigError, DataError, ...: bad options or data.
+    """
+    from finetune_kit.tasks.classification.train import run_training
+
+    values = dict(values)
+    _say_device(values)
+    return run_training(build_config(**values), console=console or _console())
+
+
+def run_compare(values: Mapping[str, Any], *, console=None, filled: Optional[dict] = None) -> dict:
+    """Run a comparison from option values (CLI names, flat, with ``strategies`` as ``"a,b"`` or a
+    list and ``head_learning_rate``); prints the table. Returns ``run_comparison``'s result."""
+    from finetune_kit.tasks.classification.compare import run_comparison
+
+    values = dict(values)
+    strategies = values.pop("strategies", "linear,gradual,full,progressive")
+    if isinstance(strategies, str):
+        strategies = strategies.split(",")
+    names = [s.strip() for s in strategies if s.strip()]
+    head_lr = values.pop("head_learning_rate", 5e-3)
+    values.pop("demo", None)
+    _say_device(values)
+    if filled:
+        typer.echo("--demo filled: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+                   + " (options you give win)", err=True)
+    values.setdefault("experiment_tag", None)
+    cfg = build_config(**values)
+    title = ("SYNTHETIC demo data (generated images, not medical): " if cfg.data.data == "synthetic" else "") + \
+        f"{cfg.model_name} at {cfg.img_size} px"
+    out = run_comparison(cfg, names, cfg.output_dir, per_strategy={"linear": {"learning_rate": head_lr}},
+                         console=console or _console(), title=title)
+    typer.echo(out["markdown"])
+    typer.echo(f"comparison written to {out['folder']}")
+    return out
 
 
 def _console():
@@ -195,101 +213,106 @@ def _console():
 
 def classify(
     ctx: typer.Context,
+    config: Optional[Path] = CONFIG,
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
     label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
     val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
     split_seed: int = SPLIT_SEED, extensions: Optional[str] = EXTENSIONS, skip_corrupt: bool = SKIP_CORRUPT,
-    img_size: int = IMG_SIZE, augment: str = AUGMENT,
+    synthetic_size: int = SYNTHETIC_SIZE, img_size: int = IMG_SIZE, augment: str = AUGMENT,
     clahe: bool = CLAHE, model_name: str = MODEL_NAME, pretrained: bool = PRETRAINED,
-    custom_weights_path: Optional[str] = WEIGHTS, allow_partial_weights: bool = PARTIAL, bn_stats: str = BN_STATS,
+    custom_weights_path: Optional[str] = WEIGHTS, allow_partial_weights: bool = PARTIAL, drop_rate: float = DROP_RATE,
+    bn_stats: str = BN_STATS,
     ft_strategy: str = STRATEGY, linear_probe_epochs: int = LP_EPOCHS, gradual_patience: int = PATIENCE,
     llrd_decay: float = LLRD, unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
     layer_patterns: Optional[List[str]] = LAYER_PATTERNS, layer_preset: Optional[str] = LAYER_PRESET,
     layer_granularity: str = GRANULARITY, layer_stages: Optional[str] = LAYER_STAGES,
     strategy_kwargs: Optional[List[str]] = STRATEGY_KWARGS,
-    num_epochs: int = EPOCHS, learning_rate: float = LR, head_lr_mult: float = HEAD_MULT, weight_decay: float = WD, warmup_epochs: float = WARMUP,
+    num_epochs: int = EPOCHS, learning_rate: float = LR, head_lr_mult: float = HEAD_MULT, weight_decay: float = WD,
+    warmup_epochs: float = WARMUP, min_lr: float = MIN_LR,
     batch_size: int = BATCH, grad_clip: float = CLIP, mixup: float = MIXUP, cutmix: float = CUTMIX,
-    smoothing: float = SMOOTHING, amp: bool = AMP, amp_dtype: str = AMP_DTYPE, ema: bool = EMA, monitor: str = MONITOR,
-    early_stopping_patience: int = EARLY, seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
-    num_workers: int = WORKERS,
+    smoothing: float = SMOOTHING, amp: bool = AMP, amp_dtype: str = AMP_DTYPE, ema: bool = EMA,
+    ema_decay: float = EMA_DECAY, monitor: str = MONITOR, early_stopping_patience: int = EARLY,
+    feature_cache: bool = FEATURE_CACHE, seed: int = SEED, device: str = DEVICE,
+    num_threads: Optional[int] = THREADS, num_workers: int = WORKERS,
     output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG, wandb: str = WANDB, wandb_project: str = PROJECT,
-    progress: bool = PROGRESS,
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted run in this folder "
-                                         "(its saved config is used; other options are ignored).", rich_help_panel=_R),
+    progress: bool = PROGRESS, stop_after_epoch: Optional[int] = STOP_AFTER,
+    resume: Optional[str] = option(None, "resume", help="Continue the interrupted run in this folder "
+                                   "(its saved config is used; other options are ignored).", rich_help_panel=_R),
 ) -> None:
     """Fine-tune a timm classifier on labelled images: train, pick the best epoch by validation
     AUROC, calibrate (temperature scaling) and report test metrics in a new run folder."""
     opts = dict(locals())
-    opts.pop("resume")
-    opts = given_options(opts.pop("ctx"), opts)
+    ctx, config, resume = opts.pop("ctx"), opts.pop("config"), opts.pop("resume")
     try:
         from finetune_kit.tasks.classification.train import resume_config, run_training
 
         if resume:
             cfg = resume_config(resume)
+            typer.echo(f"device: {cfg.device} (as recorded by the run)", err=True)
             run_training(cfg, resume=True, console=_console())
         else:
-            run_training(build_config(**opts), console=_console())
+            run_classify(_merged(ctx, opts, config))
     except _expected_errors() as exc:
         _fail(exc)
 
 
 def compare(
     ctx: typer.Context,
+    config: Optional[Path] = CONFIG,
     data: str = DATA, layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET,
     label_regex: Optional[str] = LABEL_REGEX, positive_class: str = POSITIVE, negative_class: str = NEGATIVE,
     val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION,
     split_seed: int = SPLIT_SEED, extensions: Optional[str] = EXTENSIONS, skip_corrupt: bool = SKIP_CORRUPT,
-    img_size: int = IMG_SIZE, clahe: bool = CLAHE,
+    synthetic_size: int = SYNTHETIC_SIZE, img_size: int = IMG_SIZE, clahe: bool = CLAHE,
     model_name: str = MODEL_NAME, pretrained: bool = PRETRAINED, custom_weights_path: Optional[str] = WEIGHTS,
-    allow_partial_weights: bool = PARTIAL, bn_stats: str = BN_STATS,
-    strategies: str = typer.Option("linear,gradual,full,progressive", "--strategies",
-                                   help="Comma-separated strategies to run.", rich_help_panel=_S),
+    allow_partial_weights: bool = PARTIAL, drop_rate: float = DROP_RATE, bn_stats: str = BN_STATS,
+    strategies: str = option("linear,gradual,full,progressive", "strategies",
+                             help="Comma-separated strategies to run.", rich_help_panel=_S),
     linear_probe_epochs: int = LP_EPOCHS, gradual_patience: int = PATIENCE, llrd_decay: float = LLRD,
     unfreeze_schedule: str = SCHEDULE, unfreeze_warmup_epochs: int = UNFREEZE_WARMUP,
     layer_patterns: Optional[List[str]] = LAYER_PATTERNS, layer_preset: Optional[str] = LAYER_PRESET,
     layer_granularity: str = GRANULARITY, layer_stages: Optional[str] = LAYER_STAGES,
-    strategy_kwargs: Optional[List[str]] = typer.Option(None, "--strategy_kwargs", metavar="NAME=VALUE", help="Strategy option NAME=VALUE "
-                                                        "(repeatable, VALUE read as JSON when it parses); each "
-                                                        "strategy gets the ones it accepts.", rich_help_panel=_S),
-    num_epochs: int = typer.Option(8, "--num_epochs", help="Epochs for gradual/full/progressive.", rich_help_panel=_O),
-    learning_rate: float = typer.Option(5e-4, "--learning_rate", help="Peak AdamW LR of strategies that train the "
-                                        "backbone.", rich_help_panel=_O),
-    head_learning_rate: float = typer.Option(5e-3, "--head_learning_rate", help="Peak AdamW LR of the linear probe.",
-                                             rich_help_panel=_O),
-    head_lr_mult: float = typer.Option(10.0, "--head_lr_mult", help="LR multiplier of the new head when the backbone "
-                                       "trains too.", rich_help_panel=_O),
-    weight_decay: float = WD, warmup_epochs: float = WARMUP, batch_size: int = BATCH, grad_clip: float = CLIP,
-    mixup: float = MIXUP, cutmix: float = CUTMIX, smoothing: float = SMOOTHING, amp: bool = AMP,
-    amp_dtype: str = AMP_DTYPE, ema: bool = EMA, seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS,
-    num_workers: int = WORKERS,
-    output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG,
-    wandb: str = typer.Option("disabled", "--wandb", help="disabled|offline|online for each run.", rich_help_panel=_R),
+    strategy_kwargs: Optional[List[str]] = option(None, "strategy_kwargs", metavar="NAME=VALUE", help="Strategy "
+                                                  "option NAME=VALUE (repeatable, VALUE read as JSON when it "
+                                                  "parses); each strategy gets the ones it accepts.",
+                                                  rich_help_panel=_S),
+    num_epochs: int = option(8, "num_epochs", "--epochs", help="Epochs for gradual/full/progressive.",
+                             rich_help_panel=_O),
+    learning_rate: float = option(5e-4, "learning_rate", "--lr", help="Peak AdamW LR of strategies that train the "
+                                  "backbone.", rich_help_panel=_O),
+    head_learning_rate: float = option(5e-3, "head_learning_rate", help="Peak AdamW LR of the linear probe.",
+                                       rich_help_panel=_O),
+    head_lr_mult: float = option(10.0, "head_lr_mult", help="LR multiplier of the new head when the backbone "
+                                 "trains too.", rich_help_panel=_O),
+    weight_decay: float = WD, warmup_epochs: float = WARMUP, min_lr: float = MIN_LR, batch_size: int = BATCH,
+    grad_clip: float = CLIP, mixup: float = MIXUP, cutmix: float = CUTMIX, smoothing: float = SMOOTHING,
+    amp: bool = AMP, amp_dtype: str = AMP_DTYPE, ema: bool = EMA, ema_decay: float = EMA_DECAY,
+    monitor: str = MONITOR, early_stopping_patience: int = EARLY, feature_cache: bool = FEATURE_CACHE,
+    seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS, num_workers: int = WORKERS,
+    output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG, wandb: str = WANDB, wandb_project: str = PROJECT,
     progress: bool = PROGRESS,
-    demo: bool = typer.Option(False, "--demo", help="Short run on the generated SYNTHETIC set with a small random-init "
-                              "ResNet-18 at 64 px (no files needed; a few minutes on 2 CPU cores).", rich_help_panel=_R),
+    demo: bool = option(False, "demo", help="Short run on the generated SYNTHETIC set with a small random-init "
+                        "ResNet-18 at 64 px (no files needed; a few minutes on 2 CPU cores); fills only the "
+                        "options you do not give, and says which.", rich_help_panel=_R),
 ) -> None:
     """Run several fine-tuning strategies on the same data and split; write comparison.md/.csv
     and val_auroc.png (validation AUROC per epoch per strategy)."""
     opts = dict(locals())
-    opts = given_options(opts.pop("ctx"), opts)
-    names = [s.strip() for s in opts.pop("strategies").split(",") if s.strip()]
-    head_lr = opts.pop("head_learning_rate")
-    is_demo = opts.pop("demo")
+    ctx, config = opts.pop("ctx"), opts.pop("config")
     try:
-        from finetune_kit.tasks.classification.compare import DEMO_HEAD_LR, DEMO_OVERRIDES, run_comparison
+        from finetune_kit.tasks.classification.compare import DEMO_HEAD_LR, DEMO_OVERRIDES
+        from finetune_kit.tasks.cli_options import given
 
-        if is_demo:
-            opts.update(DEMO_OVERRIDES, data="synthetic", custom_weights_path=None, pretrained=False)
-            head_lr = DEMO_HEAD_LR
-        opts.setdefault("experiment_tag", None)
-        cfg = build_config(**opts)
-        title = ("SYNTHETIC demo data (generated images, not medical): " if cfg.data.data == "synthetic" else "") + \
-            f"{cfg.model_name} at {cfg.img_size} px"
-        out = run_comparison(cfg, names, output_dir, per_strategy={"linear": {"learning_rate": head_lr}},
-                             console=_console(), title=title)
-        typer.echo(out["markdown"])
-        typer.echo(f"comparison written to {out['folder']}")
+        file_values = classification_file_values(config) if config else {}
+        values = _merged(ctx, opts, config, one_strategy=False)
+        filled = {}
+        if values.get("demo"):
+            demo_values = {**DEMO_OVERRIDES, "data": "synthetic", "custom_weights_path": None, "pretrained": False,
+                           "head_learning_rate": DEMO_HEAD_LR}
+            for key, value in demo_values.items():
+                if not given(ctx, key) and key not in file_values:
+                    values[key] = filled[key] = value
+        run_compare(values, filled=filled)
     except _expected_errors() as exc:
         _fail(exc)
 
@@ -297,35 +320,50 @@ def compare(
 def predict(
     run_dir: Path = typer.Argument(..., help="A finished run folder (uses checkpoints/best.pt and its temperature)."),
     images: List[str] = typer.Argument(..., help="Image files and/or folders."),
-    output: Optional[Path] = typer.Option(None, "--output", help="CSV to write (default RUN/predictions.csv)."),
-    skip_corrupt: bool = SKIP_CORRUPT,
+    output: Optional[Path] = option(None, "output", "-o", help="CSV to write (default RUN/predictions.csv)."),
+    skip_corrupt: bool = SKIP_CORRUPT, device: str = DEVICE,
 ) -> None:
     """Write calibrated class probabilities per image to a CSV."""
     try:
         from finetune_kit.tasks.classification.predict import predict_images
 
-        typer.echo(f"predictions written to {predict_images(run_dir, images, output=output, skip_corrupt=skip_corrupt)}")
+        device, line = resolve_device(device)
+        typer.echo(line, err=True)
+        out = predict_images(run_dir, images, output=output, skip_corrupt=skip_corrupt, device=device)
+        typer.echo(f"predictions written to {out}")
     except _expected_errors() as exc:
         _fail(exc)
 
 
 def evaluate(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="A finished run folder."),
-    data: str = typer.Option(..., "--data", help="Labelled images (same layouts and label options as training).",
-                             rich_help_panel=_P),
+    config: Optional[Path] = option(None, "config", help="YAML or JSON file of the data options below (a run's "
+                                    "config.json gives its data settings); typed options override it."),
+    data: Optional[str] = option(None, "data", "-d", "--dataset", help="Labelled images (same layouts and label "
+                                 "options as training).", rich_help_panel=_P),
     layout: str = LAYOUT, label_preset: Optional[str] = LABEL_PRESET, label_regex: Optional[str] = LABEL_REGEX,
     positive_class: str = POSITIVE, negative_class: str = NEGATIVE, extensions: Optional[str] = EXTENSIONS,
-    skip_corrupt: bool = SKIP_CORRUPT, name: str = typer.Option("external", "--name", help="Results go to RUN/eval-NAME/."),
+    skip_corrupt: bool = SKIP_CORRUPT, name: str = option("external", "name", help="Results go to RUN/eval-NAME/."),
+    device: str = DEVICE,
 ) -> None:
     """Test metrics and plots of a finished run on any labelled image set (all its images)."""
+    opts = dict(locals())
+    ctx, config, run_dir = opts.pop("ctx"), opts.pop("config"), opts.pop("run_dir")
     try:
         from finetune_kit.tasks.classification.config import DataConfig
         from finetune_kit.tasks.classification.evaluate import evaluate_run
 
-        dc = DataConfig(data=data, layout=layout, label_preset=label_preset, label_regex=label_regex,
-                        positive_class=positive_class, negative_class=negative_class, extensions=extensions,
-                        skip_corrupt=skip_corrupt)
-        res = evaluate_run(run_dir, dc, name=name)
+        file_values = classification_file_values(config) if config else {}
+        keep = (set(opts) - {"device"}) | set(DataConfig.model_fields)
+        values = merge_options(ctx, opts, {k: v for k, v in file_values.items() if k in keep})
+        name = values.pop("name")
+        device, line = resolve_device(values.pop("device", "auto"))
+        typer.echo(line, err=True)
+        if not values.get("data"):
+            raise ValueError("--data: give the labelled images to evaluate on (or a --config file with data)")
+        dc = DataConfig(**{k: v for k, v in values.items() if k in DataConfig.model_fields})
+        res = evaluate_run(run_dir, dc, name=name, device=device)
         m = res["metrics"]
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "
                    f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to {run_dir}/eval-{name}")
@@ -341,15 +379,25 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
-def main_classify(argv: list[str] | None = None) -> None:
-    """Entry of ``train_classification.py``: the ``classify`` command as a standalone program."""
+def classify_app() -> typer.Typer:
+    """The ``classify`` command as a standalone typer app (``train_classification.py``)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
     app.command()(classify)
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="train_classification.py")
+    return app
+
+
+def compare_app() -> typer.Typer:
+    """The ``compare`` command as a standalone typer app (``scripts/run_fine_tuning_comparison.py``)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+    app.command()(compare)
+    return app
+
+
+def main_classify(argv: list[str] | None = None) -> None:
+    """Entry of ``train_classification.py``: the ``classify`` command as a standalone program."""
+    classify_app()(args=argv if argv is not None else sys.argv[1:], prog_name="train_classification.py")
 
 
 def main_compare(argv: list[str] | None = None) -> None:
     """Entry of ``scripts/run_fine_tuning_comparison.py``: the ``compare`` command."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
-    app.command()(compare)
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="run_fine_tuning_comparison.py")
+    compare_app()(args=argv if argv is not None else sys.argv[1:], prog_name="run_fine_tuning_comparison.py")

@@ -13,11 +13,23 @@ from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ClassificationConfig", "DataConfig", "ConfigError", "STRATEGY_FIELDS", "parse_strategy_kwargs"]
+__all__ = ["ClassificationConfig", "DataConfig", "ConfigError", "STRATEGY_FIELDS", "RECORDED_FIELDS",
+           "parse_strategy_kwargs"]
 
 #: The built-in strategies' options that are also named config fields (``--llrd_decay`` ...).
 #: Each goes only to a strategy that accepts it; set explicitly for one that does not, it is an error.
 STRATEGY_FIELDS = ("gradual_patience", "llrd_decay", "unfreeze_schedule", "unfreeze_warmup_epochs", "layer_stages")
+
+#: Fields a run records about itself in ``config.json`` (not settings): a ``--config`` file or
+#: ``finetune-kit rerun`` drops them, so the new run gets its own folder.
+RECORDED_FIELDS = ("run_dir",)
+
+
+def _absolute(v: Optional[str]) -> Optional[str]:
+    """A path as an absolute string (``~`` expanded, symlinks kept), so config.json reproduces anywhere."""
+    import os
+
+    return None if v is None else os.path.abspath(os.path.expanduser(str(v)))
 
 
 class ConfigError(ValueError):
@@ -92,6 +104,12 @@ class DataConfig(BaseModel):
         return out
     synthetic_size: int = Field(160, ge=8, le=4096)
 
+    @field_validator("data")
+    @classmethod
+    def _data_path(cls, v: str) -> str:
+        """Folders and CSV files are stored absolute; ``synthetic`` stays the word."""
+        return v if v == "synthetic" else _absolute(v)
+
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
         if self.val_fraction + self.test_fraction >= 0.8:
@@ -164,6 +182,23 @@ class ClassificationConfig(BaseModel):
     wandb_project: str = "finetune-kit"
     progress: bool = True
     stop_after_epoch: Optional[int] = Field(None, ge=0)
+
+    @field_validator("custom_weights_path", "output_dir")
+    @classmethod
+    def _paths(cls, v: Optional[str]) -> Optional[str]:
+        """Stored absolute, so a run's config.json reproduces it from any folder."""
+        return _absolute(v)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        """``auto`` -> ``cuda`` when torch sees a CUDA device, else ``cpu``; others pass unchanged."""
+        v = str(v).strip()
+        if v == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return v
 
     @field_validator("ft_strategy")
     @classmethod

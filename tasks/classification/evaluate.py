@@ -86,7 +86,8 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     return model, cfg, class_names, temperature, tf
 
 
-def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batch_size: int = 32) -> dict:
+def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batch_size: int = 32,
+                 device: str = "cpu") -> dict:
     """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
     options as training) with the run's fitted temperature. Writes ``RUN/eval-NAME/metrics.json``,
     ``roc.png`` and ``reliability.png``; returns the metrics.
@@ -102,7 +103,7 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     from finetune_kit.tasks.classification.engine import predict_logits
     from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
 
-    model, cfg, class_names, temperature, tf = load_trained(run_path)
+    model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     images = discover(data_cfg)
     if images.class_names != class_names:  # same classes up to case/order (Glaucoma/ vs glaucoma): relabel
         index = {c.lower(): i for i, c in enumerate(class_names)}
@@ -116,7 +117,8 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     samples = [s for s in images.samples if s.path not in skipped]
     ds = CachedImageDataset(cache, [s.path for s in samples], [s.label for s in samples], tf.eval)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    logits, labels = predict_logits(model, loader, lambda x: normalize_batch(x, tf.mean, tf.std))
+    logits, labels = predict_logits(model, loader, lambda x: normalize_batch(x, tf.mean, tf.std),
+                                    device=torch.device(device))
     out_dir = RunDir(run_path).path / f"eval-{name}"
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
                             test_logits=logits, test_labels=labels, temperature=temperature)

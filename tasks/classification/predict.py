@@ -34,7 +34,7 @@ def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> li
 
 
 def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output: str | Path | None = None,
-                   batch_size: int = 32, skip_corrupt: bool = False) -> Path:
+                   batch_size: int = 32, skip_corrupt: bool = False, device: str = "cpu") -> Path:
     """Write ``path,predicted,p_<class>...`` rows (probabilities after the run's temperature scaling)
     for every image in ``inputs`` to ``output`` (default ``RUN/predictions.csv``); returns the path.
 
@@ -51,14 +51,14 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
     from finetune_kit.tasks.classification.evaluate import load_trained
     from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
 
-    model, cfg, class_names, temperature, tf = load_trained(run_path)
+    model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     paths = expand_inputs(inputs, DataConfig().extensions)
     cache = ImageCache(tf.cache_size)
     bad = set(cache.load(paths, skip_corrupt=skip_corrupt))
     paths = [p for p in paths if p not in bad]
     ds = CachedImageDataset(cache, paths, [0] * len(paths), tf.eval)
     logits, _ = predict_logits(model, torch.utils.data.DataLoader(ds, batch_size=batch_size),
-                               lambda x: normalize_batch(x, tf.mean, tf.std))
+                               lambda x: normalize_batch(x, tf.mean, tf.std), device=torch.device(device))
     probs = apply_temperature(logits, temperature) if len(paths) else np.zeros((0, len(class_names)))
     buf = io.StringIO()
     w = csv.writer(buf)

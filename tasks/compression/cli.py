@@ -1,19 +1,33 @@
 """CLI commands for learned image compression: ``finetune-kit compress train|eval``.
 
-Thin: options -> a validated config (``finetune_kit.tasks.compression.config``) -> a task function.
-torch and CompressAI are imported inside the commands so ``finetune-kit --help`` stays fast.
+Thin: options (the dialect of :mod:`finetune_kit.tasks.cli_options`, CompressAI's spellings as
+aliases: ``-m``, ``-d/--dataset``, ``-b``, ``--cuda``, ``--save_path`` ...) and an optional
+``--config FILE`` -> a validated config (``finetune_kit.tasks.compression.config``) -> a task
+function. Options typed on the command line override the file; a run's own ``config.json`` is a
+valid file. torch and CompressAI are imported inside the commands so ``finetune-kit --help`` stays fast.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Mapping, Optional
 
 import typer
+
+from finetune_kit.tasks.cli_options import CONFIG_HELP, merge_options, option, read_config_file, resolve_device
+
+__all__ = ["app", "compression_file_values", "collect_values", "run_train", "RECORDED_KEYS"]
 
 app = typer.Typer(no_args_is_help=True)
 
 _MODELS = "hpcm-tiny, hpcm-small, hpcm-base, hpcm-large, bmshj2018-hyperprior, mbt2018-mean, " \
-          "cheng2020-anchor, elic2022-chandelier"
+          "cheng2020-anchor, elic2022-chandelier (hpcm_base, HPCM-Base ... are read as hpcm-base)"
+
+#: Keys a compression run records about itself in ``config.json`` (not settings to repeat): a
+#: ``--config`` file or ``finetune-kit rerun`` drops them, so the new run starts fresh in its own folder.
+RECORDED_KEYS = ("run_dir", "resume", "source_lmbda")
+
+CUDA = option(False, "cuda", help="CompressAI's flag: the same as --device cuda.")
+CONFIG = option(None, "config", help=CONFIG_HELP)
 
 
 def _quiet() -> None:
@@ -38,49 +52,56 @@ def _config(cls, **kwargs):
         raise typer.Exit(2) from None
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception, code: int = 1) -> None:
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(1) from None
+    raise typer.Exit(code) from None
 
 
-@app.command("train")
-def train_cmd(
-    data: Path = typer.Option(..., help="Folder of training images (PNG/JPEG), e.g. ../shared/data/photos-train."),
-    model: str = typer.Option("hpcm-tiny", "--model", "--preset", help=f"Model name: {_MODELS}."),
-    val_data: Optional[Path] = typer.Option(None, "--val-data", "--val_data", help="Validation image folder (default: hold out --val-fraction of --data)."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", "--val_fraction", help="Fraction of --data held out for validation when --val-data is not given."),
-    output_dir: Path = typer.Option(Path("runs/compression"), "--output-dir", "--output_dir", help="Parent folder of the run folder."),
-    name: Optional[str] = typer.Option(None, help="Run name (default: MODEL-METRIC-lambdaL)."),
-    epochs: int = typer.Option(10, help="Epochs (passes over the training set, or --steps-per-epoch batches)."),
-    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", "--steps_per_epoch", help="Batches per epoch, drawn with replacement (default: one pass)."),
-    batch_size: int = typer.Option(8, "--batch-size", "--batch_size", help="Images per batch (paper: 32)."),
-    patch_size: int = typer.Option(256, "--patch-size", "--patch_size", help="Random crop side in pixels, multiple of 16 (paper: 256)."),
-    lmbda: Optional[float] = typer.Option(None, "--lambda", help="Rate-distortion lambda: loss = lambda*255^2*MSE + bpp (default: 0.0067)."),
-    quality: Optional[int] = typer.Option(None, help="Pick lambda from the paper's list, 1..6 = 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483."),
-    metric: str = typer.Option("mse", help="Distortion: mse or ms-ssim (loss = lambda*(1-MS-SSIM) + bpp; crops >= 161 px)."),
-    lr: float = typer.Option(1e-4, "--lr", "--learning-rate", "--learning_rate", help="Adam learning rate of the network."),
-    aux_lr: float = typer.Option(1e-3, "--aux-lr", "--aux_lr", help="Adam learning rate of the entropy bottleneck quantiles (aux loss)."),
-    lr_milestones: Optional[List[int]] = typer.Option(None, "--lr-milestones", "--lr_milestones", help="Epochs at which the lr is multiplied by --lr-gamma (repeatable)."),
-    lr_gamma: float = typer.Option(0.3, "--lr-gamma", "--lr_gamma", help="Multiplier of the lr at each milestone."),
-    clip_max_norm: float = typer.Option(1.0, "--clip-max-norm", "--clip_max_norm", help="Gradient-norm clipping (0 disables)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    num_workers: int = typer.Option(0, "--num-workers", "--num_workers", help="DataLoader worker processes (0: load in the main process)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
-    device: str = typer.Option("cpu", "--device", help="cpu (default, reproducible), cuda or cuda:N."),
-    keep_last: int = typer.Option(1, "--keep-last", "--keep_last", help="Checkpoints kept besides the best one."),
-    wandb: str = typer.Option("offline", help="Weights & Biases mode: offline, disabled or online."),
-    resume: Optional[Path] = typer.Option(None, help="Run folder or checkpoint to continue (same model, lambda, metric)."),
-    progress: bool = typer.Option(True, help="Show progress bars and per-epoch lines."),
-) -> None:
-    """Train a compression model from scratch (CompressAI recipe; writes a run folder with checkpoints)."""
+def compression_file_values(path: str | Path) -> dict[str, Any]:
+    """The options of a compression ``--config`` file (YAML or JSON; ``lambda`` -> ``lmbda``).
+
+    A run's ``config.json`` works: :data:`RECORDED_KEYS` are dropped and a recorded
+    ``gamma_strategy`` that only restates the default (``constant``/``fixed`` without
+    ``adaptive_gamma``) is left to be derived again.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`finetune_kit.tasks.cli_options.read_config_file`.
+    """
+    values = read_config_file(path, renames={"lambda": "lmbda"})
+    for key in RECORDED_KEYS:
+        values.pop(key, None)
+    derived = "fixed" if values.get("use_hierarchical") else "constant"
+    if values.get("gamma_strategy") == derived and not values.get("adaptive_gamma"):
+        values.pop("gamma_strategy")
+    return values
+
+
+def collect_values(ctx: typer.Context, params: Mapping[str, Any], config: Optional[Path]) -> dict[str, Any]:
+    """defaults < ``--config`` file < typed options; ``--cuda``/``--device auto`` resolved (the
+    device line is printed, the first line of output); ``None`` values left out so the config's
+    defaults apply. A bad file ends the command with one ``error:`` line (exit 2)."""
+    params = dict(params)
+    try:
+        file_values = compression_file_values(config) if config else {}
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc, 2)
+    values = merge_options(ctx, params, file_values)
+    device, line = resolve_device(values.get("device") or "auto", bool(values.pop("cuda", False)))
+    values["device"] = device
+    typer.echo(line, err=True)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def run_train(values: Mapping[str, Any]) -> dict:
+    """Validate ``values`` as a :class:`~finetune_kit.tasks.compression.config.TrainConfig` and train
+    (``device`` already resolved, see :func:`collect_values`). Prints the run folder; returns the
+    final metrics. Bad options: one ``error:`` line, exit 2; a failed run: exit 1."""
     from finetune_kit.tasks.compression.config import TrainConfig
 
-    cfg = _config(TrainConfig, data=data, model=model, val_data=val_data, val_fraction=val_fraction,
-                  output_dir=output_dir, name=name, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                  batch_size=batch_size, patch_size=patch_size, lmbda=lmbda, quality=quality, metric=metric,
-                  lr=lr, aux_lr=aux_lr, lr_milestones=lr_milestones or [], lr_gamma=lr_gamma,
-                  clip_max_norm=clip_max_norm, seed=seed, num_workers=num_workers, threads=threads, device=device,
-                  keep_last=keep_last, wandb=wandb, resume=resume, progress=progress)
+    values = dict(values)
+    if not values.get("lr_milestones"):
+        values.pop("lr_milestones", None)
+    cfg = _config(TrainConfig, **values)
     from finetune_kit.tasks.compression.training import train
 
     try:
@@ -88,36 +109,104 @@ def train_cmd(
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
     typer.echo(f"run folder: {final['run_dir']}\ncheckpoint: {final.get('checkpoint')}")
+    return final
+
+
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    config: Optional[Path] = CONFIG,
+    data: Optional[Path] = option(None, "data", "-d", "--dataset", help="Folder of training images (PNG/JPEG), "
+                                  "e.g. ../shared/data/photos-train (required, here or in --config)."),
+    model: str = option("hpcm-tiny", "model", "-m", "--preset", help=f"Model name: {_MODELS}."),
+    val_data: Optional[Path] = option(None, "val_data", help="Validation image folder (default: hold out "
+                                      "--val-fraction of --data)."),
+    val_fraction: float = option(0.1, "val_fraction", help="Fraction of --data held out for validation when "
+                                 "--val-data is not given."),
+    val_patch_size: Optional[int] = option(None, "val_patch_size", help="Validation centre-crop side, px "
+                                           "(default: --patch-size)."),
+    output_dir: Path = option(Path("runs/compression"), "output_dir", "--output", "-o", "--save-path", "--save_path",
+                              help="Parent folder of the run folder."),
+    name: Optional[str] = option(None, "name", help="Run name (default: MODEL-METRIC-lambdaL)."),
+    epochs: int = option(10, "epochs", "--num-epochs", "--num_epochs", "-e", help="Epochs (passes over the "
+                         "training set, or --steps-per-epoch batches)."),
+    steps_per_epoch: Optional[int] = option(None, "steps_per_epoch", help="Batches per epoch, drawn with "
+                                            "replacement (default: one pass)."),
+    batch_size: int = option(8, "batch_size", "-b", help="Images per batch (paper: 32)."),
+    patch_size: int = option(256, "patch_size", help="Random crop side in pixels, multiple of 16 (paper: 256)."),
+    lmbda: Optional[float] = option(None, "lambda", help="Rate-distortion lambda: loss = lambda*255^2*MSE + bpp "
+                                    "(default: 0.0067)."),
+    quality: Optional[int] = option(None, "quality", help="Pick lambda from the paper's list, 1..6 = 0.0018, "
+                                    "0.0035, 0.0067, 0.013, 0.025, 0.0483."),
+    metric: str = option("mse", "metric", help="Distortion: mse or ms-ssim (loss = lambda*(1-MS-SSIM) + bpp; "
+                         "crops >= 161 px)."),
+    lr: float = option(1e-4, "learning_rate", "--lr", help="Adam learning rate of the network."),
+    aux_lr: float = option(1e-3, "aux_lr", help="Adam learning rate of the entropy bottleneck quantiles (aux loss)."),
+    lr_milestones: Optional[List[int]] = option(None, "lr_milestones", help="Epochs at which the lr is multiplied "
+                                                "by --lr-gamma (repeatable)."),
+    lr_gamma: float = option(0.3, "lr_gamma", help="Multiplier of the lr at each milestone."),
+    clip_max_norm: float = option(1.0, "clip_max_norm", help="Gradient-norm clipping (0 disables)."),
+    seed: int = option(0, "seed", help="Random seed."),
+    num_workers: int = option(0, "num_workers", "--workers", "-n", help="DataLoader worker processes (0: load in "
+                              "the main process)."),
+    threads: Optional[int] = option(None, "threads", "--num-threads", "--num_threads", help="torch CPU threads "
+                                    "(default: torch's choice)."),
+    device: str = option("auto", "device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
+    cuda: bool = CUDA,
+    cache_images: bool = option(True, "cache_images", negatable=True, help="Keep decoded training images in memory."),
+    keep_last: int = option(1, "keep_last", help="Checkpoints kept besides the best one."),
+    wandb: str = option("offline", "wandb", help="Weights & Biases mode: offline, disabled or online."),
+    resume: Optional[Path] = option(None, "resume", help="Run folder or checkpoint to continue (same model, lambda, "
+                                    "metric)."),
+    progress: bool = option(True, "progress", negatable=True, help="Show progress bars and per-epoch lines."),
+) -> None:
+    """Train a compression model from scratch (CompressAI recipe; writes a run folder with checkpoints)."""
+    params = dict(ctx.params)
+    params.pop("config")
+    run_train(collect_values(ctx, params, config))
 
 
 @app.command("eval")
 def eval_cmd(
-    checkpoints: List[Path] = typer.Argument(..., help="Checkpoint files (one per lambda for an R-D curve)."),
-    data: Path = typer.Option(..., help="Folder of test images, e.g. ../shared/data/kodak."),
-    output: Path = typer.Option(Path("runs/compression-eval"), help="Folder for results.json, per_image.json, bd.json, rd.png."),
-    model: Optional[str] = typer.Option(None, help=f"Model name if the checkpoint does not record it: {_MODELS}."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images (sorted by name) (default: all)."),
-    anchors: Optional[Path] = typer.Option(None, help="Anchors JSON of R-D curves (default: ../shared/data/anchors/kodak_rd.json if present)."),
-    anchor: str = typer.Option("VTM", help="Anchor curve for BD-rate / BD-PSNR."),
-    bd_method: str = typer.Option("akima", "--bd-method", "--bd_method", help="BD interpolation: akima, pchip or cubic."),
-    name: Optional[str] = typer.Option(None, help="Curve name in the JSON and plot (default: the model name)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
-    device: str = typer.Option("cpu", "--device", help="cpu (default), cuda or cuda:N: transforms and context model "
-                               "run there, rANS coding on the CPU; decode bit-exact on the same device type."),
-    progress: bool = typer.Option(True, help="Show progress bars and per-checkpoint lines."),
-    pad: str = typer.Option("edge", "--pad", help="Padding to the model's side multiple: edge (right/bottom, replicate) or "
-                            "centred (zeros, centred, multiple of 256: the official HPCM test.py, for the paper's R-D figures)."),
+    ctx: typer.Context,
+    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint files (one per lambda for an R-D "
+                                                       "curve); or 'checkpoints' in --config."),
+    config: Optional[Path] = CONFIG,
+    data: Optional[Path] = option(None, "data", "-d", "--dataset", help="Folder of test images, e.g. "
+                                  "../shared/data/kodak (required, here or in --config)."),
+    output: Path = option(Path("runs/compression-eval"), "output", "-o", help="Folder for results.json, "
+                          "per_image.json, bd.json, rd.png."),
+    model: Optional[str] = option(None, "model", "-m", help=f"Model name if the checkpoint does not record it: "
+                                  f"{_MODELS}."),
+    limit: Optional[int] = option(None, "limit", help="Evaluate only the first N images (sorted by name) "
+                                  "(default: all)."),
+    anchors: Optional[Path] = option(None, "anchors", help="Anchors JSON of R-D curves (default: the shipped "
+                                     "kodak_rd.json)."),
+    anchor: str = option("VTM", "anchor", help="Anchor curve for BD-rate / BD-PSNR."),
+    bd_method: str = option("akima", "bd_method", help="BD interpolation: akima, pchip or cubic."),
+    name: Optional[str] = option(None, "name", help="Curve name in the JSON and plot (default: the model name)."),
+    threads: Optional[int] = option(None, "threads", "--num-threads", "--num_threads", help="torch CPU threads "
+                                    "(default: torch's choice)."),
+    device: str = option("auto", "device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N: "
+                         "transforms and context model run there, rANS coding on the CPU; decode bit-exact on the "
+                         "same device type."),
+    cuda: bool = CUDA,
+    progress: bool = option(True, "progress", negatable=True, help="Show progress bars and per-checkpoint lines."),
+    pad: str = option("edge", "pad", help="Padding to the model's side multiple: edge (right/bottom, replicate) or "
+                      "centred (zeros, centred, multiple of 256: the official HPCM test.py, for the paper's R-D figures)."),
 ) -> None:
     """Evaluate checkpoints with real bitstreams (rANS): bpp, PSNR, MS-SSIM, times, R-D plot, BD-rate."""
     from finetune_kit.tasks.compression.config import EvalConfig
 
-    cfg = _config(EvalConfig, checkpoints=checkpoints, data=data, output=output, model=model, limit=limit,
-                  anchors=anchors, anchor=anchor, bd_method=bd_method, name=name, threads=threads, device=device,
-                  progress=progress)
+    params = dict(ctx.params)
+    params.pop("config")
+    if not params.get("checkpoints"):
+        params["checkpoints"] = None
+    cfg = _config(EvalConfig, **collect_values(ctx, params, config))
     from finetune_kit.tasks.compression.evaluate import run_eval
 
     try:
-        res = run_eval(cfg, pad=pad)
+        res = run_eval(cfg, pad=cfg.pad)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
     bd = res["bd"]
@@ -129,9 +218,9 @@ def eval_cmd(
 @app.command("convert-official")
 def convert_official_cmd(
     checkpoint: Path = typer.Argument(..., help="Official HPCM checkpoint (github.com/lyq133/LIC-HPCM), e.g. 0.0067.pth.tar."),
-    arch: str = typer.Option(..., "--arch", help="Official architecture: base (HPCM_Base) or large (HPCM_Large)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: CKPT.hpcm-ARCH.pt beside it)."),
-    lmbda: Optional[float] = typer.Option(None, "--lambda", help="Lambda it was trained for (default: read from the file name)."),
+    arch: str = option(..., "arch", help="Official architecture: base (HPCM_Base) or large (HPCM_Large)."),
+    output: Optional[Path] = option(None, "output", "-o", help="Checkpoint to write (default: CKPT.hpcm-ARCH.pt beside it)."),
+    lmbda: Optional[float] = option(None, "lambda", help="Lambda it was trained for (default: read from the file name)."),
 ) -> None:
     """Convert an official HPCM checkpoint for `compress eval` / `compress finetune` (safe load, every tensor mapped)."""
     _quiet()

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
 
-__all__ = ["PAPER_LAMBDAS", "RunConfigBase", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS", "check_device", "require_image_folder"]
+__all__ = ["PAPER_LAMBDAS", "RunConfigBase", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS", "check_device",
+           "require_image_folder", "normalize_model_name", "absolute_path"]
 
 #: lambdas of the HPCM paper's MSE models, lowest rate first (quality 1..6)
 PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
@@ -23,20 +24,40 @@ PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
 DEFAULT_ANCHORS = Path(__file__).resolve().parent / "anchors" / "kodak_rd.json"
 
 
+def normalize_model_name(name: str) -> str:
+    """``hpcm_base``, ``HPCM-Base``, `` hpcm-base `` -> ``hpcm-base`` (lower case, dashes), the zoo's spelling."""
+    return str(name).strip().lower().replace("_", "-")
+
+
 def _check_model(name: str) -> str:
-    if name not in MODEL_NAMES:
+    norm = normalize_model_name(name)
+    if norm not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
-    return name
+    return norm
+
+
+def absolute_path(v: Optional[Path]) -> Optional[Path]:
+    """Config validator: a path made absolute (``~`` expanded, symlinks kept), so the run's
+    ``config.json`` reproduces it from any working folder."""
+    import os
+
+    return None if v is None else Path(os.path.abspath(os.path.expanduser(str(v))))
+
 
 def check_device(v: str) -> str:
-    """Config validator: ``cpu``, ``cuda`` or ``cuda:N``, and the CUDA device must exist here.
+    """Config validator: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and the CUDA device must exist here.
 
-    Returns the device string (stripped). Raises:
+    Returns the device string (stripped; ``auto`` resolved to ``cuda`` when torch sees a CUDA
+    device, else ``cpu``). Raises:
         ValueError: one line naming the device and the fix (unknown form, no CUDA, no such GPU).
     """
     import re
 
     v = str(v).strip()
+    if v == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
     m = re.fullmatch(r"cpu|cuda(?::(\d+))?", v)
     if m is None:
         raise ValueError(f"device {v!r} is not one of cpu, cuda, cuda:N: pass e.g. --device cuda:0")
@@ -103,7 +124,7 @@ class RunConfigBase(BaseModel):
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1)
-    device: str = Field("cpu", description="cpu (default, reproducible), cuda or cuda:N")
+    device: str = Field("cpu", description="cpu (default here; the CLI's default is auto), auto, cuda or cuda:N")
     cache_images: bool = True
     keep_last: int = Field(1, ge=1)
     wandb: Literal["offline", "disabled", "online"] = "offline"
@@ -117,7 +138,12 @@ class RunConfigBase(BaseModel):
     @field_validator("data", "val_data")
     @classmethod
     def _folder_exists(cls, v: Optional[Path]) -> Optional[Path]:
-        return require_image_folder(v)
+        return absolute_path(require_image_folder(v))
+
+    @field_validator("output_dir", "resume")
+    @classmethod
+    def _absolute(cls, v: Optional[Path]) -> Optional[Path]:
+        return absolute_path(v)
 
     @field_validator("device")
     @classmethod
@@ -174,6 +200,7 @@ class EvalConfig(BaseModel):
     threads: Optional[int] = Field(None, ge=1)
     device: str = Field("cpu", description="cpu (default), cuda or cuda:N; entropy coding itself runs on the CPU")
     progress: bool = True
+    pad: Literal["edge", "centred"] = "edge"
 
     @field_validator("model")
     @classmethod
@@ -191,14 +218,14 @@ class EvalConfig(BaseModel):
         for p in v:
             if not Path(p).is_file():
                 raise ValueError(f"checkpoint {p} does not exist: pass .pt files written by 'compress train'")
-        return v
+        return [absolute_path(p) for p in v]
 
     @field_validator("data")
     @classmethod
     def _data(cls, v: Path) -> Path:
         if not Path(v).is_dir():
             raise ValueError(f"image folder {v} does not exist: pass e.g. ../shared/data/kodak")
-        return v
+        return absolute_path(v)
 
     @field_validator("anchors")
     @classmethod

@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
-from finetune_kit.tasks.compression.config import RunConfigBase
+from finetune_kit.tasks.compression.config import RunConfigBase, absolute_path
 from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
 from finetune_kit.tasks.compression.finetune.lr_manager import DEFAULT_LR_MULTS
 
@@ -95,12 +95,20 @@ class FinetuneConfig(RunConfigBase):
     keep_last: int = Field(2, ge=1)
     keep_best: int = Field(1, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded(cls, data: Any) -> Any:
+        """A run's ``config.json`` validates: ``source_lmbda`` (recorded from the checkpoint) is dropped."""
+        if isinstance(data, dict) and "source_lmbda" in data:
+            data = {k: v for k, v in data.items() if k != "source_lmbda"}
+        return data
+
     @field_validator("checkpoint")
     @classmethod
     def _ckpt(cls, v: Optional[Path]) -> Optional[Path]:
         if v is not None and not Path(v).exists():
             raise ValueError(f"checkpoint {v} does not exist: pass a .pt file or a run folder of 'compress train'")
-        return v
+        return absolute_path(v)
 
     @model_validator(mode="after")
     def _resolve(self) -> "FinetuneConfig":
