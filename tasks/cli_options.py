@@ -41,6 +41,15 @@ ALIASES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "data": ("-d", "--dataset"),
     "checkpoint": ("--finetune",),
     "lambda": ("--lmbda",),
+    # analyze / sweep (their short forms)
+    "metric": ("-m",),
+    "group_by": ("-g",),
+    "top_k": ("-k",),
+    "param": ("-p",),
+    "trials": ("-n",),
+    "workers": ("--parallel", "-j"),
+    "pruner": ("--pruning",),
+    "space": ("--config",),                                    # a sweep's config file is its space file
 })
 
 CONFIG_HELP = ("YAML or JSON file of this command's options (keys: option names; a run's config.json "

@@ -16,6 +16,8 @@ from typing import List, Optional, Tuple
 
 import typer
 
+from finetune_kit.tasks.cli_options import option
+
 from finetune_kit.experiments.profiles import (curve_candidates, metric_candidates, metric_directions, profiles_by_name,
                                                select_profile)
 from finetune_kit.tasks.classification.profile import CLASSIFICATION
@@ -75,28 +77,28 @@ def _apply_where(results, where: List[str]):
 
 def analyze_cmd(
     runs_dir: Path = typer.Argument(..., help="Folder of run folders (e.g. runs/ or a sweep folder)."),
-    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="Metric to rank by: a name (test_auroc, "
+    metric: Optional[str] = option(None, "metric", "-m", help="Metric to rank by: a name (test_auroc, "
                                          "val_auroc, bpp) or a column (final.test_auroc, best.val_auroc). "
                                          f"Default: first present of {', '.join(DEFAULT_METRIC_CANDIDATES)}."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: from the metric name)."),
-    group_by: Optional[str] = typer.Option(None, "--group-by", "-g", help="Parameter to group by (e.g. ft_strategy, lambda)."),
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Runs listed per group."),
-    heatmap: Optional[Tuple[str, str]] = typer.Option(None, "--heatmap", help="PARAM_X PARAM_Y: heatmap of the "
+    mode: Optional[str] = option(None, "mode", help="max or min (default: from the metric name)."),
+    group_by: Optional[str] = option(None, "group_by", "-g", help="Parameter to group by (e.g. ft_strategy, lambda)."),
+    top_k: int = option(5, "top_k", "-k", min=1, help="Runs listed per group."),
+    heatmap: Optional[Tuple[str, str]] = option(None, "heatmap", help="PARAM_X PARAM_Y: heatmap of the "
                                                       "metric over two parameters (one per group with --group-by)."),
-    compare_param: Optional[str] = typer.Option(None, "--compare-param", help="Plot the metric against this "
+    compare_param: Optional[str] = option(None, "compare_param", help="Plot the metric against this "
                                                 "parameter, one line per group."),
-    also: List[str] = typer.Option([], "--also", help="Other metrics shown beside the ranked one in the top-k "
+    also: List[str] = option([], "also", help="Other metrics shown beside the ranked one in the top-k "
                                    "tables (e.g. test_auroc, test_ece_calibrated). Repeatable."),
-    where: List[str] = typer.Option([], "--where", help="Only runs with PARAM=VALUE (e.g. lambda=0.0018). Repeatable."),
-    curves: Optional[str] = typer.Option(None, "--curves", help="Per-epoch key to draw for every run (default: "
+    where: List[str] = option([], "where", help="Only runs with PARAM=VALUE (e.g. lambda=0.0018). Repeatable."),
+    curves: Optional[str] = option(None, "curves", help="Per-epoch key to draw for every run (default: "
                                          "the metric's per-epoch key, e.g. val_auroc, when logged)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for report.md, runs.csv and the "
+    output: Optional[Path] = option(None, "output", "-o", help="Folder for report.md, runs.csv and the "
                                           "figures (default RUNS_DIR/analysis)."),
-    stale_after_min: float = typer.Option(30.0, "--stale-after", help="Minutes without writes after which a "
+    stale_after_min: float = option(30.0, "stale_after", help="Minutes without writes after which a "
                                           "'running' run whose process cannot be checked is reported crashed."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage of the sweep's study (default "
+    storage: Optional[str] = option(None, "storage", help="Optuna storage of the sweep's study (default "
                                           "RUNS_DIR/optuna.db when present)."),
-    study_name: Optional[str] = typer.Option(None, "--study", help="Study to read (default: the only one, or the "
+    study_name: Optional[str] = option(None, "study", help="Study to read (default: the only one, or the "
                                              "one named like RUNS_DIR)."),
 ) -> None:
     """Rank runs, draw heatmaps and comparisons, recommend settings; write a markdown report.
@@ -188,39 +190,40 @@ def analyze_cmd(
 
 def sweep_cmd(
     ctx: typer.Context,
-    task: Optional[str] = typer.Option(None, "--task", help=f"{' | '.join(PROFILES)} (default {DEFAULT_TASK})."),
-    method: Optional[str] = typer.Option(None, "--method", help="Optuna sampler: grid | random | tpe | cmaes | "
+    task: Optional[str] = option(None, "task", help=f"{' | '.join(PROFILES)} (default {DEFAULT_TASK})."),
+    method: Optional[str] = option(None, "method", help="Optuna sampler: grid | random | tpe | cmaes | "
                                          "nsga2 (default grid)."),
-    param: List[str] = typer.Option([], "--param", "-p", help="NAME=v1,v2 or NAME=loguniform(LOW,HIGH) "
+    param: List[str] = option([], "param", "-p", help="NAME=v1,v2 or NAME=loguniform(LOW,HIGH) "
                                     "(uniform(), int(), logint(); or KIND:LOW:HIGH). Repeatable; NAME is the task "
                                     "option without dashes."),
-    space: Optional[Path] = typer.Option(None, "--space", help="YAML/JSON search space (and sweep settings)."),
-    trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Trials of the study, all workers "
+    space: Optional[Path] = option(None, "space", "--config", help="YAML/JSON search space and sweep settings "
+                                   "(the sweep's config file); options typed on the command line override it."),
+    trials: Optional[int] = option(None, "trials", "-n", min=1, help="Trials of the study, all workers "
                                          "together (grid: cap; default all combinations, else 10)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "--parallel", "-j", min=1,
+    workers: Optional[int] = option(None, "workers", "--parallel", "-j", min=1,
                                           help="Trial processes this command runs at once (default 1)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL, e.g. postgresql+psycopg://"
+    storage: Optional[str] = option(None, "storage", help="Optuna storage URL, e.g. postgresql+psycopg://"
                                           "user@host/db for several machines (default sqlite in OUTPUT_DIR)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Study name: join or resume this study (default "
+    study: Optional[str] = option(None, "study", help="Study name: join or resume this study (default "
                                         "the sweep folder's name)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Objective (default " + ", ".join(
+    metric: Optional[str] = option(None, "metric", help="Objective (default " + ", ".join(
                                          f"{p.metric} for {p.name}" for p in PROFILES.values()) + ")."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: from the metric name)."),
-    output_dir: Path = typer.Option(Path("sweeps/sweep"), "--output_dir", "--output-dir",
+    mode: Optional[str] = option(None, "mode", help="max or min (default: from the metric name)."),
+    output_dir: Path = option(Path("sweeps/sweep"), "output_dir",
                                     help="Sweep folder; re-run the same command on it to resume."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampler (default 0)."),
-    pruner: Optional[str] = typer.Option(None, "--pruner", "--pruning", help="median | sha | hyperband | none "
+    seed: Optional[int] = option(None, "seed", help="Seed of the sampler (default 0)."),
+    pruner: Optional[str] = option(None, "pruner", "--pruning", help="median | sha | hyperband | none "
                                          "(default median)."),
-    prune_warmup: int = typer.Option(1, "--prune-warmup", min=0, help="Epochs before pruning may stop a trial."),
-    prune_min_trials: int = typer.Option(3, "--prune-min-trials", min=1, help="Finished trials the median rule "
+    prune_warmup: int = option(1, "prune_warmup", min=0, help="Epochs before pruning may stop a trial."),
+    prune_min_trials: int = option(3, "prune_min_trials", min=1, help="Finished trials the median rule "
                                          "needs before pruning."),
-    prune_metric: Optional[str] = typer.Option(None, "--prune-metric", help="Per-epoch metrics.jsonl key reported "
+    prune_metric: Optional[str] = option(None, "prune_metric", help="Per-epoch metrics.jsonl key reported "
                                                "to the pruner (default: the objective's validation key, test_auroc "
                                                "-> val_auroc)."),
-    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="Seconds between heartbeats of a running trial."),
-    grace: Optional[int] = typer.Option(None, "--grace", min=1, help="Seconds without a heartbeat after which a "
+    heartbeat: int = option(10, "heartbeat", min=1, help="Seconds between heartbeats of a running trial."),
+    grace: Optional[int] = option(None, "grace", min=1, help="Seconds without a heartbeat after which a "
                                         "trial is failed and re-queued once (default 3 heartbeats)."),
-    trial_timeout_min: Optional[float] = typer.Option(None, "--trial-timeout", help="Fail a trial running longer "
+    trial_timeout_min: Optional[float] = option(None, "trial_timeout", help="Fail a trial running longer "
                                                       "than this many minutes."),
 ) -> None:
     """Hyperparameter search over a task on Optuna; each trial is a normal run. Fixed task options go after `--`.

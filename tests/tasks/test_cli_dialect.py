@@ -16,9 +16,6 @@ from finetune_kit.tasks.cli_options import ALIASES
 
 # typer may bring its own copy of click, so commands and options are recognised by duck typing
 
-#: Commands still in the old spelling while ``tasks/experiments_cli.py`` is rewritten elsewhere;
-#: remove each name here once that command uses ``cli_options.option``.
-DIALECT_PENDING = ("analyze", "sweep")
 
 _DASHED = re.compile(r"--[a-z0-9]+(?:-[a-z0-9]+)*")
 
@@ -62,13 +59,11 @@ def test_every_command_option_is_in_the_dialect():
     root = typer.main.get_command(app)
     seen, errors = [], {}
     for path, cmd in _commands(root):
-        if path in DIALECT_PENDING:
-            continue
         seen.append(path)
         if errs := _dialect_errors(cmd):
             errors[path] = errs
     assert {"classify", "compare", "predict", "evaluate", "rerun", "compress train", "compress eval",
-            "compress finetune"} <= set(seen)
+            "compress finetune", "compress convert-official", "analyze", "sweep", "strategies"} <= set(seen)
     assert not errors, errors
 
 
