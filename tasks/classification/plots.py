@@ -147,7 +147,7 @@ def reliability_figure(labels, probs_before, probs_after, temperature: float, *,
                label=f"observed fraction of {names[1]}" if k == 2 else "accuracy")
         for x, f, c in zip(centers[m], frac[m], count[m]):
             ax.annotate(f"n={int(c)}", (x, f), xytext=(0, 2), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=7)
+                        va="bottom", fontsize=7, rotation=90)
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
         if m.any():
             populated += [edges[:-1][m].min(), edges[1:][m].max()]
@@ -159,7 +159,7 @@ def reliability_figure(labels, probs_before, probs_after, temperature: float, *,
         pad = 0.5 / n_bins
         for ax in axes:
             ax.set_xlim(max(0.0, lo - pad), min(1.0, hi + pad))
-    axes[0].set_ylim(0, 1.12)
+    axes[0].set_ylim(0, 1.18)
     axes[0].set_ylabel(f"observed fraction of {names[1]}" if k == 2 else "accuracy")
     return fig
 

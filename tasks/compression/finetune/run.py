@@ -141,7 +141,12 @@ def build_run(cfg: FinetuneConfig, src: Source) -> tuple[Any, Any, dict]:
 
     resolved = {**cfg.model_dump(mode="json"), "model": src.model_name, "lmbda": src.lmbda,
                 "gamma_strategy": cfg.resolved_gamma_strategy, "source_lmbda": src.source_lmbda}
-    rd, logger = build_run_folder(cfg, src.run_path, resolved)
+    from finetune_kit.tasks.compression.checkpoints import default_checkpoint
+
+    # fingerprints (environment.json "inputs"): the data and the checkpoint file fine-tuned from
+    source = default_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
+    inputs = {"data": cfg.data, "val_data": getattr(cfg, "val_data", None), "checkpoint": source}
+    rd, logger = build_run_folder(cfg, src.run_path, resolved, inputs=inputs)
     return rd, logger, resolved
 
 

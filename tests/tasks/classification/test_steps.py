@@ -59,6 +59,9 @@ def test_build_then_fit_one_epoch(tiny_set, tmp_path):
     assert json.loads((run / "metrics.jsonl").read_text())["epoch"] == 2
     assert (run / "checkpoints" / "epoch_0002.pt").exists()  # the second epoch
     assert (run / "checkpoints" / "last.pt").exists() and (run / "split.csv").exists()
+    env = json.loads((run / "environment.json").read_text())
+    assert env["inputs"]["data"]["kind"] == "folder" and env["inputs"]["data"]["files"] == 13  # 12 images + README.txt
+    assert env["inputs"]["split"]["kind"] == "file" and "weights" not in env["inputs"]
 
 
 def test_named_options_go_only_to_the_strategy_that_takes_them(tmp_path):

@@ -72,6 +72,9 @@ def test_train_cli_checkpoints_and_resume(photos, tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     for name in ("config.json", "environment.json", "metrics.json"):
         assert (run / name).is_file()
+    env = json.loads((run / "environment.json").read_text())
+    assert env["inputs"]["data"]["kind"] == "folder" and env["inputs"]["data"]["files"] > 0
+    assert len(env["inputs"]["data"]["sha256"]) == 64 and env["finetune_kit"]
 
     r = runner.invoke(app, _train_args(photos, tmp_path, 3, ["--quality", "6", "--resume", str(run)]))
     assert r.exit_code == 0, r.output

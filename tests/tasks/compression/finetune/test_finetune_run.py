@@ -45,6 +45,12 @@ def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_pat
     with pytest.warns(OptionWarning, match="epoch\\(s\\) 2 are >= --epochs 2"):
         res = finetune(_cfg(photos, tmp_path, name="h", **opts))
     run = res["run_dir"]
+    import hashlib
+    from pathlib import Path
+
+    env = json.loads((Path(run) / "environment.json").read_text())  # the weights fine-tuned from, fingerprinted
+    assert env["inputs"]["checkpoint"]["sha256"] == hashlib.sha256(Path(base_ckpt).read_bytes()).hexdigest()
+    assert env["inputs"]["data"]["kind"] == "folder"
     # --freeze_entropy pins the entropy bottleneck: stage 2 announces (and counts) only h_a, h_s
     from finetune_kit.tasks.compression.models.zoo import build_model
 
