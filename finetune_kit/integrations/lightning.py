@@ -45,8 +45,13 @@ import logging
 import math
 from typing import Any, Callable, Mapping
 
-import lightning.pytorch as pl
 import torch
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # the optional extra
+    raise ImportError("finetune_kit.integrations.lightning needs PyTorch Lightning: "
+                      "pip install 'finetune-kit[lightning]' (lightning>=2.2)") from exc
 
 from finetune_kit.layer_groups import resolve_layer_groups
 from finetune_kit.strategy import FineTuneStrategy, get_strategy

@@ -153,13 +153,14 @@ def reliability_figure(labels, probs_before, probs_after, temperature: float, *,
             populated += [edges[:-1][m].min(), edges[1:][m].max()]
         ax.set(xlabel=f"predicted probability of {names[1]}" if k == 2 else "confidence (top-1 probability)",
                title=f"{name}: ECE={expected_calibration_error(p, y, n_bins):.3f}")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     if populated:
         lo, hi = min(populated), max(populated)
         pad = 0.5 / n_bins
         for ax in axes:
             ax.set_xlim(max(0.0, lo - pad), min(1.0, hi + pad))
-    axes[0].set_ylim(0, 1.18)
+    axes[0].set_ylim(0, 1.25)  # room for the counts above full bars
+    axes[0].set_yticks(np.linspace(0.0, 1.0, 6))
     axes[0].set_ylabel(f"observed fraction of {names[1]}" if k == 2 else "accuracy")
     return fig
 
@@ -206,8 +207,8 @@ def training_curves_figure(history: Sequence[Mapping], *, run_name: str = "", da
     for a in (a1, a2):
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
     _unfreeze_lines((a1, a2), history)
-    a1.legend(fontsize=8, loc="upper right")
-    a2.legend(fontsize=8, loc="lower right")
+    for a in (a1, a2):  # below the axes: the curves and the unfreeze labels stay uncovered
+        a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     parts = [t for t in (run_name, dataset) if t]
     fig.suptitle("training curves: " + " - ".join(parts) if parts else "training curves", fontsize=10)
     return fig
