@@ -55,7 +55,7 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
         out["test"] = test
         roc_ci = {1: ci} if after.shape[1] == 2 else None
         plot_roc(test_labels, after, out_dir / f"{prefix}roc.png", class_names=class_names, ci=roc_ci,
-                 title=f"ROC (test){' - ' + dataset if dataset else ''}")
+                 title="ROC (test)" + "".join(f" - {t}" for t in (run_name, dataset) if t))
         plot_reliability(test_labels, before, after, out_dir / f"{prefix}reliability.png", temperature,
                          class_names=class_names)
     if history:
