@@ -13,6 +13,12 @@ a run. It never owns the loop; the loop calls its hooks::
         for step, batch in ...: schedule.apply(global_step); ... optimizer.step()
         events += strategy.on_validation_end(epoch, val_metric, optimizer)  # plateau unfreezing
 
+Epochs: the hooks take the loop's 0-based epoch *index* (``epoch`` 0 is the first epoch), and
+:class:`UnfreezeEvent` ``.epoch`` is that index; whatever a person reads (console, logged records,
+checkpoint names, figures) counts epochs from 1, so loops log :meth:`UnfreezeEvent.record`
+(``epoch + 1``). A scheduled unfreeze at ``N`` (``progressive``'s ``unfreeze_schedule``) happens
+at index ``N``: after ``N`` completed epochs, so the groups train from epoch ``N + 1``.
+
 Unfreezing switches ``requires_grad`` and the groups' ``lr_scale``; it never adds groups
 to the optimizer. Under DDP, the set of parameters that need gradients is fixed when the
 model is wrapped: re-wrap the model after a hook returns events (the loop's job).
@@ -63,14 +69,23 @@ class StrategyOptionError(TypeError):
 
 @dataclass
 class UnfreezeEvent:
-    """What a hook changed: at ``epoch`` the ``groups`` became trainable (stage ``stage``),
-    leaving ``trainable_params`` scalar parameters trainable."""
+    """What a hook changed: from epoch index ``epoch`` (0-based, the hooks' convention) the
+    ``groups`` train (stage ``stage``), leaving ``trainable_params`` scalar parameters trainable.
+
+    Logs and files meant for people count epochs from 1: write :meth:`record`, whose ``epoch``
+    is ``epoch + 1``, the first epoch (counted from 1) in which the groups train.
+    """
 
     epoch: int
     stage: int
     groups: list[str]
     trainable_params: int
     reason: str = ""
+
+    def record(self) -> dict:
+        """The event as a dict for logs and files: ``{"epoch": epoch + 1 (counted from 1),
+        "stage", "groups", "trainable_params", "reason"}``."""
+        return {**asdict(self), "epoch": self.epoch + 1}
 
 
 class FineTuneStrategy:

@@ -37,7 +37,9 @@ class ProgressiveUnfreezing(FineTuneStrategy):
     left out of the stage's :class:`UnfreezeEvent` (which lists only groups that start training).
 
     Args:
-        unfreeze_schedule: epochs (0-based) at which stages 1, 2, ... unfreeze; ``"100,200"``.
+        unfreeze_schedule: for stages 1, 2, ...: the number of completed epochs after which the
+            stage unfreezes (``"2,4"``: stage 1 trains from epoch 3, stage 2 from epoch 5,
+            counting epochs from 1; equivalently the 0-based epoch index); ``"100,200"``.
             Default ``"2,4"``. Extra entries beyond the stages are an error.
         unfreeze_warmup_epochs: ramp length in epochs (0: no ramp). Default 5.
         warmup_start: LR fraction at the unfreeze epoch. Default 0.1.
@@ -82,7 +84,7 @@ class ProgressiveUnfreezing(FineTuneStrategy):
         while self.stage < len(self.schedule) and epoch >= self.schedule[self.stage]:
             self.stage += 1
             event = self._unfreeze(self._stages[self.stage], epoch, self.stage,
-                                   f"scheduled at epoch {self.schedule[self.stage - 1]}")
+                                   f"unfreeze_schedule: after {self.schedule[self.stage - 1]} completed epochs")
             if event:
                 for g in event.groups:
                     self.unfrozen_at[g] = epoch

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 __all__ = [
+    "CONTAINER_KINDS",
+    "CONTAINER_MARKERS",
     "RUN_MARKERS",
     "WandbRun",
     "discover_runs",
     "flatten",
+    "is_container",
     "is_wandb_run",
     "read_json",
     "read_jsonl",
@@ -35,6 +38,12 @@ __all__ = [
 
 #: Files whose presence makes a folder a run folder written by finetune-kit.
 RUN_MARKERS = ("config.json", "status.json", "metrics.jsonl", "metrics.json")
+#: Files that mark a folder as a container of runs (``compare`` writes ``comparison.json``).
+CONTAINER_MARKERS = ("comparison.json",)
+#: ``config.json`` ``kind`` values of containers of runs.
+CONTAINER_KINDS = ("comparison", "sweep")
+#: Files of a run that was started (:meth:`finetune_kit.runs.run_dir.RunDir.start`).
+_STARTED_MARKERS = ("config.json", "status.json")
 
 _MAX_LIST_FLATTEN = 16
 _WANDB_RUN = re.compile(r"^(offline-)?run-\d{8}_\d{6}-\w+$")
@@ -86,12 +95,20 @@ def wandb_runs_in(run_path: Path) -> list[Path]:
 
 
 def discover_runs(root: str | os.PathLike) -> list[Path]:
-    """Run folders under ``root`` (``root`` itself when it is one), sorted by path.
+    """Run folders under ``root`` (``root`` itself when it is one), at any depth, sorted by path.
 
-    A run folder holds at least one of :data:`RUN_MARKERS`; its sub-folders (``checkpoints/``,
-    its own ``wandb/``) are not searched. A wandb run folder (``offline-run-*``) that is not
-    inside a run folder is a run of its own (a *wandb-only* run), so a ``wandb/`` folder next
-    to run folders adds its runs beside them and never hides them. Hidden folders are skipped.
+    A folder is a *run* when it holds one of :data:`RUN_MARKERS` and is not a *container of
+    runs*. A container is a folder marked as one (it holds one of :data:`CONTAINER_MARKERS`, e.g.
+    a ``compare`` folder's ``comparison.json``, or its ``config.json`` has ``"kind":
+    "comparison"``) or a folder with markers that has a *started* run (one with ``config.json``
+    or ``status.json``) somewhere below it. Containers are searched, at any nesting (a folder of
+    compare folders, a sweep of sweeps). Inside a run, sub-folders that are not started runs
+    (``checkpoints/``, ``eval-NAME/`` results, its own ``wandb/``) are part of the run, not runs.
+
+    A wandb run folder (``offline-run-*``) that is not inside a run folder is a run of its own
+    (a *wandb-only* run), so a ``wandb/`` folder next to run folders adds its runs beside them
+    and never hides them. Hidden folders (``.x``, ``__x``) and symbolic links to folders are
+    skipped.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a folder.
@@ -101,14 +118,43 @@ def discover_runs(root: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"runs folder {root} does not exist or is not a folder: "
                                 "pass the --output_dir your runs were written to")
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if any(m in filenames for m in RUN_MARKERS) or is_wandb_run(here):
-            found.append(here)
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
+    _walk(root, found)
     return sorted(found)
+
+
+def _walk(folder: Path, found: list[Path]) -> bool:
+    """Add the runs in ``folder`` (itself or below) to ``found``; whether a started run is there."""
+    if is_wandb_run(folder):
+        found.append(folder)
+        return False
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return False
+    files = {e.name for e in entries if e.is_file()}
+    subdirs = [Path(e.path) for e in entries
+               if e.is_dir(follow_symlinks=False) and not e.name.startswith((".", "__"))]
+    if not any(m in files for m in RUN_MARKERS):
+        return any([_walk(d, found) for d in subdirs])
+    n = len(found)
+    inner = any([_walk(d, found) for d in subdirs if d.name not in ("checkpoints", "wandb")])
+    if inner or is_container(folder):
+        inner = any([_walk(d, found) for d in subdirs if d.name == "wandb"]) or inner
+        return inner
+    del found[n:]  # eval-NAME/ results and the like belong to this run
+    found.append(folder)
+    return bool(files & set(_STARTED_MARKERS))
+
+
+def is_container(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is marked as a container of runs (see :func:`discover_runs`): it holds
+    one of :data:`CONTAINER_MARKERS` or its ``config.json`` says ``"kind": "comparison"``
+    (or ``"sweep"``). Unreadable files count as no mark."""
+    folder = Path(folder)
+    if any((folder / m).is_file() for m in CONTAINER_MARKERS):
+        return True
+    config, _ = read_json(folder / "config.json")
+    return isinstance(config, Mapping) and config.get("kind") in CONTAINER_KINDS
 
 
 def read_json(path: Path) -> tuple[Any, str | None]:

@@ -4,7 +4,10 @@ Layout of a run folder (the contract the analysis tools read)::
 
     RUN/
       config.json       resolved configuration (all options, defaults filled in)
-      environment.json  versions of python/torch/timm/compressai, host, CPU/GPU, command line
+      environment.json  versions of finetune-kit/python/torch/timm/compressai, the git commit of the
+                        package's checkout (and whether it had uncommitted changes), host, CPU/GPU,
+                        command line, and ``inputs``: fingerprints of the data and weights used
+                        (:func:`fingerprint_inputs`)
       status.json       {"status": ..., "error": ..., "updated": ..., "pid": ..., "host": ...}
                         status is running | completed | failed | interrupted (stopped on purpose,
                         resumable) | pruned (stopped by a sweep); pid/host let readers tell a
@@ -15,10 +18,12 @@ Layout of a run folder (the contract the analysis tools read)::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +31,8 @@ from typing import Any, Mapping
 
 from finetune_kit.runs.atomic import atomic_write_text
 
-__all__ = ["RunDir", "new_run_dir", "environment_info", "to_jsonable"]
+__all__ = ["RunDir", "new_run_dir", "environment_info", "to_jsonable", "fingerprint", "fingerprint_inputs",
+           "git_info"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -57,8 +63,80 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def git_info(folder: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the git checkout that holds ``folder`` (default: this
+    package's source folder), or None when that folder is not tracked in a git work tree (an
+    installed wheel; a site-packages inside a repository's ``.venv``) or git is absent.
+
+    ``dirty`` is True when tracked files have uncommitted changes (untracked files are ignored).
+    """
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    if git("rev-parse", "--is-inside-work-tree") != "true" or git("ls-files", "--error-unmatch", "--", ".") is None:
+        return None
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """A fingerprint of one input of a run.
+
+    A file (weights, a checkpoint, a split file): ``{"path", "kind": "file", "bytes",
+    "sha256"}``, the SHA-256 of its content. A folder (a data set): ``{"path", "kind": "folder",
+    "files", "bytes", "sha256"}``, the SHA-256 over its sorted file list (every file below it,
+    hidden ones included, as ``relative/path<TAB>size<TAB>mtime_ns``), so a changed, added,
+    removed or touched file changes it without reading the images. Symbolic links are followed.
+    A missing path: ``{"path", "kind": "missing"}``.
+    """
+    p = Path(path)
+    base: dict[str, Any] = {"path": str(p.resolve()) if p.exists() else str(p)}
+    if p.is_file():
+        return {**base, "kind": "file", "bytes": p.stat().st_size, "sha256": _sha256_file(p)}
+    if not p.is_dir():
+        return {**base, "kind": "missing"}
+    lines, total = [], 0
+    for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            f = Path(dirpath) / name
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            total += st.st_size
+            lines.append(f"{f.relative_to(p).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n")
+    digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+    return {**base, "kind": "folder", "files": len(lines), "bytes": total, "sha256": digest}
+
+
+def fingerprint_inputs(inputs: Mapping[str, str | os.PathLike | None]) -> dict[str, Any]:
+    """``{name: fingerprint(path)}`` (see :func:`fingerprint`) for each input that is given
+    (None and empty values are left out), e.g. ``{"data": folder, "weights": file}``."""
+    return {name: fingerprint(path) for name, path in inputs.items() if path}
+
+
 def environment_info() -> dict[str, Any]:
-    """Versions and hardware facts that make a result traceable to where it ran."""
+    """Versions and hardware facts that make a result traceable to where it ran: the
+    finetune-kit version (package metadata) and :func:`git_info` of its checkout, python and
+    library versions, host, CPU/GPU, torch threads, command line and time."""
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -68,6 +146,12 @@ def environment_info() -> dict[str, Any]:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        info["finetune_kit"] = version("finetune-kit")
+    except PackageNotFoundError:
+        info["finetune_kit"] = None
+    info["git"] = git_info()
 
     # package metadata, not imports: importing timm/compressai just for a version costs seconds
     for mod, dist in (("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"),
@@ -134,10 +218,20 @@ class RunDir:
             raise FileNotFoundError(f"{target} not found: is {self.path} a run folder written by finetune-kit?")
         return json.loads(target.read_text())
 
-    def start(self, config: Any) -> None:
-        """Write ``config.json``, ``environment.json`` and status ``running``."""
+    def start(self, config: Any, inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
+        """Write ``config.json``, ``environment.json`` and status ``running``.
+
+        Args:
+            config: the resolved configuration (anything :func:`to_jsonable` takes).
+            inputs: ``{name: path}`` of the run's inputs (``{"data": folder, "weights": file}``);
+                their fingerprints (:func:`fingerprint_inputs`) go to ``environment.json``
+                under ``inputs``. None values are skipped.
+        """
         self.write_json("config.json", config)
-        self.write_json("environment.json", environment_info())
+        info = environment_info()
+        if self.enabled:
+            info["inputs"] = fingerprint_inputs(inputs or {})
+        self.write_json("environment.json", info)
         self.set_status("running")
 
     def set_status(self, status: str, error: str | None = None) -> None:

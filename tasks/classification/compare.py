@@ -64,14 +64,18 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     from finetune_kit.runs.checkpoint import atomic_write_text
     from finetune_kit.runs.run_dir import RunDir, new_run_dir
     from finetune_kit.tasks.classification.data import discover
-    from finetune_kit.tasks.classification.plots import plot_val_auroc_per_strategy
+    from finetune_kit.tasks.classification.plots import dataset_label, plot_val_auroc_per_strategy
     from finetune_kit.tasks.classification.train import run_training
     from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
     tag = base.experiment_tag or base.model_name
     configs = strategy_configs(base, strategies, per_strategy)  # bad names or options fail before anything runs
     folder = RunDir(new_run_dir(output_dir, f"compare-{tag}"))
-    folder.write_json("config.json", {"base": base, "strategies": list(strategies), "per_strategy": per_strategy or {}})
+    # "kind" and comparison.json mark the folder as a container of runs for `analyze` (run_files.discover_runs)
+    folder.write_json("config.json", {"kind": "comparison", "base": base, "strategies": list(strategies),
+                                      "per_strategy": per_strategy or {}})
+    folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": [],
+                                          "finished": None})
     # decode once, before any strategy's clock starts, and share the images between strategies
     cache = ImageCache(cache_size_for(base.model_name, base.img_size))
     cache.load([s.path for s in discover(base.data).samples], skip_corrupt=base.data.skip_corrupt)
@@ -83,9 +87,12 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
         histories[name] = RunDir(folder.path / name).history()
         rows.append(_row(name, result))
         _write_tables(folder, rows, title)
-    plot_val_auroc_per_strategy(histories, folder.path / "val_auroc.png")
+    plot_val_auroc_per_strategy(histories, folder.path / "val_auroc.png",
+                                dataset=dataset_label(base.data.data, base.data.label_preset),
+                                title=f"validation AUROC per epoch ({tag})")
     md = _write_tables(folder, rows, title)
-    folder.write_json("comparison.json", {"rows": rows, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": rows,
+                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return {"folder": str(folder.path), "rows": rows, "markdown": md}
 
 

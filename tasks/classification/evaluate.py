@@ -18,15 +18,24 @@ __all__ = ["calibrated_report", "evaluate_run", "load_trained"]
 
 def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
                       test_labels: np.ndarray, history: Sequence[Mapping] = (), temperature: float | None = None,
-                      prefix: str = "") -> dict:
+                      prefix: str = "", class_names: Sequence[str] | None = None, run_name: str = "",
+                      dataset: str = "", n_boot: int = 1000, seed: int = 0) -> dict:
     """Fit the temperature on the validation logits ``(Nv, C)`` (unless ``temperature`` is given),
     compute test metrics before/after scaling, and write ``roc.png``, ``reliability.png`` and
     (with ``history``) ``training_curves.png`` into ``out_dir``.
 
+    The test AUROC gets a 95 % confidence interval, ``auroc_ci95 = [low, high]`` (None when a
+    class is missing), from ``n_boot`` (default 1000) stratified bootstrap resamples seeded with
+    ``seed`` (:func:`~finetune_kit.tasks.classification.metrics.bootstrap_auroc_ci`); the ROC
+    legend shows it with the class names (``class_names``) and counts. ``run_name`` and
+    ``dataset`` title the training curves.
+
     Returns:
-        ``{"temperature", "val": {...}, "test": {... , "ece_calibrated", "nll_calibrated"}}``;
+        ``{"temperature", "val": {...}, "test": {... , "auroc_ci95", "ece_calibrated", "nll_calibrated"}}``;
         ``test`` is empty when there are no test images.
     """
+    from finetune_kit.tasks.classification.metrics import bootstrap_auroc_ci
+
     if temperature is None:
         temperature = fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
     out: dict = {"temperature": float(temperature)}
@@ -41,11 +50,16 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
         cal = classification_metrics(test_labels, after)
         test["ece_calibrated"] = cal["ece"]
         test["nll_calibrated"] = nll(test_logits, test_labels, temperature)
+        ci = bootstrap_auroc_ci(test_labels, after, n_boot=n_boot, seed=seed)
+        test["auroc_ci95"] = list(ci) if ci else None
         out["test"] = test
-        plot_roc(test_labels, after, out_dir / f"{prefix}roc.png")
-        plot_reliability(test_labels, before, after, out_dir / f"{prefix}reliability.png", temperature)
+        roc_ci = {1: ci} if after.shape[1] == 2 else None
+        plot_roc(test_labels, after, out_dir / f"{prefix}roc.png", class_names=class_names, ci=roc_ci,
+                 title="ROC (test)" + "".join(f" - {t}" for t in (run_name, dataset) if t))
+        plot_reliability(test_labels, before, after, out_dir / f"{prefix}reliability.png", temperature,
+                         class_names=class_names)
     if history:
-        plot_training_curves(history, out_dir / f"{prefix}training_curves.png")
+        plot_training_curves(history, out_dir / f"{prefix}training_curves.png", run_name=run_name, dataset=dataset)
     return out
 
 
@@ -120,8 +134,11 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     logits, labels = predict_logits(model, loader, lambda x: normalize_batch(x, tf.mean, tf.std),
                                     device=torch.device(device))
     out_dir = RunDir(run_path).path / f"eval-{name}"
+    from finetune_kit.tasks.classification.plots import dataset_label
+
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
-                            test_logits=logits, test_labels=labels, temperature=temperature)
+                            test_logits=logits, test_labels=labels, temperature=temperature, class_names=class_names,
+                            dataset=dataset_label(data_cfg.data, data_cfg.label_preset))
     result = {"data": data_cfg.model_dump(), "n_images": len(samples), "skipped_corrupt": len(skipped),
               "temperature": temperature, "metrics": rep["test"]}
     RunDir(out_dir).write_json("metrics.json", result)

@@ -7,10 +7,15 @@ BatchNorm stays in eval), one epoch of AdamW steps under the warm-up + cosine sc
 logs the record, steps early stopping and writes the ``last`` and (when the monitored metric
 improves) ``best`` checkpoints atomically; a run resumed by :func:`restore` from ``last.pt``
 therefore repeats exactly what an uninterrupted run would have done.
+
+Epochs are counted from 1 wherever a person reads them: the console line, the ``epoch`` of
+``metrics.jsonl`` records, checkpoint files (``epoch_0001.pt`` holds the first epoch; its
+``"epoch"`` is the number of completed epochs), ``best_epoch`` and the unfreeze events logged
+(:meth:`~finetune_kit.strategy.UnfreezeEvent.record`). The loop's own index, passed to the
+strategy hooks and the seeds, is 0-based (``epoch`` index ``i`` is epoch ``i + 1``).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Callable
@@ -68,9 +73,12 @@ def restore(state: TrainingRun) -> int:
     set_rng_state(ck["rng"])
     state.data.skipped = list(ck.get("skipped", state.data.skipped))
     state.feature_s = float(ck.get("feature_s", 0.0))
-    state.start_epoch, state.global_step = int(ck["epoch"]) + 1, int(ck["global_step"])
-    state.run.truncate_history(state.start_epoch)
-    state.console.print(f"resuming {state.run.path} at epoch {state.start_epoch}")
+    # ck["epoch"]: the last completed epoch, counted from 1 (= the 0-based index of the next one);
+    # checkpoints written before the 1-based convention (no "epoch_base") count from 0
+    done = int(ck["epoch"]) + (0 if ck.get("epoch_base", 0) == 1 else 1)
+    state.start_epoch, state.global_step = done, int(ck["global_step"])
+    state.run.truncate_history(done + 1)
+    state.console.print(f"resuming {state.run.path} at epoch {done + 1}")
     return state.start_epoch
 
 
@@ -117,15 +125,17 @@ def validate(state: TrainingRun, use_cache: bool = False) -> tuple[np.ndarray, n
 
 
 def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] | None = None) -> dict:
-    """Train epoch ``epoch`` (0-based) and validate; the strategy's hooks run around it.
+    """Train the epoch of 0-based index ``epoch`` and validate; the strategy's hooks run around it
+    (they take the 0-based index; the record is counted from 1, see the module docstring).
 
     Writes nothing: :func:`end_epoch` logs and checkpoints the returned record.
 
     Returns:
-        The epoch's record: ``epoch``, ``train_loss``, ``val_loss``, ``val_auroc``, ``val_accuracy``,
+        The epoch's record: ``epoch`` (counted from 1: ``epoch + 1``), ``train_loss``, ``val_loss``, ``val_auroc``, ``val_accuracy``,
         ``val_balanced_accuracy``, ``val_ece``, ``lr``, ``trainable_params``, ``trainable_fraction``,
         ``epoch_time_s``, ``train_images_per_s``, ``global_step``, ``feature_cache`` and ``unfrozen``
-        (the strategy's unfreeze events of this epoch, as dicts).
+        (the strategy's unfreeze events of this epoch, as :meth:`UnfreezeEvent.record` dicts: their
+        ``epoch`` is the first epoch, counted from 1, in which the groups train).
 
     Raises:
         NonFiniteLossError: the training loss became NaN/inf.
@@ -153,14 +163,14 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
         on_batch=on_batch)
     vl, vy = validate(state, use_cache)
     vm = classification_metrics(vy, softmax(vl), vl)
-    record = {"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss(vl, vy), "val_auroc": vm["auroc"],
+    record = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss(vl, vy), "val_auroc": vm["auroc"],
               "val_accuracy": vm["accuracy"], "val_balanced_accuracy": vm["balanced_accuracy"],
               "val_ece": vm["ece"], "lr": max(g["lr"] for g in opt.optimizer.param_groups),
               "trainable_params": trainable, "trainable_fraction": trainable / state.total_params,
               "epoch_time_s": stats.seconds, "train_images_per_s": stats.images_per_s,
               "global_step": state.global_step, "feature_cache": use_cache}
     events += strategy.on_validation_end(epoch, record[opt.monitor], opt.optimizer)
-    record["unfrozen"] = [dataclasses.asdict(e) for e in events]
+    record["unfrozen"] = [e.record() for e in events]
     return record
 
 
@@ -170,13 +180,13 @@ def end_epoch(state: TrainingRun, record: dict) -> None:
     print the epoch's line. Early stopping steps first, so a resumed run has this epoch's patience."""
     from finetune_kit.seeding import rng_state
 
-    epoch, opt, cfg = record["epoch"], state.opt, state.cfg
+    epoch, opt, cfg = record["epoch"], state.opt, state.cfg  # counted from 1
     metric = record[opt.monitor]
     state.logger.log(record, step=epoch)
     if opt.early is not None:
         opt.early.step(metric, epoch)
     ema = state.ema
-    ck = {"epoch": epoch, "global_step": state.global_step, "model": state.model.state_dict(),
+    ck = {"epoch": epoch, "epoch_base": 1, "global_step": state.global_step, "model": state.model.state_dict(),
           "ema": ema.module.state_dict() if ema is not None else None,
           "optimizer": opt.optimizer.state_dict(), "scaler": opt.scaler.state_dict(),
           "scheduler": opt.schedule.state_dict(), "strategy": state.strategy.state_dict(),
@@ -186,7 +196,7 @@ def end_epoch(state: TrainingRun, record: dict) -> None:
     worst = -math.inf if opt.mode == "max" else math.inf
     state.checkpoints.save(ck, epoch, metrics={opt.monitor: metric if metric == metric else worst})
     ev = "; ".join(f"unfroze {', '.join(e['groups'])}" for e in record["unfrozen"])
-    state.console.print(f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} val_loss "
+    state.console.print(f"epoch {epoch}/{cfg.epochs} loss {record['train_loss']:.4f} val_loss "
                         f"{record['val_loss']:.4f} val_auroc {record['val_auroc']:.4f} val_acc "
                         f"{record['val_accuracy']:.3f} {record['train_images_per_s']:.1f} img/s"
                         + (f" | {ev}" if ev else ""))
@@ -198,7 +208,8 @@ def train_epochs(state: TrainingRun) -> int | None:
     ``--early_stopping_patience``.
 
     Returns:
-        The epoch after which ``--stop_after_epoch`` stopped the run (to be resumed), else None.
+        The epoch (counted from 1) after which ``stop_after_epoch`` stopped the run (to be
+        resumed), else None. ``stop_after_epoch`` N stops after the N-th epoch (0 acts as 1).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -215,8 +226,8 @@ def train_epochs(state: TrainingRun) -> int | None:
             bar.reset(b_task, total=state.opt.steps)
             end_epoch(state, fit_one_epoch(state, epoch, on_batch=lambda: bar.advance(b_task)))
             bar.advance(ep_task)
-            if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch + 1 < epochs:
-                stopped = epoch
+            if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch and epoch + 1 < epochs:
+                stopped = epoch + 1
                 break
             if early is not None and early.should_stop:
                 state.console.print(f"early stopping: {state.opt.monitor} did not improve for {early.patience} epochs")

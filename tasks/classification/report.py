@@ -59,7 +59,12 @@ def report(state: TrainingRun) -> dict:
 
     ck, logits = predict_best(state)
     history = state.run.history()
-    rep = calibrated_report(state.run.path, history=history, **logits)
+    from finetune_kit.tasks.classification.plots import dataset_label
+
+    cfg = state.cfg
+    rep = calibrated_report(state.run.path, history=history, class_names=state.data.images.class_names,
+                            run_name=cfg.tag, dataset=dataset_label(cfg.data.data, cfg.data.label_preset),
+                            seed=cfg.seed, **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
     state.run.write_json("metrics.json", result)
     state.logger.summary({f"test_{k}": v for k, v in rep["test"].items() if isinstance(v, float)})
@@ -92,7 +97,7 @@ def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: 
         "peak_memory_mb": peak, "peak_memory_increase_mb": peak_increase,
         "wall_time_s": time.perf_counter() - state.t_start,
         "weights": dataclasses.asdict(state.weights_report) if state.weights_report else None,
-        "unfreeze_events": [dataclasses.asdict(e) for e in strategy.events], "config": cfg.model_dump(),
+        "unfreeze_events": [e.record() for e in strategy.events], "config": cfg.model_dump(),
     }
     if state.resume:
         result["resumed"] = True

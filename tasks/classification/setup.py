@@ -299,7 +299,8 @@ def _feature_cache_allowed(state: TrainingRun) -> bool:
 
 def start_run(state: TrainingRun) -> TrainingRun:
     """Make the run folder (or reopen a resumed one): ``split.csv``, ``config.json``,
-    ``environment.json`` and status ``running`` for a new run; then the logger (``metrics.jsonl``,
+    ``environment.json`` (with fingerprints of the data folder, the split file and any custom
+    weights) and status ``running`` for a new run; then the logger (``metrics.jsonl``,
     wandb) and the checkpoint manager. Sets ``state.cfg.run_dir`` to the folder.
 
     Returns:
@@ -317,7 +318,8 @@ def start_run(state: TrainingRun) -> TrainingRun:
         run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir(new_run_dir(cfg.output_dir, cfg.tag))
         cfg = state.cfg = cfg.model_copy(update={"run_dir": str(run.path)})
         write_split(state.data.images, run.path / "split.csv")
-        run.start(cfg)
+        run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
+                               "weights": cfg.custom_weights_path})
     state.run = run
     state.logger = RunLogger(run, wandb_mode=cfg.wandb, project=cfg.wandb_project, name=cfg.tag, config=cfg)
     state.checkpoints = CheckpointManager(run.checkpoints, keep_last=1, keep_best=1, metric=state.opt.monitor,

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-__all__ = ["load_anchors", "bd_metrics", "plot_rd"]
+__all__ = ["load_anchors", "bd_metrics", "plot_rd", "rd_figure"]
 
 Curve = Mapping[str, list]
 
@@ -61,8 +61,11 @@ def bd_metrics(anchor: Optional[Curve], test: Curve, *, method: str = "akima",
 
     Returns ``{"anchor", "method", "points", "bd_rate", "bd_psnr", "reason"?, "warnings"?}``;
     ``bd_rate``/``bd_psnr`` are None (with ``reason``) when there is no anchor, fewer than two
-    test points (one checkpoint gives one point: train one per lambda) or no overlap. Overlap
-    warnings of the ``bjontegaard`` package are kept in ``warnings``.
+    test points (one checkpoint gives one point: train one per lambda) or no overlap: when the
+    PSNR ranges of the two curves do not overlap, BD-rate is undefined and BD-PSNR (which would
+    be an extrapolation over a rate range with no comparable quality) is reported as None too,
+    the reason naming both ranges. Overlap warnings of the ``bjontegaard`` package are kept in
+    ``warnings``.
     """
     res: dict[str, Any] = {"anchor": anchor_name, "method": method, "points": len(test["bpp"]),
                            "bd_rate": None, "bd_psnr": None}
@@ -76,6 +79,11 @@ def bd_metrics(anchor: Optional[Curve], test: Curve, *, method: str = "akima",
     import bjontegaard as bd
 
     r, d = [p[0] for p in pts], [p[1] for p in pts]
+    a_lo, a_hi = min(anchor["psnr-rgb"]), max(anchor["psnr-rgb"])
+    if min(a_hi, max(d)) <= max(a_lo, min(d)):
+        res["reason"] = (f"curves do not overlap in PSNR (ours {min(d):.2f}-{max(d):.2f} dB, {anchor_name} "
+                         f"{a_lo:.2f}-{a_hi:.2f} dB): BD-rate undefined, so no BD-PSNR either")
+        return res
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rate = bd.bd_rate(anchor["bpp"], anchor["psnr-rgb"], r, d, method=method, require_matching_points=False)
@@ -83,7 +91,8 @@ def bd_metrics(anchor: Optional[Curve], test: Curve, *, method: str = "akima",
     res["bd_rate"] = None if rate is None or math.isnan(rate) else float(rate)
     res["bd_psnr"] = None if dist is None or math.isnan(dist) else float(dist)
     if res["bd_rate"] is None:
-        res["reason"] = "curves do not overlap in PSNR"
+        res["bd_psnr"] = None
+        res["reason"] = "curves do not overlap in PSNR: BD-rate undefined, so no BD-PSNR either"
     if caught:
         res["warnings"] = sorted({str(w.message) for w in caught})
     return res
@@ -91,10 +100,25 @@ def bd_metrics(anchor: Optional[Curve], test: Curve, *, method: str = "akima",
 
 def plot_rd(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], path: str | Path, *,
             title: str = "Rate-distortion", bd: Optional[Mapping[str, Any]] = None) -> Path:
-    """Draw PSNR-RGB (dB) against bpp for ``curves`` (solid, markers) over ``anchors`` (thin lines).
+    """Write :func:`rd_figure` to ``path`` (PNG, the legend outside the axes) and return ``path``."""
+    import matplotlib.pyplot as plt
 
-    The BD-rate/BD-PSNR from ``bd`` (see :func:`bd_metrics`) goes into the legend. Writes a PNG
-    to ``path`` and returns it.
+    fig = rd_figure(curves, anchors, title=title, bd=bd)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def rd_figure(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], *, title: str = "Rate-distortion",
+              bd: Optional[Mapping[str, Any]] = None):
+    """PSNR-RGB (dB) against rate (bpp) for ``curves`` (solid, markers) over ``anchors`` (thin
+    lines); returns the matplotlib Figure.
+
+    The BD-rate/BD-PSNR from ``bd`` (see :func:`bd_metrics`) goes into the legend ("BD
+    undefined" with no overlap). The legend sits outside the axes, right of them, so it never
+    covers a curve; the x axis spans our points (at least 0-1 bpp).
     """
     import matplotlib
 
@@ -109,7 +133,10 @@ def plot_rd(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], path: str
         pts = sorted(zip(c["bpp"], c["psnr-rgb"]))
         label = name
         if bd and bd.get("bd_rate") is not None:
-            label += f" (BD-rate {bd['bd_rate']:+.1f} %, BD-PSNR {bd['bd_psnr']:+.2f} dB vs {bd['anchor']})"
+            psnr = f", BD-PSNR {bd['bd_psnr']:+.2f} dB" if bd.get("bd_psnr") is not None else ""
+            label += f"\n(BD-rate {bd['bd_rate']:+.1f} %{psnr} vs {bd['anchor']})"
+        elif bd and "overlap" in str(bd.get("reason", "")):
+            label += f"\n(BD undefined vs {bd['anchor']}: no PSNR overlap)"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=2, color="black", label=label)
     all_bpp = [b for c in list(curves.values()) for b in c["bpp"]]
     if all_bpp:
@@ -118,10 +145,5 @@ def plot_rd(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], path: str
     ax.set_ylabel("PSNR-RGB (dB)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return fig

@@ -70,15 +70,19 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     return ckpt, parent.parent if parent.name == "checkpoints" else parent
 
 
-def build_run(cfg: Any, run_path: Path, config: Any = None) -> tuple[Any, Any]:
+def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None) -> tuple[Any, Any]:
     """``(RunDir, RunLogger)`` of ``run_path``: writes ``config.json`` (``config``, default ``cfg``),
-    ``environment.json`` and status ``running``; the logger writes ``metrics.jsonl`` and wandb
+    ``environment.json`` (with fingerprints of ``data``, ``val_data`` and a ``checkpoint`` the
+    run starts from; ``inputs``, a ``{name: path}`` mapping, replaces them) and status ``running``; the logger writes ``metrics.jsonl`` and wandb
     (``cfg.wandb``, project ``finetune-kit-compression``)."""
     from finetune_kit.runs.logger import RunLogger
     from finetune_kit.runs.run_dir import RunDir
 
     rd = RunDir(run_path)
-    rd.start(cfg if config is None else config)
+    # fingerprints of the data and the weights a run starts from (environment.json "inputs")
+    if inputs is None:
+        inputs = {k: getattr(cfg, k, None) for k in ("data", "val_data", "checkpoint")}
+    rd.start(cfg if config is None else config, inputs=inputs)
     logger = RunLogger(rd, wandb_mode=cfg.wandb, project="finetune-kit-compression", name=run_path.name,
                        config=cfg if config is None else config)
     return rd, logger
@@ -99,7 +103,8 @@ def build_model_and_optimizers(cfg: "TrainConfig", rd: Any) -> TrainParts:  # no
 
 def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
     """Load weights, both optimizers, the scheduler and the RNG states of ``ckpt``; cut
-    ``metrics.jsonl`` and the tracked checkpoints back to its epoch. Returns the next epoch.
+    ``metrics.jsonl`` and the tracked checkpoints back to its epoch. Returns the 0-based index of
+    the next epoch (= the epochs completed; checkpoints and records count epochs from 1).
 
     Raises:
         ValueError: the checkpoint's weights do not fit ``model_name`` (names the keys).
@@ -114,10 +119,11 @@ def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
     parts.scheduler.load_state_dict(ckpt["lr_scheduler"])
     if "rng_state" in ckpt:
         set_rng_state(ckpt["rng_state"])
-    start_epoch = int(ckpt["epoch"]) + 1
-    rd.truncate_history(start_epoch)
-    parts.manager.truncate(start_epoch - 1)
-    return start_epoch
+    # "epoch": the last completed epoch counted from 1; checkpoints without "epoch_base" count from 0
+    done = int(ckpt["epoch"]) + (0 if ckpt.get("epoch_base", 0) == 1 else 1)
+    rd.truncate_history(done + 1)
+    parts.manager.truncate(done)
+    return done
 
 
 def fit_one_epoch(parts: TrainParts, loader: Any, cfg: Any, epoch: int) -> dict[str, float]:
@@ -133,14 +139,15 @@ def validate(parts: TrainParts, loader: Any) -> dict[str, float]:
 
 
 def checkpoint_state(parts: TrainParts, cfg: Any, epoch: int, record: dict) -> dict[str, Any]:
-    """The checkpoint of ``epoch`` (CPU tensors): weights, optimizers, scheduler, RNG, config, metrics."""
+    """The checkpoint of ``epoch`` (counted from 1; CPU tensors): weights, optimizers, scheduler,
+    RNG, config, metrics; ``epoch_base: 1`` records the convention."""
     from finetune_kit.seeding import rng_state
     from finetune_kit.tasks.compression.checkpoints import to_cpu_state
 
     m = parts.model
     return {"state_dict": to_cpu_state(m.state_dict()), "optimizer": to_cpu_state(parts.optimizer.state_dict()),
             "aux_optimizer": to_cpu_state(parts.aux_optimizer.state_dict()) if parts.aux_optimizer else None,
-            "lr_scheduler": parts.scheduler.state_dict(), "epoch": epoch, "model": cfg.model,
+            "lr_scheduler": parts.scheduler.state_dict(), "epoch": epoch, "epoch_base": 1, "model": cfg.model,
             "config": cfg.model_dump(mode="json"), "metrics": record, "rng_state": rng_state(),
             "preset": m.config() if hasattr(m, "config") else None}
 
@@ -184,10 +191,10 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
             tr = fit_one_epoch(parts, train_loader, cfg, epoch)
             va = validate(parts, val_loader)
             parts.scheduler.step()
-            record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in tr.items()},
+            record = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in tr.items()},
                       **{f"val_{k}": v for k, v in va.items()}}
-            logger.log(record, step=epoch)
-            path = parts.manager.save(checkpoint_state(parts, cfg, epoch, record), epoch,
+            logger.log(record, step=epoch + 1)
+            path = parts.manager.save(checkpoint_state(parts, cfg, epoch + 1, record), epoch + 1,
                                       {"val_loss": va["loss"], "val_bpp": va["bpp_loss"],
                                        "val_psnr": va.get("psnr", float("nan"))})
             final = {**record, "checkpoint": str(path)}

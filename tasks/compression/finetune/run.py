@@ -141,7 +141,12 @@ def build_run(cfg: FinetuneConfig, src: Source) -> tuple[Any, Any, dict]:
 
     resolved = {**cfg.model_dump(mode="json"), "model": src.model_name, "lmbda": src.lmbda,
                 "gamma_strategy": cfg.resolved_gamma_strategy, "source_lmbda": src.source_lmbda}
-    rd, logger = build_run_folder(cfg, src.run_path, resolved)
+    from finetune_kit.tasks.compression.checkpoints import default_checkpoint
+
+    # fingerprints (environment.json "inputs"): the data and the checkpoint file fine-tuned from
+    source = default_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
+    inputs = {"data": cfg.data, "val_data": getattr(cfg, "val_data", None), "checkpoint": source}
+    rd, logger = build_run_folder(cfg, src.run_path, resolved, inputs=inputs)
     return rd, logger, resolved
 
 
@@ -178,18 +183,21 @@ def restore(parts: FinetuneParts, resume: dict, rd: Any, model_name: str) -> Pro
         if target is not None:
             target.load_state_dict(ft[key])
     set_rng_state(resume["rng_state"])
-    progress = Progress(int(resume["epoch"]) + 1, ft["history"], ft["scale_history"])
-    rd.truncate_history(progress.start_epoch)
-    _truncate_steps(rd.path / "steps.jsonl", progress.start_epoch)
-    dropped = parts.manager.truncate(progress.start_epoch - 1)
+    # "epoch": the last completed epoch counted from 1; checkpoints without "epoch_base" count from 0
+    done = int(resume["epoch"]) + (0 if resume.get("epoch_base", 0) == 1 else 1)
+    progress = Progress(done, ft["history"], ft["scale_history"])
+    rd.truncate_history(done + 1)
+    _truncate_steps(rd.path / "steps.jsonl", done + 1)
+    dropped = parts.manager.truncate(done)
     if dropped:
-        print(f"note: resuming after epoch {progress.start_epoch - 1}: deleted {len(dropped)} checkpoint(s) of later "
+        print(f"note: resuming after epoch {done}: deleted {len(dropped)} checkpoint(s) of later "
               f"epochs ({', '.join(p.name for p in dropped)}) from the abandoned run")
     return progress
 
 
 def _write_lr_table(cfg: FinetuneConfig, parts: FinetuneParts, rd: Any, model_name: str, epoch: int) -> None:
-    """``lr_table.json`` (and the printed table with ``--progress``) of the optimizer at ``epoch``."""
+    """``lr_table.json`` (and the printed table with ``--progress``) of the optimizer at ``epoch``
+    (counted from 1)."""
     from finetune_kit.tasks.compression.finetune.lr_manager import lr_table, print_lr_table
 
     table = lr_table(parts.optimizer, base_lr=cfg.learning_rate, clip_map=cfg.clip_map, aux_params=parts.aux_params,
@@ -216,12 +224,13 @@ def fit_one_epoch(parts: FinetuneParts, loader: Any, epoch: int, progress: Progr
 
     for ev in parts.strategy.on_epoch_start(epoch, parts.optimizer):
         # pinned groups (--freeze_entropy, --freeze_pattern) are not in ev.groups
-        print(f"epoch {epoch}: unfroze {', '.join(ev.groups)} ({ev.trainable_params:,} trainable parameters)")
+        print(f"epoch {ev.record()['epoch']}: unfroze {', '.join(ev.groups)} ({ev.trainable_params:,} trainable "
+              "parameters)")
     gamma_log = parts.objective.set_epoch_gamma(epoch, progress.history, progress.scale_hist)
     first = epoch * parts.steps_per_epoch
 
     def on_step(done: int, values: dict) -> None:
-        rec = {"epoch": epoch, "step": first + done - 1,
+        rec = {"epoch": epoch + 1, "step": first + done - 1,
                **{k: float(v) for k, v in values.items() if k not in ("bpp", "mse")}}
         steps_log.write(json.dumps(rec) + "\n")
         logger.log(rec, to_file=False)
@@ -263,7 +272,7 @@ def early_stop_step(parts: FinetuneParts, va: dict, epoch: int, record: dict) ->
 
 def checkpoint_state(parts: FinetuneParts, epoch: int, record: dict, resolved: dict, progress: Progress,
                      model_name: str) -> dict[str, Any]:
-    """The checkpoint of ``epoch`` in the ``compress train`` layout (CPU tensors) plus a ``finetune``
+    """The checkpoint of ``epoch`` (counted from 1) in the ``compress train`` layout (CPU tensors) plus a ``finetune``
     entry with the strategy, balanced, hierarchical and early-stopping states and the histories."""
     from finetune_kit.seeding import rng_state
     from finetune_kit.tasks.compression.checkpoints import to_cpu_state
@@ -271,7 +280,7 @@ def checkpoint_state(parts: FinetuneParts, epoch: int, record: dict, resolved: d
     obj, state = parts.objective, (lambda o: o.state_dict() if o else None)
     return {"state_dict": to_cpu_state(parts.model.state_dict()), "optimizer": to_cpu_state(parts.optimizer.state_dict()),
             "aux_optimizer": to_cpu_state(parts.aux_opt.state_dict()) if parts.aux_opt else None,
-            "lr_scheduler": parts.scheduler.state_dict(), "epoch": epoch, "model": model_name,
+            "lr_scheduler": parts.scheduler.state_dict(), "epoch": epoch, "epoch_base": 1, "model": model_name,
             "config": resolved, "metrics": record, "rng_state": rng_state(),
             "finetune": {"strategy": parts.strategy.state_dict(), "balanced": state(obj.balanced),
                          "hierarchical": state(obj.hier), "scale_early_stopping": state(parts.ses),
@@ -291,12 +300,12 @@ def _epoch(cfg, parts, loaders, epoch, progress, steps_log, logger) -> tuple[dic
     t0 = time.perf_counter()
     train, gamma_log = fit_one_epoch(parts, loaders[0], epoch, progress, steps_log, logger)
     va = validate(parts, loaders[1], cfg, progress)
-    record = {"epoch": epoch, "lr": max(g["lr"] for g in parts.optimizer.param_groups), **train,
+    record = {"epoch": epoch + 1, "lr": max(g["lr"] for g in parts.optimizer.param_groups), **train,
               **{f"val_{k}": v for k, v in va.items()}, **gamma_log, "seconds": time.perf_counter() - t0,
               "trainable_params": parts.strategy.trainable_params()}
     if parts.objective.balanced is not None:
         record.update({f"task_{k}": v for k, v in parts.objective.balanced.last_record.items() if k.startswith("weight/")})
-    stop = early_stop_step(parts, va, epoch, record)
+    stop = early_stop_step(parts, va, epoch + 1, record)
     logger.log(record)
     return record, va, stop
 
@@ -327,17 +336,18 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         progress = restore(parts, src.resume, rd, src.model_name) if src.resume is not None else Progress()
         steps_log = stack.enter_context(open(src.run_path / "steps.jsonl", "a", encoding="utf-8"))
         parts.strategy.apply(parts.optimizer, progress.start_epoch)
-        _write_lr_table(cfg, parts, rd, src.model_name, progress.start_epoch)
+        _write_lr_table(cfg, parts, rd, src.model_name, progress.start_epoch + 1)
         final: dict[str, Any] = {}
         t_run = time.perf_counter()
         for epoch in range(progress.start_epoch, cfg.epochs):
             record, va, stop = _epoch(cfg, parts, loaders, epoch, progress, steps_log, logger)
-            path = parts.manager.save(checkpoint_state(parts, epoch, record, resolved, progress, src.model_name), epoch,
+            ck = checkpoint_state(parts, epoch + 1, record, resolved, progress, src.model_name)
+            path = parts.manager.save(ck, epoch + 1,
                                       {"val_rd": va["rd"], "val_bpp": va["bpp"], "val_psnr": va["psnr"]})
             final = {**record, "checkpoint": str(path)}
             report(cfg, epoch, record, va)
             if stop:
-                print(f"early stopping after epoch {epoch}: " + ("every scale stopped" if parts.ses else "no improvement"))
+                print(f"early stopping after epoch {epoch + 1}: " + ("every scale stopped" if parts.ses else "no improvement"))
                 break
         if parts.ses is not None:
             parts.ses.save_history(src.run_path / "scale_early_stopping.json")

@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
+
 
 from finetune_kit.experiments.results import discover_runs, epoch_key, flatten, load_runs, metric_mode
 from analysis_helpers import make_run
+from finetune_kit.runs.run_dir import RunDir
 
 
 def test_flatten_nested_lists_and_nan():
@@ -204,3 +207,29 @@ def test_resolve_names_and_errors(grid_runs, tmp_path):
         load_runs(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_runs(tmp_path / "missing")
+
+
+def test_discover_compare_folders_at_any_nesting(tmp_path):
+    """A compare folder (its own config.json + one run per strategy) is a container, not a run; so
+    is a plain folder of them, at any depth; a run's eval-NAME/ results stay part of the run."""
+    from finetune_kit.experiments.run_files import is_container
+
+    def compare(parent: Path, name: str, marked: bool) -> Path:
+        folder = parent / name
+        RunDir(folder).write_json("config.json", {"kind": "comparison"} if marked else {"base": {}})
+        for i, s in enumerate(("linear", "gradual", "full", "progressive")):
+            make_run(folder, s, {"ft_strategy": s}, [{"epoch": 1, "val_auroc": 0.5 + i / 10}],
+                     final={"test": {"auroc": 0.6 + i / 10}})
+        return folder
+
+    a = compare(tmp_path / "study" / "2026" / "a", "compare-resnet18-1", marked=True)
+    b = compare(tmp_path / "study", "compare-resnet18-2", marked=False)  # unmarked: its runs make it a container
+    RunDir(a / "full" / "eval-external").write_json("metrics.json", {"metrics": {"auroc": 0.5}})
+    assert is_container(a) and not is_container(b)
+    for root in (tmp_path, tmp_path / "study", a):
+        runs = discover_runs(root)
+        assert all(r.name in ("linear", "gradual", "full", "progressive") for r in runs), runs
+    assert len(discover_runs(tmp_path)) == 8 and len(discover_runs(a)) == 4
+    res = load_runs(a)
+    ranked = res.completed.sort_values("final.test.auroc", ascending=False)
+    assert list(ranked["config.ft_strategy"]) == ["progressive", "full", "gradual", "linear"]

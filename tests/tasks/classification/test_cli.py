@@ -105,7 +105,7 @@ def test_layer_patterns_and_stages_reach_the_strategy(acrima_flat, tmp_path):
                               "--layer_stages", "head;layer4,layer3", "--output_dir", str(tmp_path), *FAST])
     assert res.exit_code == 0, res.output
     metrics = json.loads(next(tmp_path.glob("*/metrics.json")).read_text())
-    assert [(e["epoch"], e["groups"]) for e in metrics["unfreeze_events"]] == [(1, ["layer3", "layer4"])]
+    assert [(e["epoch"], e["groups"]) for e in metrics["unfreeze_events"]] == [(2, ["layer3", "layer4"])]  # trains from epoch 2
     bad = _error_line(runner.invoke(app, ["classify", "--data", str(acrima_flat), "--label_preset", "acrima",
                                           "--layer_stages", "head;decoder", "--output_dir", str(tmp_path), *FAST]))
     assert "'decoder'" in bad and "layer4" in bad

@@ -47,7 +47,7 @@ def test_build_then_fit_one_epoch(tiny_set, tmp_path):
     assert (len(state.data.train), len(state.data.val), len(state.data.test)) == (6, 3, 3)
     assert state.opt.steps == 1 and state.strategy.name == "progressive"
     first = fit_one_epoch(state, 0)
-    assert first["epoch"] == 0 and first["global_step"] == 1 and state.global_step == 1
+    assert first["epoch"] == 1 and first["global_step"] == 1 and state.global_step == 1
     assert math.isfinite(first["train_loss"]) and 0.0 <= first["val_auroc"] <= 1.0
     assert first["feature_cache"] and first["unfrozen"] == [] and first["trainable_fraction"] < 0.01
     second = fit_one_epoch(state, 1)  # scheduled stage 1: head + layer4, on augmented images
@@ -56,8 +56,12 @@ def test_build_then_fit_one_epoch(tiny_set, tmp_path):
     start_run(state)
     end_epoch(state, second)
     run = Path(state.run.path)
-    assert json.loads((run / "metrics.jsonl").read_text())["epoch"] == 1
+    assert json.loads((run / "metrics.jsonl").read_text())["epoch"] == 2
+    assert (run / "checkpoints" / "epoch_0002.pt").exists()  # the second epoch
     assert (run / "checkpoints" / "last.pt").exists() and (run / "split.csv").exists()
+    env = json.loads((run / "environment.json").read_text())
+    assert env["inputs"]["data"]["kind"] == "folder" and env["inputs"]["data"]["files"] == 13  # 12 images + README.txt
+    assert env["inputs"]["split"]["kind"] == "file" and "weights" not in env["inputs"]
 
 
 def test_named_options_go_only_to_the_strategy_that_takes_them(tmp_path):
@@ -172,10 +176,10 @@ def test_plugin_declared_under_the_entry_point_group(tiny_set, tmp_path):
 def test_lifecycle_records_a_planned_stop_and_bad_input_writes_nothing(tiny_set, tmp_path):
     from finetune_kit.tasks.classification.train import run_training
 
-    part = run_training(small_config(tiny_set, tmp_path / "a", ft_strategy="full", num_epochs=3, stop_after_epoch=0))
+    part = run_training(small_config(tiny_set, tmp_path / "a", ft_strategy="full", num_epochs=3, stop_after_epoch=1))
     status = json.loads((Path(part["run_dir"]) / "status.json").read_text())
     assert part["status"] == status["status"] == "interrupted"
-    assert status["error"] == f"stopped after epoch 0; continue with --resume {part['run_dir']}"
+    assert status["error"] == f"stopped after epoch 1; continue with --resume {part['run_dir']}"
     with pytest.raises(ValueError, match="decoder"):
         run_training(small_config(tiny_set, tmp_path / "b", ft_strategy="gradual", layer_stages=[["head"], ["decoder"]]))
     assert not (tmp_path / "b").exists()

@@ -26,7 +26,7 @@ def test_strategy_two_epochs_on_acrima(strategy, extra, acrima_flat, tmp_path):
         assert (run / f).exists(), f
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in hist] == [0, 1]
+    assert [h["epoch"] for h in hist] == [1, 2]  # counted from 1
     t = res["test"]
     for k in ("accuracy", "balanced_accuracy", "auroc", "f1", "sensitivity", "specificity", "kappa",
               "confusion_matrix", "ece", "ece_calibrated", "nll", "nll_calibrated"):
@@ -42,7 +42,7 @@ def test_strategy_two_epochs_on_acrima(strategy, extra, acrima_flat, tmp_path):
         assert res["feature_cache_epochs"] == 0
     if strategy == "full":
         assert res["trainable_fraction_final"] == pytest.approx(1.0)
-    if strategy == "progressive":  # stage 1 (head + layer4) at epoch 1
+    if strategy == "progressive":  # stage 1 (head + layer4) after 1 epoch: trains in epoch 2
         assert hist[1]["unfrozen"] and "layer4" in hist[1]["unfrozen"][0]["groups"]
         assert hist[0]["trainable_fraction"] < hist[1]["trainable_fraction"] < 1
 
@@ -62,13 +62,13 @@ def test_resume_after_interrupt_matches_uninterrupted(acrima_flat, tmp_path):
     kw = dict(ft_strategy="gradual", gradual_patience=1, num_epochs=3, augment="fundus", mixup=0.2, ema=True,
               ema_decay=0.9, label_preset="acrima", early_stopping_patience=5)
     full = run_training(small_config(acrima_flat, tmp_path / "a", **kw))
-    part = run_training(small_config(acrima_flat, tmp_path / "b", stop_after_epoch=0, **kw))
+    part = run_training(small_config(acrima_flat, tmp_path / "b", stop_after_epoch=1, **kw))
     assert part["status"] == "interrupted"
     run_b = Path(part["run_dir"])
     assert json.loads((run_b / "status.json").read_text())["status"] == "interrupted"
     # the checkpoint written after epoch 0 already counts epoch 0 in the early-stopping state
     early = torch.load(run_b / "checkpoints" / "last.pt", weights_only=False)["early"]
-    assert early["best_epoch"] == 0 and early["best"] is not None
+    assert early["best_epoch"] == 1 and early["best"] is not None
     resumed = run_training(resume_config(run_b), resume=True)
     drop = {"epoch_time_s", "train_images_per_s"}
     ha = [{k: v for k, v in json.loads(x).items() if k not in drop}

@@ -27,6 +27,21 @@ def test_bd_needs_two_points(anchors_file):
     assert bd["bd_rate"] is None and "at least 2" in bd["reason"]
 
 
+def test_no_overlap_gives_neither_bd_rate_nor_bd_psnr_and_legend_off_the_axes(anchors_file):
+    from finetune_kit.tasks.compression.rd_curves import rd_figure
+
+    vtm = load_anchors(anchors_file)["VTM"]
+    low = {"bpp": [0.01, 0.02], "psnr-rgb": [min(vtm["psnr-rgb"]) - 8, min(vtm["psnr-rgb"]) - 6]}
+    bd = bd_metrics(vtm, low, anchor_name="VTM")
+    assert bd["bd_rate"] is None and bd["bd_psnr"] is None and "do not overlap" in bd["reason"]
+    fig = rd_figure({"ours": low}, {"VTM": vtm}, bd=bd)
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert any("BD undefined" in t.get_text() for t in legend.get_texts())
+    fig.canvas.draw()  # the legend lies right of the axes: it covers no point
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+
+
 def test_bad_anchors_file(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"curves": {"x": {"bpp": [1, 2], "psnr-rgb": [3]}}}))
     with pytest.raises(ValueError, match="equal length"):

@@ -67,18 +67,21 @@ def test_train_cli_checkpoints_and_resume(photos, tmp_path):
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     for key in ("state_dict", "optimizer", "aux_optimizer", "lr_scheduler", "epoch", "config"):
         assert key in ckpt
-    assert ckpt["epoch"] == 1 and ckpt["config"]["model"] == "hpcm-tiny"
+    assert ckpt["epoch"] == 2 and ckpt["config"]["model"] == "hpcm-tiny"  # epochs counted from 1
     assert ckpt["config"]["lmbda"] == PAPER_LAMBDAS[5]
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     for name in ("config.json", "environment.json", "metrics.json"):
         assert (run / name).is_file()
+    env = json.loads((run / "environment.json").read_text())
+    assert env["inputs"]["data"]["kind"] == "folder" and env["inputs"]["data"]["files"] > 0
+    assert len(env["inputs"]["data"]["sha256"]) == 64 and env["finetune_kit"]
 
     r = runner.invoke(app, _train_args(photos, tmp_path, 3, ["--quality", "6", "--resume", str(run)]))
     assert r.exit_code == 0, r.output
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [0, 1, 2]
+    assert epochs == [1, 2, 3]
     resumed = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert resumed["epoch"] == 2
+    assert resumed["epoch"] == 3 and (run / "checkpoints" / "epoch_0003.pt").exists()
     assert resumed["optimizer"]["state"][0]["step"] > ckpt["optimizer"]["state"][0]["step"]
 
     # resuming with another lambda is refused with one line

@@ -45,6 +45,12 @@ def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_pat
     with pytest.warns(OptionWarning, match="epoch\\(s\\) 2 are >= --epochs 2"):
         res = finetune(_cfg(photos, tmp_path, name="h", **opts))
     run = res["run_dir"]
+    import hashlib
+    from pathlib import Path
+
+    env = json.loads((Path(run) / "environment.json").read_text())  # the weights fine-tuned from, fingerprinted
+    assert env["inputs"]["checkpoint"]["sha256"] == hashlib.sha256(Path(base_ckpt).read_bytes()).hexdigest()
+    assert env["inputs"]["data"]["kind"] == "folder"
     # --freeze_entropy pins the entropy bottleneck: stage 2 announces (and counts) only h_a, h_s
     from finetune_kit.tasks.compression.models.zoo import build_model
 
@@ -53,9 +59,9 @@ def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_pat
     counts = {n: sum(p.numel() for k, p in build_model("hpcm-tiny").named_parameters() if k.startswith(n + "."))
               for n in ("g_a", "g_s", "h_a", "h_s")}
     assert ev[0]["trainable_params"] == sum(counts.values())
-    assert "epoch 1: unfroze h_a, h_s (" in capsys.readouterr().out
+    assert "epoch 2: unfroze h_a, h_s (" in capsys.readouterr().out  # unfreeze_schedule 1: after 1 epoch
     ck = load_checkpoint(res["checkpoint"])
-    assert ck["epoch"] == 1 and ck["config"]["lmbda"] == 0.013 and ck["model"] == "hpcm-tiny"
+    assert ck["epoch"] == 2 and ck["config"]["lmbda"] == 0.013 and ck["model"] == "hpcm-tiny"
     assert "lambda=0.0067" in res["notes"][0]  # another lambda: announced, counters reset (epoch 0 start)
     sd = ck["state_dict"]
     # context unfreezes only at epoch 2 (not reached) and the entropy bottleneck is frozen: unchanged
@@ -76,8 +82,8 @@ def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_pat
     res2 = finetune(_cfg(photos, tmp_path, resume=run, **{**opts, "epochs": 3}))
     assert res2["run_dir"] == run
     ck2 = load_checkpoint(res2["checkpoint"])
-    assert ck2["epoch"] == 2 and ck2["finetune"]["balanced"]["steps"] == 6
-    assert [h["epoch"] for h in (json.loads(line) for line in open(f"{run}/metrics.jsonl"))] == [0, 1, 2]
+    assert ck2["epoch"] == 3 and ck2["finetune"]["balanced"]["steps"] == 6
+    assert [h["epoch"] for h in (json.loads(line) for line in open(f"{run}/metrics.jsonl"))] == [1, 2, 3]
     assert [s["step"] for s in (json.loads(line) for line in open(f"{run}/steps.jsonl"))] == [0, 1, 2, 3, 4, 5]
     assert "context" in ck2["finetune"]["strategy"]["trainable"]
 
@@ -88,18 +94,18 @@ def test_resume_from_an_earlier_checkpoint_drops_the_later_trajectory(photos, ba
     res = finetune(_cfg(photos, tmp_path, checkpoint=base_ckpt, epochs=3, steps_per_epoch=1, keep_last=3, keep_best=1))
     run = res["run_dir"]
     ckdir = f"{run}/checkpoints"
-    first = load_checkpoint(f"{ckdir}/epoch_0000.pt")
-    assert first["epoch"] == 0
-    res2 = finetune(_cfg(photos, tmp_path, resume=f"{ckdir}/epoch_0000.pt", epochs=2, steps_per_epoch=1, keep_last=3,
+    first = load_checkpoint(f"{ckdir}/epoch_0001.pt")  # the first epoch
+    assert first["epoch"] == 1
+    res2 = finetune(_cfg(photos, tmp_path, resume=f"{ckdir}/epoch_0001.pt", epochs=2, steps_per_epoch=1, keep_last=3,
                          keep_best=1))
-    assert res2["run_dir"] == run and load_checkpoint(res2["checkpoint"])["epoch"] == 1
+    assert res2["run_dir"] == run and load_checkpoint(res2["checkpoint"])["epoch"] == 2
     track = json.load(open(f"{ckdir}/checkpoints.json"))
-    assert sorted(e["epoch"] for e in track["entries"]) == [0, 1]  # epoch 2 of the old run is gone
-    assert not os.path.exists(f"{ckdir}/epoch_0002.pt")
-    assert load_checkpoint(f"{ckdir}/best.pt")["epoch"] in (0, 1) and load_checkpoint(f"{ckdir}/last.pt")["epoch"] == 1
+    assert sorted(e["epoch"] for e in track["entries"]) == [1, 2]  # epoch 3 of the old run is gone
+    assert not os.path.exists(f"{ckdir}/epoch_0003.pt")
+    assert load_checkpoint(f"{ckdir}/best.pt")["epoch"] in (1, 2) and load_checkpoint(f"{ckdir}/last.pt")["epoch"] == 2
     steps = [json.loads(line) for line in open(f"{run}/steps.jsonl")]
-    assert [(s["epoch"], s["step"]) for s in steps] == [(0, 0), (1, 1)]  # no duplicated steps of the old epochs 1, 2
-    assert [h["epoch"] for h in (json.loads(line) for line in open(f"{run}/metrics.jsonl"))] == [0, 1]
+    assert [(s["epoch"], s["step"]) for s in steps] == [(1, 0), (2, 1)]  # no duplicated steps of the old epochs 1, 2
+    assert [h["epoch"] for h in (json.loads(line) for line in open(f"{run}/metrics.jsonl"))] == [1, 2]
 
 
 def test_option_warnings_and_gamma_strategy_implies_a_schedule(photos):
