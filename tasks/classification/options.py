@@ -67,7 +67,7 @@ PATIENCE = option(3, "gradual_patience", help="gradual: epochs without val impro
                   "unfreezing stage.", rich_help_panel=_S)
 LLRD = option(0.9, "llrd_decay", help="full/llrd: LR factor per layer group of depth (head gets 1).",
               rich_help_panel=_S)
-SCHEDULE = option("2,4", "unfreeze_schedule", help="progressive: epochs (0-based) at which stages 1,2 unfreeze.",
+SCHEDULE = option("2,4", "unfreeze_schedule", help="progressive: completed epochs after which stages 1,2 unfreeze (2,4: stage 1 trains from epoch 3, stage 2 from epoch 5; epochs counted from 1).",
                   rich_help_panel=_S)
 UNFREEZE_WARMUP = option(2, "unfreeze_warmup_epochs", help="progressive: LR ramp of newly unfrozen groups, "
                          "epochs.", rich_help_panel=_S)
@@ -116,5 +116,5 @@ WANDB = option("offline", "wandb", help="disabled|offline|online (offline: RUN/w
                rich_help_panel=_R)
 PROJECT = option("finetune-kit", "wandb_project", help="wandb project.", rich_help_panel=_R)
 PROGRESS = option(True, "progress", negatable=True, help="Rich progress bars.", rich_help_panel=_R)
-STOP_AFTER = option(None, "stop_after_epoch", help="Stop after this epoch (0-based) as if interrupted, leaving a "
+STOP_AFTER = option(None, "stop_after_epoch", help="Stop after the N-th epoch (counted from 1) as if interrupted, leaving a "
                     "run that --resume continues (for tests and time-boxed jobs).", rich_help_panel=_R)

@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         clip_map: Optional[str] = option(None, "clip_map", help="Per-group gradient-norm limits, e.g. context:0.5."),
         clip_max_norm: Optional[float] = option(None, "clip_max_norm", help="Global gradient-norm clip (default 1.0; 0 disables)."),
         progressive_unfreeze: bool = option(False, "progressive_unfreeze", help="Train g_a+g_s first, then +h_a+h_s+entropy bottleneck, then +context."),
-        unfreeze_schedule: Optional[str] = option(None, "unfreeze_schedule", help="Epochs of the 2nd and 3rd stages (default 100,200)."),
+        unfreeze_schedule: Optional[str] = option(None, "unfreeze_schedule", help="Completed epochs after which the 2nd and 3rd stages unfreeze (default 100,200; epochs counted from 1)."),
         unfreeze_warmup_epochs: Optional[int] = option(None, "unfreeze_warmup_epochs", help="LR ramp of newly unfrozen groups, epochs (default 5)."),
         warmup_start: Optional[float] = option(None, "warmup_start", help="LR fraction at the start of a ramp (default 0.1)."),
         use_hierarchical: bool = option(False, "use_hierarchical", help="Per-scale R-D tasks (rate of s1/s2/s3/z, multi-scale distortion)."),
