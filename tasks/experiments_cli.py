@@ -214,7 +214,7 @@ def sweep_cmd(
     seed: Optional[int] = option(None, "seed", help="Seed of the sampler (default 0)."),
     pruner: Optional[str] = option(None, "pruner", "--pruning", help="median | sha | hyperband | none "
                                          "(default median)."),
-    prune_warmup: int = option(1, "prune_warmup", min=0, help="First epoch (counted from 1, the records' epoch) at which pruning may stop a trial."),
+    prune_warmup: int = option(1, "prune_warmup", min=0, help="Epochs every trial runs before pruning may stop it (records' epochs count from 1; median: n_warmup_steps, sha/hyperband: min_resource)."),
     prune_min_trials: int = option(3, "prune_min_trials", min=1, help="Finished trials the median rule "
                                          "needs before pruning."),
     prune_metric: Optional[str] = option(None, "prune_metric", help="Per-epoch metrics.jsonl key reported "
