@@ -103,41 +103,41 @@ class HPCMContext(nn.Module):
         carried = hyper_s1
         y_hat = params.new_zeros(B, self.M, H // 4, W // 4)
         scales_acc, means_acc = torch.zeros_like(y_hat), torch.zeros_like(y_hat)
-        for step in (0, 1):
-            if step == 0:
-                scales, means = hyper_s1.chunk(2, 1)
-            else:
-                ctx = self._predict(step, carried, y_hat, schedule)
-                carried = self.s1_attn(ctx, carried)
-                scales, means = ctx.chunk(2, 1)
-            mask = ids.s1 == step
-            y_hat = y_hat + coder(step, y_s1, scales, means, mask)
-            scales_acc = torch.where(mask, scales, scales_acc)
-            means_acc = torch.where(mask, means, means_acc)
+        scales, means = hyper_s1.chunk(2, 1)  # step 0: the hyperprior alone
+        mask = ids.s1 == 0
+        y_hat = y_hat + coder(0, y_s1, scales, means, mask)
+        scales_acc, means_acc = torch.where(mask, scales, scales_acc), torch.where(mask, means, means_acc)
+        y_hat, scales_acc, means_acc, carried = self._code_steps(
+            (1,), self.s1_attn, ids.s1, y_s1, carried, y_hat, scales_acc, means_acc, schedule, coder)
 
         # ---- s2: 4 steps on the 2x sub-sampled grid (first = s1), 3 new
         y_hat, scales_acc, means_acc = (schedule.s1_to_s2(t) for t in (y_hat, scales_acc, means_acc))
         carried = self.context_net[0](schedule.s1_to_s2(carried) + schedule.s2_hyper(params, hyper_s2, ids))
-        for step in (2, 3, 4):
-            ctx = self._predict(step, carried, y_hat, schedule)
-            carried = self.s2_attn(ctx, carried)
-            scales, means = ctx.chunk(2, 1)
-            mask = ids.s2 == step
-            y_hat = y_hat + coder(step, y_s2, scales, means, mask)
-            scales_acc = torch.where(mask, scales, scales_acc)
-            means_acc = torch.where(mask, means, means_acc)
+        y_hat, scales_acc, means_acc, carried = self._code_steps(
+            (2, 3, 4), self.s2_attn, ids.s2, y_s2, carried, y_hat, scales_acc, means_acc, schedule, coder)
 
         # ---- s3: 8 steps on y's grid (first two = s2), 6 new
         y_hat, scales_acc, means_acc = (schedule.s2_to_s3(t) for t in (y_hat, scales_acc, means_acc))
         new = (ids.s3 >= 5).repeat(2, 1, 1)
         carried = self.context_net[1](schedule.s2_to_s3(carried) + torch.where(new, params, 0.0))
-        for step in range(5, 11):
+        y_hat, scales_acc, means_acc, _ = self._code_steps(
+            range(5, 11), self.s3_attn, ids.s3, y_s3, carried, y_hat, scales_acc, means_acc, schedule, coder)
+        return y_hat, scales_acc, means_acc
+
+    def _code_steps(self, steps, attn: nn.Module, grid_ids: Tensor, y_grid: Optional[Tensor], carried: Tensor,
+                    y_hat: Tensor, scales_acc: Tensor, means_acc: Tensor, schedule: CodingSchedule,
+                    coder: StepCoder) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Code ``steps`` of one scale on its grid: predict from the carried context and
+        what is decoded so far, code the step's positions, fuse the context for the next step
+        (skipped after step 10, whose fused context would be unused). Returns the updated
+        ``(y_hat, scales, means, carried)``."""
+        for step in steps:
             ctx = self._predict(step, carried, y_hat, schedule)
-            if step < 10:  # the last step's fused context would be unused
-                carried = self.s3_attn(ctx, carried)
+            if step < 10:
+                carried = attn(ctx, carried)
             scales, means = ctx.chunk(2, 1)
-            mask = ids.s3 == step
-            y_hat = y_hat + coder(step, y_s3, scales, means, mask)
+            mask = grid_ids == step
+            y_hat = y_hat + coder(step, y_grid, scales, means, mask)
             scales_acc = torch.where(mask, scales, scales_acc)
             means_acc = torch.where(mask, means, means_acc)
-        return y_hat, scales_acc, means_acc
+        return y_hat, scales_acc, means_acc, carried

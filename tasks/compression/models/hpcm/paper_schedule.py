@@ -84,17 +84,9 @@ class PaperSchedule(CodingSchedule):
         self.parity = torch.tensor([S1_FIRST[int(i)] for i in g])
         self._fill_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    def step_ids(self, height: int, width: int, device=None) -> _Grids:
-        """Step id (0..10) of every element of y on the s1, s2 and full grids (see the module doc).
-
-        Raises:
-            ValueError: a side is not a multiple of 4.
-        """
-        if height % 4 or width % 4:
-            raise ValueError(f"latent size {height}x{width} must be a multiple of 4: pad the image")
-        key = (height, width, str(device))
-        if key in self._cache:
-            return self._cache[key]
+    def _full_ids(self, height: int, width: int) -> Tensor:
+        """``[M, height, width]`` step id (0..10) of every element of y, as the official code codes it
+        (see the module doc); validation, caching and the s1/s2 grids are the base class's ``step_ids``."""
         M = self.M
         i = torch.arange(height).view(-1, 1)
         j = torch.arange(width).view(1, -1)
@@ -114,13 +106,7 @@ class PaperSchedule(CodingSchedule):
                 out[in_s2 & ~in_s1 & (q2 == pos)] = 2 + r
             for r, (pos, h) in enumerate(S3_ORDER[g]):
                 out[~in_s2 & (q3 == pos) & (half3 == h)] = 5 + r
-        if int(ids.min()) < 0:
-            raise AssertionError("paper schedule left a position uncoded")
-        s2_ids = self.to_s2(ids.unsqueeze(0))[0]
-        s1_ids = self.to_s1(s2_ids.unsqueeze(0))[0]
-        grids = _Grids(s1=s1_ids.to(device), s2=s2_ids.to(device), s3=ids.to(device))
-        self._cache[key] = grids
-        return grids
+        return ids
 
     def _fill_index(self, height: int, width: int, device) -> tuple[Tensor, Tensor]:
         key = (height, width, str(device))

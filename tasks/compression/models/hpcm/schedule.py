@@ -120,8 +120,17 @@ class CodingSchedule:
         if height % 4 or width % 4:
             raise ValueError(f"latent size {height}x{width} must be a multiple of 4: pad the image")
         key = (height, width, str(device))
-        if key in self._cache:
-            return self._cache[key]
+        if key not in self._cache:
+            ids = self._full_ids(height, width)
+            if int(ids.min()) < 0:
+                raise AssertionError(f"schedule {self.name!r} left a position of y uncoded")
+            s2_ids = self.to_s2(ids.unsqueeze(0))[0]
+            s1_ids = self.to_s1(s2_ids.unsqueeze(0))[0]
+            self._cache[key] = _Grids(s1=s1_ids.to(device), s2=s2_ids.to(device), s3=ids.to(device))
+        return self._cache[key]
+
+    def _full_ids(self, height: int, width: int) -> Tensor:
+        """``[M, height, width]`` step id of every element of y on its own grid (this schedule's offsets)."""
         M = self.M
         i = torch.arange(height).view(1, -1, 1)
         j = torch.arange(width).view(1, 1, -1)
@@ -152,12 +161,7 @@ class CodingSchedule:
         sel3 = ~in_s2
         half = ((u + v + par) % 2).expand(M, height, width)
         ids[sel3] = (5 + 2 * r3 + half)[sel3]
-        assert int(ids.min()) >= 0
-        s2_ids = self.to_s2(ids.unsqueeze(0))[0]
-        s1_ids = self.to_s1(s2_ids.unsqueeze(0))[0]
-        grids = _Grids(s1=s1_ids.to(device), s2=s2_ids.to(device), s3=ids.to(device))
-        self._cache[key] = grids
-        return grids
+        return ids
 
     # -- hooks the context model asks the schedule for (overridden by the paper's schedule) --
     #: name of this schedule (``"kit"``: this module's offsets and orders)
