@@ -18,6 +18,16 @@ DATA = SHARED / "data"
 WEIGHTS = SHARED / "weights"
 
 
+def without_volatile(obj, words):
+    """``obj`` (nested dicts/lists of metrics) without the keys that contain any of ``words``
+    (timings, paths, timestamps, memory: they differ between two runs of the same config)."""
+    if isinstance(obj, dict):
+        return {k: without_volatile(v, words) for k, v in obj.items() if not any(w in k.lower() for w in words)}
+    if isinstance(obj, list):
+        return [without_volatile(v, words) for v in obj]
+    return obj
+
+
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (real data lives in ../shared beside the repo; "

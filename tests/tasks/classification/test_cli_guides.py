@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from finetune_kit.tasks.classification.cli import classify_app
 from finetune_kit.tasks.cli import app
+from tests.conftest import without_volatile
 
 runner = CliRunner()
 
@@ -53,12 +54,7 @@ _VOLATILE = ("time", "seconds", "wall", "run_dir", "path", "folder", "started", 
 
 
 def _stable(obj):
-    """metrics without timing, path, timestamp and memory fields (they differ between runs)."""
-    if isinstance(obj, dict):
-        return {k: _stable(v) for k, v in obj.items() if not any(s in k.lower() for s in _VOLATILE)}
-    if isinstance(obj, list):
-        return [_stable(v) for v in obj]
-    return obj
+    return without_volatile(obj, _VOLATILE)
 
 
 def test_rerun_and_config_file_reproduce_the_metrics(acrima_flat, tmp_path):

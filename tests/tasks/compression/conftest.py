@@ -38,6 +38,15 @@ def photos() -> Path:
 
 
 @pytest.fixture(scope="session")
+def few_photos(photos_train_dir, tmp_path_factory) -> Path:
+    """Five of the training photographs (symbolic links; decoding all 50 would dominate a test)."""
+    d = tmp_path_factory.mktemp("few_photos")
+    for p in sorted(photos_train_dir.glob("*.png"))[:5]:
+        (d / p.name).symlink_to(p)
+    return d
+
+
+@pytest.fixture(scope="session")
 def anchors_file() -> Path:
     return _need(ANCHORS)
 

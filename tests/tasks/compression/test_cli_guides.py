@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune_kit.tasks.cli import app
+from tests.conftest import without_volatile
 
 runner = CliRunner()
 
@@ -35,15 +36,6 @@ FINETUNE_LINES = {
 #: the same workflows as docs/compression_finetuning.md now prints them, in the dashed spelling
 FINETUNE_LINES.update({f"{k}-dashed": re.sub(r"--[a-z]+(?:_[a-z]+)+", lambda m: m.group(0).replace("_", "-"), v)
                        for k, v in list(FINETUNE_LINES.items()) if k != "compressai"})
-
-
-@pytest.fixture(scope="module")
-def few_photos(photos, tmp_path_factory):
-    """Five training photographs (symbolic links)."""
-    d = tmp_path_factory.mktemp("few")
-    for p in sorted(photos.glob("*.png"))[:5]:
-        (d / p.name).symlink_to(p)
-    return d
 
 
 def _run(line: str, **subs) -> tuple[str, Path]:
@@ -85,11 +77,7 @@ _VOLATILE = ("time", "seconds", "wall", "run_dir", "checkpoint", "path", "starte
 
 
 def _stable(obj):
-    if isinstance(obj, dict):
-        return {k: _stable(v) for k, v in obj.items() if not any(s in k.lower() for s in _VOLATILE)}
-    if isinstance(obj, list):
-        return [_stable(v) for v in obj]
-    return obj
+    return without_volatile(obj, _VOLATILE)
 
 
 def test_rerun_and_config_reproduce_train_and_finetune(base_run, few_photos, tmp_path):
