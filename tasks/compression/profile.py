@@ -13,29 +13,17 @@ from finetune_kit.experiments.profiles import TaskProfile
 
 __all__ = ["COMPRESSION_FINETUNE", "COMPRESSION_TRAIN", "PROFILES"]
 
-_FALLBACK = ("val_psnr", "psnr", "loss")
 
-COMPRESSION_TRAIN = TaskProfile(
-    name="compression-train",
-    command=("compress", "train"),
-    output_flag="--output-dir",
-    name_flag="--name",
-    metric="val_loss",
-    mode="min",
-    fallback_metrics=_FALLBACK,
-    description="train a learned image compression model (finetune-kit compress train)",
-)
 
-COMPRESSION_FINETUNE = TaskProfile(
-    name="compression-finetune",
-    command=("compress", "finetune"),
-    output_flag="--output_dir",
-    name_flag="--name",
-    metric="val_rd",
-    mode="min",
-    fallback_metrics=_FALLBACK,
-    description="fine-tune a trained compression checkpoint (finetune-kit compress finetune)",
-)
+def _profile(command: str, output_flag: str, metric: str, description: str) -> TaskProfile:
+    """A ``compress COMMAND`` task: run named by ``--name``, R-D objective minimised, PSNR as fallback."""
+    return TaskProfile(name=f"compression-{command}", command=("compress", command), output_flag=output_flag,
+                       name_flag="--name", metric=metric, mode="min", fallback_metrics=("val_psnr", "psnr", "loss"),
+                       description=f"{description} (finetune-kit compress {command})")
+
+
+COMPRESSION_TRAIN = _profile("train", "--output-dir", "val_loss", "train a learned image compression model")
+COMPRESSION_FINETUNE = _profile("finetune", "--output-dir", "val_rd", "fine-tune a trained compression checkpoint")
 
 #: In order of preference for ``analyze``: a fine-tuning run's R-D cost before a training run's loss.
 PROFILES = (COMPRESSION_FINETUNE, COMPRESSION_TRAIN)
