@@ -35,31 +35,20 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def acrima_dir() -> Path:
-    """ACRIMA fundus photographs (label in the file name: _g_ = glaucoma)."""
-    return _need(DATA / "acrima" / "images", "ACRIMA images")
+def _shared(path: Path, what: str):
+    """A session fixture returning ``path`` of the shared data, skipping (with the reason) when absent."""
+
+    @pytest.fixture(scope="session")
+    def fixture() -> Path:
+        return _need(path, what)
+
+    fixture.__doc__ = f"{what} at {path}."
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def kodak_dir() -> Path:
-    """The 24 Kodak test images."""
-    return _need(DATA / "kodak", "Kodak images")
-
-
-@pytest.fixture(scope="session")
-def photos_train_dir() -> Path:
-    """50 natural photographs for compression training."""
-    return _need(DATA / "photos-train", "training photographs")
-
-
-@pytest.fixture(scope="session")
-def anchors_file() -> Path:
-    """Published R-D points on Kodak."""
-    return _need(DATA / "anchors" / "kodak_rd.json", "R-D anchors")
-
-
-@pytest.fixture(scope="session")
-def mobilenetv2_weights() -> Path:
-    """Real ImageNet MobileNetV2 weights for timm (BatchNorm folded: identity statistics)."""
-    return _need(WEIGHTS / "mobilenetv2_100.in1k_int8dequant.pth", "pretrained MobileNetV2 weights")
+acrima_dir = _shared(DATA / "acrima" / "images", "ACRIMA fundus photographs (label in the file name: _g_ = glaucoma)")
+kodak_dir = _shared(DATA / "kodak", "the 24 Kodak test images")
+photos_train_dir = _shared(DATA / "photos-train", "50 natural photographs for compression training")
+anchors_file = _shared(DATA / "anchors" / "kodak_rd.json", "published R-D points on Kodak")
+mobilenetv2_weights = _shared(WEIGHTS / "mobilenetv2_100.in1k_int8dequant.pth",
+                              "ImageNet MobileNetV2 weights for timm (BatchNorm folded: identity statistics)")

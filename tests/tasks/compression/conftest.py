@@ -15,26 +15,16 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 if os.environ.get("FK_TEST_THREADS") or (os.cpu_count() or 1) <= 2:
     torch.set_num_threads(int(os.environ.get("FK_TEST_THREADS", "1")))
 
-SHARED = Path(os.environ.get("FINETUNE_KIT_SHARED", Path(__file__).resolve().parents[4] / "shared")) / "data"
-KODAK = SHARED / "kodak"
-PHOTOS = SHARED / "photos-train"
-ANCHORS = SHARED / "anchors" / "kodak_rd.json"
-
-
-def _need(folder: Path) -> Path:
-    if not folder.exists():
-        pytest.skip(f"{folder} is absent: the real-data tests need ../shared/data (see its README)")
-    return folder
+@pytest.fixture(scope="session")
+def kodak(kodak_dir) -> Path:
+    """The Kodak test images (the root conftest's ``kodak_dir``)."""
+    return kodak_dir
 
 
 @pytest.fixture(scope="session")
-def kodak() -> Path:
-    return _need(KODAK)
-
-
-@pytest.fixture(scope="session")
-def photos() -> Path:
-    return _need(PHOTOS)
+def photos(photos_train_dir) -> Path:
+    """The 50 training photographs (the root conftest's ``photos_train_dir``)."""
+    return photos_train_dir
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +34,6 @@ def few_photos(photos_train_dir, tmp_path_factory) -> Path:
     for p in sorted(photos_train_dir.glob("*.png"))[:5]:
         (d / p.name).symlink_to(p)
     return d
-
-
-@pytest.fixture(scope="session")
-def anchors_file() -> Path:
-    return _need(ANCHORS)
 
 
 @pytest.fixture(scope="session")
