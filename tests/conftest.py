@@ -18,6 +18,31 @@ DATA = SHARED / "data"
 WEIGHTS = SHARED / "weights"
 
 
+#: A user's strategy plugin (a module of their own): head only, with an option of its own that it
+#: records in its state. Tests register it in-process (exec) or declare it under the
+#: ``finetune_kit.strategies`` entry-point group of a throwaway distribution.
+PLUGIN_SOURCE = '''
+from finetune_kit.strategy import FineTuneStrategy, register_strategy
+
+
+@register_strategy("myplugin")
+class MyPlugin(FineTuneStrategy):
+    """Head only, with an option of its own recorded in the strategy state."""
+
+    description = "test plugin: head only"
+
+    def __init__(self, *, myopt: int = 1, **common):
+        super().__init__(**common)
+        self.myopt = myopt
+
+    def initial_trainable(self, groups):
+        return [g.name for g in groups.head]
+
+    def state_dict(self):
+        return {**super().state_dict(), "myopt": self.myopt}
+'''
+
+
 def without_volatile(obj, words):
     """``obj`` (nested dicts/lists of metrics) without the keys that contain any of ``words``
     (timings, paths, timestamps, memory: they differ between two runs of the same config)."""

@@ -71,29 +71,20 @@ def test_options_of_another_strategy_are_an_error_naming_what_is_accepted():
     assert get_strategy("full", llrd_decay=0.8).llrd_decay == 0.8
 
 
-def test_plugin_strategy_with_its_own_option(tmp_path):
+def test_plugin_strategy_with_its_own_option():
     """A strategy registered from outside the package is built with its own option; others are refused."""
-    from finetune_kit.strategy import _ALIASES, _REGISTRY, FineTuneStrategy, StrategyOptionError, register_strategy
+    from finetune_kit.strategy import _REGISTRY, StrategyOptionError
 
-    @register_strategy("test_plugin_headfirst")
-    class HeadFirst(FineTuneStrategy):
-        description = "test plugin"
+    from tests.conftest import PLUGIN_SOURCE
 
-        def __init__(self, *, boost: float = 1.0, **common):
-            super().__init__(**common)
-            self.boost = boost
-
-        def initial_trainable(self, groups):
-            return [g.name for g in groups.head]
-
+    exec(compile(PLUGIN_SOURCE, "plugin", "exec"), {})  # as a user's module registering its strategy
     try:
-        s = get_strategy("test_plugin_headfirst", boost=3, lr_mults="fc:2")
-        assert s.boost == 3 and s.lr_mults == {"fc": 2.0}
-        with pytest.raises(StrategyOptionError, match="'test_plugin_headfirst' has no option 'llrd_decay'.*boost"):
-            get_strategy("test_plugin_headfirst", llrd_decay=0.9)
+        s = get_strategy("myplugin", myopt=3, lr_mults="fc:2")
+        assert s.myopt == 3 and s.lr_mults == {"fc": 2.0}
+        with pytest.raises(StrategyOptionError, match="'myplugin' has no option 'llrd_decay'.*myopt"):
+            get_strategy("myplugin", llrd_decay=0.9)
     finally:
-        _REGISTRY.pop("test_plugin_headfirst", None)
-        _ALIASES.pop("test_plugin_headfirst", None)
+        _REGISTRY.pop("myplugin", None)
 
 
 def test_builtin_strategies_found_through_entry_point_or_composition_root():

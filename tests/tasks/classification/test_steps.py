@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from finetune_kit.tasks.cli import app
 from tests.tasks.classification.conftest import small_config
+from tests.conftest import PLUGIN_SOURCE
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[3]
@@ -105,26 +106,7 @@ def test_cli_rejects_an_option_the_strategy_does_not_take(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
-PLUGIN = '''
-from finetune_kit.strategy import FineTuneStrategy, register_strategy
-
-
-@register_strategy("myplugin")
-class MyPlugin(FineTuneStrategy):
-    """Head only, with an option of its own recorded in the strategy state."""
-
-    description = "test plugin: head only"
-
-    def __init__(self, *, myopt: int = 1, **common):
-        super().__init__(**common)
-        self.myopt = myopt
-
-    def initial_trainable(self, groups):
-        return [g.name for g in groups.head]
-
-    def state_dict(self):
-        return {**super().state_dict(), "myopt": self.myopt}
-'''
+PLUGIN = PLUGIN_SOURCE
 
 
 def _strategy_state(run_dir: Path) -> dict:
