@@ -122,18 +122,26 @@ def test_failed_trial_is_recorded_with_its_error(tmp_path):
     assert t.state.name == "FAIL" and "scripted failure at epoch 1" in t.user_attrs["error"]
 
 
+#: trials long enough (3 epochs of 1.5 s) that the poll below sees trial 1 running and stops the
+#: sweep before that trial ends, even on a loaded machine
+SLOW_TRIAL = ["--num_epochs", "3", "--sleep", "1.5"]
+
+
 def test_interrupted_sweep_resumes_without_rerunning_finished(tmp_path):
     script = (
         "import sys; sys.path.insert(0, %r)\n"
-        "from test_sweep import cfg, GRID\n"
+        "from test_sweep import cfg, GRID, SLOW_TRIAL\n"
         "from finetune_kit.experiments.sweep.runner import run_sweep\n"
-        "run_sweep(cfg(%r, GRID, fixed_args=['--num_epochs', '3', '--sleep', '0.7']), echo=print)\n"
+        "run_sweep(cfg(%r, GRID, fixed_args=SLOW_TRIAL), echo=print)\n"
     ) % (str(Path(__file__).parent), str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:
         time.sleep(0.3)
-        study = find_study(tmp_path / "sweep") if (tmp_path / "sweep" / "optuna.db").is_file() else None
+        try:  # the sweep may still be creating the database's tables: read again on the next poll
+            study = find_study(tmp_path / "sweep") if (tmp_path / "sweep" / "optuna.db").is_file() else None
+        except ValueError:
+            study = None
         trials = study.get_trials() if study else []
         if states(trials)[:2] == ["COMPLETE", "RUNNING"] and trials[1].user_attrs.get("run_dir"):
             break
@@ -147,7 +155,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished(tmp_path):
     assert states(trials) == ["COMPLETE", "FAIL", "WAITING"] and trials[1].user_attrs["error"] == "interrupted"
     first_attempt = Path(trials[1].user_attrs["run_dir"])
     assert json.loads((first_attempt / "status.json").read_text())["status"] == "interrupted"
-    done = run_sweep(cfg(tmp_path, GRID, fixed_args=["--num_epochs", "3", "--sleep", "0.7"]), echo=lambda s: None)
+    done = run_sweep(cfg(tmp_path, GRID, fixed_args=SLOW_TRIAL), echo=lambda s: None)
     assert states(done) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     assert done[2].params == trials[1].params  # the interrupted trial re-ran with its values
     assert len({tuple(sorted(t.params.items())) for t in done if t.state.name == "COMPLETE"}) == 4
