@@ -176,13 +176,15 @@ def resolve_device(device: str, cuda: bool = False) -> tuple[str, str]:
     Examples of ``line``: ``device: cpu (auto: no CUDA device)``, ``device: cuda (auto: NVIDIA H200)``,
     ``device: cpu``.
     """
+    from finetune_kit.device import resolve_auto_device
+
     device = str(device or "auto").strip()
     if cuda:
         return "cuda", "device: cuda (--cuda)"
     if device != "auto":
         return device, f"device: {device}"
-    import torch
+    if resolve_auto_device(device) == "cuda":
+        import torch
 
-    if torch.cuda.is_available():
         return "cuda", f"device: cuda (auto: {torch.cuda.get_device_name(0)})"
     return "cpu", "device: cpu (auto: no CUDA device)"

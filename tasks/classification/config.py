@@ -193,12 +193,9 @@ class ClassificationConfig(BaseModel):
     @classmethod
     def _device(cls, v: str) -> str:
         """``auto`` -> ``cuda`` when torch sees a CUDA device, else ``cpu``; others pass unchanged."""
-        v = str(v).strip()
-        if v == "auto":
-            import torch
+        from finetune_kit.device import resolve_auto_device
 
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return v
+        return resolve_auto_device(v)
 
     @field_validator("ft_strategy")
     @classmethod

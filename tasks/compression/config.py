@@ -53,11 +53,9 @@ def check_device(v: str) -> str:
     """
     import re
 
-    v = str(v).strip()
-    if v == "auto":
-        import torch
+    from finetune_kit.device import resolve_auto_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    v = resolve_auto_device(v)
     m = re.fullmatch(r"cpu|cuda(?::(\d+))?", v)
     if m is None:
         raise ValueError(f"device {v!r} is not one of cpu, cuda, cuda:N: pass e.g. --device cuda:0")

@@ -227,9 +227,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
     t0 = time.perf_counter()
     steps = 0
     total = max_steps if max_steps is not None else (len(loader) if hasattr(loader, "__len__") else None)
-    # no bar: the loader itself (tqdm.auto's bar opens an iterator of its own at construction, which
-    # draws sampler/worker seeds from the RNG and would shift the random stream of the run)
-    bar = tqdm(loader, total=total, desc=description, leave=False, dynamic_ncols=True) if progress else loader
+    # One iterator over the loader, made here whether or not a bar shows it: a bar given the loader
+    # itself opens an extra iterator, which draws sampler/worker seeds from the RNG, so the random
+    # crops of a run would depend on --progress.
+    batches = iter(loader)
+    bar = tqdm(batches, total=total, desc=description, leave=False, dynamic_ncols=True) if progress else batches
     for x in bar:
         if max_steps is not None and steps >= max_steps:
             break

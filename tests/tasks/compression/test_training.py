@@ -152,3 +152,23 @@ def test_models_without_quantiles_train_without_an_aux_optimizer():
     train_step(model, x, opt, aux, RDObjective(RateDistortionLoss(0.0483)))
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert any(n.startswith("entropy_bottleneck") for n in moved) and any(n.startswith("g_a") for n in moved)
+
+
+def test_progress_bar_does_not_change_the_random_stream(monkeypatch):
+    """The same seeded epoch with and without a progress bar trains on the same batches."""
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+    from finetune_kit.tasks.compression import engine
+
+    batches: list[torch.Tensor] = []
+    monkeypatch.setattr(engine, "train_step", lambda model, x, *a, **k: batches.append(x) or {"loss": x.mean()})
+    seen = {}
+    for progress in (False, True):
+        torch.manual_seed(0)
+        ds = TensorDataset(torch.rand(6, 3, 32, 32))
+        loader = DataLoader(ds, batch_size=2, sampler=RandomSampler(ds, replacement=True, num_samples=6),
+                            collate_fn=lambda b: torch.stack([t[0] for t in b]))
+        batches.clear()
+        engine.train_one_epoch(torch.nn.Linear(1, 1), loader, None, None, engine.RDObjective(None), progress=progress)
+        seen[progress] = torch.stack(batches)
+    assert torch.equal(seen[False], seen[True])
