@@ -226,9 +226,15 @@ def _head_names(model: nn.Module, preset: LayerPreset | None, names: list[str]) 
 
 
 def _matcher_from_patterns(patterns: Sequence[str] | Mapping[str, str]) -> dict[str, object]:
-    if isinstance(patterns, Mapping):
-        return {str(k): str(v) for k, v in patterns.items()}
-    return {f"group{i}": p for i, p in enumerate(patterns)}
+    out = ({str(k): str(v) for k, v in patterns.items()} if isinstance(patterns, Mapping)
+           else {f"group{i}": p for i, p in enumerate(patterns)})
+    for rx in out.values():
+        try:
+            re.compile(rx)
+        except re.error as exc:
+            raise ValueError(f"--layer_patterns {rx!r}: not a valid regular expression ({exc}); escape literal "
+                             "dots and brackets, e.g. '^layer4\\.'") from None
+    return out
 
 
 def _check_overlap(matcher: Mapping[str, object], names: list[str]) -> None:

@@ -165,8 +165,10 @@ class ScaleEarlyStopping:
     def _reconcile_best_files(self) -> None:
         import warnings
 
+        from finetune_kit.runs.atomic import remove_stale_temp
         from finetune_kit.runs.checkpoint import load_checkpoint
 
+        remove_stale_temp(self.directory)  # temp files of a write killed before its rename
         for s, es in self.stoppers.items():
             path = self.directory / f"best_{s}.pt"
             if not path.is_file():

@@ -19,7 +19,55 @@ from finetune_kit.tasks.classification import cli as classification
 from finetune_kit.tasks.compression import cli as compression
 from finetune_kit.tasks.compression.finetune import cli as compression_finetune
 
-app = typer.Typer(
+class OneLineErrorsTyper(typer.Typer):
+    """A Typer app whose unexpected errors end in one line on stderr and exit code 1.
+
+    An exception no command turned into its own message (a bug, a NaN loss, a library error)
+    prints ``error: Type: message`` - the line ``status.json`` records when a run folder
+    exists - and where the traceback went: ``RUN/traceback.log`` when the run had a folder,
+    else a log file in the temp folder. ``FINETUNE_KIT_TRACEBACK=1`` shows the traceback on the
+    terminal instead (for debugging). ``KeyboardInterrupt`` exits with 130 and one line.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import os
+        import sys
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - rendered as one line, traceback to a log
+            if os.environ.get("FINETUNE_KIT_TRACEBACK", "").strip() in ("1", "true", "yes"):
+                raise
+            sys.exit(render_failure(exc))
+
+
+def render_failure(exc: BaseException) -> int:
+    """Print ``error: <one line>`` for ``exc`` on stderr, its traceback into the run folder's
+    ``traceback.log`` (or a temp file when no run folder was made); returns the exit code (1)."""
+    import os
+    import tempfile
+
+    from finetune_kit.runs.lifecycle import error_line, write_traceback
+
+    run_dir = getattr(exc, "finetune_kit_run_dir", None)
+    log = None
+    if run_dir:
+        log = Path(run_dir) / "traceback.log"  # written by run_lifecycle
+    else:
+        log = write_traceback(tempfile.gettempdir(), exc)
+        if log is not None:
+            target = log.with_name(f"finetune-kit-error-{os.getpid()}.log")
+            os.replace(log, target)
+            log = target
+    where = f" (traceback in {log})" if log is not None else ""
+    typer.echo(f"error: {error_line(exc)}{where}", err=True)
+    return 1
+
+
+app = OneLineErrorsTyper(
     name="finetune-kit",
     help="Fine-tune pretrained vision models (timm) and learned image compression models "
     "(HPCM on CompressAI) without catastrophic forgetting.",
@@ -29,8 +77,20 @@ app = typer.Typer(
 
 
 @app.callback()
-def _register_builtins() -> None:
+def _register_builtins(
+    trust_pickled_weights: bool = option(False, "trust_pickled_weights", help="SECURITY RISK: load weights and "
+                                         "checkpoint files with the full unpickler, which runs any code the file "
+                                         "holds. Only for files from a source you trust; by default files are read "
+                                         "with torch.load(weights_only=True) or safetensors."),
+) -> None:
     """Fine-tune pretrained vision models and learned image compression models."""
+    if trust_pickled_weights:
+        import os
+
+        from finetune_kit.runs.safe_load import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # read by finetune_kit.runs.safe_load (also in sweep trial processes)
+        typer.echo("WARNING: --trust-pickled-weights: weights files are unpickled in full and can run code", err=True)
     # The entry point registers the built-in strategies when the package is installed; the
     # composition root also imports them, so a checkout without package metadata has them too.
     import finetune_kit.strategies  # noqa: F401

@@ -3,6 +3,12 @@
 A checkpoint is a plain dict saved with :func:`torch.save`. Writes go to a temporary file
 in the same folder, are flushed and fsynced, then renamed over the target with
 :func:`os.replace`, so an interrupted run never leaves a truncated checkpoint behind.
+Files are read back with :func:`finetune_kit.runs.safe_load.safe_torch_load` (no code runs).
+
+:meth:`CheckpointManager.save` keeps this order, so a kill at any point leaves a loadable
+``last.pt`` (see ``docs/reliability.md``): write the new file (temp + fsync + rename) ->
+rewrite ``checkpoints.json`` and repoint ``last.pt`` / ``best.pt`` atomically -> only then
+delete the files retention drops.
 """
 from __future__ import annotations
 
@@ -14,12 +20,15 @@ from typing import Any, Mapping
 
 import torch
 
-from finetune_kit.runs.atomic import atomic_write, atomic_write_text
+from finetune_kit.runs import faults
+from finetune_kit.runs.atomic import atomic_write, atomic_write_text, remove_stale_temp
+from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 
 __all__ = [
     "atomic_save",
     "atomic_write_text",
     "load_checkpoint",
+    "load_resume_checkpoint",
     "extract_state_dict",
     "CheckpointManager",
     "CheckpointEntry",
@@ -32,21 +41,46 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     Returns the path written. Raises whatever :func:`torch.save` raises; the target is
     then left untouched.
     """
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+    def write(fh):
+        torch.save(obj, _DyingWriter(fh) if faults.mid_write_armed() else fh)
+
+    return atomic_write(path, write)
+
+
+class _DyingWriter:
+    """File wrapper for the ``mid_write`` fault: SIGKILLs the process once 4 KiB are written."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.n = fh, 0
+
+    def write(self, data) -> int:
+        out = self.fh.write(data)
+        self.n += len(data)
+        if self.n >= 4096:
+            self.fh.flush()
+            faults.fault_point("mid_write")
+        return out
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file written by :func:`atomic_save` (or any ``torch.save`` dict).
+    """Load a checkpoint file written by :func:`atomic_save` (or any ``torch.save`` dict) without
+    running code from it (:func:`~finetune_kit.runs.safe_load.safe_torch_load`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (message names it).
+        UnsafeWeightsError: the file needs pickled code (names the opt-in flag).
         ValueError: the file is not a readable PyTorch checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: pass the path of a .pt/.pth file written by a run")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return safe_torch_load(path, map_location=map_location, what="checkpoint")
+    except UnsafeWeightsError:
+        raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the path and a fix
         raise ValueError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__}: {exc}); "
                          "re-save it with torch.save or pass another file") from exc
@@ -126,11 +160,62 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep_last, self.keep_best, self.metric, self.mode = keep_last, keep_best, metric, mode
         self.entries: list[CheckpointEntry] = []
+        self.removed_temp = remove_stale_temp(self.directory)
         tracking = self.directory / self.TRACKING_FILE
         if tracking.is_file():
             data = json.loads(tracking.read_text())
             self.entries = [CheckpointEntry(**e) for e in data.get("entries", [])
                             if (self.directory / e["file"]).is_file()]
+        self._recover()
+
+    def epoch_files(self) -> list[tuple[int, Path]]:
+        """``(epoch, path)`` of every ``epoch_NNNN.pt`` in the folder, newest first (tracked or not)."""
+        out = []
+        for p in self.directory.glob("epoch_*.pt"):
+            try:
+                out.append((int(p.stem.split("_", 1)[1]), p))
+            except ValueError:
+                continue
+        return sorted(out, reverse=True)
+
+    def _recover(self) -> None:
+        """Bring the folder back to what the tracking file says after a kill: delete epoch files it
+        does not list (a save killed before its repoint, or a prune killed half-way), and repoint
+        ``last.pt`` / ``best.pt`` when they disagree with it. When it lists no existing file (a
+        folder from an older version, or no tracking file), untracked epoch files are adopted
+        instead, with the metrics they hold, so ``--resume`` can fall back on them."""
+        tracked = {e.file for e in self.entries}
+        orphans = [(ep, p) for ep, p in self.epoch_files() if p.name not in tracked]
+        if not orphans:
+            if self.entries:
+                self._repair_links()
+            return
+        if self.entries:
+            for _, p in orphans:
+                p.unlink(missing_ok=True)
+            self._repair_links()
+            return
+        for ep, p in orphans:
+            try:
+                ck = load_checkpoint(p)
+            except (ValueError, FileNotFoundError):
+                p.unlink(missing_ok=True)  # unreadable: it can never be resumed from
+                continue
+            m = ck.get("metrics") if isinstance(ck, Mapping) else None
+            metrics = {k: float(v) for k, v in (m or {}).items() if isinstance(v, (int, float))}
+            self.entries.append(CheckpointEntry(p.name, ep, metrics))
+        if self.entries:
+            self._prune_files(self._dropped())
+            self._write_tracking()
+
+    def _repair_links(self) -> None:
+        for alias, target in (("last.pt", self.last()), ("best.pt", self.best())):
+            link = self.directory / alias
+            ok = (target is None and not link.exists()) or (
+                target is not None and link.is_symlink() and os.readlink(link) == target.name)
+            if not ok and not (target is not None and link.is_file() and not link.is_symlink()
+                               and link.stat().st_size == target.stat().st_size):
+                self._link(alias, target)
 
     # -- ranking -------------------------------------------------------------------
     def _score(self, e: CheckpointEntry) -> float:
@@ -165,17 +250,32 @@ class CheckpointManager:
 
     # -- writing -------------------------------------------------------------------
     def save(self, state: Mapping[str, Any], epoch: int, metrics: Mapping[str, float] | None = None) -> Path:
-        """Write ``state`` as the checkpoint of ``epoch`` atomically, then prune.
+        """Write ``state`` as the checkpoint of ``epoch``, crash-safe, then prune.
 
-        ``metrics`` (plain floats) are stored in the tracking file and rank the checkpoint.
-        Returns the path of the new file.
+        Order: the new file (temp + fsync + rename) -> ``checkpoints.json`` and ``last.pt`` /
+        ``best.pt`` atomically -> delete the files retention drops. A kill at any point leaves
+        ``last.pt`` pointing at a complete file (the previous one or the new one). ``metrics``
+        (plain floats) are stored in the tracking file and rank the checkpoint.
+
+        Returns:
+            the path of the new file.
+
+        Raises:
+            OSError: the write failed (e.g. ENOSPC); the previous checkpoints, the tracking file
+                and the aliases are untouched and the partial temp file is removed.
         """
+        faults.next_save()
         name = f"epoch_{epoch:04d}.pt"
+        faults.fault_point("before_write")
         path = atomic_save(dict(state), self.directory / name)
+        faults.fault_point("after_write")
         self.entries = [e for e in self.entries if e.epoch != epoch]
         self.entries.append(CheckpointEntry(name, int(epoch), {k: float(v) for k, v in (metrics or {}).items()}))
-        self._prune()
+        dropped = self._dropped()
+        self.entries = [e for e in self.entries if e not in dropped]
         self._write_tracking()
+        faults.fault_point("after_repoint")
+        self._prune_files(dropped)
         return path
 
     def truncate(self, after_epoch: int) -> list[Path]:
@@ -189,19 +289,22 @@ class CheckpointManager:
         dropped = [e for e in self.entries if e.epoch > after_epoch]
         if not dropped:
             return []
-        for e in dropped:
-            (self.directory / e.file).unlink(missing_ok=True)
         self.entries = [e for e in self.entries if e.epoch <= after_epoch]
-        self._write_tracking()
+        self._write_tracking()  # repoint first: a kill now leaves extra files, never a dangling alias
+        self._prune_files(dropped)
         return [self.directory / e.file for e in dropped]
 
-    def _prune(self) -> None:
+    def _dropped(self) -> list[CheckpointEntry]:
+        """Tracked entries outside the retention (``keep_last`` newest + ``keep_best`` best)."""
         keep = {e.file for e in sorted(self.entries, key=lambda e: -e.epoch)[: self.keep_last]}
         keep |= {e.file for e in self.best_entries()[: self.keep_best]}
-        for e in list(self.entries):
-            if e.file not in keep:
+        return [e for e in self.entries if e.file not in keep]
+
+    def _prune_files(self, dropped: list[CheckpointEntry]) -> None:
+        live = {e.file for e in self.entries}
+        for e in dropped:
+            if e.file not in live:
                 (self.directory / e.file).unlink(missing_ok=True)
-                self.entries.remove(e)
 
     def _write_tracking(self) -> None:
         data = {"metric": self.metric, "mode": self.mode, "keep_last": self.keep_last,
@@ -225,3 +328,50 @@ class CheckpointManager:
             import shutil
             shutil.copyfile(target, tmp)
         os.replace(tmp, link)
+
+
+def load_resume_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+                           ) -> tuple[dict, Path, str | None]:
+    """The checkpoint a run resumes from, out of its ``checkpoints/`` folder.
+
+    ``last.pt`` when it loads; otherwise (missing, dangling or unreadable) the newest
+    ``epoch_NNNN.pt`` that loads, with a note saying so.
+
+    Args:
+        directory: the checkpoint folder (``RUN/checkpoints``).
+        map_location: as for :func:`torch.load`. Default ``"cpu"``.
+
+    Returns:
+        ``(checkpoint dict, path loaded, note or None)``; the note is one line for the console.
+
+    Raises:
+        FileNotFoundError: no loadable checkpoint in the folder (names it and the fix).
+        UnsafeWeightsError: a file needs pickled code (never bypassed silently).
+    """
+    directory = Path(directory)
+    last = directory / "last.pt"
+    problem = "missing" if not last.is_symlink() and not last.exists() else (
+        "dangling (its target is gone)" if not last.exists() else None)
+    if problem is None:
+        try:
+            return load_checkpoint(last, map_location), last, None
+        except UnsafeWeightsError:
+            raise
+        except ValueError as exc:
+            problem = f"unreadable ({exc})"
+    files = []
+    for p in directory.glob("epoch_*.pt"):
+        try:
+            files.append((int(p.stem.split("_", 1)[1]), p))
+        except ValueError:
+            continue
+    for _, p in sorted(files, reverse=True):
+        try:
+            ck = load_checkpoint(p, map_location)
+        except UnsafeWeightsError:
+            raise
+        except ValueError:
+            continue
+        return ck, p, f"{last} is {problem}; resuming from {p.name}, the newest loadable epoch file"
+    raise FileNotFoundError(f"--resume {directory.parent}: no loadable checkpoint in {directory} (last.pt {problem}, "
+                            "no readable epoch_*.pt); pass the folder of a run that finished at least one epoch")

@@ -13,10 +13,14 @@ everywhere (the sweep's resume logic and ``analyze`` read them):
 =============== ==========================================================================
 
 ``KeyboardInterrupt`` and exceptions are re-raised after recording, so the caller (the CLI)
-still decides how to report them; the logger is always closed.
+still decides how to report them; the logger is always closed. A failure also appends its full
+traceback to ``RUN/traceback.log`` (:data:`TRACEBACK_LOG`) and tags the exception with the run
+folder (attribute ``finetune_kit_run_dir``), so the CLI can print the same one line
+(:func:`error_line`) as ``status.json`` and point at the log instead of the terminal.
 """
 from __future__ import annotations
 
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -25,7 +29,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from finetune_kit.runs.logger import RunLogger
     from finetune_kit.runs.run_dir import RunDir
 
-__all__ = ["RunOutcome", "run_lifecycle", "resume_hint"]
+__all__ = ["RunOutcome", "run_lifecycle", "resume_hint", "error_line", "write_traceback", "TRACEBACK_LOG"]
+
+#: File in the run folder that collects the tracebacks of failures.
+TRACEBACK_LOG = "traceback.log"
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: message`` of ``exc`` on one line (whitespace collapsed): what ``status.json``
+    records for a failure and what the CLI prints after ``error:``."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def write_traceback(folder, exc: BaseException) -> "Path | None":
+    """Append the traceback of ``exc`` to ``folder/traceback.log``; returns its path (None when it
+    cannot be written)."""
+    import time
+    from pathlib import Path
+
+    path = Path(folder) / TRACEBACK_LOG
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {error_line(exc)}\n")
+            fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:
+        return None
+    return path
 
 
 def resume_hint(run: "RunDir") -> str:
@@ -71,7 +101,13 @@ def run_lifecycle(run: "RunDir", logger: "RunLogger | None" = None) -> Iterator[
         run.set_status("interrupted", f"interrupted by the user; {resume_hint(run)}")
         raise
     except BaseException as exc:  # SystemExit from a library too: the run did not finish
-        run.set_status("failed", f"{type(exc).__name__}: {exc}")
+        run.set_status("failed", error_line(exc))
+        if run.enabled:
+            write_traceback(run.path, exc)
+            try:
+                exc.finetune_kit_run_dir = str(run.path)  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):  # pragma: no cover - exceptions without __dict__
+                pass
         raise
     else:
         if outcome.stopped:

@@ -72,24 +72,25 @@ def _unknown_model(name: str) -> ModelError:
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file into a flat state dict (``module.`` prefixes stripped).
+    """Read a weights file into a flat state dict (``module.`` prefixes stripped), without running
+    code from it (:func:`finetune_kit.runs.safe_load.safe_torch_load`: ``weights_only=True`` or
+    safetensors; ``--trust-pickled-weights`` opts in to the full unpickler).
 
     Raises:
-        ModelError: missing file, unreadable file, or no tensors in it (names the file and the fix).
+        ModelError: missing file, unreadable file, a file that needs pickled code, or no tensors
+            in it (names the file and the fix).
     """
     from finetune_kit.runs.checkpoint import extract_state_dict
+    from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"--custom_weights_path {path}: no such file; pass a .pth, .pth.tar or .safetensors file")
     try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = safe_torch_load(path, map_location="cpu", what="--custom_weights_path")  # no code runs from it
         return extract_state_dict(obj)
+    except UnsafeWeightsError as exc:
+        raise ModelError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - one line naming the file and the fix
         msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ModelError(f"--custom_weights_path {path}: not a readable weights file ({msg}); pass a PyTorch .pth/"
