@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from finetune_kit.runs.atomic import atomic_write_text
 
-__all__ = ["RunDir", "new_run_dir", "environment_info", "to_jsonable", "fingerprint", "fingerprint_inputs",
+__all__ = ["RunDir", "new_run_dir", "safe_name", "child_path", "environment_info", "to_jsonable", "fingerprint", "fingerprint_inputs",
            "git_info"]
 
 
@@ -172,12 +172,37 @@ def environment_info() -> dict[str, Any]:
     return info
 
 
+def safe_name(name: str, default: str = "run") -> str:
+    """``name`` as one path component that stays inside its parent folder: characters other than
+    letters, digits, ``-``, ``_`` and ``.`` become ``-`` (so ``/`` and ``\\`` never survive), and
+    leading/trailing ``-`` and ``.`` are stripped (no ``.``, ``..`` or hidden names); ``default``
+    when nothing is left. ``"x/../../escaped"`` -> ``"x-..-..-escaped"``."""
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in str(name))
+    return safe.strip("-.") or default
+
+
+def child_path(parent: str | os.PathLike, name: str, *, what: str = "--name", prefix: str = "") -> Path:
+    """``parent/(prefix + safe_name(name))``, checked to lie inside ``parent`` (a user's name that
+    becomes a folder: ``evaluate --name``, ``--experiment_tag``, sweep trial names).
+
+    Raises:
+        ValueError: the result would leave ``parent`` (cannot happen after :func:`safe_name`;
+            kept as the guard that names ``what``).
+    """
+    parent = Path(parent)
+    child = parent / f"{prefix}{safe_name(name)}"
+    if os.path.commonpath([parent.resolve(), child.resolve()]) != str(parent.resolve()):
+        raise ValueError(f"{what} {name!r} would write outside {parent}; use letters, digits, -, _ and .")
+    return child
+
+
 def new_run_dir(output_dir: str | os.PathLike, name: str) -> Path:
     """Create and return a fresh run folder ``output_dir/name-YYYYmmdd-HHMMSS[-k]``.
 
-    ``name`` is sanitised to letters, digits, ``-``, ``_`` and ``.``.
+    ``name`` is sanitised by :func:`safe_name` (letters, digits, ``-``, ``_`` and ``.``), so the
+    folder is always directly inside ``output_dir``.
     """
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "run"
+    safe = safe_name(name)
     base = Path(output_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, k = base, 1
     while path.exists():

@@ -353,6 +353,7 @@ def evaluate(
     try:
         from finetune_kit.tasks.classification.config import DataConfig
         from finetune_kit.tasks.classification.evaluate import evaluate_run
+        from finetune_kit.runs.run_dir import safe_name
 
         file_values = classification_file_values(config) if config else {}
         keep = (set(opts) - {"device"}) | set(DataConfig.model_fields)
@@ -366,7 +367,7 @@ def evaluate(
         res = evaluate_run(run_dir, dc, name=name, device=device)
         m = res["metrics"]
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "
-                   f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to {run_dir}/eval-{name}")
+                   f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to {run_dir}/eval-{safe_name(name)}")
     except _expected_errors() as exc:
         _fail(exc)
 

@@ -10,6 +10,13 @@ Layouts (``DataConfig.layout``):
   ``label_regex`` (``re.search``) is the positive class. Preset ``acrima``: ``_g_`` = glaucoma.
 
 Extensions are matched case-insensitively (ACRIMA has ``.JPG``).
+
+Integrity checks (:func:`check_integrity`, run by :func:`discover`): the same image (resolved
+path) listed twice, with the same or contradictory labels, is an error listing the rows; so are
+class names that differ only in case (``Normal`` / ``normal``) and, in a CSV that holds the
+declared ``--negative_class`` / ``--positive_class``, any other label. :func:`write_split`
+checks the split is disjoint (no image in two of train/val/test) and records the check in
+``RUN/split_check.json``.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import numpy as np
 from finetune_kit.tasks.classification.config import DataConfig
 
 __all__ = ["Sample", "LabelledImages", "DataError", "LABEL_PRESETS", "discover", "stratified_split",
-           "write_split", "read_split", "list_images"]
+           "write_split", "read_split", "list_images", "check_integrity", "check_disjoint"]
 
 LABEL_PRESETS = {"acrima": r"_g_"}
 SPLITS = ("train", "val", "test")
@@ -113,7 +120,9 @@ def _from_csv(path: Path, cfg: DataConfig) -> LabelledImages:
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DataError(f"{path}: a CSV needs a header with columns path,label (optional split); "
                         f"found {list(rows[0]) if rows else 'no rows'}")
-    classes = _order_classes(sorted({r["label"].strip() for r in rows}))
+    labels = [r["label"].strip() for r in rows]
+    _check_label_spelling(path, labels, cfg)
+    classes = _order_classes(sorted(set(labels)))
     if len(classes) < 2:
         raise DataError(f"{path}: only one label ({classes}) in the CSV; a classifier needs at least two")
     index = {c: i for i, c in enumerate(classes)}
@@ -128,11 +137,97 @@ def _from_csv(path: Path, cfg: DataConfig) -> LabelledImages:
             raise DataError(f"{path}:{line}: image {p} does not exist; fix the path (relative paths are relative "
                             "to the CSV's folder)")
         samples.append(Sample(str(p.resolve()), index[r["label"].strip()], split))
+    _check_duplicates(samples, [f"{path}:{i}" for i in range(2, len(rows) + 2)], classes)
     with_split = sum(s.split is not None for s in samples)
     if 0 < with_split < len(samples):
         raise DataError(f"{path}: {len(samples) - with_split} rows have no split while others do; fill the split "
                         "column for every row or leave it empty everywhere")
     return LabelledImages(samples, classes, "csv")
+
+
+def _rows(where: list[str], idx: list[int], n: int = 6) -> str:
+    more = f" and {len(idx) - n} more" if len(idx) > n else ""
+    return ", ".join(where[i] for i in idx[:n]) + more
+
+
+def _check_label_spelling(path: Path, labels: list[str], cfg: DataConfig) -> None:
+    """Case variants of one class name, and labels outside the declared pair, are errors."""
+    by_low: dict[str, list[str]] = {}
+    for lab in labels:
+        by_low.setdefault(lab.lower(), [])
+        if lab not in by_low[lab.lower()]:
+            by_low[lab.lower()].append(lab)
+    variants = {k: v for k, v in by_low.items() if len(v) > 1}
+    if variants:
+        parts = []
+        for spellings in variants.values():
+            rows = [i + 2 for i, lab in enumerate(labels) if lab in spellings[1:]]
+            parts.append(f"{' / '.join(map(repr, spellings))} (rows {', '.join(map(str, rows[:6]))}"
+                         f"{' ...' if len(rows) > 6 else ''})")
+        raise DataError(f"{path}: class names that differ only in case: {'; '.join(parts)}; write each class "
+                        "with one spelling")
+    declared = {cfg.negative_class.lower(), cfg.positive_class.lower()}
+    if declared <= set(by_low):
+        extra = [i for i, lab in enumerate(labels) if lab.lower() not in declared]
+        if extra:
+            names = sorted({labels[i] for i in extra})
+            raise DataError(f"{path}: {len(extra)} rows have a label outside the declared classes "
+                            f"{cfg.negative_class!r}/{cfg.positive_class!r}: {', '.join(map(repr, names))} (rows "
+                            f"{', '.join(str(i + 2) for i in extra[:6])}{' ...' if len(extra) > 6 else ''}); fix "
+                            "them or delete those rows")
+
+
+def _check_duplicates(samples: list[Sample], where: list[str], class_names: list[str]) -> None:
+    """The same image (resolved path) twice is an error listing the rows (contradictory labels named)."""
+    seen: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        seen.setdefault(s.path, []).append(i)
+    dups = {p: idx for p, idx in seen.items() if len(idx) > 1}
+    if not dups:
+        return
+    contradictory = {p: idx for p, idx in dups.items() if len({samples[i].label for i in idx}) > 1}
+    p, idx = next(iter((contradictory or dups).items()))
+    labels = ", ".join(f"{where[i]} {class_names[samples[i].label]}" for i in idx[:4])
+    kind = (f"{len(contradictory)} with contradictory labels" if contradictory else "same labels")
+    raise DataError(f"{len(dups)} images listed more than once ({kind}), e.g. {p} at {labels}; list each image "
+                    "once with one label (a duplicate could land in both train and test)")
+
+
+def check_integrity(images: LabelledImages, cfg: DataConfig | None = None) -> None:
+    """Duplicate images and case-variant class names in any layout (see the module docstring).
+
+    Raises:
+        DataError: names the offending images/classes and the fix.
+    """
+    low: dict[str, list[str]] = {}
+    for c in images.class_names:
+        low.setdefault(c.lower(), []).append(c)
+    variants = [v for v in low.values() if len(v) > 1]
+    if variants:
+        raise DataError(f"class names that differ only in case: {'; '.join(' / '.join(v) for v in variants)}; "
+                        "merge them into one class folder (or label) with one spelling")
+    _check_duplicates(images.samples, [s.path for s in images.samples], images.class_names)
+
+
+def check_disjoint(samples: Sequence[Sample]) -> dict:
+    """Check that no image (resolved path) is in two of train/val/test.
+
+    Returns:
+        ``{"disjoint": True, "images": {"train": n, "val": n, "test": n}, "overlap": 0, "key": "resolved path"}``.
+
+    Raises:
+        DataError: an image in two splits (names it).
+    """
+    where: dict[str, set] = {}
+    for s in samples:
+        where.setdefault(str(Path(s.path).resolve()), set()).add(s.split)
+    overlap = {p: sp for p, sp in where.items() if len(sp) > 1}
+    if overlap:
+        p, sp = next(iter(overlap.items()))
+        raise DataError(f"the split is not disjoint: {len(overlap)} images are in more than one split, e.g. {p} in "
+                        f"{' and '.join(sorted(map(str, sp)))}; list each image once")
+    counts = {k: sum(s.split == k for s in samples) for k in SPLITS}
+    return {"disjoint": True, "images": counts, "overlap": 0, "key": "resolved path"}
 
 
 def discover(cfg: DataConfig) -> LabelledImages:
@@ -142,7 +237,8 @@ def discover(cfg: DataConfig) -> LabelledImages:
         :class:`LabelledImages` with absolute paths; ``split`` set only when a CSV gives it.
 
     Raises:
-        DataError: missing folder/CSV, no images, a single class, bad CSV rows or regex.
+        DataError: missing folder/CSV, no images, a single class, bad CSV rows or regex, an image
+            listed twice, case-variant class names, labels outside the declared classes.
     """
     if cfg.data == "synthetic":
         from finetune_kit.tasks.classification.synthetic import ensure_synthetic_dataset
@@ -167,10 +263,13 @@ def discover(cfg: DataConfig) -> LabelledImages:
     if layout == "csv":
         if not root.is_file():
             raise DataError(f"--data {root}: --layout csv needs a CSV file of path,label[,split]")
-        return _from_csv(root, cfg)
-    if not root.is_dir():
+        images = _from_csv(root, cfg)
+    elif not root.is_dir():
         raise DataError(f"--data {root}: layout {layout} needs a folder; pass a CSV only with the csv layout")
-    return _from_regex(root, cfg) if layout == "regex" else _from_imagefolder(root, cfg)
+    else:
+        images = _from_regex(root, cfg) if layout == "regex" else _from_imagefolder(root, cfg)
+    check_integrity(images, cfg)
+    return images
 
 
 def stratified_split(images: LabelledImages, *, val_fraction: float, test_fraction: float, seed: int) -> None:
@@ -201,10 +300,20 @@ def stratified_split(images: LabelledImages, *, val_fraction: float, test_fracti
 
 
 def write_split(images: LabelledImages, path: Path) -> Path:
-    """Write ``path,label,class,split`` rows (the split used by the run) to ``path`` atomically."""
+    """Write ``path,label,class,split`` rows (the split used by the run) to ``path`` atomically,
+    after checking it is disjoint (:func:`check_disjoint`); the check goes to ``split_check.json``
+    beside it.
+
+    Raises:
+        DataError: an image in two splits (nothing is written).
+    """
     import io
+    import json
 
     from finetune_kit.runs.checkpoint import atomic_write_text
+
+    check = check_disjoint(images.samples)
+    atomic_write_text(json.dumps(check, indent=2), Path(path).with_name("split_check.json"))
 
     buf = io.StringIO()
     w = csv.writer(buf)

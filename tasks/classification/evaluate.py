@@ -133,7 +133,9 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
     logits, labels = predict_logits(model, loader, lambda x: normalize_batch(x, tf.mean, tf.std),
                                     device=torch.device(device))
-    out_dir = RunDir(run_path).path / f"eval-{name}"
+    from finetune_kit.runs.run_dir import child_path
+
+    out_dir = child_path(RunDir(run_path).path, name, what="--name", prefix="eval-")  # stays inside the run
     from finetune_kit.tasks.classification.plots import dataset_label
 
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),

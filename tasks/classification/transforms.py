@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["CorruptImageError", "decode_image", "crop_to_fov", "ImageCache", "DataTransforms",
+__all__ = ["CorruptImageError", "ImageTooSmallError", "MIN_IMAGE_SIDE", "check_image_size", "decode_image", "crop_to_fov", "ImageCache", "DataTransforms",
            "build_transforms", "cache_size_for", "normalize_batch", "CachedImageDataset"]
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,29 @@ log = logging.getLogger(__name__)
 
 class CorruptImageError(ValueError):
     """An image file could not be decoded; the message names the path and the fix."""
+
+
+class ImageTooSmallError(ValueError):
+    """A valid image below the minimum size; the message names its size and the minimum."""
+
+
+#: Smallest accepted image side in pixels: smaller images would be upscaled into training
+#: (mostly interpolation, no detail). Default 32.
+MIN_IMAGE_SIDE = 32
+
+
+def check_image_size(img: np.ndarray, path: str, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
+    """Return ``img`` (``(H, W, 3)``) when both sides are at least ``min_side`` pixels.
+
+    Raises:
+        ImageTooSmallError: a side below ``min_side`` (names the size, the minimum and the fix).
+    """
+    h, w = img.shape[:2]
+    if min(h, w) < min_side:
+        raise ImageTooSmallError(f"image {path} is {w}x{h} px, below the minimum of {min_side}x{min_side} px (it "
+                                 "would be upscaled into training); remove it from the data or replace it with a "
+                                 "larger original")
+    return img
 
 
 def decode_image(path: str) -> np.ndarray:
@@ -38,7 +61,7 @@ def decode_image(path: str) -> np.ndarray:
 
     data = np.fromfile(path, dtype=np.uint8) if path else None
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
-    if img is None or img.ndim != 3 or min(img.shape[:2]) < 2:
+    if img is None or img.ndim != 3 or min(img.shape[:2]) < 1:  # a valid 1x1 image decodes (size: check_image_size)
         raise CorruptImageError(f"cannot decode image {path}: the file is corrupt or not an image; replace or delete it, "
                                 "or pass --skip_corrupt to skip such files with a warning")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -70,12 +93,15 @@ class ImageCache:
     size: int
     threads: int = 2
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    min_side: int = MIN_IMAGE_SIDE
 
     def load(self, paths: Iterable[str], *, skip_corrupt: bool = False) -> list[str]:
         """Decode and cache ``paths``; returns the paths skipped as corrupt.
 
         Raises:
             CorruptImageError: the first corrupt file, unless ``skip_corrupt``.
+            ImageTooSmallError: an image with a side below ``min_side`` pixels (also with
+                ``skip_corrupt``: it is not corrupt, and silently dropping it would change the data).
         """
         import cv2
 
@@ -83,8 +109,8 @@ class ImageCache:
 
         def work(p: str):
             try:
-                img = crop_to_fov(decode_image(p))
-            except CorruptImageError as exc:
+                img = crop_to_fov(check_image_size(decode_image(p), p, self.min_side))
+            except (CorruptImageError, ImageTooSmallError) as exc:
                 return p, exc
             return p, cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
 
@@ -92,7 +118,7 @@ class ImageCache:
         with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
             for p, out in pool.map(work, todo):
                 if isinstance(out, Exception):
-                    if not skip_corrupt:
+                    if not skip_corrupt or isinstance(out, ImageTooSmallError):
                         raise out
                     log.warning("skipping corrupt image %s", p)
                     bad.append(p)
