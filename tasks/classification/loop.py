@@ -58,10 +58,12 @@ def restore(state: TrainingRun) -> int:
     Raises:
         FileNotFoundError: no ``last.pt``; ValueError: the checkpoint is of another strategy.
     """
-    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.runs.checkpoint import load_resume_checkpoint
     from finetune_kit.seeding import set_rng_state
 
-    ck = load_checkpoint(state.run.checkpoints / "last.pt")
+    ck, _, note = load_resume_checkpoint(state.run.checkpoints)  # last.pt, else the newest loadable epoch file
+    if note:
+        state.console.print(note)
     state.model.load_state_dict(ck["model"])
     state.opt.optimizer.load_state_dict(ck["optimizer"])
     state.strategy.load_state_dict(ck["strategy"])

@@ -31,7 +31,7 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
     from finetune_kit.runs.run_dir import RunDir
 
     run = RunDir(run_path)
-    if not (run.checkpoints / "last.pt").exists():
+    if not (run.checkpoints / "last.pt").exists() and not any(run.checkpoints.glob("epoch_*.pt")):
         raise FileNotFoundError(f"--resume {run.path}: no checkpoints/last.pt there; pass the folder of a run that "
                                 "finished at least one epoch")
     cfg = ClassificationConfig.model_validate(run.read_json("config.json"))

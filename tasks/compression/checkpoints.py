@@ -23,7 +23,8 @@ from torch import nn
 
 from finetune_kit.runs.checkpoint import extract_state_dict, load_checkpoint
 
-__all__ = ["CheckpointMismatchError", "load_weights", "load_model", "checkpoint_model_name", "ENTROPY_BUFFERS"]
+__all__ = ["CheckpointMismatchError", "load_weights", "load_model", "checkpoint_model_name", "ENTROPY_BUFFERS",
+           "default_checkpoint", "resume_config_file"]
 
 #: buffers CompressAI sizes in ``update()``; their shapes may legitimately differ
 ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -148,11 +149,39 @@ def to_cpu_state(state: Mapping[str, Any]) -> dict:
 
 
 def default_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` itself if it is a file, else ``path/checkpoints/last.pt`` (a run folder)."""
+    """``path`` itself if it is a file, else ``path/checkpoints/last.pt`` (a run folder).
+
+    When a run folder's ``last.pt`` is missing or dangling (a run killed by an older version
+    mid-save), the newest loadable ``epoch_NNNN.pt`` is used instead, with a warning saying so
+    (:func:`finetune_kit.runs.checkpoint.load_resume_checkpoint`).
+
+    Raises:
+        FileNotFoundError: a folder with no loadable checkpoint (names it and the fix).
+    """
+    import warnings
+
+    from finetune_kit.runs.checkpoint import load_resume_checkpoint
+
     p = Path(path)
     if p.is_dir():
         for cand in (p / "checkpoints" / "last.pt", p / "last.pt"):
             if cand.exists():
                 return cand
+        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        if any(folder.glob("epoch_*.pt")):
+            _, found, note = load_resume_checkpoint(folder)
+            if note:
+                warnings.warn(note, stacklevel=2)
+            return found
         raise FileNotFoundError(f"{p} holds no checkpoints/last.pt: pass a run folder of 'compress train' or a .pt file")
     return p
+
+
+def resume_config_file(resume: str | os.PathLike) -> Path | None:
+    """The ``config.json`` of the run that ``--resume`` names (a run folder, or a checkpoint in its
+    ``checkpoints/``), or None when there is none (then every option must be given)."""
+    p = Path(resume)
+    run = p if p.is_dir() else (p.resolve().parent.parent if p.resolve().parent.name == "checkpoints"
+                                else p.resolve().parent)
+    cand = run / "config.json"
+    return cand if cand.is_file() else None

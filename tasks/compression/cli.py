@@ -78,9 +78,15 @@ def compression_file_values(path: str | Path) -> dict[str, Any]:
 
 def collect_values(ctx: typer.Context, params: Mapping[str, Any], config: Optional[Path]) -> dict[str, Any]:
     """defaults < ``--config`` file < typed options; ``--cuda``/``--device auto`` resolved (the
-    device line is printed, the first line of output); ``None`` values left out so the config's
+    device line is printed, the first line of output); with ``--resume RUN`` and no ``--config``,
+    the run's ``config.json`` is the file (so ``--resume RUN`` alone continues it); the
+    ``None`` values left out so the config's
     defaults apply. A bad file ends the command with one ``error:`` line (exit 2)."""
     params = dict(params)
+    if config is None and params.get("resume"):  # --resume RUN alone: the run's own config.json
+        from finetune_kit.tasks.compression.checkpoints import resume_config_file
+
+        config = resume_config_file(params["resume"])
     try:
         file_values = compression_file_values(config) if config else {}
     except (FileNotFoundError, ValueError) as exc:

@@ -221,6 +221,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
     from tqdm.auto import tqdm
 
     objective = as_objective(loss_fn, clip_max_norm)
+    # no gradient carried over from the previous epoch (or the aux step): a resumed run starts with
+    # none, so leftovers would make its updates differ from the uninterrupted run's (issue 12)
+    model.zero_grad(set_to_none=True)
     model.train() if train_mode is None else train_mode(model)
     avg = _Averager(average)
     device = next(model.parameters()).device
