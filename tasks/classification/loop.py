@@ -121,9 +121,20 @@ def validate(state: TrainingRun, use_cache: bool = False) -> tuple[np.ndarray, n
     mod.eval()
     if use_cache:
         vb = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*state.features["val"]), batch_size=256)
-        return predict_logits(lambda f: head_forward(mod, f), vb, _identity, state.amp, state.device)
-    return predict_logits(mod, image_loader(state, state.data.val, state.data.tf.eval), _prepare(state), state.amp,
-                          state.device)
+        return _finite(state, predict_logits(lambda f: head_forward(mod, f), vb, _identity, state.amp, state.device))
+    return _finite(state, predict_logits(mod, image_loader(state, state.data.val, state.data.tf.eval), _prepare(state),
+                                         state.amp, state.device))
+
+
+def _finite(state: TrainingRun, out: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stop with the step when the weights diverged (NaN/inf logits) before this epoch is checkpointed."""
+    from finetune_kit.tasks.classification.engine import NonFiniteLossError
+
+    if not np.isfinite(out[0]).all():
+        raise NonFiniteLossError(f"validation logits are NaN/inf after step {state.global_step} (the weights "
+                                 "diverged): lower --learning_rate or keep --grad_clip on; the last good checkpoint "
+                                 "is kept")
+    return out
 
 
 def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] | None = None) -> dict:
