@@ -61,7 +61,11 @@ def _kill_chain(args, out: Path, faults: list[str], max_epoch_files: int) -> tup
 
 
 @pytest.mark.slow
-def test_compress_train_killed_at_each_phase_resumes_bit_identical(few_photos, tmp_path):
+def test_compress_train_killed_at_each_phase_resumes_bit_identical(photos_train_dir, tmp_path):
+    few_photos = tmp_path / "photos"
+    few_photos.mkdir()
+    for p in sorted(photos_train_dir.glob("*.png"))[:6]:
+        (few_photos / p.name).symlink_to(p)
     args = ["compress", "train", "--preset", "hpcm-tiny", "--data", few_photos, "--name", "t", "--epochs", "3",
             "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--wandb", "disabled",
             "--no-progress", "--quality", "6", "--threads", "1"]
@@ -108,3 +112,24 @@ def test_classify_killed_at_each_phase_resumes_bit_identical(tmp_path):
     assert kills == 3
 
 
+
+
+@pytest.mark.slow
+def test_compress_finetune_killed_resumes_from_the_run_folder_alone(photos_train_dir, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(photos_train_dir.glob("*.png"))[:6]:
+        (photos / p.name).symlink_to(p)
+    common = ["--data", photos, "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--wandb",
+              "disabled", "--no-progress", "--threads", "1"]
+    r = _cli(["compress", "train", "--preset", "hpcm-tiny", "--epochs", "1", "--quality", "6", "--name", "src",
+              "--output_dir", tmp_path / "src", *common])
+    assert r.returncode == 0, r.stderr[-3000:]
+    source = _only_run(tmp_path / "src") / "checkpoints" / "last.pt"
+    args = ["compress", "finetune", "--checkpoint", source, "--epochs", "2", "--name", "ft", *common]
+    r = _cli([*args, "--output_dir", tmp_path / "full"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    full = json.loads((_only_run(tmp_path / "full") / "metrics.json").read_text())
+    run, kills = _kill_chain(args, tmp_path / "kill", ["after_write@2"], max_epoch_files=3)
+    assert _stable(json.loads((run / "metrics.json").read_text())) == _stable(full)
+    assert kills == 1
