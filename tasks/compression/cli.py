@@ -83,7 +83,8 @@ def collect_values(ctx: typer.Context, params: Mapping[str, Any], config: Option
     ``None`` values left out so the config's
     defaults apply. A bad file ends the command with one ``error:`` line (exit 2)."""
     params = dict(params)
-    if config is None and params.get("resume"):  # --resume RUN alone: the run's own config.json
+    from_run = config is None and bool(params.get("resume"))
+    if from_run:  # --resume RUN alone: the run's own config.json
         from finetune_kit.tasks.compression.checkpoints import resume_config_file
 
         config = resume_config_file(params["resume"])
@@ -91,6 +92,12 @@ def collect_values(ctx: typer.Context, params: Mapping[str, Any], config: Option
         file_values = compression_file_values(config) if config else {}
     except (FileNotFoundError, ValueError) as exc:
         _fail(exc, 2)
+    if from_run:  # a typed --lambda / --quality replaces both recorded ones (quality would win otherwise)
+        from finetune_kit.tasks.cli_options import given
+
+        for typed, recorded in (("lmbda", "quality"), ("quality", "lmbda")):
+            if typed in params and given(ctx, typed):
+                file_values.pop(recorded, None)
     values = merge_options(ctx, params, file_values)
     device, line = resolve_device(values.get("device") or "auto", bool(values.pop("cuda", False)))
     values["device"] = device
