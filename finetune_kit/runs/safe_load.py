@@ -38,18 +38,19 @@ def trust_pickled() -> bool:
 def safe_globals() -> list[Any]:
     """The non-tensor globals our own checkpoints hold, allowed on top of ``weights_only=True``:
     NumPy's array reconstruction, ``ndarray``, ``dtype`` and the ``uint32`` dtype class (the
-    MT19937 state of :func:`numpy.random.get_state`, saved by :func:`finetune_kit.seeding.rng_state`).
+    MT19937 state of :func:`numpy.random.get_state`, saved by :func:`finetune_kit.seeding.rng_state`),
+    NumPy scalars (``np.float64`` in metrics) and the common dtype classes.
     None of them can call anything else."""
     import numpy as np
 
     try:
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct, scalar
     except ImportError:  # pragma: no cover - numpy >= 2 moved it
-        from numpy._core.multiarray import _reconstruct  # type: ignore[no-redef]
-    allowed: list[Any] = [_reconstruct, np.ndarray, np.dtype]
+        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    allowed: list[Any] = [_reconstruct, scalar, np.ndarray, np.dtype]  # scalar: a NumPy float in metrics
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
-        allowed += [getattr(dtypes, n) for n in ("UInt32DType", "Int64DType", "Float64DType", "Float32DType")
+        allowed += [getattr(dtypes, n) for n in ("UInt32DType", "Int64DType", "Int32DType", "Float64DType", "Float32DType", "BoolDType")
                     if hasattr(dtypes, n)]
     return allowed
 
