@@ -249,3 +249,9 @@ def convert_official_cmd(
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"{rep.summary()}\nwrote {out} (model hpcm-{arch}); evaluate with: finetune-kit compress eval {out} --data DIR --pad centred")
+
+
+# `compress compare` (workflows vs fine-tune-all and from-scratch at one budget): its own module
+from finetune_kit.tasks.compression.compare.cli import register as _register_compare  # noqa: E402
+
+_register_compare(app)
