@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("FINETUNE_KIT_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "data"
 
 
 def _loader(paths, patch, batch, steps, seed):

@@ -85,7 +85,8 @@ def _curve(state: Mapping, cfg: Any, wf: str) -> Optional[dict[str, list[float]]
 
 
 def _monotone(c: Mapping[str, list]) -> bool:
-    return all(b > a for a, b in zip(c["psnr-rgb"], c["psnr-rgb"][1:]))
+    """Rate and PSNR both strictly rising along the curve (sorted by rate)."""
+    return all(b > a for k in ("bpp", "psnr-rgb") for a, b in zip(c[k], c[k][1:]))
 
 
 def _bd(ref: Mapping, cur: Mapping, method: str) -> dict[str, Any]:
@@ -96,8 +97,11 @@ def _bd(ref: Mapping, cur: Mapping, method: str) -> dict[str, Any]:
     bad = [n for n, c in (("finetune-all", ref), ("this workflow", cur)) if not _monotone(c)]
     if bad:
         return {"anchor": "finetune-all", "bd_rate": None, "bd_psnr": None,
-                "reason": f"PSNR does not rise with rate on the curve of {' and '.join(bad)}"}
-    return bd_metrics(ref, cur, method=method, anchor_name="finetune-all")
+                "reason": f"PSNR does not rise strictly with rate on the curve of {' and '.join(bad)}"}
+    try:
+        return bd_metrics(ref, cur, method=method, anchor_name="finetune-all")
+    except (ValueError, AssertionError) as exc:  # the bjontegaard package refuses degenerate curves
+        return {"anchor": "finetune-all", "bd_rate": None, "bd_psnr": None, "reason": f"BD undefined: {exc}"}
 
 
 def bd_rates(cfg: Any, state: Mapping, method: str = "akima") -> dict[str, dict[str, Any]]:

@@ -120,7 +120,9 @@ def _train_cell(cfg: CompareConfig, lmbda: float, workflow: str, folder: Path, m
                    "resumed": str(previous) if previous else None}
     run = Path(final["run_dir"])
     history = [r for r in RunDir(run).history() if "val_rd" in r]
-    return {**numbers, "run_dir": str(run), "checkpoint": final["checkpoint"], "loop_s": final.get("wall_seconds"),
+    # a run resumed after its last epoch trains nothing and records no checkpoint: its last one is the result
+    ckpt = final.get("checkpoint") or str(run / "checkpoints" / "last.pt")
+    return {**numbers, "run_dir": str(run), "checkpoint": ckpt, "loop_s": final.get("wall_seconds"),
             "epochs_run": len(history), "steps_per_epoch": cfg.steps_per_epoch,
             "val_rd": [r["val_rd"] for r in history]}
 
