@@ -10,8 +10,15 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_compression.py --model hpcm-small --baseline mbt2018-mean \
         --steps 10 --batch-size 4 --patch-size 128 --kodak-images 3 --threads 2
+    # against a model with a context module of a similar size: CompressAI's ELIC at N=48, M=136
+    # (8.3 M parameters; its channel context alone is 4.6 M at any N, M) vs hpcm-small (7.6 M)
+    .venv/bin/python benchmarks/bench_compression.py --model hpcm-small --baseline elic2022-chandelier \
+        --batch-size 8 --patch-size 128 --threads 1 --rounds 5 --steps 10 --kodak-images 0 --profile
 
-Prints results; nothing is asserted.
+The two models alternate in ``--rounds`` rounds (>= 5) of ``steps / rounds`` steps each, so both
+see the same machine load; printed: the median step time over all timed steps, and the spread
+(min-max of the per-round medians). ``--profile`` adds the top operators of one step of each
+(torch.profiler, CPU self time). Prints results; nothing is asserted.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(os.environ.get("FINETUNE_KIT_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "data"
 
 
 def _loader(paths, patch, batch, steps, seed):
@@ -88,20 +95,46 @@ class PlainRunner:
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def bench_training(ours, base, paths, args) -> tuple[float, float]:
-    """Median step time (s) of both models, measured in alternating rounds on the same batches.
+def bench_training(ours, base, paths, args) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Step times (s) of both models, measured in alternating rounds on the same batches:
+    ``(ours all steps, baseline all steps, ours per-round medians, baseline per-round medians)``.
 
     Alternating rounds make both see the same machine load (this machine is shared).
     """
     a, b = OursRunner(ours, args), PlainRunner(base, args)
     a.steps(_loader(paths, args.patch_size, args.batch_size, args.warmup, 1))
     b.steps(_loader(paths, args.patch_size, args.batch_size, args.warmup, 1))
-    t_a, t_b = [], []
+    t_a, t_b, r_a, r_b = [], [], [], []
     per_round = max(1, args.steps // args.rounds)
     for r in range(args.rounds):
-        t_a += a.steps(_loader(paths, args.patch_size, args.batch_size, per_round, 10 + r))
-        t_b += b.steps(_loader(paths, args.patch_size, args.batch_size, per_round, 10 + r))
-    return statistics.median(t_a), statistics.median(t_b)
+        sa = a.steps(_loader(paths, args.patch_size, args.batch_size, per_round, 10 + r))
+        sb = b.steps(_loader(paths, args.patch_size, args.batch_size, per_round, 10 + r))
+        t_a, t_b = t_a + sa, t_b + sb
+        r_a.append(statistics.median(sa))
+        r_b.append(statistics.median(sb))
+    return t_a, t_b, r_a, r_b
+
+
+def profile_step(runner, paths, args, top: int = 12) -> str:
+    """The ``top`` operators by CPU self time of two training steps of ``runner`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    loader = _loader(paths, args.patch_size, args.batch_size, 2, 99)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        runner.steps(loader)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def _baseline_kwargs(args) -> dict:
+    """``--baseline-n/--baseline-m``; ELIC defaults to N=48, M=136 (8.3 M, near hpcm-small's 7.6 M)."""
+    kw = {}
+    if args.baseline == "elic2022-chandelier":
+        kw = {"N": 48, "M": 136}
+    if args.baseline_n:
+        kw["N"] = args.baseline_n
+    if args.baseline_m:
+        kw["M"] = args.baseline_m
+    return kw
 
 
 @torch.no_grad()
@@ -128,7 +161,10 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=SHARED / "photos-train")
     p.add_argument("--kodak", type=Path, default=SHARED / "kodak")
     p.add_argument("--steps", type=int, default=12, help="timed training steps per model (median reported)")
-    p.add_argument("--rounds", type=int, default=4, help="alternating measurement rounds (same load for both)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds (same load for both; >= 5)")
+    p.add_argument("--baseline-n", type=int, default=None, help="N of the baseline (ELIC default 48)")
+    p.add_argument("--baseline-m", type=int, default=None, help="M of the baseline (ELIC default 136)")
+    p.add_argument("--profile", action="store_true", help="print the top operators of a step of each model")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=128)
@@ -147,15 +183,26 @@ def main() -> None:
 
     torch.manual_seed(0)
     paths = list_images(args.data)[:16]
-    ours, base = build_model(args.model), build_model(args.baseline)
+    ours, base = build_model(args.model), build_model(args.baseline, **_baseline_kwargs(args))
     n_ours = sum(p.numel() for p in ours.parameters()) / 1e6
     n_base = sum(p.numel() for p in base.parameters()) / 1e6
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} x "
           f"{args.patch_size} px crops, {args.steps} timed steps")
-    t_ours, t_base = bench_training(ours, base, paths, args)
-    print(f"train step  {args.model:>22} ({n_ours:.1f} M): {t_ours * 1000:8.1f} ms")
-    print(f"train step  {args.baseline:>22} ({n_base:.1f} M): {t_base * 1000:8.1f} ms  (plain loop)")
-    print(f"ratio ours / CompressAI: {t_ours / t_base:.2f}x")
+    all_a, all_b, r_a, r_b = bench_training(ours, base, paths, args)
+    t_ours, t_base = statistics.median(all_a), statistics.median(all_b)
+    kw = _baseline_kwargs(args)
+    label = args.baseline + (f" N={kw['N']} M={kw['M']}" if kw else "")
+    print(f"train step  {args.model:>30} ({n_ours:.1f} M): median {t_ours * 1000:8.1f} ms, per-round medians "
+          f"{min(r_a) * 1000:.0f}-{max(r_a) * 1000:.0f} ms ({len(all_a)} steps, {args.rounds} rounds)")
+    print(f"train step  {label:>30} ({n_base:.1f} M): median {t_base * 1000:8.1f} ms, per-round medians "
+          f"{min(r_b) * 1000:.0f}-{max(r_b) * 1000:.0f} ms (plain loop)")
+    ratios = [x / y for x, y in zip(r_a, r_b)]
+    print(f"ratio ours / CompressAI: {t_ours / t_base:.2f}x (per round {min(ratios):.2f}-{max(ratios):.2f}x)")
+    if args.profile:
+        print(f"\n--- {args.model}: top operators of 2 steps (CPU self time) ---")
+        print(profile_step(OursRunner(ours, args), paths, args))
+        print(f"--- {label}: top operators of 2 steps ---")
+        print(profile_step(PlainRunner(base, args), paths, args))
     if args.kodak_images and args.kodak.is_dir():
         if args.checkpoint:
             load_weights(ours, args.checkpoint, model_name=args.model)

@@ -121,7 +121,7 @@ def detect_task(values: dict[str, Any]) -> str:
         return "compare"
     if "ft_strategy" in values:
         return "classify"
-    if {"source_lmbda", "lr_mults", "use_balanced"} & set(values):
+    if {"source_lmbda", "lr_mults"} & set(values):  # compress train records use_balanced too
         return "compress finetune"
     if {"metric", "lmbda", "lr"} <= set(values):
         return "compress train"

@@ -125,7 +125,7 @@ def run_train(values: Mapping[str, Any]) -> dict:
     return final
 
 
-@app.command("train")
+@app.command("train", context_settings={"allow_extra_args": True})
 def train_cmd(
     ctx: typer.Context,
     config: Optional[Path] = CONFIG,
@@ -172,11 +172,29 @@ def train_cmd(
     resume: Optional[Path] = option(None, "resume", help="Run folder or checkpoint to continue (same model, lambda, "
                                     "metric)."),
     progress: bool = option(True, "progress", negatable=True, help="Show progress bars and per-epoch lines."),
+    use_balanced: bool = option(False, "use_balanced", help="Balanced R-D: learned distortion/rate task weights "
+                                "(Zhang et al., CVPR 2025), as in compress finetune."),
+    adaptive_gamma: bool = option(False, "adaptive_gamma", help="Schedule gamma (default schedule hpcm)."),
+    gamma_strategy: Optional[str] = option(None, "gamma_strategy", help="Gamma schedule (implies --adaptive-gamma): "
+                                           "constant, linear, cosine, step, adaptive, hpcm, hpcm-guides."),
+    gamma: Optional[float] = option(None, "gamma", help="Start gamma (default 0.001)."),
+    gamma_final: Optional[float] = option(None, "gamma_final", help="End gamma of the schedule (default gamma/10)."),
+    w_lr: Optional[float] = option(None, "w_lr", help="Adam LR of the task-weight logits (default 0.025)."),
+    gamma_window: Optional[int] = option(None, "gamma_window", help="adaptive gamma: epochs of the trend window (default 5)."),
+    gamma_threshold: Optional[float] = option(None, "gamma_threshold", help="adaptive gamma: relative change counted "
+                                              "as a trend (default 1e-3)."),
+    adaptive_window: Optional[int] = option(None, "adaptive_window", help="The guides' name of --gamma-window."),
+    adaptive_threshold: Optional[float] = option(None, "adaptive_threshold", help="The guides' name of --gamma-threshold."),
+    step_epochs: Optional[List[str]] = option(None, "step_epochs", help="step gamma: decay (x0.5) at exactly these "
+                                              "epochs, e.g. --step_epochs 1000 2000 (or 1000,2000)."),
 ) -> None:
     """Train a compression model from scratch (CompressAI recipe; writes a run folder with checkpoints)."""
+    from finetune_kit.tasks.compression.finetune.cli import fold_aliases, step_epochs_values
+
     params = dict(ctx.params)
     params.pop("config")
-    run_train(collect_values(ctx, params, config))
+    params["step_epochs"] = step_epochs_values(ctx, step_epochs)
+    run_train(fold_aliases(collect_values(ctx, params, config)))
 
 
 @app.command("eval")
@@ -244,3 +262,9 @@ def convert_official_cmd(
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"{rep.summary()}\nwrote {out} (model hpcm-{arch}); evaluate with: finetune-kit compress eval {out} --data DIR --pad centred")
+
+
+# `compress compare` (workflows vs fine-tune-all and from-scratch at one budget): its own module
+from finetune_kit.tasks.compression.compare.cli import register as _register_compare  # noqa: E402
+
+_register_compare(app)

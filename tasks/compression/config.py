@@ -7,9 +7,9 @@ images) or ``lmbda * (1 - MS-SSIM) + bpp``. The HPCM paper trains MSE models wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
 
@@ -170,6 +170,30 @@ class TrainConfig(RunConfigBase):
     lr: float = Field(1e-4, gt=0)
     lr_milestones: list[int] = Field(default_factory=list)
     lr_gamma: float = Field(0.3, gt=0, le=1)
+    # balanced R-D with a gamma schedule (the same options as compress finetune; Zhang et al., CVPR 2025)
+    use_balanced: bool = False
+    adaptive_gamma: bool = False
+    gamma_strategy: Optional[str] = None
+    gamma: Optional[float] = Field(None, ge=0)
+    gamma_final: Optional[float] = Field(None, ge=0)
+    w_lr: float = Field(0.025, gt=0)
+    gamma_window: int = Field(5, ge=1, validation_alias=AliasChoices("gamma_window", "adaptive_window"))
+    gamma_threshold: float = Field(1e-3, ge=0, validation_alias=AliasChoices("gamma_threshold", "adaptive_threshold"))
+    step_epochs: list[int] = Field(default_factory=list)
+
+    def balanced_config(self) -> Any:
+        """The :class:`~finetune_kit.tasks.compression.finetune.config.FinetuneConfig` that carries this
+        run's balanced/gamma options (validated the same way as in ``compress finetune``), or None
+        without ``use_balanced``."""
+        if not self.use_balanced:
+            return None
+        from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+
+        keys = ("adaptive_gamma", "gamma_strategy", "gamma", "gamma_final", "w_lr", "gamma_window", "gamma_threshold",
+                "step_epochs")
+        given = {k: getattr(self, k) for k in keys if k in self.model_fields_set or k in ("w_lr",)}
+        return FinetuneConfig(data=self.data, epochs=self.epochs, use_balanced=True, clip_max_norm=self.clip_max_norm,
+                              device="cpu", **given)
 
     @model_validator(mode="after")
     def _resolve(self) -> "TrainConfig":
@@ -178,6 +202,14 @@ class TrainConfig(RunConfigBase):
                              f"patch_size={self.patch_size}: pass --patch-size 256")
         if sorted(self.lr_milestones) != self.lr_milestones or any(m < 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones={self.lr_milestones}: give increasing epoch numbers >= 1")
+        gamma_opts = [f"--{k}" for k in ("adaptive_gamma", "gamma_strategy", "gamma", "gamma_final", "step_epochs")
+                      if k in self.model_fields_set and getattr(self, k) not in (None, False, [])]
+        if gamma_opts and not self.use_balanced:
+            raise ValueError(f"{', '.join(gamma_opts)} only act on the balanced optimizer: add --use_balanced")
+        if self.use_balanced and self.metric != "mse":
+            raise ValueError("--use_balanced balances lambda*255^2*MSE and bpp: use --metric mse")
+        if self.use_balanced:
+            self.balanced_config()  # bad gamma options fail here, with the finetune wording
         return self
 
 

@@ -43,6 +43,8 @@ class TrainParts:
     scheduler: Any
     criterion: RateDistortionLoss
     manager: Any
+    #: ``--use-balanced``: the balanced objective (FinetuneObjective), else None (plain R-D loss)
+    objective: Any = None
 
 
 def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: F821
@@ -98,7 +100,10 @@ def build_model_and_optimizers(cfg: "TrainConfig", rd: Any) -> TrainParts:  # no
     optimizer, aux_optimizer = build_optimizers(model, cfg.lr, cfg.aux_lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
     manager = CheckpointManager(rd.checkpoints, keep_last=cfg.keep_last, keep_best=1, metric="val_loss", mode="min")
-    return TrainParts(model, optimizer, aux_optimizer, scheduler, RateDistortionLoss(cfg.lmbda, cfg.metric), manager)
+    from finetune_kit.tasks.compression.finetune.objective import train_objective
+
+    return TrainParts(model, optimizer, aux_optimizer, scheduler, RateDistortionLoss(cfg.lmbda, cfg.metric), manager,
+                      train_objective(cfg, model) if getattr(cfg, "use_balanced", False) else None)
 
 
 def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
@@ -117,6 +122,8 @@ def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
     if parts.aux_optimizer is not None:
         parts.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
     parts.scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if parts.objective is not None and ckpt.get("balanced"):
+        parts.objective.balanced.load_state_dict(ckpt["balanced"])
     if "rng_state" in ckpt:
         set_rng_state(ckpt["rng_state"])
     # "epoch": the last completed epoch counted from 1; checkpoints without "epoch_base" count from 0
@@ -128,7 +135,7 @@ def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
 
 def fit_one_epoch(parts: TrainParts, loader: Any, cfg: Any, epoch: int) -> dict[str, float]:
     """One epoch of the shared :func:`train_one_epoch` (global clip ``cfg.clip_max_norm``)."""
-    return train_one_epoch(parts.model, loader, parts.optimizer, parts.aux_optimizer, parts.criterion,
+    return train_one_epoch(parts.model, loader, parts.optimizer, parts.aux_optimizer, parts.objective or parts.criterion,
                            clip_max_norm=cfg.clip_max_norm, progress=cfg.progress,
                            description=f"epoch {epoch + 1}/{cfg.epochs}")
 
@@ -149,7 +156,21 @@ def checkpoint_state(parts: TrainParts, cfg: Any, epoch: int, record: dict) -> d
             "aux_optimizer": to_cpu_state(parts.aux_optimizer.state_dict()) if parts.aux_optimizer else None,
             "lr_scheduler": parts.scheduler.state_dict(), "epoch": epoch, "epoch_base": 1, "model": cfg.model,
             "config": cfg.model_dump(mode="json"), "metrics": record, "rng_state": rng_state(),
-            "preset": m.config() if hasattr(m, "config") else None}
+            "preset": m.config() if hasattr(m, "config") else None,
+            "balanced": parts.objective.balanced.state_dict() if parts.objective is not None else None}
+
+
+def balanced_epoch_start(parts: TrainParts, rd: Any, epoch: int) -> dict[str, float]:
+    """``--use-balanced``: set the gamma of ``epoch`` (0-based) from the schedule and the validation
+    losses so far (``metrics.jsonl``, so a resumed run gets the same values); returns the gamma and
+    the task weights for the epoch's record ({} without balancing)."""
+    if parts.objective is None:
+        return {}
+    history = [r["val_loss"] for r in rd.history() if "val_loss" in r and r.get("epoch", 0) <= epoch]
+    log = parts.objective.set_epoch_gamma(epoch, history, {})
+    log.update({f"task_weight/{t}": float(w) for t, w in zip(parts.objective.balanced.task_names,
+                                                            parts.objective.balanced.weights())})
+    return log
 
 
 def report(cfg: Any, epoch: int, tr: dict, va: dict) -> None:
@@ -188,11 +209,12 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
         final: dict[str, Any] = {}
         for epoch in range(start_epoch, cfg.epochs):
             lr = parts.optimizer.param_groups[0]["lr"]
+            gamma_log = balanced_epoch_start(parts, rd, epoch)
             tr = fit_one_epoch(parts, train_loader, cfg, epoch)
             va = validate(parts, val_loader)
             parts.scheduler.step()
             record = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in tr.items()},
-                      **{f"val_{k}": v for k, v in va.items()}}
+                      **{f"val_{k}": v for k, v in va.items()}, **gamma_log}
             logger.log(record, step=epoch + 1)
             path = parts.manager.save(checkpoint_state(parts, cfg, epoch + 1, record), epoch + 1,
                                       {"val_loss": va["loss"], "val_bpp": va["bpp_loss"],

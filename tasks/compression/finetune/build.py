@@ -10,7 +10,7 @@ AdamW over the layer groups plus an aux Adam for the quantiles (the shared
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -22,7 +22,7 @@ from finetune_kit.tasks.compression.finetune.objective import FinetuneObjective
 if TYPE_CHECKING:
     from finetune_kit.tasks.compression.finetune.run import Source
 
-__all__ = ["FinetuneParts", "build_model_and_optimizers"]
+__all__ = ["FinetuneParts", "build_model_and_optimizers", "epoch_log_values"]
 
 
 @dataclass
@@ -40,6 +40,8 @@ class FinetuneParts:
     es: Any
     manager: Any
     steps_per_epoch: int
+    #: unfreeze events of the current epoch (``UnfreezeEvent.record()`` dicts), for ``metrics.jsonl``
+    last_events: list = field(default_factory=list)
 
 
 def _scheduler(cfg: FinetuneConfig, optimizer, steps_per_epoch: int):
@@ -156,3 +158,26 @@ def build_model_and_optimizers(cfg: FinetuneConfig, src: Source, rd: Any, steps_
                                 metric="val_rd", mode="min")
     return FinetuneParts(model, optimizer, aux_opt, aux, strategy, _scheduler(cfg, optimizer, steps_per_epoch),
                          FinetuneObjective(cfg, src.lmbda, has_scales), ses, es, manager, steps_per_epoch)
+
+
+def epoch_log_values(parts: FinetuneParts) -> dict[str, Any]:
+    """What an epoch's ``metrics.jsonl`` record (and wandb) gets besides the losses: ``lr/<group>``
+    (the LR each optimizer group trained with at the epoch's last step; 0 = frozen),
+    ``unfrozen`` (the groups unfrozen at the start of this epoch, ``[]`` when none) and
+    ``unfreeze_events`` (their full records), and the balanced optimizer's task weights
+    ``task_weight/<task>`` and effective contributions ``task_contrib/<task>`` (when balancing)."""
+    out: dict[str, Any] = {}
+    for i, g in enumerate(parts.optimizer.param_groups):
+        out[f"lr/{g.get('group_name', f'group{i}')}"] = float(g["lr"])
+    out["unfrozen"] = [n for ev in parts.last_events for n in ev.get("groups", [])]
+    if parts.last_events:
+        out["unfreeze_events"] = list(parts.last_events)
+        out["unfreeze_stage"] = max(int(ev.get("stage", 0)) for ev in parts.last_events)  # a number, for wandb
+    bal = parts.objective.balanced
+    if bal is not None:
+        for k, v in bal.last_record.items():
+            if k.startswith("weight/"):
+                out[f"task_weight/{k[len('weight/'):]}"] = v
+            elif k.startswith("contrib/"):
+                out[f"task_contrib/{k[len('contrib/'):]}"] = v
+    return out

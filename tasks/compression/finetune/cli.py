@@ -16,9 +16,43 @@ import typer
 
 from finetune_kit.tasks.cli_options import CONFIG_HELP, option
 
-__all__ = ["register", "run_finetune"]
+__all__ = ["register", "run_finetune", "fold_aliases", "step_epochs_values"]
 
-_GAMMA = "constant, linear, cosine, step, adaptive, hpcm (one gamma); fixed, linear, cosine, adaptive, hierarchical (per scale)"
+_GAMMA = ("constant, linear, cosine, step, adaptive, hpcm, hpcm-guides (one gamma); fixed, linear, cosine, adaptive, "
+          "hierarchical, hierarchical-guides (per scale)")
+_EXTRA = {"allow_extra_args": True}
+
+
+def fold_aliases(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The guides' ``adaptive_window`` / ``adaptive_threshold`` become ``gamma_window`` /
+    ``gamma_threshold``; an empty ``step_epochs`` is left out (the config's default applies)."""
+    values = dict(values)
+    if not values.get("step_epochs"):
+        values.pop("step_epochs", None)
+    for alias, key in (("adaptive_window", "gamma_window"), ("adaptive_threshold", "gamma_threshold")):
+        if values.get(alias) is not None:
+            values[key] = values.pop(alias)
+        values.pop(alias, None)
+    return values
+
+
+def step_epochs_values(ctx: typer.Context, given: Optional[List[str]]) -> Optional[List[int]]:
+    """``--step_epochs``: ``1000,2000``, ``--step_epochs 1000 --step_epochs 2000`` or the guides'
+    ``--step_epochs 1000 2000`` (the trailing numbers arrive as extra arguments of ``ctx``).
+    Extra arguments that are not epoch numbers after ``--step_epochs`` end the command with one
+    ``error:`` line (exit 2)."""
+    extra = list(ctx.args)
+    if extra and (not given or not all(a.isdigit() for a in extra)):
+        typer.echo(f"error: unexpected argument(s) {' '.join(extra)}: options take one value each "
+                   "(only --step_epochs takes several numbers)", err=True)
+        raise typer.Exit(2)
+    if not given:
+        return None
+    try:
+        return [int(v) for g in [*given, *extra] for v in str(g).replace(",", " ").split()]
+    except ValueError:
+        typer.echo(f"error: --step_epochs {' '.join(given)}: give epoch numbers, e.g. --step_epochs 1000 2000", err=True)
+        raise typer.Exit(2) from None
 
 
 def run_finetune(values: Mapping[str, Any]) -> dict:
@@ -34,7 +68,7 @@ def run_finetune(values: Mapping[str, Any]) -> dict:
     from finetune_kit.tasks.compression.finetune.config import FinetuneConfig, OptionWarning
     from finetune_kit.tasks.compression.finetune.run import FromScratchWarning, finetune
 
-    values = dict(values)
+    values = fold_aliases(values)
     if not values.get("freeze_patterns"):
         values.pop("freeze_patterns", None)
     with warnings.catch_warnings():  # option and from-scratch warnings: one line each
@@ -63,7 +97,7 @@ def run_finetune(values: Mapping[str, Any]) -> dict:
 def register(app: typer.Typer) -> None:
     """Add the ``finetune`` command to the ``compress`` sub-app."""
 
-    @app.command("finetune")
+    @app.command("finetune", context_settings=_EXTRA)
     def finetune_cmd(
         ctx: typer.Context,
         config: Optional[Path] = option(None, "config", help=CONFIG_HELP),
@@ -123,6 +157,9 @@ def register(app: typer.Typer) -> None:
         w_lr: Optional[float] = option(None, "w_lr", help="Adam LR of the task-weight logits (default 0.025)."),
         gamma_window: Optional[int] = option(None, "gamma_window", help="adaptive gamma: epochs of the trend window (default 5)."),
         gamma_threshold: Optional[float] = option(None, "gamma_threshold", help="adaptive gamma: relative change counted as a trend (default 1e-3)."),
+        adaptive_window: Optional[int] = option(None, "adaptive_window", help="The guides' name of --gamma-window."),
+        adaptive_threshold: Optional[float] = option(None, "adaptive_threshold", help="The guides' name of --gamma-threshold."),
+        step_epochs: Optional[List[str]] = option(None, "step_epochs", help="step gamma: decay (x0.5) at exactly these epochs, e.g. --step_epochs 1000 2000 (or 1000,2000)."),
         seed: Optional[int] = option(None, "seed", help="Random seed (default 0)."),
         num_workers: Optional[int] = option(None, "num_workers", "--workers", "-n", help="DataLoader worker processes (default 0)."),
         threads: Optional[int] = option(None, "threads", "--num-threads", "--num_threads", help="torch CPU threads."),
@@ -139,4 +176,5 @@ def register(app: typer.Typer) -> None:
 
         params = dict(ctx.params)
         params.pop("config")
+        params["step_epochs"] = step_epochs_values(ctx, step_epochs)
         run_finetune(collect_values(ctx, params, config))

@@ -24,7 +24,51 @@ from finetune_kit.tasks.compression.config import RunConfigBase, absolute_path
 from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
 from finetune_kit.tasks.compression.finetune.lr_manager import DEFAULT_LR_MULTS
 
-__all__ = ["FinetuneConfig", "OptionWarning", "load_yaml_config"]
+__all__ = ["FinetuneConfig", "OptionWarning", "load_yaml_config", "SCALE_MODULATION_PRESETS", "resolve_scale_modulation",
+           "check_hierarchical_effect"]
+
+#: named ``--scale_modulation`` values. ``guides``: the guides' coarse-first emphasis, their fixed
+#: distortion shares 0.40 / 0.35 / 0.25 (s1 / s2 / s3) relative to an even third each
+#: (x3: 1.2 / 1.05 / 0.75). ``uniform``: every scale 1 (the plain R-D loss).
+SCALE_MODULATION_PRESETS = {"guides": "s1:1.2,s2:1.05,s3:0.75", "uniform": "s1:1.0,s2:1.0,s3:1.0"}
+
+
+def resolve_scale_modulation(value: Optional[str], use_hierarchical: bool = True,
+                             use_balanced: bool = False) -> dict[str, float]:
+    """``{"s1", "s2", "s3": factor}`` of a ``--scale_modulation`` value: a preset name of
+    :data:`SCALE_MODULATION_PRESETS` or ``"s1:1.2,s2:1.0,s3:0.8"`` (missing scales 1). ``None``
+    is ``guides`` for the hierarchical loss without balancing (so it is never a no-op), else uniform.
+
+    Raises:
+        ValueError: an unknown scale key or a factor <= 0.
+    """
+    from finetune_kit.param_groups import parse_multipliers
+
+    if value is None:
+        value = "guides" if use_hierarchical and not use_balanced else "uniform"
+    raw = parse_multipliers(SCALE_MODULATION_PRESETS.get(str(value).strip(), value))
+    bad = [k for k in raw if k not in ("s1", "s2", "s3")]
+    if bad or any(v <= 0 for v in raw.values()):
+        raise ValueError(f"--scale_modulation {value!r}: give s1/s2/s3 factors > 0 (e.g. s1:1.2,s2:1.05,s3:0.75) or a "
+                         f"preset ({', '.join(SCALE_MODULATION_PRESETS)})")
+    return {"s1": 1.0, "s2": 1.0, "s3": 1.0, **raw}
+
+
+def check_hierarchical_effect(use_hierarchical: bool, use_balanced: bool, scale_modulation: Optional[str]) -> None:
+    """The hierarchical loss alone is never a silent no-op: its tasks sum to the plain R-D loss, so
+    without balancing it needs per-scale factors that are not all equal.
+
+    Raises:
+        ValueError: ``--use_hierarchical`` without ``--use_balanced`` and a uniform ``--scale_modulation``
+            (names both options that give it an effect); a bad modulation value.
+    """
+    if not use_hierarchical:
+        return
+    mod = resolve_scale_modulation(scale_modulation, use_hierarchical, use_balanced)
+    if not use_balanced and len(set(mod.values())) == 1:
+        raise ValueError(f"--use_hierarchical with --scale_modulation {scale_modulation} and no --use_balanced changes "
+                         "nothing (the per-scale tasks sum to the plain R-D loss, scaled by one factor): add --use_balanced, "
+                         "or give unequal factors, e.g. --scale_modulation guides (s1:1.2,s2:1.05,s3:0.75)")
 
 
 class OptionWarning(UserWarning):
@@ -74,7 +118,8 @@ class FinetuneConfig(RunConfigBase):
     decomposition: Literal["measured", "fixed", "adaptive"] = "measured"
     pyramid: Literal["haar", "laplacian"] = "haar"
     pyramid_levels: int = Field(3, ge=2)
-    scale_modulation: Optional[str] = Field(None, description="'s1:1.0,s2:1.0,s3:1.0' (hierarchical)")
+    scale_modulation: Optional[str] = Field(None, description="'s1:1.2,s2:1.05,s3:0.75' or a preset name "
+                                            "(guides, uniform); hierarchical without balancing: default guides")
     # early stopping
     scale_early_stopping: bool = False
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs; default 50 with scale early stopping")
@@ -89,8 +134,9 @@ class FinetuneConfig(RunConfigBase):
     gamma_strategy: Optional[str] = Field(None, description="default: hpcm (two-task) / hierarchical (per scale)")
     scale_gammas: Optional[str] = Field(None, description="'s1:0.008,s2:0.006,s3:0.004'")
     w_lr: float = Field(0.025, gt=0)
-    gamma_window: int = Field(5, ge=1)
-    gamma_threshold: float = Field(1e-3, ge=0)
+    gamma_window: int = Field(5, ge=1, validation_alias=AliasChoices("gamma_window", "adaptive_window"))
+    gamma_threshold: float = Field(1e-3, ge=0, validation_alias=AliasChoices("gamma_threshold", "adaptive_threshold"))
+    step_epochs: list[int] = Field(default_factory=list, description="step gamma: decay at exactly these epochs")
     # run plumbing
     keep_last: int = Field(2, ge=1)
     keep_best: int = Field(1, ge=0)
@@ -116,10 +162,13 @@ class FinetuneConfig(RunConfigBase):
             names = GAMMA_STRATEGIES + SCALE_GAMMA_STRATEGIES
             if self.gamma_strategy not in names:
                 raise ValueError(f"unknown gamma_strategy {self.gamma_strategy!r}: use one of {', '.join(dict.fromkeys(names))}")
-            if self.gamma_strategy == "hierarchical" and not self.use_hierarchical:
+            if self.gamma_strategy in ("hierarchical", "hierarchical-guides") and not self.use_hierarchical:
                 raise ValueError("gamma_strategy 'hierarchical' schedules per-scale gammas: add --use_hierarchical")
         if self.decomposition != "measured" and not self.use_hierarchical:
             raise ValueError(f"--decomposition {self.decomposition} applies to the hierarchical loss: add --use_hierarchical")
+        check_hierarchical_effect(self.use_hierarchical, self.use_balanced, self.scale_modulation)
+        if self.step_epochs and (sorted(self.step_epochs) != self.step_epochs or min(self.step_epochs) < 1):
+            raise ValueError(f"step_epochs={self.step_epochs}: give increasing epoch numbers >= 1, e.g. --step_epochs 1000 2000")
         self._warn_ignored()
         return self
 
@@ -130,6 +179,13 @@ class FinetuneConfig(RunConfigBase):
         given = self.model_fields_set
         gamma_opts = [f"--{k}" for k in ("gamma", "gamma_final", "gamma_strategy", "adaptive_gamma", "scale_gammas")
                       if k in given and getattr(self, k) not in (None, False)]
+        if self.step_epochs and "step" != self.resolved_gamma_strategy:
+            warnings.warn(f"--step_epochs only act on --gamma_strategy step (in effect: {self.resolved_gamma_strategy}): "
+                          "add --gamma_strategy step", OptionWarning, stacklevel=2)
+        if self.use_hierarchical and not self.use_balanced and self.scale_modulation is None:
+            warnings.warn("--use_hierarchical without --use_balanced: applying --scale_modulation guides "
+                          f"({SCALE_MODULATION_PRESETS['guides']}) so the per-scale tasks change the gradient; pass "
+                          "--scale_modulation or --use_balanced to choose", OptionWarning, stacklevel=2)
         if gamma_opts and not self.use_balanced:
             warnings.warn(f"{', '.join(gamma_opts)} only act on the balanced optimizer and are ignored: add "
                           "--use_balanced", OptionWarning, stacklevel=2)

@@ -11,7 +11,10 @@ Single gamma (``--gamma_strategy``), from ``gamma`` (start) to ``gamma_final`` o
 - ``linear``: ``gamma + (gamma_final - gamma) * t``, ``t = epoch / (epochs - 1)``.
 - ``cosine``: ``gamma_final + (gamma - gamma_final) * (1 + cos(pi t)) / 2``.
 - ``step``: ``gamma * step_factor ** floor(epoch / step_every)``, never past ``gamma_final``
-  (defaults: ``step_every = max(1, epochs // 4)``, ``step_factor = 0.5``).
+  (defaults: ``step_every = max(1, epochs // 4)``, ``step_factor = 0.5``); with ``step_epochs``
+  (the guides' ``--step_epochs 1000 2000``) gamma is multiplied by ``step_factor`` exactly at those
+  epochs instead: ``gamma * step_factor ** #{m in step_epochs: epoch >= m}`` (``epoch`` 0-based, so
+  ``m`` = the number of completed epochs after which the decay applies), never past ``gamma_final``.
 - ``adaptive``: start at ``gamma``; whenever the monitored metric (lower is better) has not
   improved by a relative ``threshold`` (default 0.001 = 0.1 %) over the last ``window`` epochs
   (default 5), multiply gamma by ``adaptive_factor`` (default 0.5) towards ``gamma_final``, then
@@ -27,7 +30,14 @@ Per scale (``s1``/``s2``/``s3``, hierarchical variant), each scale from its defa
 - ``fixed``: the defaults throughout; ``linear`` / ``cosine``: each scale as above;
 - ``adaptive``: each scale's own plateau rule on its own metric history;
 - ``hierarchical``: coarse to fine, following HPCM's coding order: s1 anneals (cosine) over the
-  first third of the run, s2 over the first two thirds, s3 over the whole run.
+  first third of the run, s2 over the first two thirds, s3 over the whole run. Once a scale's
+  weights are free (low gamma) they stay free: the weight targets never jump.
+- ``hierarchical-guides`` (the phase-3 guide's phases): the run is cut in thirds; in third ``k``
+  the emphasised scale (s1, then s2, then s3) has its low gamma (``start * final_ratio``: its task
+  weights adapt) while the other two hold their start gamma (pulled to equal weights). So s1 is
+  emphasised early and s3 late, as the guide says, but a scale is pulled back after its phase,
+  which makes the gammas (and the weight targets) jump at the phase boundaries; that is why the
+  smooth ``hierarchical`` is the default.
 """
 from __future__ import annotations
 
@@ -35,10 +45,10 @@ import math
 from typing import Mapping, Sequence
 
 __all__ = ["GAMMA_STRATEGIES", "SCALE_GAMMA_STRATEGIES", "gamma_at", "scale_gammas_at",
-           "linear", "cosine", "step", "adaptive", "hpcm"]
+           "linear", "cosine", "step", "adaptive", "hpcm", "hpcm_guides"]
 
-GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "adaptive", "hpcm")
-SCALE_GAMMA_STRATEGIES = ("fixed", "linear", "cosine", "adaptive", "hierarchical")
+GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "adaptive", "hpcm", "hpcm-guides")
+SCALE_GAMMA_STRATEGIES = ("fixed", "linear", "cosine", "adaptive", "hierarchical", "hierarchical-guides")
 
 
 def _t(epoch: int, epochs: int) -> float:
@@ -56,8 +66,19 @@ def cosine(epoch: int, epochs: int, start: float, final: float) -> float:
 
 
 def step(epoch: int, epochs: int, start: float, final: float, *, step_every: int | None = None,
-         step_factor: float = 0.5) -> float:
-    """``start * step_factor ** floor(epoch / step_every)``, clamped at ``final``."""
+         step_factor: float = 0.5, step_epochs: Sequence[int] | None = None) -> float:
+    """``start * step_factor ** floor(epoch / step_every)``, clamped at ``final``; with
+    ``step_epochs`` (0-based epoch indices, e.g. ``(1000, 2000)``) one decay at each of them
+    instead (``step_every`` is then ignored).
+
+    Raises:
+        ValueError: a ``step_epochs`` entry below 1.
+    """
+    if step_epochs:
+        if min(step_epochs) < 1:
+            raise ValueError(f"step_epochs={list(step_epochs)}: give epoch numbers >= 1")
+        value = start * step_factor ** sum(1 for m in step_epochs if epoch >= m)
+        return max(value, final) if final <= start else min(value, final)
     every = step_every or max(1, epochs // 4)
     value = start * step_factor ** (epoch // every)
     return max(value, final) if final <= start else min(value, final)
@@ -98,6 +119,16 @@ def hpcm(epoch: int, epochs: int, start: float, final: float, *, phases: tuple[f
     return cosine(epoch - a, b - a + 1, start, final)
 
 
+def hpcm_guides(epoch: int, epochs: int, start: float, final: float, *, warmup: float = 0.1,
+                phases: tuple[float, float] = (0.2, 0.7)) -> float:
+    """The guides' ``hpcm`` schedule with its warm-up rise: linear from ``final`` to ``start`` over
+    the first ``warmup * epochs`` epochs, then :func:`hpcm`."""
+    w = int(round(warmup * epochs))
+    if epoch < w:
+        return final + (start - final) * epoch / w
+    return hpcm(epoch, epochs, start, final, phases=phases)
+
+
 def gamma_at(strategy: str, epoch: int, *, epochs: int, gamma: float = 0.001, gamma_final: float | None = None,
              history: Sequence[float] = (), **options) -> float:
     """Gamma of ``strategy`` at ``epoch`` (see the module docstring).
@@ -128,6 +159,8 @@ def gamma_at(strategy: str, epoch: int, *, epochs: int, gamma: float = 0.001, ga
         return adaptive(epoch, history, gamma, final, **options)
     if strategy == "hpcm":
         return hpcm(epoch, epochs, gamma, final, **options)
+    if strategy == "hpcm-guides":
+        return hpcm_guides(epoch, epochs, gamma, final, **options)
     raise ValueError(f"unknown gamma strategy {strategy!r}: use one of {', '.join(GAMMA_STRATEGIES)}")
 
 
@@ -160,6 +193,9 @@ def scale_gammas_at(strategy: str, epoch: int, *, epochs: int, starts: Mapping[s
         elif strategy == "hierarchical":
             span = max(1, int(round(epochs * (i + 1) / 3)))
             out[s] = cosine(min(epoch, span - 1), span, start, final) if epoch < span else final
+        elif strategy == "hierarchical-guides":
+            phase = min(2, epoch * 3 // max(1, epochs))  # 0, 1, 2: the third of the run
+            out[s] = final if phase == i else start
         else:
             raise ValueError(f"unknown per-scale gamma strategy {strategy!r}: use one of {', '.join(SCALE_GAMMA_STRATEGIES)}")
     return out

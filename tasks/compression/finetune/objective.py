@@ -28,7 +28,7 @@ import torch
 from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
 from finetune_kit.tasks.compression.losses import RateDistortionLoss
 
-__all__ = ["FinetuneObjective", "rng_snapshot", "replay_rng"]
+__all__ = ["FinetuneObjective", "rng_snapshot", "replay_rng", "train_objective"]
 
 
 def rng_snapshot(device: torch.device) -> torch.Tensor:
@@ -69,6 +69,7 @@ class FinetuneObjective:
 
     def __init__(self, cfg: FinetuneConfig, lmbda: float, has_scales: bool) -> None:
         from finetune_kit.param_groups import parse_multipliers
+        from finetune_kit.tasks.compression.finetune.config import resolve_scale_modulation
         from finetune_kit.tasks.compression.finetune.balanced import DEFAULT_SCALE_GAMMAS, BalancedRD, HierarchicalBalancedRD
         from finetune_kit.tasks.compression.finetune.hierarchical_loss import HierarchicalRDLoss
 
@@ -78,7 +79,7 @@ class FinetuneObjective:
         self.monitor = HierarchicalRDLoss(lmbda) if has_scales else None  # measured per-scale costs (validation)
         self.hier = (HierarchicalRDLoss(lmbda, decomposition=cfg.decomposition, pyramid=cfg.pyramid,
                                         levels=cfg.pyramid_levels) if cfg.use_hierarchical else None)
-        self.modulation = {"s1": 1.0, "s2": 1.0, "s3": 1.0, **parse_multipliers(cfg.scale_modulation)}
+        self.modulation = resolve_scale_modulation(cfg.scale_modulation, cfg.use_hierarchical, cfg.use_balanced)
         self.scale_starts = {**DEFAULT_SCALE_GAMMAS, **parse_multipliers(cfg.scale_gammas)}
         if cfg.use_hierarchical and cfg.gamma is not None and not cfg.scale_gammas:
             ratio = cfg.gamma / DEFAULT_SCALE_GAMMAS["s1"]  # --gamma sets s1; s2, s3 keep their proportions
@@ -176,12 +177,15 @@ class FinetuneObjective:
 
     def set_epoch_gamma(self, epoch: int, history: list[float], scale_hist: dict[str, list[float]]) -> dict[str, float]:
         """Set the balanced optimizer's gamma for ``epoch``; returns it for the log ({} without balancing)."""
-        from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, gamma_at, scale_gammas_at
+        from finetune_kit.tasks.compression.finetune.gamma_schedules import (GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES,
+                                                                              gamma_at, scale_gammas_at)
 
         if self.balanced is None:
             return {}
         cfg, strat = self.cfg, self.cfg.resolved_gamma_strategy
         opts = {"window": cfg.gamma_window, "threshold": cfg.gamma_threshold} if "adaptive" in strat else {}
+        if strat == "step" and getattr(cfg, "step_epochs", None):
+            opts = {"step_epochs": list(cfg.step_epochs)}
         if self.hier is None:
             g0 = cfg.gamma if cfg.gamma is not None else 0.001
             name = "constant" if strat == "fixed" else strat
@@ -190,7 +194,7 @@ class FinetuneObjective:
             return {"gamma": g}
         s1 = self.scale_starts["s1"]
         ratio = (cfg.gamma_final / s1) if cfg.gamma_final is not None else 0.1
-        if strat in ("fixed", "linear", "cosine", "adaptive", "hierarchical"):
+        if strat in SCALE_GAMMA_STRATEGIES:
             gs = scale_gammas_at(strat, epoch, epochs=cfg.epochs, starts=self.scale_starts, final_ratio=ratio,
                                  histories=scale_hist, **opts)
         elif strat in GAMMA_STRATEGIES:  # a single schedule applied to every scale proportionally
@@ -198,3 +202,24 @@ class FinetuneObjective:
             gs = {s: g * f for s, g in self.scale_starts.items()}
         self.balanced.set_gamma(gs)
         return {f"gamma_{s}": v for s, v in gs.items()}
+
+
+def train_objective(cfg: Any, model: torch.nn.Module) -> "FinetuneObjective | None":
+    """The balanced objective of a ``compress train`` run (``cfg.use_balanced``), or None.
+
+    ``cfg`` is a :class:`~finetune_kit.tasks.compression.config.TrainConfig`; its balanced and
+    gamma options go through the fine-tune config (:meth:`TrainConfig.balanced_config`), so both
+    commands validate and schedule them the same way. A 64 px probe forward on the model's
+    device tells whether it reports per-scale rates (HPCM). Two tasks: ``distortion``
+    (``lambda * 255^2 * MSE``) and ``rate`` (bpp).
+    """
+    bcfg = cfg.balanced_config()
+    if bcfg is None:
+        return None
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        has_scales = bool(model(torch.rand(1, 3, 64, 64, device=device)).get("y_scale_masks"))
+    model.train(was)
+    return FinetuneObjective(bcfg, cfg.lmbda, has_scales)

@@ -52,7 +52,8 @@ from typing import Any, Optional
 
 import torch
 
-from finetune_kit.tasks.compression.finetune.build import FinetuneParts, _stages, build_model_and_optimizers  # noqa: F401
+from finetune_kit.tasks.compression.finetune.build import (FinetuneParts, _stages, build_model_and_optimizers,  # noqa: F401
+                                                           epoch_log_values)
 from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
 
 __all__ = ["finetune", "FromScratchWarning", "DEFAULT_LAMBDA", "Source", "FinetuneParts", "Progress",
@@ -222,7 +223,9 @@ def fit_one_epoch(parts: FinetuneParts, loader: Any, epoch: int, progress: Progr
     """
     from finetune_kit.tasks.compression.engine import train_one_epoch
 
+    parts.last_events = []
     for ev in parts.strategy.on_epoch_start(epoch, parts.optimizer):
+        parts.last_events.append(ev.record())  # -> metrics.jsonl (epoch_log_values)
         # pinned groups (--freeze_entropy, --freeze_pattern) are not in ev.groups
         print(f"epoch {ev.record()['epoch']}: unfroze {', '.join(ev.groups)} ({ev.trainable_params:,} trainable "
               "parameters)")
@@ -305,6 +308,7 @@ def _epoch(cfg, parts, loaders, epoch, progress, steps_log, logger) -> tuple[dic
               "trainable_params": parts.strategy.trainable_params()}
     if parts.objective.balanced is not None:
         record.update({f"task_{k}": v for k, v in parts.objective.balanced.last_record.items() if k.startswith("weight/")})
+    record.update(epoch_log_values(parts))  # per-group LRs, unfreeze events, task weights
     stop = early_stop_step(parts, va, epoch + 1, record)
     logger.log(record)
     return record, va, stop
@@ -355,5 +359,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         final.update(run_dir=str(src.run_path), best_checkpoint=str(parts.manager.best() or parts.manager.last()),
                      wall_seconds=time.perf_counter() - t_run, lmbda=src.lmbda, notes=src.notes)
         rd.write_json("metrics.json", final)
+        from finetune_kit.tasks.compression.finetune.training_curves import plot_training_curves
+
+        plot_training_curves(rd.history(), src.run_path / "training_curves.png", title=src.run_path.name)
         logger.summary(final)
     return final

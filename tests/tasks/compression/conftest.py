@@ -66,3 +66,32 @@ def trained_tiny(photos):
     model.eval()
     model.update(force=True)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_base_checkpoint(few_photos, tmp_path_factory) -> Path:
+    """A ``compress train`` checkpoint of hpcm-tiny (2 steps of 2 x 64 px crops at lambda 0.0067, a few s)."""
+    from finetune_kit.tasks.compression.config import TrainConfig
+    from finetune_kit.tasks.compression.training import train
+
+    out = tmp_path_factory.mktemp("tiny_base")
+    final = train(TrainConfig(data=few_photos, model="hpcm-tiny", epochs=1, steps_per_epoch=2, batch_size=2,
+                              patch_size=64, val_fraction=0.2, wandb="disabled", progress=False, threads=1,
+                              output_dir=out, name="base"))
+    return Path(final["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def kodak_crops(kodak, tmp_path_factory) -> Path:
+    """The first two Kodak images, centre 256 x 256 crops (real images; a full 768 x 512 image costs
+    several seconds per model to code on 2 cores)."""
+    from PIL import Image
+
+    from finetune_kit.tasks.compression.data import list_images
+
+    d = tmp_path_factory.mktemp("kodak_crops")
+    for p in list_images(kodak)[:2]:
+        im = Image.open(p).convert("RGB")
+        w, h = im.size
+        im.crop(((w - 256) // 2, (h - 256) // 2, (w + 256) // 2, (h + 256) // 2)).save(d / Path(p).name)
+    return d
