@@ -8,7 +8,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from finetune_kit.calibration import apply_temperature, fit_temperature, nll
 from finetune_kit.tasks.classification.engine import softmax
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.plots import plot_reliability, plot_roc, plot_training_curves
@@ -19,9 +18,11 @@ __all__ = ["calibrated_report", "evaluate_run", "load_trained"]
 def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
                       test_labels: np.ndarray, history: Sequence[Mapping] = (), temperature: float | None = None,
                       prefix: str = "", class_names: Sequence[str] | None = None, run_name: str = "",
-                      dataset: str = "", n_boot: int = 1000, seed: int = 0) -> dict:
-    """Fit the temperature on the validation logits ``(Nv, C)`` (unless ``temperature`` is given),
-    compute test metrics before/after scaling, and write ``roc.png``, ``reliability.png`` and
+                      dataset: str = "", n_boot: int = 1000, seed: int = 0, calibration: str = "auto",
+                      calibrator=None) -> dict:
+    """Fit the calibrator on the validation logits ``(Nv, C)`` (``calibration``: ``auto`` = chosen
+    on validation by :func:`finetune_kit.calibration.choose_calibrator`, or one method; a given
+    ``calibrator`` or ``temperature`` is used as it is), compute test metrics before/after it, and write ``roc.png``, ``reliability.png`` and
     (with ``history``) ``training_curves.png`` into ``out_dir``.
 
     The test AUROC gets a 95 % confidence interval, ``auroc_ci95 = [low, high]`` (None when a
@@ -30,26 +31,44 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
     legend shows it with the class names (``class_names``) and counts. ``run_name`` and
     ``dataset`` title the training curves.
 
+    ECE before and after calibration get 95 % bootstrap intervals too (``ece_ci95``,
+    ``ece_calibrated_ci95``, same resamples).
+
     Returns:
-        ``{"temperature", "val": {...}, "test": {... , "auroc_ci95", "ece_calibrated", "nll_calibrated"}}``;
-        ``test`` is empty when there are no test images.
+        ``{"temperature" (1.0 unless temperature scaling was kept), "calibration" (method, params,
+        reason, candidates), "val": {...}, "test": {... , "auroc_ci95", "ece_calibrated",
+        "nll_calibrated", "ece_ci95", "ece_calibrated_ci95"}}``; ``test`` is empty without test images.
     """
     from finetune_kit.tasks.classification.metrics import bootstrap_auroc_ci
 
-    if temperature is None:
-        temperature = fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
-    out: dict = {"temperature": float(temperature)}
+    from finetune_kit.calibration import Calibrator, choose_calibrator, fit_calibrator
+    from finetune_kit.tasks.classification.bootstrap import bootstrap_metrics
+
+    if calibrator is None and temperature is not None:
+        calibrator = Calibrator("temperature", {"T": float(temperature)})
+    if calibrator is None:
+        if not len(val_labels) or calibration == "none":
+            calibrator = Calibrator()
+        elif calibration == "auto":
+            calibrator = choose_calibrator(val_logits, val_labels, seed=seed)
+        else:
+            calibrator = fit_calibrator(calibration, val_logits, val_labels)
+    temperature = calibrator.temperature
+    out: dict = {"temperature": float(temperature), "calibration": calibrator.to_dict()}
     if len(val_labels):
         out["val"] = classification_metrics(val_labels, softmax(val_logits), val_logits)
-        out["val"]["nll_calibrated"] = nll(val_logits, val_labels, temperature)
+        out["val"]["nll_calibrated"] = classification_metrics(val_labels, calibrator.probs(val_logits))["nll"]
     out["test"] = {}
     if len(test_labels):
         before = softmax(test_logits)
-        after = apply_temperature(test_logits, temperature)
+        after = calibrator.probs(test_logits)
         test = classification_metrics(test_labels, before, test_logits)
         cal = classification_metrics(test_labels, after)
         test["ece_calibrated"] = cal["ece"]
-        test["nll_calibrated"] = nll(test_logits, test_labels, temperature)
+        test["nll_calibrated"] = cal["nll"]
+        test["ece_ci95"] = bootstrap_metrics(test_labels, before, metrics=("ece",), n_boot=n_boot, seed=seed)["ece"]["ci95"]
+        test["ece_calibrated_ci95"] = bootstrap_metrics(test_labels, after, metrics=("ece",), n_boot=n_boot,
+                                                        seed=seed)["ece"]["ci95"]
         ci = bootstrap_auroc_ci(test_labels, after, n_boot=n_boot, seed=seed)
         test["auroc_ci95"] = list(ci) if ci else None
         out["test"] = test

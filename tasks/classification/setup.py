@@ -167,6 +167,10 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
         console.print(weights_report.summary())
     strategy = build_strategy(cfg, model)
     model.to(device)
+    if cfg.channels_last:  # as timm's train.py --channels-last
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:  # in place (nn.Module.compile): parameter names and state_dict keys unchanged
+        model.compile()
     data = _prepare_data(cfg, images, model, strategy, image_cache, console, split=not resume)
     opt = _build_optimisation(cfg, model, strategy, amp, len(images.class_names))
     ema = _build_ema(cfg, model)
@@ -191,8 +195,8 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
 
     options = cfg.strategy_options()
     strategy = get_strategy(cfg.ft_strategy, **options)
-    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only:
-        return strategy
+    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only or getattr(strategy, "probe_first", False):
+        return strategy  # LP-FT's head starts solved: one LR for all (Kumar et al. 2022)
     from finetune_kit.param_groups import parse_multipliers
     from finetune_kit.tasks.classification.model import head_param_names
 
