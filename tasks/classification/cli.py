@@ -355,6 +355,12 @@ def predict(
         typer.echo(line, err=True)
         out = predict_images(run_dir, images, output=output, skip_corrupt=skip_corrupt, device=device)
         typer.echo(f"predictions written to {out}")
+        if out.with_suffix(".ood.json").is_file():
+            import json
+
+            ood = json.loads(out.with_suffix(".ood.json").read_text())
+            typer.echo(f"out-of-distribution: {ood['fraction_flagged']:.1%} of {ood['n']} images flagged "
+                       f"(in_distribution false: unlike the training images; do not trust their probabilities)")
     except _expected_errors() as exc:
         _fail(exc)
 

@@ -245,7 +245,14 @@ class ClassificationConfig(BaseModel):
 
         if strategy_class(self.ft_strategy).name != "linear":
             return self.num_epochs
-        return 1 if self.linear_probe_solver == "lbfgs" and self.feature_cache else self.linear_probe_epochs
+        return 1 if self.exact_linear_probe else self.linear_probe_epochs
+
+    @property
+    def exact_linear_probe(self) -> bool:
+        """Whether a linear probe of this config is solved exactly (L-BFGS on cached features): solver
+        ``lbfgs``, feature cache on, no random augmentation and no mixup/cutmix."""
+        return (self.linear_probe_solver == "lbfgs" and self.feature_cache and self.augment in ("auto", "none")
+                and not self.mixup and not self.cutmix)
 
     @property
     def tag(self) -> str:

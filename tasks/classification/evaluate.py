@@ -12,7 +12,7 @@ from finetune_kit.tasks.classification.engine import softmax
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.plots import plot_reliability, plot_roc, plot_training_curves
 
-__all__ = ["calibrated_report", "evaluate_run", "load_trained"]
+__all__ = ["calibrated_report", "evaluate_run", "load_trained", "load_calibrator", "run_logits"]
 
 
 def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
@@ -119,10 +119,44 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     return model, cfg, class_names, temperature, tf
 
 
+def load_calibrator(run_path: str | Path, temperature: float = 1.0):
+    """The run's fitted :class:`~finetune_kit.calibration.Calibrator` (``metrics.json`` ``calibration``;
+    runs written before it: temperature scaling by ``temperature``)."""
+    import json
+
+    from finetune_kit.calibration import Calibrator
+
+    m = Path(run_path) / "metrics.json"
+    d = json.loads(m.read_text()).get("calibration") if m.is_file() else None
+    return Calibrator.from_dict(d, temperature)
+
+
+def run_logits(run_path: str | Path, model, loader, tf, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Logits ``(N, C)`` and labels ``(N,)`` of ``loader`` through the run's model, plus the OOD
+    columns ``{"ood_score" (N,), "in_distribution" (N,) bool}`` when the run has ``ood.npz`` (else {})."""
+    import torch
+
+    from finetune_kit.tasks.classification.engine import predict_logits
+    from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
+    from finetune_kit.tasks.classification.transforms import normalize_batch
+
+    prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
+    det = MahalanobisOOD.load(Path(run_path) / OOD_FILE)
+    if det is None or not callable(getattr(model, "forward_head", None)):
+        logits, labels = predict_logits(model, loader, prepare, device=torch.device(device))
+        return logits, labels, {}
+    logits, feats, labels = predict_with_features(model, loader, prepare, device=torch.device(device))
+    if not len(labels):
+        return logits, labels, {}
+    score, ind = det.flags(feats)
+    return logits, labels, {"ood_score": score, "in_distribution": ind, "threshold": det.threshold}
+
+
 def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batch_size: int = 32,
                  device: str = "cpu") -> dict:
     """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
-    options as training) with the run's fitted temperature. Writes ``RUN/eval-NAME/metrics.json``,
+    options as training) with the run's fitted calibrator; with the run's ``ood.npz``, also each image's
+    ``ood_score`` / ``in_distribution`` and the ``fraction_flagged`` (under ``"ood"``). Writes ``RUN/eval-NAME/metrics.json``,
     ``roc.png`` and ``reliability.png``; returns the metrics.
 
     Raises:
@@ -133,8 +167,7 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
 
     from finetune_kit.runs.run_dir import RunDir
     from finetune_kit.tasks.classification.data import discover
-    from finetune_kit.tasks.classification.engine import predict_logits
-    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
+    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
     model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     images = discover(data_cfg)
@@ -150,15 +183,20 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     samples = [s for s in images.samples if s.path not in skipped]
     ds = CachedImageDataset(cache, [s.path for s in samples], [s.label for s in samples], tf.eval)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    logits, labels = predict_logits(model, loader, lambda x: normalize_batch(x, tf.mean, tf.std),
-                                    device=torch.device(device))
+    logits, labels, ood = run_logits(run_path, model, loader, tf, device)
     out_dir = RunDir(run_path).path / f"eval-{name}"
     from finetune_kit.tasks.classification.plots import dataset_label
 
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
-                            test_logits=logits, test_labels=labels, temperature=temperature, class_names=class_names,
+                            test_logits=logits, test_labels=labels, calibrator=load_calibrator(run_path, temperature),
+                            class_names=class_names,
                             dataset=dataset_label(data_cfg.data, data_cfg.label_preset))
     result = {"data": data_cfg.model_dump(), "n_images": len(samples), "skipped_corrupt": len(skipped),
-              "temperature": temperature, "metrics": rep["test"]}
+              "temperature": temperature, "calibration": rep["calibration"], "metrics": rep["test"]}
+    if ood:
+        result["ood"] = {"threshold": ood["threshold"], "fraction_flagged": float(np.mean(~ood["in_distribution"])),
+                         "ood_score": [float(v) for v in ood["ood_score"]],
+                         "in_distribution": [bool(v) for v in ood["in_distribution"]],
+                         "paths": [s.path for s in samples]}
     RunDir(out_dir).write_json("metrics.json", result)
     return result

@@ -199,5 +199,4 @@ def solve_run(state) -> None:
 def exact_probe_applies(state) -> bool:
     """Whether the run is a linear probe solved exactly: the ``linear`` strategy (head only) with
     the feature cache usable and ``--linear-probe-solver lbfgs`` (the default)."""
-    return (state.strategy.head_only and state.use_feature_cache
-            and getattr(state.cfg, "linear_probe_solver", "lbfgs") == "lbfgs")
+    return state.strategy.head_only and state.use_feature_cache and state.cfg.exact_linear_probe
