@@ -15,7 +15,9 @@ class LinearProbeThenFineTune(FullLLRD):
     good head from the start keeps the early gradients from distorting the pretrained features.
 
     The probe is a run-level step (``probe_first``): the classification run solves it before the
-    first epoch. Plain fine-tuning LRs apply (``--learning-rate``, typically small: 1e-4 .. 3e-4).
+    first epoch. Plain fine-tuning LRs apply (``--learning-rate``, typically small: 1e-4 .. 3e-4); the
+    head gets no ``--head-lr-mult`` and the loss no label smoothing (a smoothed target would pull the
+    solved head's confident logits back, and those large early gradients distort the features).
 
     Args:
         llrd_decay: per-depth LR factor in (0, 1]. Default 0.9.

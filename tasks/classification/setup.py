@@ -261,9 +261,12 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
     use_mix = cfg.mixup > 0 or cfg.cutmix > 0
     if use_mix and cfg.batch_size % 2:
         raise ValueError(f"--batch_size {cfg.batch_size}: mixup/cutmix needs an even batch size")
-    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+    # LP-FT: no label smoothing -- a smoothed target penalises the solved head's confident logits, and
+    # those large early gradients distort the very features the probe was solved on (Kumar et al. 2022)
+    smoothing = 0.0 if getattr(strategy, "probe_first", False) else cfg.smoothing
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=smoothing,
                   num_classes=num_classes) if use_mix else None
-    criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+    criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
     monitor, mode = f"val_{cfg.monitor}", ("min" if cfg.monitor == "loss" else "max")
     early = EarlyStopping(patience=cfg.early_stopping_patience, mode=mode) if cfg.early_stopping_patience else None
     return Optimisation(groups=groups, optimizer=optimizer, schedule=None, scaler=amp.grad_scaler(), criterion=criterion,
