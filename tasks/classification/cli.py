@@ -178,13 +178,7 @@ def run_classify(values: Mapping[str, Any], *, console=None) -> dict:
     _say_device(values)
     cfg = build_config(**values)
     if cfg.folds:
-        from finetune_kit.tasks.classification.cross_validation import run_cross_validation
-
-        out = run_cross_validation(cfg, [cfg.ft_strategy], cfg.output_dir, console=console or _console(),
-                                   title=f"{cfg.model_name} at {cfg.img_size} px, {cfg.folds}-fold")
-        typer.echo(out["markdown"])
-        typer.echo(f"cross-validation written to {out['folder']} ({out['wall_time_s']:.0f} s)")
-        return out
+        return _cv(cfg, [cfg.ft_strategy], None, console or _console(), f"{cfg.model_name} at {cfg.img_size} px")
     return run_training(cfg, console=console or _console())
 
 
@@ -209,18 +203,15 @@ def run_compare(values: Mapping[str, Any], *, console=None, filled: Optional[dic
     title = ("SYNTHETIC demo data (generated images, not medical): " if cfg.data.data == "synthetic" else "") + \
         f"{cfg.model_name} at {cfg.img_size} px"
     if cfg.folds:
-        from finetune_kit.tasks.classification.cross_validation import run_cross_validation
-
-        out = run_cross_validation(cfg, names, cfg.output_dir, per_strategy={"linear": {"learning_rate": head_lr}},
-                                   console=console or _console(), title=f"{title}, {cfg.folds}-fold")
-        typer.echo(out["markdown"])
-        typer.echo(f"cross-validation written to {out['folder']} ({out['wall_time_s']:.0f} s)")
-        return out
+        return _cv(cfg, names, {"linear": {"learning_rate": head_lr}}, console or _console(), title)
     out = run_comparison(cfg, names, cfg.output_dir, per_strategy={"linear": {"learning_rate": head_lr}},
                          console=console or _console(), title=title)
     typer.echo(out["markdown"])
     typer.echo(f"comparison written to {out['folder']}")
     return out
+
+
+from finetune_kit.tasks.classification.cross_validation import print_cross_validation as _cv  # noqa: E402
 
 
 def _console():
@@ -349,18 +340,14 @@ def predict(
 ) -> None:
     """Write calibrated class probabilities per image to a CSV."""
     try:
-        from finetune_kit.tasks.classification.predict import predict_images
+        from finetune_kit.tasks.classification.predict import ood_line, predict_images
 
         device, line = resolve_device(device)
         typer.echo(line, err=True)
         out = predict_images(run_dir, images, output=output, skip_corrupt=skip_corrupt, device=device)
         typer.echo(f"predictions written to {out}")
-        if out.with_suffix(".ood.json").is_file():
-            import json
-
-            ood = json.loads(out.with_suffix(".ood.json").read_text())
-            typer.echo(f"out-of-distribution: {ood['fraction_flagged']:.1%} of {ood['n']} images flagged "
-                       f"(in_distribution false: unlike the training images; do not trust their probabilities)")
+        if out.with_suffix(".ood.json").is_file():  # the run has an OOD detector
+            typer.echo(ood_line(out.with_suffix(".ood.json")))
     except _expected_errors() as exc:
         _fail(exc)
 

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["run_cross_validation", "summarise", "summary_markdown"]
+__all__ = ["run_cross_validation", "summarise", "summary_markdown", "print_cross_validation"]
 
 
 def _finished_comparison(fold_dir: Path) -> dict | None:
@@ -177,3 +177,13 @@ def summary_markdown(summary: dict, title: str = "") -> str:
                          f"{p['ci95'][1]:+.4f}] | {p['p_value']:.3f} | {p['fold_mean_difference']:+.4f} ± "
                          f"{p['fold_sd_difference']:.4f} | {p['folds_better']} / {p['folds_worse']} |")
     return "\n".join(lines) + "\n"
+
+
+def print_cross_validation(cfg, names, per_strategy, console, title: str) -> dict:
+    """The CLI's ``--folds K``: :func:`run_cross_validation`, then the tables and folder printed."""
+    import typer
+
+    out = run_cross_validation(cfg, names, cfg.output_dir, per_strategy=per_strategy, console=console,
+                               title=f"{title}, {cfg.folds}-fold")
+    typer.echo(out["markdown"] + f"cross-validation written to {out['folder']} ({out['wall_time_s']:.0f} s)")
+    return out

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["predict_images", "expand_inputs"]
+__all__ = ["predict_images", "expand_inputs", "ood_line"]
 
 
 def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> list[str]:
@@ -76,3 +76,10 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
                    "threshold": ood["threshold"], "predictions": str(path)}
         atomic_write_text(json.dumps(summary, indent=2), path.with_suffix(".ood.json"))
     return path
+
+
+def ood_line(summary_json: str | Path) -> str:
+    """The one-line console summary of ``predictions.ood.json``: the fraction of images flagged."""
+    ood = json.loads(Path(summary_json).read_text())
+    return (f"out-of-distribution: {ood['fraction_flagged']:.1%} of {ood['n']} images flagged (in_distribution "
+            "false: unlike the training images; do not trust their probabilities)")
