@@ -34,6 +34,7 @@ from finetune_kit.tasks.classification.options import (  # noqa: E402
     CLIP, MIXUP, CUTMIX, SMOOTHING, AMP, AMP_DTYPE, EMA, EMA_DECAY,
     MONITOR, EARLY, FEATURE_CACHE, SEED, DEVICE, THREADS, WORKERS, OUTPUT,
     TAG, WANDB, PROJECT, PROGRESS, STOP_AFTER,
+    LP_SOLVER, PROBE_INIT, FOLDS, GROUP_REGEX, OOD, CALIBRATION, CHANNELS_LAST, COMPILE,
 )
 
 
@@ -175,7 +176,10 @@ def run_classify(values: Mapping[str, Any], *, console=None) -> dict:
 
     values = dict(values)
     _say_device(values)
-    return run_training(build_config(**values), console=console or _console())
+    cfg = build_config(**values)
+    if cfg.folds:
+        return _cv(cfg, [cfg.ft_strategy], None, console or _console(), f"{cfg.model_name} at {cfg.img_size} px")
+    return run_training(cfg, console=console or _console())
 
 
 def run_compare(values: Mapping[str, Any], *, console=None, filled: Optional[dict] = None) -> dict:
@@ -198,11 +202,16 @@ def run_compare(values: Mapping[str, Any], *, console=None, filled: Optional[dic
     cfg = build_config(**values)
     title = ("SYNTHETIC demo data (generated images, not medical): " if cfg.data.data == "synthetic" else "") + \
         f"{cfg.model_name} at {cfg.img_size} px"
+    if cfg.folds:
+        return _cv(cfg, names, {"linear": {"learning_rate": head_lr}}, console or _console(), title)
     out = run_comparison(cfg, names, cfg.output_dir, per_strategy={"linear": {"learning_rate": head_lr}},
                          console=console or _console(), title=title)
     typer.echo(out["markdown"])
     typer.echo(f"comparison written to {out['folder']}")
     return out
+
+
+from finetune_kit.tasks.classification.cross_validation import print_cross_validation as _cv  # noqa: E402
 
 
 def _console():
@@ -235,6 +244,9 @@ def classify(
     feature_cache: bool = FEATURE_CACHE, seed: int = SEED, device: str = DEVICE,
     num_threads: Optional[int] = THREADS, num_workers: int = WORKERS,
     output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG, wandb: str = WANDB, wandb_project: str = PROJECT,
+    linear_probe_solver: str = LP_SOLVER, probe_init: bool = PROBE_INIT, folds: Optional[int] = FOLDS,
+    group_regex: Optional[str] = GROUP_REGEX, ood: bool = OOD, calibration: str = CALIBRATION,
+    channels_last: bool = CHANNELS_LAST, compile: bool = COMPILE,
     progress: bool = PROGRESS, stop_after_epoch: Optional[int] = STOP_AFTER,
     resume: Optional[str] = option(None, "resume", help="Continue the interrupted run in this folder "
                                    "(its saved config is used; other options are ignored).", rich_help_panel=_R),
@@ -290,6 +302,9 @@ def compare(
     monitor: str = MONITOR, early_stopping_patience: int = EARLY, feature_cache: bool = FEATURE_CACHE,
     seed: int = SEED, device: str = DEVICE, num_threads: Optional[int] = THREADS, num_workers: int = WORKERS,
     output_dir: str = OUTPUT, experiment_tag: Optional[str] = TAG, wandb: str = WANDB, wandb_project: str = PROJECT,
+    linear_probe_solver: str = LP_SOLVER, probe_init: bool = PROBE_INIT, folds: Optional[int] = FOLDS,
+    group_regex: Optional[str] = GROUP_REGEX, ood: bool = OOD, calibration: str = CALIBRATION,
+    channels_last: bool = CHANNELS_LAST, compile: bool = COMPILE,
     progress: bool = PROGRESS,
     demo: bool = option(False, "demo", help="Short run on the generated SYNTHETIC set with a small random-init "
                         "ResNet-18 at 64 px (no files needed; a few minutes on 2 CPU cores); fills only the "
@@ -325,12 +340,14 @@ def predict(
 ) -> None:
     """Write calibrated class probabilities per image to a CSV."""
     try:
-        from finetune_kit.tasks.classification.predict import predict_images
+        from finetune_kit.tasks.classification.predict import ood_line, predict_images
 
         device, line = resolve_device(device)
         typer.echo(line, err=True)
         out = predict_images(run_dir, images, output=output, skip_corrupt=skip_corrupt, device=device)
         typer.echo(f"predictions written to {out}")
+        if out.with_suffix(".ood.json").is_file():  # the run has an OOD detector
+            typer.echo(ood_line(out.with_suffix(".ood.json")))
     except _expected_errors() as exc:
         _fail(exc)
 

@@ -25,7 +25,8 @@ DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=10, linear_
 DEMO_HEAD_LR = 3e-2
 
 COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accuracy", "test accuracy"),
-           ("ece_before", "ECE before"), ("ece_after", "ECE after (T)"), ("temperature", "T"),
+           ("ece_before", "ECE before"), ("ece_after", "ECE after"), ("ece_after_ci95", "ECE after 95% CI"),
+           ("calibration", "calibrator"), ("temperature", "T"),
            ("epochs", "epochs"), ("best_epoch", "best epoch"), ("wall_time_s", "wall time (s)"),
            ("trainable_fraction", "trainable fraction"), ("peak_memory_mb", "peak memory (MiB)"),
            ("training_memory_mb", "training memory (MiB)")]
@@ -34,10 +35,26 @@ COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accura
 def _row(name: str, m: Mapping) -> dict:
     t = m.get("test", {})
     return {"strategy": name, "test_auroc": t.get("auroc"), "test_accuracy": t.get("accuracy"),
-            "ece_before": t.get("ece"), "ece_after": t.get("ece_calibrated"), "temperature": m.get("temperature"),
+            "ece_before": t.get("ece"), "ece_after": t.get("ece_calibrated"),
+            "ece_after_ci95": _ci(t.get("ece_calibrated_ci95")), "calibration": (m.get("calibration") or {}).get("method"),
+            "temperature": m.get("temperature"),
             "epochs": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "wall_time_s": m.get("wall_time_s"),
             "trainable_fraction": m.get("trainable_fraction_final"), "peak_memory_mb": m.get("peak_memory_mb"),
             "training_memory_mb": m.get("peak_memory_increase_mb")}
+
+
+def _ci(ci) -> str | None:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else None
+
+
+def reference_row(m: Mapping) -> dict | None:
+    """The logistic-regression reference row (scikit-learn defaults on the frozen features) from a
+    head-only run's metrics, or None when the run has none."""
+    ref = m.get("reference_logreg")
+    if not ref:
+        return None
+    return {k: None for k, _ in COLUMNS} | {"strategy": "logreg (reference)", "test_auroc": ref["test_auroc"],
+                                            "test_accuracy": ref["test_accuracy"]}
 
 
 def _fmt(v) -> str:
@@ -47,11 +64,14 @@ def _fmt(v) -> str:
 
 
 def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output_dir: str | Path, *,
-                   per_strategy: Mapping[str, Mapping] | None = None, console=None, title: str = "") -> dict:
+                   per_strategy: Mapping[str, Mapping] | None = None, console=None, title: str = "",
+                   image_cache=None) -> dict:
     """Train each of ``strategies`` with ``base`` (plus ``per_strategy[name]`` overrides) on the same
     data and split (same ``split_seed``; decoded images shared in memory).
 
-    Each strategy gets only the options it accepts (:func:`strategy_configs`).
+    Each strategy gets only the options it accepts (:func:`strategy_configs`). The first head-only
+    run with a logistic-regression reference adds a ``logreg (reference)`` row. ``image_cache``: an
+    ``ImageCache`` of decoded images to reuse (cross-validation folds), else one is made.
 
     Returns:
         ``{"folder", "rows", "markdown"}``.
@@ -77,7 +97,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": [],
                                           "finished": None})
     # decode once, before any strategy's clock starts, and share the images between strategies
-    cache = ImageCache(cache_size_for(base.model_name, base.img_size))
+    cache = image_cache or ImageCache(cache_size_for(base.model_name, base.img_size))
     cache.load([s.path for s in discover(base.data).samples], skip_corrupt=base.data.skip_corrupt)
     rows, histories, results = [], {}, {}
     for name in strategies:
@@ -86,6 +106,9 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
         results[name] = result
         histories[name] = RunDir(folder.path / name).history()
         rows.append(_row(name, result))
+        ref = reference_row(result)
+        if ref is not None and not any(r["strategy"] == ref["strategy"] for r in rows):
+            rows.append(ref)
         _write_tables(folder, rows, title)
     plot_val_auroc_per_strategy(histories, folder.path / "val_auroc.png",
                                 dataset=dataset_label(base.data.data, base.data.label_preset),

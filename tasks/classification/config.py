@@ -142,6 +142,21 @@ class ClassificationConfig(BaseModel):
     # strategy
     ft_strategy: str = "gradual"
     linear_probe_epochs: int = Field(10, ge=1)
+    #: ``lbfgs``: the linear probe solved exactly on cached features (no epochs or LR used);
+    #: ``epochs``: trained with AdamW for ``linear_probe_epochs`` (the old behaviour)
+    linear_probe_solver: Literal["lbfgs", "epochs"] = "lbfgs"
+    #: start the head of any strategy from the exact linear probe (LP-FT does so always)
+    probe_init: bool = False
+    #: ``--folds K`` (K >= 2): stratified K-fold cross-validation instead of one split
+    folds: Optional[int] = Field(None, ge=2, le=20)
+    #: regex whose first group (or whole match) in the file name is the patient id for grouped splits
+    group_regex: Optional[str] = None
+    #: after training: a Mahalanobis OOD detector on penultimate features (``RUN/ood.npz``)
+    ood: bool = True
+    #: post-hoc calibrator: ``auto`` (chosen on validation: none/temperature/vector/isotonic), or one of them
+    calibration: Literal["auto", "temperature", "vector", "isotonic", "none"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
     gradual_patience: int = Field(3, ge=1)
     llrd_decay: float = Field(0.9, gt=0.0, le=1.0)
     unfreeze_schedule: str = "2,4"
@@ -224,10 +239,20 @@ class ClassificationConfig(BaseModel):
 
     @property
     def epochs(self) -> int:
-        """Epochs this run trains: ``linear_probe_epochs`` for the linear probe, else ``num_epochs``."""
+        """Epochs this run trains: 1 (the solve) for the exact linear probe, ``linear_probe_epochs`` for a
+        linear probe trained by epochs, else ``num_epochs``."""
         from finetune_kit.strategy import strategy_class
 
-        return self.linear_probe_epochs if strategy_class(self.ft_strategy).name == "linear" else self.num_epochs
+        if strategy_class(self.ft_strategy).name != "linear":
+            return self.num_epochs
+        return 1 if self.exact_linear_probe else self.linear_probe_epochs
+
+    @property
+    def exact_linear_probe(self) -> bool:
+        """Whether a linear probe of this config is solved exactly (L-BFGS on cached features): solver
+        ``lbfgs``, feature cache on, no random augmentation and no mixup/cutmix."""
+        return (self.linear_probe_solver == "lbfgs" and self.feature_cache and self.augment in ("auto", "none")
+                and not self.mixup and not self.cutmix)
 
     @property
     def tag(self) -> str:

@@ -8,20 +8,21 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from finetune_kit.calibration import apply_temperature, fit_temperature, nll
 from finetune_kit.tasks.classification.engine import softmax
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.plots import plot_reliability, plot_roc, plot_training_curves
 
-__all__ = ["calibrated_report", "evaluate_run", "load_trained"]
+__all__ = ["calibrated_report", "evaluate_run", "load_trained", "load_calibrator", "run_logits"]
 
 
 def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray,
                       test_labels: np.ndarray, history: Sequence[Mapping] = (), temperature: float | None = None,
                       prefix: str = "", class_names: Sequence[str] | None = None, run_name: str = "",
-                      dataset: str = "", n_boot: int = 1000, seed: int = 0) -> dict:
-    """Fit the temperature on the validation logits ``(Nv, C)`` (unless ``temperature`` is given),
-    compute test metrics before/after scaling, and write ``roc.png``, ``reliability.png`` and
+                      dataset: str = "", n_boot: int = 1000, seed: int = 0, calibration: str = "auto",
+                      calibrator=None) -> dict:
+    """Fit the calibrator on the validation logits ``(Nv, C)`` (``calibration``: ``auto`` = chosen
+    on validation by :func:`finetune_kit.calibration.choose_calibrator`, or one method; a given
+    ``calibrator`` or ``temperature`` is used as it is), compute test metrics before/after it, and write ``roc.png``, ``reliability.png`` and
     (with ``history``) ``training_curves.png`` into ``out_dir``.
 
     The test AUROC gets a 95 % confidence interval, ``auroc_ci95 = [low, high]`` (None when a
@@ -30,26 +31,44 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
     legend shows it with the class names (``class_names``) and counts. ``run_name`` and
     ``dataset`` title the training curves.
 
+    ECE before and after calibration get 95 % bootstrap intervals too (``ece_ci95``,
+    ``ece_calibrated_ci95``, same resamples).
+
     Returns:
-        ``{"temperature", "val": {...}, "test": {... , "auroc_ci95", "ece_calibrated", "nll_calibrated"}}``;
-        ``test`` is empty when there are no test images.
+        ``{"temperature" (1.0 unless temperature scaling was kept), "calibration" (method, params,
+        reason, candidates), "val": {...}, "test": {... , "auroc_ci95", "ece_calibrated",
+        "nll_calibrated", "ece_ci95", "ece_calibrated_ci95"}}``; ``test`` is empty without test images.
     """
     from finetune_kit.tasks.classification.metrics import bootstrap_auroc_ci
 
-    if temperature is None:
-        temperature = fit_temperature(val_logits, val_labels) if len(val_labels) else 1.0
-    out: dict = {"temperature": float(temperature)}
+    from finetune_kit.calibration import Calibrator, choose_calibrator, fit_calibrator
+    from finetune_kit.tasks.classification.bootstrap import bootstrap_metrics
+
+    if calibrator is None and temperature is not None:
+        calibrator = Calibrator("temperature", {"T": float(temperature)})
+    if calibrator is None:
+        if not len(val_labels) or calibration == "none":
+            calibrator = Calibrator()
+        elif calibration == "auto":
+            calibrator = choose_calibrator(val_logits, val_labels, seed=seed)
+        else:
+            calibrator = fit_calibrator(calibration, val_logits, val_labels)
+    temperature = calibrator.temperature
+    out: dict = {"temperature": float(temperature), "calibration": calibrator.to_dict()}
     if len(val_labels):
         out["val"] = classification_metrics(val_labels, softmax(val_logits), val_logits)
-        out["val"]["nll_calibrated"] = nll(val_logits, val_labels, temperature)
+        out["val"]["nll_calibrated"] = classification_metrics(val_labels, calibrator.probs(val_logits))["nll"]
     out["test"] = {}
     if len(test_labels):
         before = softmax(test_logits)
-        after = apply_temperature(test_logits, temperature)
+        after = calibrator.probs(test_logits)
         test = classification_metrics(test_labels, before, test_logits)
         cal = classification_metrics(test_labels, after)
         test["ece_calibrated"] = cal["ece"]
-        test["nll_calibrated"] = nll(test_logits, test_labels, temperature)
+        test["nll_calibrated"] = cal["nll"]
+        test["ece_ci95"] = bootstrap_metrics(test_labels, before, metrics=("ece",), n_boot=n_boot, seed=seed)["ece"]["ci95"]
+        test["ece_calibrated_ci95"] = bootstrap_metrics(test_labels, after, metrics=("ece",), n_boot=n_boot,
+                                                        seed=seed)["ece"]["ci95"]
         ci = bootstrap_auroc_ci(test_labels, after, n_boot=n_boot, seed=seed)
         test["auroc_ci95"] = list(ci) if ci else None
         out["test"] = test
@@ -100,10 +119,44 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     return model, cfg, class_names, temperature, tf
 
 
+def load_calibrator(run_path: str | Path, temperature: float = 1.0):
+    """The run's fitted :class:`~finetune_kit.calibration.Calibrator` (``metrics.json`` ``calibration``;
+    runs written before it: temperature scaling by ``temperature``)."""
+    import json
+
+    from finetune_kit.calibration import Calibrator
+
+    m = Path(run_path) / "metrics.json"
+    d = json.loads(m.read_text()).get("calibration") if m.is_file() else None
+    return Calibrator.from_dict(d, temperature)
+
+
+def run_logits(run_path: str | Path, model, loader, tf, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Logits ``(N, C)`` and labels ``(N,)`` of ``loader`` through the run's model, plus the OOD
+    columns ``{"ood_score" (N,), "in_distribution" (N,) bool}`` when the run has ``ood.npz`` (else {})."""
+    import torch
+
+    from finetune_kit.tasks.classification.engine import predict_logits
+    from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
+    from finetune_kit.tasks.classification.transforms import normalize_batch
+
+    prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
+    det = MahalanobisOOD.load(Path(run_path) / OOD_FILE)
+    if det is None or not callable(getattr(model, "forward_head", None)):
+        logits, labels = predict_logits(model, loader, prepare, device=torch.device(device))
+        return logits, labels, {}
+    logits, feats, labels = predict_with_features(model, loader, prepare, device=torch.device(device))
+    if not len(labels):
+        return logits, labels, {}
+    score, ind = det.flags(feats)
+    return logits, labels, {"ood_score": score, "in_distribution": ind, "threshold": det.threshold}
+
+
 def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batch_size: int = 32,
                  device: str = "cpu") -> dict:
     """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
-    options as training) with the run's fitted temperature. Writes ``RUN/eval-NAME/metrics.json``,
+    options as training) with the run's fitted calibrator; with the run's ``ood.npz``, also each image's
+    ``ood_score`` / ``in_distribution`` and the ``fraction_flagged`` (under ``"ood"``). Writes ``RUN/eval-NAME/metrics.json``,
     ``roc.png`` and ``reliability.png``; returns the metrics.
 
     Raises:
@@ -114,8 +167,7 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
 
     from finetune_kit.runs.run_dir import RunDir
     from finetune_kit.tasks.classification.data import discover
-    from finetune_kit.tasks.classification.engine import predict_logits
-    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
+    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
     model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     images = discover(data_cfg)
@@ -131,17 +183,22 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     samples = [s for s in images.samples if s.path not in skipped]
     ds = CachedImageDataset(cache, [s.path for s in samples], [s.label for s in samples], tf.eval)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    logits, labels = predict_logits(model, loader, lambda x: normalize_batch(x, tf.mean, tf.std),
-                                    device=torch.device(device))
+    logits, labels, ood = run_logits(run_path, model, loader, tf, device)
     from finetune_kit.runs.run_dir import child_path
 
     out_dir = child_path(RunDir(run_path).path, name, what="--name", prefix="eval-")  # stays inside the run
     from finetune_kit.tasks.classification.plots import dataset_label
 
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
-                            test_logits=logits, test_labels=labels, temperature=temperature, class_names=class_names,
+                            test_logits=logits, test_labels=labels, calibrator=load_calibrator(run_path, temperature),
+                            class_names=class_names,
                             dataset=dataset_label(data_cfg.data, data_cfg.label_preset))
     result = {"data": data_cfg.model_dump(), "n_images": len(samples), "skipped_corrupt": len(skipped),
-              "temperature": temperature, "metrics": rep["test"]}
+              "temperature": temperature, "calibration": rep["calibration"], "metrics": rep["test"]}
+    if ood:
+        result["ood"] = {"threshold": ood["threshold"], "fraction_flagged": float(np.mean(~ood["in_distribution"])),
+                         "ood_score": [float(v) for v in ood["ood_score"]],
+                         "in_distribution": [bool(v) for v in ood["in_distribution"]],
+                         "paths": [s.path for s in samples]}
     RunDir(out_dir).write_json("metrics.json", result)
     return result

@@ -118,3 +118,22 @@ PROJECT = option("finetune-kit", "wandb_project", help="wandb project.", rich_he
 PROGRESS = option(True, "progress", negatable=True, help="Rich progress bars.", rich_help_panel=_R)
 STOP_AFTER = option(None, "stop_after_epoch", help="Stop after the N-th epoch (counted from 1) as if interrupted, leaving a "
                     "run that --resume continues (for tests and time-boxed jobs).", rich_help_panel=_R)
+# -- issue 16: exact linear probe, cross-validation, OOD, calibration, speed ------------------
+LP_SOLVER = option("lbfgs", "linear_probe_solver", help="lbfgs: the linear probe solved exactly (L-BFGS logistic "
+                   "regression on cached features, L2 strength chosen on validation; no epochs or LR); epochs: "
+                   "trained with AdamW for --linear-probe-epochs.", rich_help_panel=_S)
+PROBE_INIT = option(False, "probe_init", negatable=True, help="Start the head of any strategy from the exact linear "
+                    "probe (lp_ft always does).", rich_help_panel=_S)
+FOLDS = option(None, "folds", help="K-fold cross-validation (K >= 2, stratified; grouped with --group-regex or a CSV "
+               "group column): mean, SD and bootstrap 95% CI per strategy.", rich_help_panel=_P)
+GROUP_REGEX = option(None, "group_regex", help="Regex finding the patient id in each file name (first group, else "
+                     "the match), e.g. '^(\\d+)_' for 1234_left.jpg: no patient spans two splits.", rich_help_panel=_P)
+OOD = option(True, "ood", negatable=True, help="Fit a Mahalanobis OOD detector on penultimate features after "
+             "training (RUN/ood.npz; predict/evaluate report ood_score and in_distribution).", rich_help_panel=_R)
+CALIBRATION = option("auto", "calibration", help="auto (chosen on validation: none, temperature, vector or "
+                     "isotonic, kept only when out-of-fold NLL improves beyond its bootstrap spread) or one of "
+                     "them.", rich_help_panel=_O)
+CHANNELS_LAST = option(False, "channels_last", negatable=True, help="Model and inputs in channels-last memory "
+                       "format (as timm's train.py).", rich_help_panel=_O)
+COMPILE = option(False, "compile", negatable=True, help="torch.compile the model (as timm's train.py --torchcompile).",
+                 rich_help_panel=_O)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["predict_images", "expand_inputs"]
+__all__ = ["predict_images", "expand_inputs", "ood_line"]
 
 
 def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> list[str]:
@@ -35,8 +36,11 @@ def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> li
 
 def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output: str | Path | None = None,
                    batch_size: int = 32, skip_corrupt: bool = False, device: str = "cpu") -> Path:
-    """Write ``path,predicted,p_<class>...`` rows (probabilities after the run's temperature scaling)
-    for every image in ``inputs`` to ``output`` (default ``RUN/predictions.csv``); returns the path.
+    """Write ``path,predicted,p_<class>...`` rows (probabilities after the run's calibrator) for every
+    image in ``inputs`` to ``output`` (default ``RUN/predictions.csv``); returns the path. With the
+    run's OOD detector (``RUN/ood.npz``) each row adds ``ood_score`` (squared Mahalanobis distance)
+    and ``in_distribution`` (``true``/``false``), and ``predictions.ood.json`` beside the CSV gives
+    the fraction flagged.
 
     Raises:
         FileNotFoundError: bad run folder or inputs. CorruptImageError: unreadable image
@@ -44,12 +48,10 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
     """
     import torch
 
-    from finetune_kit.calibration import apply_temperature
     from finetune_kit.runs.checkpoint import atomic_write_text
     from finetune_kit.tasks.classification.config import DataConfig
-    from finetune_kit.tasks.classification.engine import predict_logits
-    from finetune_kit.tasks.classification.evaluate import load_trained
-    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, normalize_batch
+    from finetune_kit.tasks.classification.evaluate import load_calibrator, load_trained, run_logits
+    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
     model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     paths = expand_inputs(inputs, DataConfig().extensions)
@@ -57,15 +59,27 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
     bad = set(cache.load(paths, skip_corrupt=skip_corrupt))
     paths = [p for p in paths if p not in bad]
     ds = CachedImageDataset(cache, paths, [0] * len(paths), tf.eval)
-    logits, _ = predict_logits(model, torch.utils.data.DataLoader(ds, batch_size=batch_size),
-                               lambda x: normalize_batch(x, tf.mean, tf.std), device=torch.device(device))
-    probs = apply_temperature(logits, temperature) if len(paths) else np.zeros((0, len(class_names)))
+    logits, _, ood = run_logits(run_path, model, torch.utils.data.DataLoader(ds, batch_size=batch_size), tf, device)
+    probs = load_calibrator(run_path, temperature).probs(logits) if len(paths) else np.zeros((0, len(class_names)))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "predicted"] + [f"p_{c}" for c in class_names])
-    for p, row in zip(paths, probs):
-        w.writerow([p, class_names[int(row.argmax())]] + [f"{v:.6f}" for v in row])
+    w.writerow(["path", "predicted"] + [f"p_{c}" for c in class_names] + (["ood_score", "in_distribution"] if ood else []))
+    for i, (p, row) in enumerate(zip(paths, probs)):
+        extra = [f"{ood['ood_score'][i]:.3f}", str(bool(ood["in_distribution"][i])).lower()] if ood else []
+        w.writerow([p, class_names[int(row.argmax())]] + [f"{v:.6f}" for v in row] + extra)
     for p in sorted(bad):
-        w.writerow([p, "CORRUPT"] + [""] * len(class_names))
+        w.writerow([p, "CORRUPT"] + [""] * (len(class_names) + (2 if ood else 0)))
     out = Path(output) if output else Path(run_path) / "predictions.csv"
-    return atomic_write_text(buf.getvalue(), out)
+    path = atomic_write_text(buf.getvalue(), out)
+    if ood:
+        summary = {"n": len(paths), "fraction_flagged": float(np.mean(~ood["in_distribution"])),
+                   "threshold": ood["threshold"], "predictions": str(path)}
+        atomic_write_text(json.dumps(summary, indent=2), path.with_suffix(".ood.json"))
+    return path
+
+
+def ood_line(summary_json: str | Path) -> str:
+    """The one-line console summary of ``predictions.ood.json``: the fraction of images flagged."""
+    ood = json.loads(Path(summary_json).read_text())
+    return (f"out-of-distribution: {ood['fraction_flagged']:.1%} of {ood['n']} images flagged (in_distribution "
+            "false: unlike the training images; do not trust their probabilities)")

@@ -39,8 +39,17 @@ def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
     model.load_state_dict(ck["ema"] if state.ema is not None else ck["model"])
     model.eval()
     prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
-    vl, vy = predict_logits(model, image_loader(state, state.data.val, tf.eval), prepare, state.amp, state.device)
-    tl, ty = predict_logits(model, image_loader(state, state.data.test, tf.eval), prepare, state.amp, state.device)
+    if callable(getattr(model, "forward_head", None)) and callable(getattr(model, "get_classifier", None)):
+        from finetune_kit.tasks.classification.ood import predict_with_features
+
+        vl, vf, vy = predict_with_features(model, image_loader(state, state.data.val, tf.eval), prepare, state.amp,
+                                           state.device)
+        tl, tf_, ty = predict_with_features(model, image_loader(state, state.data.test, tf.eval), prepare, state.amp,
+                                            state.device)
+        state.features["best_val"], state.features["best_test"] = vf, tf_
+    else:
+        vl, vy = predict_logits(model, image_loader(state, state.data.val, tf.eval), prepare, state.amp, state.device)
+        tl, ty = predict_logits(model, image_loader(state, state.data.test, tf.eval), prepare, state.amp, state.device)
     logits = {"val_logits": vl, "val_labels": vy, "test_logits": tl, "test_labels": ty}
     np.savez(state.run.path / "logits.npz", **logits)
     return ck, logits
@@ -64,14 +73,20 @@ def report(state: TrainingRun) -> dict:
     cfg = state.cfg
     rep = calibrated_report(state.run.path, history=history, class_names=state.data.images.class_names,
                             run_name=cfg.tag, dataset=dataset_label(cfg.data.data, cfg.data.label_preset),
-                            seed=cfg.seed, **logits)
+                            seed=cfg.seed, calibration=cfg.calibration, **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
+    from finetune_kit.tasks.classification.report_extras import ood_and_reference
+
+    result.update(ood_and_reference(state, logits))
     state.run.write_json("metrics.json", result)
     state.logger.summary({f"test_{k}": v for k, v in rep["test"].items() if isinstance(v, float)})
     t = rep["test"]
     if t:
+        cal = rep["calibration"]
+        how = f"T={rep['temperature']:.3f}" if cal["method"] == "temperature" else cal["method"]
         state.console.print(f"[bold]test[/]: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  ECE {t['ece']:.4f} "
-                            f"-> {t['ece_calibrated']:.4f} (T={rep['temperature']:.3f})  run folder {state.run.path}")
+                            f"-> {t['ece_calibrated']:.4f} ({how})  run folder {state.run.path}")
+        state.console.print(f"calibration: {cal.get('reason', cal['method'])}")
     return result
 
 
@@ -83,7 +98,8 @@ def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: 
     result = {
         "status": "completed", "run_dir": str(state.run.path), "model_name": cfg.model_name,
         "ft_strategy": cfg.ft_strategy, "class_names": d.images.class_names, "best_epoch": best_epoch,
-        "epochs_run": len(history), "temperature": rep["temperature"], "val": rep.get("val", {}), "test": rep["test"],
+        "epochs_run": len(history), "temperature": rep["temperature"], "calibration": rep.get("calibration"),
+        "val": rep.get("val", {}), "test": rep["test"],
         "n_images": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},
         "skipped_corrupt": len(d.skipped), "skipped_files": d.skipped,
         "trainable_fraction_final": strategy.trainable_params() / state.total_params,

@@ -167,6 +167,10 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
         console.print(weights_report.summary())
     strategy = build_strategy(cfg, model)
     model.to(device)
+    if cfg.channels_last:  # as timm's train.py --channels-last
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:  # in place (nn.Module.compile): parameter names and state_dict keys unchanged
+        model.compile()
     data = _prepare_data(cfg, images, model, strategy, image_cache, console, split=not resume)
     opt = _build_optimisation(cfg, model, strategy, amp, len(images.class_names))
     ema = _build_ema(cfg, model)
@@ -191,8 +195,8 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
 
     options = cfg.strategy_options()
     strategy = get_strategy(cfg.ft_strategy, **options)
-    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only:
-        return strategy
+    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only or getattr(strategy, "probe_first", False):
+        return strategy  # LP-FT's head starts solved: one LR for all (Kumar et al. 2022)
     from finetune_kit.param_groups import parse_multipliers
     from finetune_kit.tasks.classification.model import head_param_names
 
@@ -257,9 +261,12 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
     use_mix = cfg.mixup > 0 or cfg.cutmix > 0
     if use_mix and cfg.batch_size % 2:
         raise ValueError(f"--batch_size {cfg.batch_size}: mixup/cutmix needs an even batch size")
-    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+    # LP-FT: no label smoothing -- a smoothed target penalises the solved head's confident logits, and
+    # those large early gradients distort the very features the probe was solved on (Kumar et al. 2022)
+    smoothing = 0.0 if getattr(strategy, "probe_first", False) else cfg.smoothing
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=smoothing,
                   num_classes=num_classes) if use_mix else None
-    criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+    criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
     monitor, mode = f"val_{cfg.monitor}", ("min" if cfg.monitor == "loss" else "max")
     early = EarlyStopping(patience=cfg.early_stopping_patience, mode=mode) if cfg.early_stopping_patience else None
     return Optimisation(groups=groups, optimizer=optimizer, schedule=None, scaler=amp.grad_scaler(), criterion=criterion,

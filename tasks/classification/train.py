@@ -38,6 +38,20 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
     return cfg.for_strategy(cfg.ft_strategy, run_dir=str(run.path), stop_after_epoch=None)
 
 
+def _train(state, resume: bool, train_epochs) -> int | None:
+    """The exact linear probe (``linear``), or the epochs after an optional probed head (LP-FT,
+    ``--probe-init``)."""
+    from finetune_kit.tasks.classification.linear_probe import exact_probe_applies, probe_head, solve_run
+
+    if exact_probe_applies(state):
+        if not resume:
+            solve_run(state)
+        return None
+    if not resume and (getattr(state.strategy, "probe_first", False) or state.cfg.probe_init):
+        probe_head(state)
+    return train_epochs(state)
+
+
 def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, console=None) -> dict:
     """Train, select the best epoch, calibrate, evaluate; returns the final metrics dict.
 
@@ -68,7 +82,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     with run_lifecycle(state.run, state.logger) as outcome:
         if resume:
             restore(state)
-        stopped = train_epochs(state)
+        stopped = _train(state, resume, train_epochs)
         if stopped is not None:
             outcome.stop(f"stopped after epoch {stopped}")
             return {"status": "interrupted", "run_dir": str(state.run.path), "epoch": stopped}

@@ -1,0 +1,103 @@
+"""Bootstrap confidence intervals of classification metrics, and paired strategy comparisons.
+
+Percentile bootstrap (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13):
+``n_boot`` resamples of the images with replacement, stratified by class (every resample keeps the
+class counts, so AUROC, sensitivity and specificity stay defined), and the ``(1 - level) / 2`` and
+``(1 + level) / 2`` quantiles of the resampled metric. A paired comparison resamples the SAME
+images for two strategies' predictions and reports the interval of the difference and the
+two-sided bootstrap p-value ``2 * min(P(d <= 0), P(d >= 0))``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["METRICS", "metric_value", "bootstrap_indices", "bootstrap_metrics", "paired_difference", "mean_sd"]
+
+#: metrics reported with intervals, by name: ``f(labels (N,), probs (N, C)) -> float``
+METRICS = ("auroc", "accuracy", "sensitivity", "specificity", "ece")
+
+
+def metric_value(name: str, labels, probs) -> float:
+    """One metric of :data:`METRICS` on labels ``(N,)`` and probabilities ``(N, C)``: AUROC (binary:
+    of ``probs[:, 1]``; multi-class one-vs-rest macro), accuracy, sensitivity / specificity of
+    class 1 (binary; macro recall / NaN for multi-class) or ECE (15 bins).
+
+    Raises:
+        KeyError: an unknown metric name.
+    """
+    from finetune_kit.calibration import expected_calibration_error
+    from finetune_kit.tasks.classification.metrics import auroc
+
+    y, p = np.asarray(labels), np.asarray(probs)
+    pred = p.argmax(axis=1)
+    if name == "auroc":
+        return auroc(y, p)
+    if name == "accuracy":
+        return float(np.mean(pred == y))
+    if name == "ece":
+        return expected_calibration_error(p, y)
+    if name in ("sensitivity", "specificity"):
+        if p.shape[1] != 2:
+            if name == "specificity":
+                return float("nan")
+            return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+        c = 1 if name == "sensitivity" else 0
+        m = y == c
+        return float(np.mean(pred[m] == c)) if m.any() else float("nan")
+    raise KeyError(f"unknown metric {name!r}; one of {', '.join(METRICS)}")
+
+
+def bootstrap_indices(labels, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """``(n_boot, N)`` resample indices, stratified by class, from ``np.random.default_rng(seed)``."""
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    return np.stack([np.concatenate([rng.choice(ix, size=len(ix), replace=True) for ix in by_class])
+                     for _ in range(n_boot)]) if len(y) else np.zeros((n_boot, 0), dtype=int)
+
+
+def bootstrap_metrics(labels, probs, *, metrics=METRICS, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, dict]:
+    """``{metric: {"value", "ci95": [low, high], "sd"}}`` on labels ``(N,)`` and probabilities
+    ``(N, C)``, by the stratified percentile bootstrap (module docstring); ``ci95`` is None where the
+    metric is undefined (e.g. one class only)."""
+    y, p = np.asarray(labels), np.asarray(probs)
+    idx = bootstrap_indices(y, n_boot, seed)
+    out = {}
+    for name in metrics:
+        v = metric_value(name, y, p)
+        vals = np.array([metric_value(name, y[i], p[i]) for i in idx])
+        vals = vals[np.isfinite(vals)]
+        ci = [float(q) for q in np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])] if len(vals) else None
+        out[name] = {"value": v, "ci95": ci, "sd": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")}
+    return out
+
+
+def paired_difference(labels, probs_a, probs_b, *, metric: str = "auroc", n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """Paired bootstrap of ``metric(a) - metric(b)`` on the same images (``labels`` ``(N,)``, both
+    ``probs`` ``(N, C)`` in the same image order).
+
+    Returns:
+        ``{"metric", "difference", "ci95": [low, high], "p_value"}`` (two-sided bootstrap p-value).
+    """
+    y, a, b = np.asarray(labels), np.asarray(probs_a), np.asarray(probs_b)
+    if a.shape != b.shape or len(y) != len(a):
+        raise ValueError(f"paired_difference: predictions {a.shape} and {b.shape} of {len(y)} images must match")
+    d0 = metric_value(metric, y, a) - metric_value(metric, y, b)
+    idx = bootstrap_indices(y, n_boot, seed)
+    d = np.array([metric_value(metric, y[i], a[i]) - metric_value(metric, y[i], b[i]) for i in idx])
+    d = d[np.isfinite(d)]
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+    return {"metric": metric, "difference": float(d0), "ci95": [float(lo), float(hi)], "p_value": float(p)}
+
+
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; NaN for one value) of the finite ``values``."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
