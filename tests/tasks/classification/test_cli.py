@@ -66,7 +66,9 @@ def test_predict_and_evaluate(finished_run, acrima_flat, tmp_path):
     res = runner.invoke(app, ["predict", str(finished_run), str(acrima_flat), "--output", str(out)])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 24 and set(rows[0]) == {"path", "predicted", "p_normal", "p_glaucoma"}
+    assert len(rows) == 24 and set(rows[0]) == {"path", "predicted", "p_normal", "p_glaucoma",
+                                                  "ood_score", "in_distribution"}
+    assert {r["in_distribution"] for r in rows} <= {"True", "False", "true", "false", "1", "0"}
     assert all(abs(float(r["p_normal"]) + float(r["p_glaucoma"]) - 1) < 1e-5 for r in rows)
     res = runner.invoke(app, ["evaluate", str(finished_run), "--data", str(acrima_flat), "--label_preset", "acrima",
                               "--name", "again"])
