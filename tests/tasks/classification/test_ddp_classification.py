@@ -46,7 +46,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert [h["unfrozen"] for h in h1] == [h["unfrozen"] for h in h2] and any(h["unfrozen"] for h in h1)
     for x, y in zip(h1, h2):
         assert x.keys() == y.keys()
-        for k in x:
+        for k in set(x) - {"unfrozen"}:
             assert x[k] == pytest.approx(y[k], abs=1e-6), k
     assert one["unfreeze_events"] == r0["unfreeze_events"] and one["best_epoch"] == r0["best_epoch"]
     assert one["temperature"] == pytest.approx(r0["temperature"], rel=1e-4)
