@@ -4,7 +4,8 @@
 runs the task's real entry point with the config (``classify``: ``run_training``; ``compress``:
 ``compress train``; ``finetune``: ``compress finetune``) and writes, from every rank, what the
 tests compare to ``OUT.json.rank<R>`` (results, weights digest, balanced ``w``). With
-``--fail-after-epoch N`` rank 1 dies (``os._exit(3)``) right after epoch N, as a crashed
+``--fail-after-epoch N`` rank 1 dies (``os._exit(3)``) at the end of epoch N + 1 (by then rank 0
+has written epoch N's checkpoint), as a crashed
 process would, to test that the job ends and resumes from rank 0's last checkpoint.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ def _die_after(n: int):
     rank = int(os.environ.get("RANK", 0))
 
     def hook(epoch_done: int) -> None:
-        if rank == 1 and epoch_done >= n:
+        # at the end of epoch n + 1: rank 0 has passed that epoch's all-reduces, so it saved epoch n
+        if rank == 1 and epoch_done >= n + 1:
             sys.stderr.flush()
             os._exit(3)
     return hook
