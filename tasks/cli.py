@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 import typer
 
 from finetune_kit.tasks.cli_options import option
+from finetune_kit.tasks.launch import LaunchingGroup
 
 from finetune_kit.tasks import experiments_cli
 from finetune_kit.tasks.classification import cli as classification
@@ -73,6 +74,7 @@ app = OneLineErrorsTyper(
     "(HPCM on CompressAI) without catastrophic forgetting.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=LaunchingGroup,  # --nproc N / --sync-bn anywhere on the line: re-run under torchrun (docs/distributed.md)
 )
 
 

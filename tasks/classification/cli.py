@@ -413,9 +413,15 @@ def compare_app() -> typer.Typer:
 
 def main_classify(argv: list[str] | None = None) -> None:
     """Entry of ``train_classification.py``: the ``classify`` command as a standalone program."""
-    classify_app()(args=argv if argv is not None else sys.argv[1:], prog_name="train_classification.py")
+    from finetune_kit.tasks.launch import handle_launch_options
+
+    args = handle_launch_options(argv if argv is not None else sys.argv[1:])  # --nproc N: under torchrun
+    classify_app()(args=args, prog_name="train_classification.py")
 
 
 def main_compare(argv: list[str] | None = None) -> None:
     """Entry of ``scripts/run_fine_tuning_comparison.py``: the ``compare`` command."""
-    compare_app()(args=argv if argv is not None else sys.argv[1:], prog_name="run_fine_tuning_comparison.py")
+    from finetune_kit.tasks.launch import handle_launch_options
+
+    args = handle_launch_options(argv if argv is not None else sys.argv[1:])  # --nproc N: under torchrun
+    compare_app()(args=args, prog_name="run_fine_tuning_comparison.py")

@@ -25,7 +25,7 @@ import torch
 
 from finetune_kit.tasks.classification.setup import TrainingRun, epoch_seed, image_loader
 
-__all__ = ["restore", "fit_one_epoch", "validate", "end_epoch", "train_epochs"]
+__all__ = ["restore", "fit_one_epoch", "validate", "predict_sharded", "end_epoch", "train_epochs"]
 
 
 def _identity(x):
@@ -122,8 +122,7 @@ def validate(state: TrainingRun, use_cache: bool = False) -> tuple[np.ndarray, n
     if use_cache:
         vb = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*state.features["val"]), batch_size=256)
         return _finite(state, predict_logits(lambda f: head_forward(mod, f), vb, _identity, state.amp, state.device))
-    return _finite(state, predict_logits(mod, image_loader(state, state.data.val, state.data.tf.eval), _prepare(state),
-                                         state.amp, state.device))
+    return _finite(state, predict_sharded(state, mod, state.data.val))
 
 
 def _finite(state: TrainingRun, out: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +134,21 @@ def _finite(state: TrainingRun, out: tuple[np.ndarray, np.ndarray]) -> tuple[np.
                                  "diverged): lower --learning_rate or keep --grad_clip on; the last good checkpoint "
                                  "is kept")
     return out
+
+
+def predict_sharded(state: TrainingRun, mod: torch.nn.Module, samples: list) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(N, C)`` and labels ``(N,)`` of ``samples`` in order (eval transform); under DDP each
+    rank predicts its share (:func:`~finetune_kit.distributed.shard_indices`) and every rank gets all
+    of them (:func:`~finetune_kit.distributed.gather_shards`), so metrics equal one process's."""
+    from finetune_kit.distributed import gather_shards, shard_indices
+    from finetune_kit.tasks.classification.engine import predict_logits
+
+    part = [samples[i] for i in shard_indices(len(samples))]
+    logits, labels = predict_logits(mod, image_loader(state, part, state.data.tf.eval), _prepare(state), state.amp,
+                                    state.device)
+    if len(part) == 0:
+        logits = logits.reshape(0, len(state.data.images.class_names))
+    return gather_shards(logits, len(samples)), gather_shards(labels, len(samples))
 
 
 def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] | None = None) -> dict:
@@ -153,27 +167,31 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
     Raises:
         NonFiniteLossError: the training loss became NaN/inf.
     """
+    from finetune_kit.distributed import dist_info, reduce_epoch_stats
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.classification.engine import softmax, train_one_epoch, val_loss
     from finetune_kit.tasks.classification.feature_cache import head_forward
     from finetune_kit.tasks.classification.metrics import classification_metrics
 
     cfg, model, strategy, opt = state.cfg, state.model, state.strategy, state.opt
-    seed_everything(epoch_seed(cfg.seed, epoch))
+    rank = dist_info().rank  # per-rank dropout/augmentation seeds; rank 0 = one process
+    seed_everything(epoch_seed(cfg.seed, epoch) + rank)
     if state.data.tf.random_train:
-        state.data.tf.train.set_random_seed(epoch_seed(cfg.seed, epoch))
+        state.data.tf.train.set_random_seed(epoch_seed(cfg.seed, epoch) + rank)
     events = list(strategy.on_epoch_start(epoch, opt.optimizer))
     strategy.train_mode(model)
     if state.bn_frozen:
         _set_bn_eval(model)
     trainable = strategy.trainable_params()
     use_cache = _cached_epoch(state)
+    forward = state.ddp.model() if state.ddp is not None else model  # DDP: re-wrapped when the trainable set changed
     stats, state.global_step = train_one_epoch(
-        forward=(lambda f: head_forward(model, f)) if use_cache else model, batches=_train_batches(state, epoch, use_cache),
+        forward=(lambda f: head_forward(model, f)) if use_cache else forward, batches=_train_batches(state, epoch, use_cache),
         prepare=_identity if use_cache else _prepare(state), criterion=opt.criterion, optimizer=opt.optimizer,
         schedule=opt.schedule, global_step=state.global_step, amp=state.amp, scaler=opt.scaler,
         grad_clip=cfg.grad_clip, mixup=opt.mixup, ema=state.ema, ema_model=model, device=state.device,
         on_batch=on_batch)
+    stats = reduce_epoch_stats(stats)  # DDP: mean loss and images/s over every rank's images
     vl, vy = validate(state, use_cache)
     vm = classification_metrics(vy, softmax(vl), vl)
     record = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss(vl, vy), "val_auroc": vm["auroc"],
@@ -207,7 +225,8 @@ def end_epoch(state: TrainingRun, record: dict) -> None:
           "skipped": state.data.skipped, "feature_s": state.feature_s,
           "class_names": state.data.images.class_names, "config": cfg.model_dump()}
     worst = -math.inf if opt.mode == "max" else math.inf
-    state.checkpoints.save(ck, epoch, metrics={opt.monitor: metric if metric == metric else worst})
+    if state.run.enabled:  # DDP: rank 0 alone writes checkpoints
+        state.checkpoints.save(ck, epoch, metrics={opt.monitor: metric if metric == metric else worst})
     ev = "; ".join(f"unfroze {', '.join(e['groups'])}" for e in record["unfrozen"])
     state.console.print(f"epoch {epoch}/{cfg.epochs} loss {record['train_loss']:.4f} val_loss "
                         f"{record['val_loss']:.4f} val_auroc {record['val_auroc']:.4f} val_acc "

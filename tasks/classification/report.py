@@ -32,10 +32,26 @@ def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
     from finetune_kit.tasks.classification.engine import predict_logits
     from finetune_kit.tasks.classification.transforms import normalize_batch
 
+    from finetune_kit.distributed import broadcast_module, broadcast_object, is_distributed
+    from finetune_kit.tasks.classification.loop import predict_sharded
+
+    model = state.eval_model
+    if is_distributed():  # DDP: rank 0 reads the best checkpoint and sends its weights; ranks share the predictions
+        ck = load_checkpoint(state.checkpoints.best() or state.checkpoints.last()) if state.run.enabled else None
+        if ck is not None:
+            model.load_state_dict(ck["ema"] if state.ema is not None else ck["model"])
+        broadcast_module(model)
+        ck = broadcast_object({k: v for k, v in ck.items() if k in ("epoch", "global_step")} if ck else None)
+        model.eval()
+        vl, vy = predict_sharded(state, model, state.data.val)
+        tl, ty = predict_sharded(state, model, state.data.test)
+        logits = {"val_logits": vl, "val_labels": vy, "test_logits": tl, "test_labels": ty}
+        if state.run.enabled:
+            np.savez(state.run.path / "logits.npz", **logits)
+        return ck, logits
     tf = state.data.tf
     best_path = state.checkpoints.best() or state.checkpoints.last()
     ck = load_checkpoint(best_path)
-    model = state.eval_model
     model.load_state_dict(ck["ema"] if state.ema is not None else ck["model"])
     model.eval()
     prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
@@ -66,7 +82,11 @@ def report(state: TrainingRun) -> dict:
     """
     from finetune_kit.tasks.classification.evaluate import calibrated_report
 
+    from finetune_kit.distributed import broadcast_object, is_distributed
+
     ck, logits = predict_best(state)
+    if is_distributed() and not state.run.enabled:  # DDP: rank 0 reports; the others return its result
+        return broadcast_object(None)
     history = state.run.history()
     from finetune_kit.tasks.classification.plots import dataset_label
 
@@ -87,7 +107,7 @@ def report(state: TrainingRun) -> dict:
         state.console.print(f"[bold]test[/]: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  ECE {t['ece']:.4f} "
                             f"-> {t['ece_calibrated']:.4f} ({how})  run folder {state.run.path}")
         state.console.print(f"calibration: {cal.get('reason', cal['method'])}")
-    return result
+    return broadcast_object(result) if is_distributed() else result
 
 
 def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: int) -> dict:

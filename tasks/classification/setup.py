@@ -98,6 +98,7 @@ class TrainingRun:
     feature_s: float = 0.0
     features: dict = field(default_factory=dict)
     peak_memory: tuple[float, float] | None = None
+    ddp: Any = None  # finetune_kit.distributed.DDPTracker: the DDP wrapper, re-made after unfreezing
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -115,10 +116,17 @@ def image_loader(state: TrainingRun, samples, transform, epoch: int | None = Non
     shuffled with the epoch's seed when ``epoch`` is given, else in order."""
     from finetune_kit.tasks.classification.transforms import CachedImageDataset
 
+    from finetune_kit.distributed import epoch_sampler, is_distributed, per_rank_batch
+
     cfg = state.cfg
     ds = CachedImageDataset(state.data.cache, [s.path for s in samples], [s.label for s in samples], transform)
     g = torch.Generator().manual_seed(epoch_seed(cfg.seed, -1 if epoch is None else epoch))
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=epoch is not None, generator=g,
+    batch, sampler = cfg.batch_size, None
+    if is_distributed() and epoch is not None:  # DDP: this rank's share of the global batch and of the epoch
+        batch = per_rank_batch(cfg.batch_size)
+        sampler = epoch_sampler(ds, epoch_seed(cfg.seed, epoch))  # the order one process draws
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=epoch is not None and sampler is None,
+                                       generator=None if sampler is not None else g, sampler=sampler,
                                        drop_last=drop_last and len(samples) >= cfg.batch_size,
                                        num_workers=cfg.num_workers, pin_memory=state.device.type == "cuda",
                                        worker_init_fn=_seed_worker if cfg.num_workers else None)
@@ -151,7 +159,12 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
     t_start = time.perf_counter()
     cfg.check_paths()
     build_strategy(cfg)  # options the strategy does not accept fail before any data is read
-    device = torch.device(cfg.device)
+    from finetune_kit.distributed import DDPTracker, init_distributed, is_main, local_device, per_rank_batch
+
+    init_distributed(cfg.device)  # torchrun: open the process group (gloo on CPU, NCCL on CUDA)
+    console.quiet = console.quiet or not is_main()
+    per_rank_batch(cfg.batch_size)  # the global batch must split over the processes
+    device = local_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     amp = resolve_amp(cfg.amp, device, cfg.amp_dtype)
@@ -177,7 +190,8 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
     state = TrainingRun(cfg=cfg, resume=resume, console=console, device=device, amp=amp, data=data, model=model,
                         weights_report=weights_report, strategy=strategy, opt=opt, ema=ema, use_feature_cache=False,
                         total_params=parameter_count(model), t_start=t_start)
-    state.use_feature_cache = _feature_cache_allowed(state)
+    state.use_feature_cache = _feature_cache_allowed(state) and not _ddp_world(state)
+    state.ddp = DDPTracker(model, device)
     opt.steps = len(image_loader(state, data.train, data.tf.train, epoch=0, drop_last=opt.mixup is not None))
     opt.schedule = _build_schedule(cfg, opt)
     return state
@@ -290,6 +304,13 @@ def _build_schedule(cfg: ClassificationConfig, opt: Optimisation):
                               warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
 
 
+def _ddp_world(state: TrainingRun) -> bool:
+    """Whether more than one process trains (DDP): the feature cache is then off."""
+    from finetune_kit.distributed import dist_info
+
+    return dist_info().world_size > 1
+
+
 def _feature_cache_allowed(state: TrainingRun) -> bool:
     """Whether head-only epochs may train on cached backbone features.
 
@@ -318,13 +339,17 @@ def start_run(state: TrainingRun) -> TrainingRun:
     from finetune_kit.runs.run_dir import RunDir, new_run_dir
     from finetune_kit.tasks.classification.data import write_split
 
-    cfg = state.cfg
+    from finetune_kit.distributed import broadcast_object, is_main
+
+    cfg, main = state.cfg, is_main()  # under DDP only rank 0 writes; the others get its folder's path
     if state.resume:
-        run = RunDir(cfg.run_dir)
+        run = RunDir(cfg.run_dir, enabled=main)
     else:
-        run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir(new_run_dir(cfg.output_dir, cfg.tag))
+        path = cfg.run_dir or (str(new_run_dir(cfg.output_dir, cfg.tag)) if main else None)
+        run = RunDir(broadcast_object(path), enabled=main)
         cfg = state.cfg = cfg.model_copy(update={"run_dir": str(run.path)})
-        write_split(state.data.images, run.path / "split.csv")
+        if main:
+            write_split(state.data.images, run.path / "split.csv")
         run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
                                "weights": cfg.custom_weights_path})
     state.run = run

@@ -35,6 +35,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from finetune_kit.distributed import all_reduce_mean
+
 __all__ = ["BalancedRD", "HierarchicalBalancedRD", "DEFAULT_SCALE_GAMMAS", "scale_of_task"]
 
 #: per-scale gamma defaults of the hierarchical variant (coarse scales regularized harder)
@@ -135,7 +137,7 @@ class BalancedRD:
         z = self.weights().to(l)
         a = self.modulation.to(l)
         c = (a * z / d).sum().detach()
-        self.prev_losses = l.detach().cpu()
+        self.prev_losses = all_reduce_mean(l.detach()).cpu()  # DDP: every rank updates w from the same losses
         eff = (a * z / d).detach() / c
         self.last_record = {f"weight/{t}": float(z[i].detach()) for i, t in enumerate(self.task_names)}
         self.last_record.update({f"contrib/{t}": float(eff[i]) for i, t in enumerate(self.task_names)})
@@ -151,7 +153,7 @@ class BalancedRD:
         """
         if self.prev_losses is None:
             raise RuntimeError("BalancedRD.update() called before combine(): compute the loss with combine() first")
-        new = self._stack(new_losses).detach().float().cpu()
+        new = all_reduce_mean(self._stack(new_losses).detach().float()).cpu()  # DDP: mean over ranks
         delta = torch.log(self._d(self.prev_losses.float())) - torch.log(self._d(new))
         with torch.enable_grad():
             z = torch.softmax(self.w, 0)
