@@ -16,7 +16,8 @@ from typing import Any, List, Mapping, Optional
 
 import typer
 
-from finetune_kit.tasks.cli_options import merge_options, option, read_config_file, resolve_device
+from finetune_kit.tasks.cli_options import merge_options, option, resolve_device
+from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
 
 __all__ = ["register", "classify", "compare", "predict", "evaluate", "build_config", "given_options",
            "run_classify", "run_compare", "classification_file_values", "drop_foreign_strategy_fields",
@@ -98,36 +99,6 @@ def given_options(ctx: typer.Context, opts: dict) -> dict:
     return {k: v for k, v in opts.items() if k not in STRATEGY_FIELDS or given(ctx, k)}
 
 
-def classification_file_values(path: str | Path) -> dict[str, Any]:
-    """The options of a classification ``--config`` file (YAML/JSON), flat as the CLI names them.
-
-    A run's ``config.json`` works: its nested ``data`` section is flattened and the keys a run
-    records about itself (:data:`~finetune_kit.tasks.classification.config.RECORDED_FIELDS`,
-    e.g. ``run_dir``) are dropped, so the new run gets its own folder. A ``compare`` folder's
-    ``config.json`` (``base``, ``strategies``, ``per_strategy``) gives the base options plus
-    ``strategies`` and ``head_learning_rate``.
-
-    Raises:
-        FileNotFoundError, ValueError: see :func:`finetune_kit.tasks.cli_options.read_config_file`.
-    """
-    from finetune_kit.tasks.classification.config import RECORDED_FIELDS
-
-    values = read_config_file(path)
-    if isinstance(values.get("base"), dict) and "strategies" in values:  # a compare folder's config.json
-        out = {k.replace("-", "_"): v for k, v in values["base"].items()}
-        strategies = values["strategies"]
-        out["strategies"] = ",".join(strategies) if isinstance(strategies, (list, tuple)) else strategies
-        head_lr = (values.get("per_strategy") or {}).get("linear", {}).get("learning_rate")
-        if head_lr is not None:
-            out["head_learning_rate"] = head_lr
-        values = out
-    if isinstance(values.get("data"), dict):
-        values.update({k.replace("-", "_"): v for k, v in values.pop("data").items()})
-    for key in RECORDED_FIELDS:
-        values.pop(key, None)
-    return values
-
-
 def _merged(ctx: typer.Context, opts: dict, config: Optional[Path], *, one_strategy: bool = True) -> dict:
     """defaults < ``--config`` file < typed options; strategy options from the file that the run's
     strategy does not accept are dropped (a run's config.json records them all)."""
@@ -139,20 +110,6 @@ def _merged(ctx: typer.Context, opts: dict, config: Optional[Path], *, one_strat
     if one_strategy and file_values:
         drop_foreign_strategy_fields(merged, keep=typed)
     return merged
-
-
-def drop_foreign_strategy_fields(values: dict, keep: set | frozenset = frozenset()) -> dict:
-    """Remove (in place) the named strategy options (``llrd_decay`` ...) that ``values["ft_strategy"]``
-    does not accept, except those in ``keep`` (typed by the user: those stay and are refused by the
-    strategy). A run's config.json records every one of them; this makes it valid again."""
-    from finetune_kit.strategy import strategy_options
-    from finetune_kit.tasks.classification.config import STRATEGY_FIELDS
-
-    accepted = strategy_options(str(values.get("ft_strategy", "gradual")))
-    for key in STRATEGY_FIELDS:
-        if key in values and key not in keep and key not in accepted:
-            values.pop(key)
-    return values
 
 
 def _say_device(values: dict) -> None:
@@ -411,17 +368,17 @@ def compare_app() -> typer.Typer:
     return app
 
 
-def main_classify(argv: list[str] | None = None) -> None:
-    """Entry of ``train_classification.py``: the ``classify`` command as a standalone program."""
+def _standalone(app: typer.Typer, argv: list[str] | None, prog_name: str) -> None:
     from finetune_kit.tasks.launch import handle_launch_options
 
-    args = handle_launch_options(argv if argv is not None else sys.argv[1:])  # --nproc N: under torchrun
-    classify_app()(args=args, prog_name="train_classification.py")
+    app(args=handle_launch_options(argv if argv is not None else sys.argv[1:]), prog_name=prog_name)  # --nproc N
+
+
+def main_classify(argv: list[str] | None = None) -> None:
+    """Entry of ``train_classification.py``: the ``classify`` command as a standalone program."""
+    _standalone(classify_app(), argv, "train_classification.py")
 
 
 def main_compare(argv: list[str] | None = None) -> None:
     """Entry of ``scripts/run_fine_tuning_comparison.py``: the ``compare`` command."""
-    from finetune_kit.tasks.launch import handle_launch_options
-
-    args = handle_launch_options(argv if argv is not None else sys.argv[1:])  # --nproc N: under torchrun
-    compare_app()(args=args, prog_name="run_fine_tuning_comparison.py")
+    _standalone(compare_app(), argv, "run_fine_tuning_comparison.py")
