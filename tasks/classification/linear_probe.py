@@ -138,17 +138,9 @@ def load_into_head(model: torch.nn.Module, result: LinearProbeResult) -> None:
 
 def _features(state) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train and validation features of the frozen backbone (extracted once into ``state.features``)."""
-    from finetune_kit.tasks.classification.feature_cache import extract_features
-    from finetune_kit.tasks.classification.loop import _prepare
-    from finetune_kit.tasks.classification.setup import image_loader
+    from finetune_kit.tasks.classification.loop import cache_features
 
-    if "train" not in state.features:
-        t0 = time.perf_counter()
-        d = state.data
-        for name, part in (("train", d.train), ("val", d.val)):
-            state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval), _prepare(state),
-                                                    state.device, state.amp.autocast)
-        state.feature_s += time.perf_counter() - t0
+    cache_features(state)
     (xt, yt), (xv, yv) = state.features["train"], state.features["val"]
     return xt, yt, xv, yv
 

@@ -84,20 +84,33 @@ def restore(state: TrainingRun) -> int:
     return state.start_epoch
 
 
-def _cached_epoch(state: TrainingRun) -> bool:
-    """Whether this epoch trains only the head on cached features (extracted on first use)."""
+def cache_features(state: TrainingRun) -> bool:
+    """Pass the train and validation images once through the frozen backbone into
+    ``state.features["train"|"val"]`` (``(N, D)`` features, ``(N,)`` labels), unless already there.
+
+    Returns:
+        True when the features were extracted by this call (time added to ``state.feature_s``).
+    """
     from finetune_kit.tasks.classification.feature_cache import extract_features
 
+    if "train" in state.features:
+        return False
+    t0 = time.perf_counter()
+    d = state.data
+    for name, part in (("train", d.train), ("val", d.val)):
+        state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval), _prepare(state),
+                                                state.device, state.amp.autocast)
+    state.feature_s += time.perf_counter() - t0
+    return True
+
+
+def _cached_epoch(state: TrainingRun) -> bool:
+    """Whether this epoch trains only the head on cached features (extracted on first use)."""
     head_names = {g.name for g in state.opt.groups.head}
     if not (state.use_feature_cache and head_names and set(state.strategy.trainable) <= head_names):
         return False
-    if not state.features:
-        t0 = time.perf_counter()
+    if cache_features(state):
         d = state.data
-        for name, part in (("train", d.train), ("val", d.val)):
-            state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval), _prepare(state),
-                                                    state.device, state.amp.autocast)
-        state.feature_s += time.perf_counter() - t0
         state.console.print(f"feature cache: {len(d.train) + len(d.val)} images through the frozen backbone once "
                             f"({state.feature_s:.1f} s); the head trains on cached features while only it trains")
     return True

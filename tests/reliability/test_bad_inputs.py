@@ -13,19 +13,13 @@ from PIL import Image
 
 from finetune_kit.tasks.cli import app
 
+from tests.reliability.generated import class_folders  # noqa: E402
+
 N_PER_CLASS = 12
 
 
 def _images(root: Path, n: int = N_PER_CLASS, size: int = 48) -> Path:
-    rng = np.random.default_rng(0)
-    for c in ("normal", "glaucoma"):
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            a = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            if c == "glaucoma":
-                a[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 250
-            Image.fromarray(a).save(root / c / f"{c}{i}.png")
-    return root
+    return class_folders(root, n, size)
 
 
 @pytest.fixture(scope="module")

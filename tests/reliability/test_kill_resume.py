@@ -82,18 +82,9 @@ def test_compress_train_killed_at_each_phase_resumes_bit_identical(photos_train_
 
 
 def _images(root: Path, n: int = 12, size: int = 48) -> Path:
-    import numpy as np
-    from PIL import Image
+    from tests.reliability.generated import class_folders
 
-    rng = np.random.default_rng(0)
-    for c in ("normal", "glaucoma"):
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            a = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            if c == "glaucoma":
-                a[12:36, 12:36] = 250
-            Image.fromarray(a).save(root / c / f"{c}{i}.png")
-    return root
+    return class_folders(root, n, size)
 
 
 @pytest.mark.slow
