@@ -45,7 +45,7 @@ from torch.utils.data import DistributedSampler
 __all__ = ["DistInfo", "dist_info", "is_distributed", "is_main", "init_distributed", "destroy_distributed",
            "local_device", "per_rank_batch", "EpochSampler", "epoch_sampler", "shard_indices", "gather_shards", "all_reduce_mean",
            "all_reduce_sums", "broadcast_object", "broadcast_module", "barrier", "wrap_ddp", "DDPModel", "DDPTracker",
-           "sync_bn_requested", "SeededItems", "sample_seed", "rank_failure_message", "reduce_epoch_stats",
+           "sync_bn_requested", "sample_seed", "rank_failure_message", "reduce_epoch_stats",
            "distributed_run"]
 
 SYNC_BN_ENV = "FINETUNE_KIT_SYNC_BN"
@@ -300,7 +300,8 @@ class DDPModel(nn.parallel.DistributedDataParallel):
 
 
 def wrap_ddp(model: nn.Module, device: str | torch.device | None = None, *, sync_bn: bool | None = None,
-             ignore: Sequence[str] = (), find_unused_parameters: bool = False) -> nn.Module:
+             ignore: Sequence[str] = (), find_unused_parameters: bool = False,
+             broadcast_buffers: bool = True) -> nn.Module:
     """The model to run forward/backward through: a :class:`DDPModel` in a distributed run with
     more than one rank, else ``model`` itself.
 
@@ -313,7 +314,8 @@ def wrap_ddp(model: nn.Module, device: str | torch.device | None = None, *, sync
             :func:`sync_bn_requested`); a converted model stays converted.
         ignore: parameter names DDP leaves alone (e.g. entropy bottleneck ``quantiles`` trained
             by their own aux loss, which is identical on every rank).
-        find_unused_parameters: passed to DDP.
+        find_unused_parameters, broadcast_buffers: passed to DDP (``broadcast_buffers`` sends rank
+            0's buffers, e.g. BatchNorm statistics, to every rank before each forward).
     """
     info = dist_info()
     if not is_distributed() or info.world_size == 1:
@@ -324,7 +326,12 @@ def wrap_ddp(model: nn.Module, device: str | torch.device | None = None, *, sync
         DDPModel._set_params_and_buffers_to_ignore_for_model(model, list(ignore))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DDPModel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+    import inspect
+
+    # torch >= 2.14 names the per-forward buffer broadcast forward_sync_buffers
+    key = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+           else "broadcast_buffers")
+    return DDPModel(model, device_ids=ids, find_unused_parameters=find_unused_parameters, **{key: broadcast_buffers})
 
 
 def _convert_sync_bn(model: nn.Module) -> None:
@@ -364,27 +371,6 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed of item ``index`` in ``epoch`` of a run seeded ``seed`` (SHA-256 based)."""
     digest = hashlib.sha256(f"{seed}:{epoch}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class SeededItems(torch.utils.data.Dataset):
-    """A dataset whose item ``i`` is drawn with the torch RNG seeded :func:`sample_seed` ``(seed,
-    epoch, i)``, so random crops and flips of an item do not depend on which rank reads it.
-    Call :meth:`set_epoch` each epoch. ``len`` and items otherwise as ``dataset``."""
-
-    def __init__(self, dataset: Any, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Seed the items of ``epoch`` (0-based)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, int(i)))
-            return self.dataset[i]
 
 
 def reduce_epoch_stats(stats: Any) -> Any:

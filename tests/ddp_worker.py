@@ -48,6 +48,37 @@ def _classify(cfg_path: str, out: str, fail_after: int | None, resume: bool) -> 
     return run_training(cfg, resume=resume)
 
 
+def _compress(kind: str, cfg_path: str, fail_after: int | None, resume: bool) -> dict:
+    """``compress train`` (``kind`` "compress") or ``compress finetune`` ("finetune") on the spec's
+    options; ``--resume`` continues ``spec["run_dir"]`` alone; ``--fail-after-epoch N`` kills rank 1
+    at the end of epoch N + 1 (after its validation, i.e. after rank 0 saved epoch N)."""
+    from finetune_kit.tasks.compression import engine, training
+
+    if fail_after is not None:
+        die, evaluate = _die_after(fail_after), engine.evaluate
+        calls = {"n": 0}
+
+        def counting_evaluate(*a, **k):
+            res = evaluate(*a, **k)
+            calls["n"] += 1
+            die(calls["n"] - 1)
+            return res
+        engine.evaluate = training.evaluate = counting_evaluate
+    spec = json.loads(open(cfg_path).read())  # the config's options, plus "run_dir" to --resume
+    run_dir = spec.pop("run_dir", None)
+    if resume:
+        spec["resume"] = run_dir
+    if kind == "compress":
+        from finetune_kit.tasks.compression.config import TrainConfig
+        from finetune_kit.tasks.compression.training import train
+
+        return train(TrainConfig(**spec))
+    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+    from finetune_kit.tasks.compression.finetune.run import finetune
+
+    return finetune(FinetuneConfig(**spec))
+
+
 def main(argv: list[str]) -> None:
     task, cfg_path, out = argv[:3]
     fail_after = int(argv[argv.index("--fail-after-epoch") + 1]) if "--fail-after-epoch" in argv else None
@@ -55,6 +86,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     if task == "classify":
         res = _classify(cfg_path, out, fail_after, resume)
+    elif task in ("compress", "finetune"):
+        res = _compress(task, cfg_path, fail_after, resume)
     else:
         raise SystemExit(f"unknown task {task}")
     from finetune_kit.distributed import dist_info

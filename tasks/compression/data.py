@@ -10,7 +10,7 @@ import math
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageModeWarning", "list_images", "load_rgb", "split_train_val",
-           "RandomCropDataset", "FullImageDataset", "build_loaders"]
+           "RandomCropDataset", "FullImageDataset", "EpochPositions", "SeededCrops", "build_loaders",
+           "set_loader_epoch"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
 
@@ -149,6 +150,103 @@ class FullImageDataset(Dataset):
         return to_tensor(load_rgb(self.paths[i])), self.paths[i]
 
 
+class EpochPositions(torch.utils.data.Sampler):
+    """This rank's share of one epoch's one-process order, as ``(epoch, position, index)`` triples.
+
+    The one-process order of epoch ``e`` is drawn from ``torch.Generator().manual_seed(seed_e)``
+    (``seed_e`` = :func:`~finetune_kit.tasks.classification.setup.epoch_seed` ``(seed, e)``):
+    ``draws`` indices with replacement (``--steps-per-epoch`` x global batch) or a permutation of
+    the ``n`` images. It is cut to whole global batches (padded with its first entries to a
+    multiple of the world size when shorter than one batch); rank ``r`` takes positions
+    ``r, r + W, ...``, so the union of the ranks' ``k``-th batches of ``B / W`` is the ``k``-th
+    global batch of ``B``. Call :meth:`set_epoch` before each epoch (:func:`set_loader_epoch`).
+
+    Args:
+        n: images in the dataset. batch_size: the *global* batch. seed: the run's seed.
+        draws: items per epoch drawn with replacement (None: one permutation).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, *, draws: Optional[int] = None) -> None:
+        from finetune_kit.distributed import dist_info
+
+        info = dist_info()
+        self.n, self.batch_size, self.seed, self.draws = int(n), int(batch_size), int(seed), draws
+        self.rank, self.world = info.rank, info.world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of ``epoch`` (0-based)."""
+        self.epoch = int(epoch)
+
+    def _order(self) -> list[int]:
+        from finetune_kit.tasks.classification.setup import epoch_seed
+
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = (torch.randint(self.n, (self.draws,), generator=g) if self.draws is not None
+                 else torch.randperm(self.n, generator=g)).tolist()
+        if len(order) >= self.batch_size:
+            return order[: len(order) // self.batch_size * self.batch_size]
+        return order + order[: -len(order) % self.world]
+
+    def __iter__(self):
+        order = self._order()
+        return iter((self.epoch, pos, order[pos]) for pos in range(self.rank, len(order), self.world))
+
+    def __len__(self) -> int:
+        return len(self._order()[self.rank::self.world])
+
+
+class SeededCrops(Dataset):
+    """Items of ``dataset`` addressed by :class:`EpochPositions` triples ``(epoch, position, index)``:
+    the crop and flips of a position come from the torch RNG seeded
+    :func:`~finetune_kit.distributed.sample_seed` ``(seed, epoch, position)``, whichever rank reads
+    it; the item is ``(image [3, p, p], that seed)``, and the seed also keys the position's
+    quantization noise (:func:`~finetune_kit.tasks.compression.models.training_noise.per_sample_noise`)."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+        from finetune_kit.distributed import sample_seed
+
+        epoch, pos, index = item
+        seed = sample_seed(self.seed, epoch, pos)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x = self.dataset[index]
+        return x, torch.tensor(seed, dtype=torch.int64)
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Tell a training loader's :class:`EpochPositions` sampler the epoch (0-based; no-op for others)."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, EpochPositions):
+        sampler.set_epoch(epoch)
+
+
+def _distributed_loaders(cfg: Any, train_ds: Dataset, val_ds: Dataset) -> tuple[Any, Any]:
+    """The torchrun loaders: per-position seeded crops over this rank's share of each epoch (batch
+    ``--batch-size / W``), and this rank's shard of the validation images (``sharded = True``:
+    :func:`~finetune_kit.tasks.compression.engine.evaluate` sums over the ranks); with fewer
+    validation images than ranks every rank validates on all of them."""
+    from torch.utils.data import DataLoader, Subset
+
+    from finetune_kit.distributed import dist_info, per_rank_batch, shard_indices
+
+    local = per_rank_batch(cfg.batch_size)
+    draws = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch is not None else None
+    sampler = EpochPositions(len(train_ds), cfg.batch_size, cfg.seed, draws=draws)
+    train = DataLoader(SeededCrops(train_ds, cfg.seed), batch_size=local, sampler=sampler, num_workers=cfg.num_workers)
+    sharded = len(val_ds) >= dist_info().world_size
+    shard = Subset(val_ds, list(shard_indices(len(val_ds)))) if sharded else val_ds
+    val = DataLoader(shard, batch_size=max(1, min(local, len(shard))), num_workers=cfg.num_workers)
+    val.sharded = sharded
+    return train, val
+
+
 def build_loaders(cfg: Any) -> tuple[Any, Any]:
     """``(train_loader, val_loader)`` of a compression run config (``compress train`` and ``finetune``).
 
@@ -160,6 +258,10 @@ def build_loaders(cfg: Any) -> tuple[Any, Any]:
     dropped when there are at least ``batch_size`` images. Validation batches are centre crops of
     ``val_patch_size`` px, ``min(batch_size, #val images)`` per batch. ``num_workers`` loader
     processes; ``cache_images`` keeps decoded images in memory.
+
+    Under ``torchrun`` (any world size) ``batch_size`` is the global batch and the loaders are
+    :func:`_distributed_loaders`' (:class:`EpochPositions` + :class:`SeededCrops`; batches are
+    ``(images, per-sample seeds)``); call :func:`set_loader_epoch` before each epoch.
 
     Raises:
         FileNotFoundError / ValueError: from :func:`list_images`, :func:`split_train_val` and
@@ -174,6 +276,10 @@ def build_loaders(cfg: Any) -> tuple[Any, Any]:
         train_paths, val_paths = split_train_val(paths, cfg.val_fraction, cfg.seed)
     train_ds = RandomCropDataset(train_paths, cfg.patch_size, train=True, cache=cfg.cache_images)
     val_ds = RandomCropDataset(val_paths, cfg.val_patch_size, train=False, cache=cfg.cache_images)
+    from finetune_kit.distributed import dist_info
+
+    if dist_info().launched:
+        return _distributed_loaders(cfg, train_ds, val_ds)
     sampler = None
     if cfg.steps_per_epoch is not None:
         sampler = RandomSampler(train_ds, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size)

@@ -153,13 +153,17 @@ class _Averager:
 
 
 def train_step(model: nn.Module, x: Tensor, optimizer: torch.optim.Optimizer,
-               aux_optimizer: Optional[torch.optim.Optimizer], objective: Any, *, where: str = "step 0"
-               ) -> dict[str, Any]:
+               aux_optimizer: Optional[torch.optim.Optimizer], objective: Any, *, where: str = "step 0",
+               seeds: Optional[Sequence[int]] = None) -> dict[str, Any]:
     """One optimizer step on batch ``x [B, 3, H, W]`` (already on the model's device).
 
     ``zero_grad``; ``objective.begin_step``; ``loss, values = objective.compute(model, x)``;
     ``loss.backward()``; ``objective.clip``; ``optimizer.step()``; ``objective.end_step``; then
     ``model.aux_loss()`` with ``aux_optimizer`` (skipped when None, e.g. with frozen quantiles).
+    With ``seeds`` (one per sample, from the torchrun loaders) the forward passes of ``compute``
+    and ``end_step`` draw their quantization noise per sample
+    (:func:`~finetune_kit.tasks.compression.models.training_noise.per_sample_noise`; ``end_step``
+    replays the same noise).
 
     Returns the logged values (tensors detached): the objective's, its clip and end-step
     records and ``aux_loss``.
@@ -167,9 +171,12 @@ def train_step(model: nn.Module, x: Tensor, optimizer: torch.optim.Optimizer,
     Raises:
         FloatingPointError: the loss is NaN/inf (names ``where`` and the LR option to lower).
     """
+    from finetune_kit.tasks.compression.models.training_noise import per_sample_noise
+
     optimizer.zero_grad(set_to_none=True)
     objective.begin_step(model, x)
-    loss, values = objective.compute(model, x)
+    with per_sample_noise(seeds):
+        loss, values = objective.compute(model, x)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {float(loss.detach())} at {where}: lower {objective.lr_flag} "
                                  "or check the data")
@@ -178,7 +185,8 @@ def train_step(model: nn.Module, x: Tensor, optimizer: torch.optim.Optimizer,
     optimizer.step()
     values = {k: v.detach() if isinstance(v, Tensor) else v for k, v in values.items()}
     values.update(clipped)
-    values.update(objective.end_step(model, x))
+    with per_sample_noise(seeds):
+        values.update(objective.end_step(model, x))
     if aux_optimizer is not None:
         aux_optimizer.zero_grad(set_to_none=True)
         aux_loss = model.aux_loss()
@@ -235,14 +243,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
     # crops of a run would depend on --progress.
     batches = iter(loader)
     bar = tqdm(batches, total=total, desc=description, leave=False, dynamic_ncols=True) if progress else batches
-    for x in bar:
+    for batch in bar:
         if max_steps is not None and steps >= max_steps:
             break
+        x, seeds = batch if isinstance(batch, (tuple, list)) else (batch, None)  # torchrun: (images, seeds)
         x = x.to(device, non_blocking=True)
         if before_step is not None:
             before_step(steps)
         where = f"step {steps}" if epoch is None else f"epoch {epoch} step {steps}"
-        values = train_step(model, x, optimizer, aux_optimizer, objective, where=where)
+        values = train_step(model, x, optimizer, aux_optimizer, objective, where=where,
+                            seeds=None if seeds is None else seeds.tolist())
+        values = _mean_over_ranks(values)
         avg.add(values, x.shape[0])
         steps += 1
         if progress:
@@ -251,8 +262,24 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
         if on_step is not None:
             on_step(steps, values)
     res = avg.result()
-    res.update(steps=steps, images=avg.n, seconds=time.perf_counter() - t0)
+    from finetune_kit.distributed import all_reduce_sums
+
+    res.update(steps=steps, images=int(round(all_reduce_sums({"n": avg.n})["n"])), seconds=time.perf_counter() - t0)
     return res
+
+
+def _mean_over_ranks(values: dict[str, Any]) -> dict[str, Any]:
+    """DDP: the scalar step values averaged over the ranks (every rank's batch is ``B / W``), so
+    the logged loss, bpp and MSE are those of the global batch; ``values`` itself when alone."""
+    from finetune_kit.distributed import all_reduce_sums, dist_info, is_distributed
+
+    world = dist_info().world_size
+    if not is_distributed() or world == 1:
+        return values
+    scalars = {k: float(v) for k, v in values.items()
+               if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)}
+    summed = all_reduce_sums(scalars)
+    return {**values, **{k: v / world for k, v in summed.items()}}
 
 
 @torch.no_grad()
@@ -264,7 +291,9 @@ def evaluate(model: nn.Module, loader: Iterable[Tensor], loss_fn: Any, *,
     image-weighted means of ``objective.validation_values`` (for the criterion: ``loss``,
     ``bpp_loss``, ``mse_loss``, ``bpp_s1``... for HPCM), ``psnr`` (dB, from the mean MSE) and
     ``aux_loss``. ``max_batches`` limits the batches (default all). The model's training mode
-    is restored afterwards.
+    is restored afterwards. A loader marked ``sharded`` (the torchrun validation loader, one
+    shard of the images per rank) has its sums added over the ranks: every rank returns the
+    means over all validation images.
     """
     objective = as_objective(loss_fn)
     was_training = model.training
@@ -278,6 +307,12 @@ def evaluate(model: nn.Module, loader: Iterable[Tensor], loss_fn: Any, *,
                     break
                 x = x.to(device, non_blocking=True)
                 avg.add(objective.validation_values(model(x), x), x.shape[0])
+        if getattr(loader, "sharded", False):  # torchrun: this rank saw its shard; sum over the ranks
+            from finetune_kit.distributed import all_reduce_sums
+
+            totals = all_reduce_sums({**dict(avg.sums), "__n": avg.n})
+            avg.n = int(round(totals.pop("__n")))
+            avg.sums = defaultdict(float, totals)
         res = avg.result()
         mse = res.get(objective.mse_key)
         if mse is not None:

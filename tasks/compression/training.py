@@ -42,9 +42,12 @@ class TrainParts:
     aux_optimizer: Optional[torch.optim.Optimizer]
     scheduler: Any
     criterion: RateDistortionLoss
+    #: the checkpoint manager (None on ranks other than 0 of a torchrun job: rank 0 writes)
     manager: Any
     #: ``--use-balanced``: the balanced objective (FinetuneObjective), else None (plain R-D loss)
     objective: Any = None
+    #: the DDP wrapper tracker (:func:`~finetune_kit.tasks.compression.distributed.ddp_model`)
+    ddp: Any = None
 
 
 def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: F821
@@ -59,7 +62,10 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     from finetune_kit.tasks.compression.checkpoints import default_checkpoint
 
     if cfg.resume is None:
-        return None, new_run_dir(cfg.output_dir, cfg.name or f"{cfg.model}-{cfg.metric}-lambda{cfg.lmbda:g}")
+        from finetune_kit.tasks.compression.distributed import main_run_path
+
+        return None, main_run_path(lambda: new_run_dir(cfg.output_dir,
+                                                       cfg.name or f"{cfg.model}-{cfg.metric}-lambda{cfg.lmbda:g}"))
     ckpt_path = default_checkpoint(cfg.resume)
     ckpt = load_checkpoint(ckpt_path)
     prev = ckpt.get("config", {})
@@ -76,11 +82,13 @@ def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None) 
     """``(RunDir, RunLogger)`` of ``run_path``: writes ``config.json`` (``config``, default ``cfg``),
     ``environment.json`` (with fingerprints of ``data``, ``val_data`` and a ``checkpoint`` the
     run starts from; ``inputs``, a ``{name: path}`` mapping, replaces them) and status ``running``; the logger writes ``metrics.jsonl`` and wandb
-    (``cfg.wandb``, project ``finetune-kit-compression``)."""
+    (``cfg.wandb``, project ``finetune-kit-compression``). Under torchrun only rank 0 writes
+    (``RunDir(enabled=False)`` elsewhere)."""
+    from finetune_kit.distributed import is_main
     from finetune_kit.runs.logger import RunLogger
     from finetune_kit.runs.run_dir import RunDir
 
-    rd = RunDir(run_path)
+    rd = RunDir(run_path, enabled=is_main())
     # fingerprints of the data and the weights a run starts from (environment.json "inputs")
     if inputs is None:
         inputs = {k: getattr(cfg, k, None) for k in ("data", "val_data", "checkpoint")}
@@ -92,18 +100,24 @@ def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None) 
 
 def build_model_and_optimizers(cfg: "TrainConfig", rd: Any) -> TrainParts:  # noqa: F821
     """Model on ``cfg.device``, Adam + aux Adam (:func:`build_optimizers`), ``MultiStepLR`` over
-    epochs (``lr_milestones``, ``lr_gamma``), the criterion and the checkpoint manager of ``rd``."""
+    epochs (``lr_milestones``, ``lr_gamma``), the criterion, the checkpoint manager of ``rd``
+    (rank 0 only) and the DDP tracker. Under torchrun the model goes to this rank's device."""
+    from finetune_kit.distributed import is_main, local_device
     from finetune_kit.runs.checkpoint import CheckpointManager
+    from finetune_kit.tasks.compression.distributed import ddp_model
     from finetune_kit.tasks.compression.models.zoo import build_model
 
-    model = build_model(cfg.model).to(torch.device(cfg.device))
+    device = local_device(cfg.device)
+    model = build_model(cfg.model).to(device)
     optimizer, aux_optimizer = build_optimizers(model, cfg.lr, cfg.aux_lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
-    manager = CheckpointManager(rd.checkpoints, keep_last=cfg.keep_last, keep_best=1, metric="val_loss", mode="min")
+    manager = (CheckpointManager(rd.checkpoints, keep_last=cfg.keep_last, keep_best=1, metric="val_loss", mode="min")
+               if is_main() else None)
     from finetune_kit.tasks.compression.finetune.objective import train_objective
 
     return TrainParts(model, optimizer, aux_optimizer, scheduler, RateDistortionLoss(cfg.lmbda, cfg.metric), manager,
-                      train_objective(cfg, model) if getattr(cfg, "use_balanced", False) else None)
+                      train_objective(cfg, model) if getattr(cfg, "use_balanced", False) else None,
+                      ddp_model(model, device))
 
 
 def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
@@ -129,14 +143,21 @@ def restore(parts: TrainParts, ckpt: dict, rd: Any, model_name: str) -> int:
     # "epoch": the last completed epoch counted from 1; checkpoints without "epoch_base" count from 0
     done = int(ckpt["epoch"]) + (0 if ckpt.get("epoch_base", 0) == 1 else 1)
     rd.truncate_history(done + 1)
-    parts.manager.truncate(done)
+    if parts.manager is not None:
+        parts.manager.truncate(done)
     return done
 
 
 def fit_one_epoch(parts: TrainParts, loader: Any, cfg: Any, epoch: int) -> dict[str, float]:
-    """One epoch of the shared :func:`train_one_epoch` (global clip ``cfg.clip_max_norm``)."""
-    return train_one_epoch(parts.model, loader, parts.optimizer, parts.aux_optimizer, parts.objective or parts.criterion,
-                           clip_max_norm=cfg.clip_max_norm, progress=cfg.progress,
+    """One epoch of the shared :func:`train_one_epoch` (global clip ``cfg.clip_max_norm``), through
+    the DDP wrapper under torchrun."""
+    from finetune_kit.distributed import is_main
+    from finetune_kit.tasks.compression.data import set_loader_epoch
+
+    set_loader_epoch(loader, epoch)
+    model = parts.ddp.model() if parts.ddp is not None else parts.model
+    return train_one_epoch(model, loader, parts.optimizer, parts.aux_optimizer, parts.objective or parts.criterion,
+                           clip_max_norm=cfg.clip_max_norm, progress=cfg.progress and is_main(),
                            description=f"epoch {epoch + 1}/{cfg.epochs}")
 
 
@@ -166,7 +187,11 @@ def balanced_epoch_start(parts: TrainParts, rd: Any, epoch: int) -> dict[str, fl
     the task weights for the epoch's record ({} without balancing)."""
     if parts.objective is None:
         return {}
-    history = [r["val_loss"] for r in rd.history() if "val_loss" in r and r.get("epoch", 0) <= epoch]
+    from finetune_kit.distributed import broadcast_object, is_main
+
+    # rank 0's metrics.jsonl decides (the other ranks would race its writes): broadcast
+    history = broadcast_object([r["val_loss"] for r in rd.history() if "val_loss" in r and r.get("epoch", 0) <= epoch]
+                               if is_main() else None)
     log = parts.objective.set_epoch_gamma(epoch, history, {})
     log.update({f"task_weight/{t}": float(w) for t, w in zip(parts.objective.balanced.task_names,
                                                             parts.objective.balanced.weights())})
@@ -190,9 +215,24 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
     kept by :func:`finetune_kit.runs.lifecycle.run_lifecycle`: ``completed``, ``interrupted``
     (Ctrl-C) or ``failed``. Returns the final metrics (with ``run_dir`` and ``checkpoint``).
 
+    Under ``torchrun`` (or ``finetune-kit --nproc N compress train ...``) the run is DDP (gloo on
+    CPU, NCCL on CUDA): ``--batch-size`` is the global batch, each rank trains on its share with
+    per-sample crops and quantization noise, validation is sharded and summed, rank 0 writes the
+    run folder; the result equals a one-process torchrun run (docs/distributed.md).
+
     Raises:
         ValueError: a resumed checkpoint was trained with another model, lambda or metric.
     """
+    from finetune_kit.distributed import distributed_run
+    from finetune_kit.tasks.compression.distributed import quiet_unless_main
+
+    with distributed_run(cfg.device), quiet_unless_main():
+        return _train(cfg)
+
+
+def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
+    """:func:`train`'s body, inside the process group when torchrun started the run."""
+    from finetune_kit.distributed import broadcast_object
     from finetune_kit.runs.lifecycle import run_lifecycle
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.compression.data import build_loaders
@@ -216,13 +256,16 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
             record = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in tr.items()},
                       **{f"val_{k}": v for k, v in va.items()}, **gamma_log}
             logger.log(record, step=epoch + 1)
-            path = parts.manager.save(checkpoint_state(parts, cfg, epoch + 1, record), epoch + 1,
-                                      {"val_loss": va["loss"], "val_bpp": va["bpp_loss"],
-                                       "val_psnr": va.get("psnr", float("nan"))})
-            final = {**record, "checkpoint": str(path)}
+            path = None
+            if parts.manager is not None:  # rank 0 (or a plain run) writes the checkpoint
+                path = parts.manager.save(checkpoint_state(parts, cfg, epoch + 1, record), epoch + 1,
+                                          {"val_loss": va["loss"], "val_bpp": va["bpp_loss"],
+                                           "val_psnr": va.get("psnr", float("nan"))})
+            final = {**record, "checkpoint": str(broadcast_object(path))}
             report(cfg, epoch, tr, va)
         if not final and resume_ckpt is not None:
-            final = {**resume_ckpt.get("metrics", {}), "checkpoint": str(parts.manager.last())}
+            final = {**resume_ckpt.get("metrics", {}),
+                     "checkpoint": str(broadcast_object(parts.manager.last() if parts.manager else None))}
         final["run_dir"] = str(run_path)
         rd.write_json("metrics.json", final)
         logger.summary(final)

@@ -52,22 +52,6 @@ def test_epoch_sampler_reproduces_the_single_process_loader_order(monkeypatch):
         assert sorted(shards[0][2 * k:2 * k + 2] + shards[1][2 * k:2 * k + 2]) == sorted(one[4 * k:4 * k + 4])
 
 
-def test_seeded_items_do_not_depend_on_the_reader():
-    class Noise(torch.utils.data.Dataset):
-        def __len__(self):
-            return 4
-
-        def __getitem__(self, i):
-            return torch.rand(2)
-
-    ds = D.SeededItems(Noise(), seed=3)
-    a = ds[2]
-    torch.rand(5)  # another reader's RNG use in between
-    assert torch.equal(ds[2], a) and not torch.equal(ds[1], a)
-    ds.set_epoch(1)
-    assert not torch.equal(ds[2], a)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

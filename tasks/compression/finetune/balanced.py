@@ -136,12 +136,19 @@ class BalancedRD:
         d = self._d(l)
         z = self.weights().to(l)
         a = self.modulation.to(l)
-        c = (a * z / d).sum().detach()
+        # DDP: D_i of the global batch (the mean of the ranks' D_i; equal rank batches). Each rank
+        # back-propagates sum a z D_i^rank / (c D_i^global), whose rank-averaged gradient is that of
+        # sum a z log D_i^global / c on the global batch; alone, D^rank = D^global and it is exactly
+        # the gradient of the log form, whose value is what the loss reports.
+        d_global = all_reduce_mean(d.detach())
+        c = (a * z / d_global).sum().detach()
         self.prev_losses = all_reduce_mean(l.detach()).cpu()  # DDP: every rank updates w from the same losses
-        eff = (a * z / d).detach() / c
+        eff = (a * z / d_global).detach() / c
         self.last_record = {f"weight/{t}": float(z[i].detach()) for i, t in enumerate(self.task_names)}
         self.last_record.update({f"contrib/{t}": float(eff[i]) for i, t in enumerate(self.task_names)})
-        return (a * z * torch.log(d)).sum() / c
+        value = (a * z * torch.log(d_global)).sum() / c
+        surrogate = (a * z * d / d_global).sum() / c
+        return value + surrogate - surrogate.detach()
 
     def update(self, new_losses: Mapping[str, Tensor] | Sequence[Tensor] | Tensor) -> Tensor:
         """Step the logits from the losses of the same batch after the model step (no grad).

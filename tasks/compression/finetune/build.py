@@ -38,8 +38,11 @@ class FinetuneParts:
     objective: FinetuneObjective
     ses: Any
     es: Any
+    #: the checkpoint manager (None on ranks other than 0 of a torchrun job: rank 0 writes)
     manager: Any
     steps_per_epoch: int
+    #: the DDP wrapper tracker (:func:`~finetune_kit.tasks.compression.distributed.ddp_model`)
+    ddp: Any = None
     #: unfreeze events of the current epoch (``UnfreezeEvent.record()`` dicts), for ``metrics.jsonl``
     last_events: list = field(default_factory=list)
 
@@ -130,13 +133,15 @@ def _optimizers(cfg: FinetuneConfig, model, model_name: str) -> tuple[Any, torch
 
 def _early_stoppers(cfg: FinetuneConfig, run_path: Path) -> tuple[Any, Any]:
     """``(per-scale early stopping or None, plain early stopping or None)`` (patience in epochs)."""
+    from finetune_kit.distributed import is_main
     from finetune_kit.early_stopping import EarlyStopping
     from finetune_kit.scale_early_stopping import ScaleEarlyStopping
 
     patience = cfg.early_stopping_patience or 50
     ses = (ScaleEarlyStopping(["s1", "s2", "s3"], patience=patience, min_delta=cfg.early_stopping_min_delta,
                               adaptive=cfg.adaptive_patience, max_patience=cfg.max_patience,
-                              directory=run_path / "scale_best") if cfg.scale_early_stopping else None)
+                              directory=run_path / "scale_best" if is_main() else None)
+           if cfg.scale_early_stopping else None)
     es = (EarlyStopping(patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta, mode="min")
           if cfg.early_stopping_patience and ses is None else None)
     return ses, es
@@ -144,20 +149,25 @@ def _early_stoppers(cfg: FinetuneConfig, run_path: Path) -> tuple[Any, Any]:
 
 def build_model_and_optimizers(cfg: FinetuneConfig, src: Source, rd: Any, steps_per_epoch: int) -> FinetuneParts:
     """Model (on ``cfg.device``), strategy, optimizers, per-step LR schedule, objective, early
-    stoppers and checkpoint manager (last ``keep_last`` + best ``keep_best`` by ``val_rd``).
+    stoppers, checkpoint manager (last ``keep_last`` + best ``keep_best`` by ``val_rd``; rank 0
+    only under torchrun) and the DDP tracker.
 
     Raises:
         ValueError: see :func:`_load_model`; a model the ``hpcm`` layer preset cannot group.
     """
+    from finetune_kit.distributed import is_main, local_device
     from finetune_kit.runs.checkpoint import CheckpointManager
+    from finetune_kit.tasks.compression.distributed import ddp_model
 
-    model, has_scales = _load_model(cfg, src, torch.device(cfg.device))
+    device = local_device(cfg.device)  # torchrun: cuda -> cuda:LOCAL_RANK
+    model, has_scales = _load_model(cfg, src, device)
     strategy, optimizer, aux_opt, aux = _optimizers(cfg, model, src.model_name)
     ses, es = _early_stoppers(cfg, src.run_path)
-    manager = CheckpointManager(rd.checkpoints, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
-                                metric="val_rd", mode="min")
+    manager = (CheckpointManager(rd.checkpoints, keep_last=cfg.keep_last, keep_best=cfg.keep_best,
+                                 metric="val_rd", mode="min") if is_main() else None)
     return FinetuneParts(model, optimizer, aux_opt, aux, strategy, _scheduler(cfg, optimizer, steps_per_epoch),
-                         FinetuneObjective(cfg, src.lmbda, has_scales), ses, es, manager, steps_per_epoch)
+                         FinetuneObjective(cfg, src.lmbda, has_scales), ses, es, manager, steps_per_epoch,
+                         ddp=ddp_model(model, device))
 
 
 def epoch_log_values(parts: FinetuneParts) -> dict[str, Any]:

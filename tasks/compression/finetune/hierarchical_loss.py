@@ -202,6 +202,9 @@ class HierarchicalRDLoss(torch.nn.Module):
         """One step of ``logits -= ratio_lr * d CE(share, softmax(logits)) / d logits`` (= softmax - share)."""
         if not self.training:
             return
+        from finetune_kit.distributed import all_reduce_mean
+
+        dist, rate = all_reduce_mean(dist), all_reduce_mean(rate)  # DDP: the global batch's shares on every rank
         for logits, values in ((self.dist_logits, dist), (self.rate_logits, rate)):
             total = values.sum()
             if not math.isfinite(float(total)) or float(total) <= 0:

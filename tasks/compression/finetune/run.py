@@ -131,7 +131,9 @@ def resolve_source(cfg: FinetuneConfig) -> Source:
     if resume is not None:
         run_path = Path(cfg.resume) if Path(cfg.resume).is_dir() else default_checkpoint(cfg.resume).resolve().parent.parent
     else:
-        run_path = new_run_dir(cfg.output_dir, cfg.name or f"{model_name}-finetune-lambda{lmbda:g}")
+        from finetune_kit.tasks.compression.distributed import main_run_path
+
+        run_path = main_run_path(lambda: new_run_dir(cfg.output_dir, cfg.name or f"{model_name}-finetune-lambda{lmbda:g}"))
     return Source(model_name, source, src_lmbda, resume, lmbda, run_path, notes)
 
 
@@ -189,7 +191,7 @@ def restore(parts: FinetuneParts, resume: dict, rd: Any, model_name: str) -> Pro
     progress = Progress(done, ft["history"], ft["scale_history"])
     rd.truncate_history(done + 1)
     _truncate_steps(rd.path / "steps.jsonl", done + 1)
-    dropped = parts.manager.truncate(done)
+    dropped = parts.manager.truncate(done) if parts.manager is not None else []
     if dropped:
         print(f"note: resuming after epoch {done}: deleted {len(dropped)} checkpoint(s) of later "
               f"epochs ({', '.join(p.name for p in dropped)}) from the abandoned run")
@@ -221,6 +223,7 @@ def fit_one_epoch(parts: FinetuneParts, loader: Any, epoch: int, progress: Progr
     Raises:
         FloatingPointError: the loss became NaN/inf (names the epoch and step).
     """
+    from finetune_kit.tasks.compression.data import set_loader_epoch
     from finetune_kit.tasks.compression.engine import train_one_epoch
 
     parts.last_events = []
@@ -238,9 +241,17 @@ def fit_one_epoch(parts: FinetuneParts, loader: Any, epoch: int, progress: Progr
         steps_log.write(json.dumps(rec) + "\n")
         logger.log(rec, to_file=False)
 
-    res = train_one_epoch(parts.model, loader, parts.optimizer, parts.aux_opt, parts.objective,
+    set_loader_epoch(loader, epoch)
+    # torchrun: the DDP wrapper, re-made when this epoch's unfreezing changed the trainable set
+    model = parts.ddp.model() if parts.ddp is not None else parts.model
+
+    def train_mode(m) -> None:
+        m.train()
+        parts.strategy.train_mode(parts.model)  # frozen groups' normalisation back to eval
+
+    res = train_one_epoch(model, loader, parts.optimizer, parts.aux_opt, parts.objective,
                           before_step=lambda i: parts.scheduler.apply(first + i), on_step=on_step,
-                          train_mode=parts.strategy.train_mode, average=("loss", "rd", "bpp", "mse"), epoch=epoch)
+                          train_mode=train_mode, average=("loss", "rd", "bpp", "mse"), epoch=epoch)
     steps_log.flush()
     return {f"train_{k}": res[k] for k in ("loss", "rd", "bpp", "mse") if k in res}, gamma_log
 
@@ -248,10 +259,12 @@ def fit_one_epoch(parts: FinetuneParts, loader: Any, epoch: int, progress: Progr
 def validate(parts: FinetuneParts, loader: Any, cfg: FinetuneConfig, progress: Progress) -> dict[str, float]:
     """The shared :func:`~finetune_kit.tasks.compression.engine.evaluate` with the objective (``rd``,
     ``mse``, ``bpp``, ``psnr`` dB, ``rd_s1`` ...; at most ``val_max_batches`` batches); appends
-    the R-D costs to the histories."""
+    the R-D costs to the histories. Under torchrun the values are rank 0's (summed over the
+    ranks' shards), broadcast, so every rank's early-stopping and gamma decisions are rank 0's."""
+    from finetune_kit.distributed import broadcast_object
     from finetune_kit.tasks.compression.engine import evaluate
 
-    va = evaluate(parts.model, loader, parts.objective, max_batches=cfg.val_max_batches)
+    va = broadcast_object(evaluate(parts.model, loader, parts.objective, max_batches=cfg.val_max_batches))
     progress.history.append(va["rd"])
     for s in progress.scale_hist:
         if f"rd_{s}" in va:
@@ -261,16 +274,19 @@ def validate(parts: FinetuneParts, loader: Any, cfg: FinetuneConfig, progress: P
 
 def early_stop_step(parts: FinetuneParts, va: dict, epoch: int, record: dict) -> bool:
     """Feed the validation costs to the early stopper (per-scale signals go into ``record``);
-    True when training should stop."""
+    True when training should stop (rank 0's decision, broadcast, under torchrun)."""
+    from finetune_kit.distributed import broadcast_object, is_main
+
+    stop = False
     if parts.ses is not None:
-        signals = parts.ses.step({s: va[f"rd_{s}"] for s in ("s1", "s2", "s3")}, epoch,
-                                 state_fn=lambda: {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()})
+        keep = (lambda: {k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()}) if is_main() else None
+        signals = parts.ses.step({s: va[f"rd_{s}"] for s in ("s1", "s2", "s3")}, epoch, state_fn=keep)
         record.update({f"es_{s}": sig for s, sig in signals.items()})
-        return parts.ses.should_stop
-    if parts.es is not None:
+        stop = parts.ses.should_stop
+    elif parts.es is not None:
         parts.es.step(va["rd"], epoch)
-        return parts.es.should_stop
-    return False
+        stop = parts.es.should_stop
+    return bool(broadcast_object(stop))
 
 
 def checkpoint_state(parts: FinetuneParts, epoch: int, record: dict, resolved: dict, progress: Progress,
@@ -322,7 +338,25 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             measured decomposition on a model without per-scale rates, resuming a run of another model.
         FloatingPointError: the loss became NaN/inf (names the step).
         KeyboardInterrupt: re-raised after the run folder records ``interrupted``.
+
+    Under ``torchrun`` (or ``finetune-kit --nproc N compress finetune ...``) the fine-tune is DDP:
+    the same semantics as :func:`~finetune_kit.tasks.compression.training.train` (global batch,
+    per-sample crops and noise, sharded validation, rank 0 writes); unfreezing re-wraps DDP, the
+    balanced weights are updated from all-reduced losses, and the early-stopping decision is
+    rank 0's, broadcast (docs/distributed.md).
     """
+    from finetune_kit.distributed import distributed_run
+    from finetune_kit.tasks.compression.distributed import quiet_unless_main
+
+    with distributed_run(cfg.device), quiet_unless_main():
+        return _finetune(cfg)
+
+
+def _finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """:func:`finetune`'s body, inside the process group when torchrun started the run."""
+    import os
+
+    from finetune_kit.distributed import broadcast_object, is_main
     from finetune_kit.runs.lifecycle import run_lifecycle
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.compression.data import build_loaders
@@ -338,29 +372,34 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         loaders = build_loaders(cfg)
         parts = build_model_and_optimizers(cfg, src, rd, len(loaders[0]))
         progress = restore(parts, src.resume, rd, src.model_name) if src.resume is not None else Progress()
-        steps_log = stack.enter_context(open(src.run_path / "steps.jsonl", "a", encoding="utf-8"))
+        steps_log = stack.enter_context(open(src.run_path / "steps.jsonl" if is_main() else os.devnull, "a",
+                                             encoding="utf-8"))  # rank 0 writes
         parts.strategy.apply(parts.optimizer, progress.start_epoch)
         _write_lr_table(cfg, parts, rd, src.model_name, progress.start_epoch + 1)
         final: dict[str, Any] = {}
         t_run = time.perf_counter()
         for epoch in range(progress.start_epoch, cfg.epochs):
             record, va, stop = _epoch(cfg, parts, loaders, epoch, progress, steps_log, logger)
-            ck = checkpoint_state(parts, epoch + 1, record, resolved, progress, src.model_name)
-            path = parts.manager.save(ck, epoch + 1,
-                                      {"val_rd": va["rd"], "val_bpp": va["bpp"], "val_psnr": va["psnr"]})
-            final = {**record, "checkpoint": str(path)}
+            path = None
+            if parts.manager is not None:  # rank 0 (or a plain run) writes the checkpoint
+                ck = checkpoint_state(parts, epoch + 1, record, resolved, progress, src.model_name)
+                path = parts.manager.save(ck, epoch + 1,
+                                          {"val_rd": va["rd"], "val_bpp": va["bpp"], "val_psnr": va["psnr"]})
+            final = {**record, "checkpoint": str(broadcast_object(path))}
             report(cfg, epoch, record, va)
             if stop:
                 print(f"early stopping after epoch {epoch + 1}: " + ("every scale stopped" if parts.ses else "no improvement"))
                 break
-        if parts.ses is not None:
+        if parts.ses is not None and is_main():
             parts.ses.save_history(src.run_path / "scale_early_stopping.json")
             parts.ses.plot(src.run_path / "scale_convergence.png")
-        final.update(run_dir=str(src.run_path), best_checkpoint=str(parts.manager.best() or parts.manager.last()),
+        best = broadcast_object(str(parts.manager.best() or parts.manager.last()) if parts.manager else None)
+        final.update(run_dir=str(src.run_path), best_checkpoint=best,
                      wall_seconds=time.perf_counter() - t_run, lmbda=src.lmbda, notes=src.notes)
         rd.write_json("metrics.json", final)
         from finetune_kit.tasks.compression.finetune.training_curves import plot_training_curves
 
-        plot_training_curves(rd.history(), src.run_path / "training_curves.png", title=src.run_path.name)
+        if is_main():
+            plot_training_curves(rd.history(), src.run_path / "training_curves.png", title=src.run_path.name)
         logger.summary(final)
     return final

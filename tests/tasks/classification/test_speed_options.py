@@ -3,6 +3,7 @@ and the state_dict keys of the plain model (so checkpoints load with the option 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
 import pytest
@@ -46,7 +47,10 @@ def test_channels_last_trains_with_finite_metrics_and_same_keys(acrima_flat, tmp
 @pytest.mark.slow
 def test_compile_trains_with_finite_metrics_and_same_keys(acrima_flat, tmp_path):
     """Slow: even for timm's tiny ``test_resnet`` at 32 px, inductor's C++ code generation and gcc
-    took about 10 min on 2 shared CPU cores (forward + backward, the last smaller batch, eval)."""
+    took about 10 min on 2 shared CPU cores (forward + backward, the last smaller batch, eval), half
+    the whole suite's budget: it runs when ``FK_TEST_COMPILE=1`` (and on GPU machines by hand)."""
+    if os.environ.get("FK_TEST_COMPILE") != "1":
+        pytest.skip("torch.compile takes ~10 min to compile on 2 CPU cores: set FK_TEST_COMPILE=1 to run it")
     if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
         pytest.skip("torch.compile (inductor) needs a C++ compiler on CPU; none on PATH")
     _check(*_run_and_keys(acrima_flat, tmp_path, compile=True, model_name="test_resnet", img_size=32))

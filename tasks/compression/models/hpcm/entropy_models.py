@@ -23,8 +23,10 @@ import scipy.stats
 import torch
 from torch import Tensor, nn
 
-from compressai.entropy_models import EntropyModel, GaussianConditional
+from compressai.entropy_models import EntropyModel
 from compressai.ops import LowerBound
+
+from finetune_kit.tasks.compression.models.training_noise import GaussianConditional, training_noise
 
 __all__ = ["GeneralizedGaussianConditional", "MeanScaleHyperLatent", "gennorm_cdf", "paper_scale_table",
            "PAPER_BETA", "PAPER_SCALE_BOUND"]
@@ -153,7 +155,7 @@ class MeanScaleHyperLatent(EntropyModel):
         res = z - self.means
         if training:
             z_hat = (torch.round(res) - res).detach() + res + self.means
-            lik = self._likelihood(res + torch.empty_like(res).uniform_(-0.5, 0.5))
+            lik = self._likelihood(res + training_noise(res))
         else:
             q = torch.round(res)
             z_hat, lik = q + self.means, self._likelihood(q)

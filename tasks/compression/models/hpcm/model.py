@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compressai.ans import BufferedRansEncoder, RansDecoder
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from finetune_kit.tasks.compression.models.training_noise import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
 
