@@ -56,6 +56,29 @@ def bootstrap_indices(labels, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
                      for _ in range(n_boot)]) if len(y) else np.zeros((n_boot, 0), dtype=int)
 
 
+def resampled_auroc(labels, probs, idx: np.ndarray) -> np.ndarray:
+    """AUROC of each resample ``idx`` (``(n_boot, N)`` indices, e.g. :func:`bootstrap_indices`).
+
+    Binary ``probs`` (``(N, 2)``): all resamples at once by the Mann-Whitney rank formula
+    ``(sum of positive ranks - n1 (n1 + 1) / 2) / (n1 n0)`` with mid-ranks for ties, which equals
+    scikit-learn's ``roc_auc_score`` (NaN where a resample lacks a class); about 100x faster than
+    one ``roc_auc_score`` call per resample. Multi-class: ``roc_auc_score`` per resample.
+    """
+    from scipy.stats import rankdata
+
+    from finetune_kit.tasks.classification.metrics import auroc
+
+    y, p = np.asarray(labels), np.asarray(probs)
+    if p.ndim != 2 or p.shape[1] != 2:
+        return np.array([auroc(y[i], p[i]) for i in idx])
+    ys, ranks = y[idx] == 1, rankdata(p[:, 1][idx], axis=1)
+    n1 = ys.sum(axis=1).astype(float)
+    n0 = ys.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((ranks * ys).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), out, np.nan)
+
+
 def bootstrap_metrics(labels, probs, *, metrics=METRICS, n_boot: int = 1000, seed: int = 0,
                       level: float = 0.95) -> dict[str, dict]:
     """``{metric: {"value", "ci95": [low, high], "sd"}}`` on labels ``(N,)`` and probabilities
@@ -66,7 +89,8 @@ def bootstrap_metrics(labels, probs, *, metrics=METRICS, n_boot: int = 1000, see
     out = {}
     for name in metrics:
         v = metric_value(name, y, p)
-        vals = np.array([metric_value(name, y[i], p[i]) for i in idx])
+        vals = (resampled_auroc(y, p, idx) if name == "auroc"
+                else np.array([metric_value(name, y[i], p[i]) for i in idx]))
         vals = vals[np.isfinite(vals)]
         ci = [float(q) for q in np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])] if len(vals) else None
         out[name] = {"value": v, "ci95": ci, "sd": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")}

@@ -112,7 +112,8 @@ def summarise(fold_folders: Sequence[str | Path], strategies: Sequence[str], *, 
         ``{"strategies": {name: {metric: {"mean", "sd", "pooled", "ci95"}}}, "paired": [...],
         "reference_logreg": {"mean", "sd"} | None}``.
     """
-    from finetune_kit.tasks.classification.bootstrap import METRICS, bootstrap_metrics, mean_sd, paired_difference
+    from finetune_kit.tasks.classification.bootstrap import (METRICS, bootstrap_metrics, mean_sd, metric_value,
+                                                             paired_difference)
 
     pooled, per_fold, refs = {}, {}, []
     for fd in fold_folders:
@@ -121,11 +122,10 @@ def summarise(fold_folders: Sequence[str | Path], strategies: Sequence[str], *, 
             pooled.setdefault(name, ([], []))
             pooled[name][0].append(p)
             pooled[name][1].append(y)
-            t = m["test"]
-            per_fold.setdefault(name, []).append({"auroc": t["auroc"], "accuracy": t["accuracy"],
-                                                  "sensitivity": t.get("sensitivity"),
-                                                  "specificity": t.get("specificity"), "ece": t["ece_calibrated"],
-                                                  "ece_uncalibrated": t["ece"]})
+            # per-fold values from the same calibrated probabilities the pooled intervals use, so
+            # the mean and its interval describe the same predictions
+            per_fold.setdefault(name, []).append({**{k: metric_value(k, y, p) for k in METRICS},
+                                                  "ece_uncalibrated": m["test"]["ece"]})
             if m.get("reference_logreg") and len(refs) < len(per_fold[name]):
                 refs.append(m["reference_logreg"]["test_auroc"])
     out: dict = {"strategies": {}, "paired": [], "metrics": list(METRICS), "n_boot": n_boot}

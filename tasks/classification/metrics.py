@@ -41,12 +41,9 @@ def bootstrap_auroc_ci(labels, probs, *, n_boot: int = 1000, seed: int = 0,
     classes = np.unique(y)
     if len(classes) < 2 or (p.shape[1] > 2 and len(classes) < p.shape[1]):
         return None
-    rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(y == c) for c in classes]
-    values = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = np.concatenate([rng.choice(ix, size=len(ix), replace=True) for ix in by_class])
-        values[b] = auroc(y[idx], p[idx])
+    from finetune_kit.tasks.classification.bootstrap import bootstrap_indices, resampled_auroc
+
+    values = resampled_auroc(y, p, bootstrap_indices(y, n_boot, seed))
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
