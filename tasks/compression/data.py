@@ -193,7 +193,9 @@ class EpochPositions(torch.utils.data.Sampler):
         return iter((self.epoch, pos, order[pos]) for pos in range(self.rank, len(order), self.world))
 
     def __len__(self) -> int:
-        return len(self._order()[self.rank::self.world])
+        total = self.draws if self.draws is not None else self.n
+        kept = total // self.batch_size * self.batch_size if total >= self.batch_size else total + (-total % self.world)
+        return len(range(self.rank, kept, self.world))
 
 
 class SeededCrops(Dataset):

@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from finetune_kit.distributed import all_reduce_sums, dist_info, is_distributed
 from finetune_kit.tasks.compression.losses import RateDistortionLoss
+from finetune_kit.tasks.compression.models.training_noise import per_sample_noise
 
 __all__ = ["AUX_GROUP", "is_aux_param", "split_aux_groups", "build_optimizers", "RDObjective", "as_objective",
            "psnr_from_mse", "train_step", "train_one_epoch", "evaluate"]
@@ -171,8 +173,6 @@ def train_step(model: nn.Module, x: Tensor, optimizer: torch.optim.Optimizer,
     Raises:
         FloatingPointError: the loss is NaN/inf (names ``where`` and the LR option to lower).
     """
-    from finetune_kit.tasks.compression.models.training_noise import per_sample_noise
-
     optimizer.zero_grad(set_to_none=True)
     objective.begin_step(model, x)
     with per_sample_noise(seeds):
@@ -262,8 +262,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
         if on_step is not None:
             on_step(steps, values)
     res = avg.result()
-    from finetune_kit.distributed import all_reduce_sums
-
     res.update(steps=steps, images=int(round(all_reduce_sums({"n": avg.n})["n"])), seconds=time.perf_counter() - t0)
     return res
 
@@ -271,8 +269,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
 def _mean_over_ranks(values: dict[str, Any]) -> dict[str, Any]:
     """DDP: the scalar step values averaged over the ranks (every rank's batch is ``B / W``), so
     the logged loss, bpp and MSE are those of the global batch; ``values`` itself when alone."""
-    from finetune_kit.distributed import all_reduce_sums, dist_info, is_distributed
-
     world = dist_info().world_size
     if not is_distributed() or world == 1:
         return values
@@ -308,8 +304,6 @@ def evaluate(model: nn.Module, loader: Iterable[Tensor], loss_fn: Any, *,
                 x = x.to(device, non_blocking=True)
                 avg.add(objective.validation_values(model(x), x), x.shape[0])
         if getattr(loader, "sharded", False):  # torchrun: this rank saw its shard; sum over the ranks
-            from finetune_kit.distributed import all_reduce_sums
-
             totals = all_reduce_sums({**dict(avg.sums), "__n": avg.n})
             avg.n = int(round(totals.pop("__n")))
             avg.sums = defaultdict(float, totals)

@@ -15,6 +15,7 @@ def test_positions_of_two_ranks_make_up_the_one_process_batches():
         s = EpochPositions(10, 4, seed=3, draws=12)
         s.rank, s.world = r, 2
         ranks.append(list(s))
+        assert len(s) == len(ranks[-1])  # the arithmetic length agrees with the drawn order
     order = list(one)
     assert len(order) == 12 and len(ranks[0]) == len(ranks[1]) == 6
     for k in range(3):  # batch k of 2 per rank = batch k of 4 in one process
@@ -22,7 +23,10 @@ def test_positions_of_two_ranks_make_up_the_one_process_batches():
     one.set_epoch(1)
     assert list(one) != order
     perm = EpochPositions(10, 4, seed=3)  # one pass without replacement: cut to whole batches
-    assert len(list(perm)) == 8 and len({i for _, _, i in perm}) == 8
+    assert len(list(perm)) == len(perm) == 8 and len({i for _, _, i in perm}) == 8
+    short = EpochPositions(3, 4, seed=3)
+    short.rank, short.world = 1, 2
+    assert len(short) == len(list(short)) == 2  # 3 images padded to 4, shorter than one batch
 
 
 def test_seeded_crops_do_not_depend_on_the_reader_or_repeats():
