@@ -102,6 +102,11 @@ class FineTuneStrategy:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: whether a run should solve the head as an exact linear probe before the first epoch (a
+    #: classification run does so; it then calls :meth:`on_head_probed`)
+    probe_first: ClassVar[bool] = False
+    #: the probe is part of the method (``lp_ft``): it runs whatever the run's ``probe_init`` says
+    probe_required: ClassVar[bool] = False
 
     def __init__(self, *, lr_mults: str | Mapping[str, float] | None = None,
                  weight_decay_map: str | Mapping[str, float] | None = None,
@@ -131,6 +136,10 @@ class FineTuneStrategy:
     def on_validation_end(self, epoch: int, metric: float, optimizer: torch.optim.Optimizer) -> list[UnfreezeEvent]:
         """Called after validation with the monitored metric. Returns what it unfroze."""
         return []
+
+    def on_head_probed(self) -> None:
+        """Called once, before epoch 0, when the run has solved the head as an exact linear probe.
+        Default: nothing (``gradual`` skips its head-only stage)."""
 
     # -- shared machinery ---------------------------------------------------------------
     def stages(self, groups: LayerGroups) -> list[list[str]]:

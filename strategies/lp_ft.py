@@ -27,5 +27,6 @@ class LinearProbeThenFineTune(FullLLRD):
     """
 
     description = "LP-FT: exact linear probe (L-BFGS) first, then full fine-tuning with LLRD from the probed head"
-    #: the run solves the linear probe into the head before the first epoch
+    #: the run solves the linear probe into the head before the first epoch, whatever ``--probe-init`` says
     probe_first = True
+    probe_required = True

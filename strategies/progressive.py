@@ -5,6 +5,7 @@ from typing import Sequence
 
 from finetune_kit.layer_groups import LayerGroups
 from finetune_kit.strategy import FineTuneStrategy, UnfreezeEvent, register_strategy
+from finetune_kit.unfreeze_warmup import UnfreezeWarmup
 
 
 def parse_schedule(schedule: str | Sequence[int]) -> list[int]:
@@ -55,15 +56,9 @@ class ProgressiveUnfreezing(FineTuneStrategy):
                  warmup_start: float = 0.1, **common) -> None:
         super().__init__(**common)
         self.schedule = parse_schedule(unfreeze_schedule)
-        if not 0.0 < warmup_start <= 1.0:
-            raise ValueError(f"warmup_start={warmup_start}: must be in (0, 1]")
-        if unfreeze_warmup_epochs < 0:
-            raise ValueError(f"unfreeze_warmup_epochs={unfreeze_warmup_epochs}: must be >= 0")
-        self.warmup_epochs = int(unfreeze_warmup_epochs)
-        self.warmup_start = float(warmup_start)
+        self.warmup = UnfreezeWarmup(unfreeze_warmup_epochs, warmup_start)
         self.stage = 0
         self._stages: list[list[str]] = []
-        self.unfrozen_at: dict[str, int] = {}
 
     def initial_trainable(self, groups: LayerGroups):
         self._stages = self.stages(groups)
@@ -73,11 +68,7 @@ class ProgressiveUnfreezing(FineTuneStrategy):
         return self._stages[0]
 
     def lr_factor(self, group_name: str, epoch: int) -> float:
-        start = self.unfrozen_at.get(group_name)
-        if start is None or self.warmup_epochs == 0:
-            return 1.0
-        t = min(1.0, max(0.0, (epoch - start) / self.warmup_epochs))
-        return self.warmup_start + (1.0 - self.warmup_start) * t
+        return self.warmup.factor(group_name, epoch)
 
     def on_epoch_start(self, epoch: int, optimizer) -> list[UnfreezeEvent]:
         events = []
@@ -86,8 +77,7 @@ class ProgressiveUnfreezing(FineTuneStrategy):
             event = self._unfreeze(self._stages[self.stage], epoch, self.stage,
                                    f"unfreeze_schedule: after {self.schedule[self.stage - 1]} completed epochs")
             if event:
-                for g in event.groups:
-                    self.unfrozen_at[g] = epoch
+                self.warmup.mark(event.groups, epoch)
                 events.append(event)
         events = self._finish_events(events, optimizer, epoch)
         return self._without_pinned(events, optimizer)
@@ -107,9 +97,9 @@ class ProgressiveUnfreezing(FineTuneStrategy):
         return kept
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "stage": self.stage, "unfrozen_at": dict(self.unfrozen_at)}
+        return {**super().state_dict(), "stage": self.stage, "unfrozen_at": self.warmup.state_dict()}
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.stage = int(state["stage"])
-        self.unfrozen_at = {k: int(v) for k, v in state["unfrozen_at"].items()}
+        self.warmup.load_state_dict(state["unfrozen_at"])

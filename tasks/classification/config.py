@@ -145,8 +145,9 @@ class ClassificationConfig(BaseModel):
     #: ``lbfgs``: the linear probe solved exactly on cached features (no epochs or LR used);
     #: ``epochs``: trained with AdamW for ``linear_probe_epochs`` (the old behaviour)
     linear_probe_solver: Literal["lbfgs", "epochs"] = "lbfgs"
-    #: start the head of any strategy from the exact linear probe (LP-FT does so always)
-    probe_init: bool = False
+    #: start the head from the exact linear probe: None = the strategy's default (``probe_first``:
+    #: ``lp_ft`` always, ``gradual`` unless False), True/False = on/off for the other strategies
+    probe_init: Optional[bool] = None
     #: ``--folds K`` (K >= 2): stratified K-fold cross-validation instead of one split
     folds: Optional[int] = Field(None, ge=2, le=20)
     #: regex whose first group (or whole match) in the file name is the patient id for grouped splits
@@ -253,6 +254,19 @@ class ClassificationConfig(BaseModel):
         ``lbfgs``, feature cache on, no random augmentation and no mixup/cutmix."""
         return (self.linear_probe_solver == "lbfgs" and self.feature_cache and self.augment in ("auto", "none")
                 and not self.mixup and not self.cutmix)
+
+    @property
+    def probes_head(self) -> bool:
+        """Whether the run solves the head as the exact linear probe before its first epoch (LP-FT's
+        first step, ULMFiT's head stage solved): always for a strategy with ``probe_required``
+        (``lp_ft``), else ``probe_init`` when given, else the strategy's ``probe_first`` (``gradual``).
+        The ``linear`` strategy's own exact solve is :attr:`exact_linear_probe`."""
+        from finetune_kit.strategy import strategy_class
+
+        cls = strategy_class(self.ft_strategy)
+        if cls.probe_required:
+            return True
+        return self.probe_init if self.probe_init is not None else cls.probe_first
 
     @property
     def tag(self) -> str:

@@ -65,12 +65,12 @@ LP_EPOCHS = option(10, "linear_probe_epochs", help="Epochs of the linear probe (
                    rich_help_panel=_S)
 PATIENCE = option(3, "gradual_patience", help="gradual: epochs without val improvement before the next "
                   "unfreezing stage.", rich_help_panel=_S)
-LLRD = option(0.9, "llrd_decay", help="full/llrd: LR factor per layer group of depth (head gets 1).",
+LLRD = option(0.9, "llrd_decay", help="full/llrd, lp_ft, gradual: LR factor per layer group of depth (head gets 1).",
               rich_help_panel=_S)
 SCHEDULE = option("2,4", "unfreeze_schedule", help="progressive: completed epochs after which stages 1,2 unfreeze (2,4: stage 1 trains from epoch 3, stage 2 from epoch 5; epochs counted from 1).",
                   rich_help_panel=_S)
-UNFREEZE_WARMUP = option(2, "unfreeze_warmup_epochs", help="progressive: LR ramp of newly unfrozen groups, "
-                         "epochs.", rich_help_panel=_S)
+UNFREEZE_WARMUP = option(2, "unfreeze_warmup_epochs", help="progressive, gradual: LR ramp of newly "
+                         "unfrozen groups, epochs.", rich_help_panel=_S)
 STRATEGY_KWARGS = option(None, "strategy_kwargs", metavar="NAME=VALUE", help="Option of the chosen strategy (a "
                          "plugin's too), repeatable: NAME=VALUE, VALUE read as JSON when it parses (3, 0.5, true, "
                          "[1,2]), else a string; merged over the named strategy options above.", rich_help_panel=_S)
@@ -78,7 +78,7 @@ EPOCHS = option(20, "num_epochs", "--epochs", help="Epochs for gradual/full/prog
 LR = option(1e-3, "learning_rate", "--lr", help="Peak AdamW learning rate (per step, after warm-up).",
             rich_help_panel=_O)
 HEAD_MULT = option(1.0, "head_lr_mult", help="LR multiplier of the (new) classifier head when the backbone "
-                   "trains too (not for the linear probe).", rich_help_panel=_O)
+                   "trains too (not for the linear probe or a probed head: lp_ft, gradual).", rich_help_panel=_O)
 WD = option(0.05, "weight_decay", help="AdamW decoupled weight decay (0 for norms/biases).", rich_help_panel=_O)
 WARMUP = option(1.0, "warmup_epochs", help="Linear LR warm-up, epochs (then cosine to --min-lr).",
                 rich_help_panel=_O)
@@ -122,8 +122,8 @@ STOP_AFTER = option(None, "stop_after_epoch", help="Stop after the N-th epoch (c
 LP_SOLVER = option("lbfgs", "linear_probe_solver", help="lbfgs: the linear probe solved exactly (L-BFGS logistic "
                    "regression on cached features, L2 strength chosen on validation; no epochs or LR); epochs: "
                    "trained with AdamW for --linear-probe-epochs.", rich_help_panel=_S)
-PROBE_INIT = option(False, "probe_init", negatable=True, help="Start the head of any strategy from the exact linear "
-                    "probe (lp_ft always does).", rich_help_panel=_S)
+PROBE_INIT = option(None, "probe_init", negatable=True, help="Start the head from the exact linear probe (default: "
+                    "lp_ft always, gradual unless --no-probe-init, the others not).", rich_help_panel=_S)
 FOLDS = option(None, "folds", help="K-fold cross-validation (K >= 2, stratified; grouped with --group-regex or a CSV "
                "group column): mean, SD and bootstrap 95% CI per strategy.", rich_help_panel=_P)
 GROUP_REGEX = option(None, "group_regex", help="Regex finding the patient id in each file name (first group, else "

@@ -209,8 +209,8 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
 
     options = cfg.strategy_options()
     strategy = get_strategy(cfg.ft_strategy, **options)
-    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only or getattr(strategy, "probe_first", False):
-        return strategy  # LP-FT's head starts solved: one LR for all (Kumar et al. 2022)
+    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only or cfg.probes_head:
+        return strategy  # a probed head starts solved: one LR for all (LP-FT, Kumar et al. 2022)
     from finetune_kit.param_groups import parse_multipliers
     from finetune_kit.tasks.classification.model import head_param_names
 
@@ -278,9 +278,10 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
     use_mix = cfg.mixup > 0 or cfg.cutmix > 0
     if use_mix and cfg.batch_size % 2:
         raise ValueError(f"--batch_size {cfg.batch_size}: mixup/cutmix needs an even batch size")
-    # LP-FT: no label smoothing -- a smoothed target penalises the solved head's confident logits, and
-    # those large early gradients distort the very features the probe was solved on (Kumar et al. 2022)
-    smoothing = 0.0 if getattr(strategy, "probe_first", False) else cfg.smoothing
+    # a probed head (LP-FT, gradual): no label smoothing -- a smoothed target penalises the solved head's
+    # confident logits, and those large early gradients distort the very features the probe was solved
+    # on (Kumar et al. 2022)
+    smoothing = 0.0 if cfg.probes_head else cfg.smoothing
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=smoothing,
                   num_classes=num_classes) if use_mix else None
     criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=smoothing)

@@ -47,8 +47,9 @@ def _train(state, resume: bool, train_epochs) -> int | None:
         if not resume:
             solve_run(state)
         return None
-    if not resume and (getattr(state.strategy, "probe_first", False) or state.cfg.probe_init):
+    if not resume and state.cfg.probes_head:
         probe_head(state)
+        state.strategy.on_head_probed()
     return train_epochs(state)
 
 

@@ -67,7 +67,7 @@ def test_options_of_another_strategy_are_an_error_naming_what_is_accepted():
     with pytest.raises(StrategyOptionError, match="'unfreeze_schedule'"):
         get_strategy("full", llrd_decay=1.0, unfreeze_schedule="2,4")
     assert strategy_options("llrd") == strategy_options("full") >= {"llrd_decay", "lr_mults", "layer_stages"}
-    assert "gradual_patience" in strategy_options("gradual") and "llrd_decay" not in strategy_options("gradual")
+    assert "gradual_patience" in strategy_options("gradual") and "unfreeze_schedule" not in strategy_options("gradual")
     assert get_strategy("full", llrd_decay=0.8).llrd_decay == 0.8
 
 
@@ -150,7 +150,8 @@ def test_full_llrd_lr_per_depth_and_no_decay_for_norms():
 
 
 def test_gradual_unfreezes_on_plateau_and_reports():
-    model, groups, strategy, optimizer, schedule = _setup("gradual", gradual_patience=2)
+    model, groups, strategy, optimizer, schedule = _setup("gradual", gradual_patience=2, llrd_decay=1.0,
+                                                          unfreeze_warmup_epochs=0)
     assert _trainable_groups(groups) == {"head"}
     metrics = [0.60, 0.70, 0.69, 0.70, 0.71, 0.71, 0.70, 0.80]
     events_by_epoch = {}
@@ -169,6 +170,41 @@ def test_gradual_unfreezes_on_plateau_and_reports():
     assert _trainable_groups(groups) == set(groups.names)
     schedule.apply(7)
     assert all(lr == pytest.approx(BASE_LR) for lr in _lrs(optimizer).values())
+
+
+def test_gradual_lrs_are_ulmfit_discriminative_with_a_ramp_after_each_unfreeze():
+    """ULMFiT's three parts on resnet18: depth-decayed LRs, a ramp for a newly unfrozen group, and the
+    head stage skipped when the run solved the head (an event says so, at epoch index 0)."""
+    model, groups, strategy, optimizer, schedule = _setup("gradual", gradual_patience=1, llrd_decay=0.5,
+                                                          unfreeze_warmup_epochs=2, warmup_start=0.1)
+    depth = {g.name: g.depth for g in groups}
+    strategy.on_head_probed()
+    (event,) = strategy.on_epoch_start(0, optimizer)
+    schedule.apply(0)
+    assert (event.epoch, event.stage, event.groups) == (0, 1, ["layer4"]) and "linear probe" in event.reason
+    assert _trainable_groups(groups) == {"head", "layer4"}
+    lrs = _lrs(optimizer)
+    assert lrs["head"] == pytest.approx(BASE_LR) and lrs["layer3"] == 0.0
+    assert lrs["layer4"] == pytest.approx(BASE_LR * 0.5 ** depth["layer4"] * 0.1)  # ramp starts at 0.1 x
+    assert strategy.on_validation_end(0, 0.9, optimizer) == []
+    for epoch, ramp in ((1, 0.55), (2, 1.0)):
+        assert strategy.on_epoch_start(epoch, optimizer) == []
+        schedule.apply(epoch)
+        assert _lrs(optimizer)["layer4"] == pytest.approx(BASE_LR * 0.5 ** depth["layer4"] * ramp)
+    (event,) = strategy.on_validation_end(2, 0.8, optimizer)  # plateau: all groups from epoch index 3
+    assert event.epoch == 3 and event.stage == 2
+    strategy.on_epoch_start(3, optimizer)
+    schedule.apply(3)
+    lrs = _lrs(optimizer)
+    assert lrs["stem"] == pytest.approx(BASE_LR * 0.5 ** depth["stem"] * 0.1)
+    assert lrs["layer4"] == pytest.approx(BASE_LR * 0.5 ** depth["layer4"])  # its ramp is over
+    # the skipped head stage and the ramps survive a checkpoint
+    other = get_strategy("gradual", gradual_patience=1, llrd_decay=0.5, unfreeze_warmup_epochs=2)
+    other.build_param_groups(resolve_layer_groups(model), weight_decay=0.5)
+    other.load_state_dict(strategy.state_dict())
+    assert other.head_probed and other.stage == 2 and other.lr_factor("stem", 4) == strategy.lr_factor("stem", 4)
+    with pytest.raises(ValueError, match="llrd_decay"):
+        get_strategy("gradual", llrd_decay=0.0)
 
 
 def test_progressive_schedule_with_warmup_ramp():

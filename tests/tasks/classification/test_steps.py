@@ -75,7 +75,7 @@ def test_named_options_go_only_to_the_strategy_that_takes_them(tmp_path):
     assert ClassificationConfig(ft_strategy="progressive").strategy_options() == {
         "unfreeze_schedule": "2,4", "unfreeze_warmup_epochs": 2}
     assert ClassificationConfig(ft_strategy="gradual", monitor="loss").strategy_options() == {
-        "gradual_patience": 3, "monitor_mode": "min"}
+        "gradual_patience": 3, "monitor_mode": "min", "llrd_decay": 0.9, "unfreeze_warmup_epochs": 2}
     cfg = ClassificationConfig(ft_strategy="full", llrd_decay=0.8, strategy_kwargs=["llrd_decay=0.7", "layer_stages=[[\"head\"]]"])
     assert cfg.strategy_options() == {"llrd_decay": 0.7, "layer_stages": [["head"]]}
     with pytest.raises(StrategyOptionError, match="'linear' has no option 'llrd_decay'"):
@@ -84,7 +84,8 @@ def test_named_options_go_only_to_the_strategy_that_takes_them(tmp_path):
     base = ClassificationConfig(llrd_decay=0.8, gradual_patience=1, strategy_kwargs={"min_delta": 0.01})
     cfgs = strategy_configs(base, ["linear", "gradual", "full"])
     assert cfgs["linear"].strategy_options() == {} and cfgs["linear"].llrd_decay == 0.9
-    assert cfgs["gradual"].strategy_options() == {"gradual_patience": 1, "min_delta": 0.01}
+    assert cfgs["gradual"].strategy_options() == {"gradual_patience": 1, "min_delta": 0.01, "llrd_decay": 0.8,
+                                                  "unfreeze_warmup_epochs": 2}
     assert cfgs["full"].strategy_options() == {"llrd_decay": 0.8}
     saved = ClassificationConfig.model_validate(cfgs["linear"].model_dump())
     assert saved.for_strategy("linear").strategy_options() == {}

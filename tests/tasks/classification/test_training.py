@@ -36,8 +36,12 @@ def test_strategy_two_epochs_on_acrima(strategy, extra, acrima_flat, tmp_path):
     if strategy == "linear":
         assert res["feature_cache_epochs"] == 1 and res["trainable_fraction_final"] < 0.01
         assert hist[0]["solver"] == "lbfgs" and hist[0]["C"] > 0
-    if strategy in ("gradual", "progressive"):  # head-only first epoch: cached features (LP, then FT)
+    if strategy == "progressive":  # head-only first epoch: cached features (LP, then FT)
         assert hist[0]["feature_cache"]
+    if strategy == "gradual":  # the head is solved as the exact probe, so epoch 1 already trains layer4
+        (event,) = hist[0]["unfrozen"]
+        assert event["groups"] == ["layer4"] and "linear probe" in event["reason"] and not hist[0]["feature_cache"]
+        assert res["unfreeze_events"][0]["epoch"] == 1
     if strategy == "progressive":  # backbone layers train from epoch 1: images, augmented
         assert not hist[1]["feature_cache"]
     if strategy == "full":
@@ -50,10 +54,14 @@ def test_strategy_two_epochs_on_acrima(strategy, extra, acrima_flat, tmp_path):
 
 
 def test_vit_gradual_unfreezes_top_blocks(acrima_flat, tmp_path):
+    """Without the probe (``--no-probe-init``) the head stage trains by gradient, on cached features."""
     res = run_training(small_config(acrima_flat, tmp_path, ft_strategy="gradual", gradual_patience=1, num_epochs=3,
-                                    model_name="vit_tiny_patch16_224", img_size=32, label_preset="acrima"))
+                                    model_name="vit_tiny_patch16_224", img_size=32, label_preset="acrima",
+                                    probe_init=False))
     events = res["unfreeze_events"]
-    assert events and events[0]["groups"] == ["blocks.10", "blocks.11+norm"]
+    assert events and events[0]["groups"] == ["blocks.10", "blocks.11+norm"] and "no improvement" in events[0]["reason"]
+    hist = [json.loads(line) for line in (Path(res["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert hist[0]["feature_cache"] and not hist[0]["unfrozen"]
 
 
 def test_resume_after_interrupt_matches_uninterrupted(acrima_flat, tmp_path):

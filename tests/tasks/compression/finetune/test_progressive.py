@@ -36,4 +36,4 @@ def test_schedule_and_ramp(standin):
     # the state round-trips (resume continues the same stage)
     other = get_strategy("progressive", unfreeze_schedule="2,4", unfreeze_warmup_epochs=2, **cfg.strategy_options())
     other.load_state_dict(strat.state_dict())
-    assert other.stage == 2 and other.unfrozen_at["context"] == 4
+    assert other.stage == 2 and other.warmup.unfrozen_at["context"] == 4
