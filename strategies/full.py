@@ -5,6 +5,19 @@ from finetune_kit.layer_groups import LayerGroups
 from finetune_kit.strategy import FineTuneStrategy, register_strategy
 
 
+def check_llrd_decay(decay: float) -> float:
+    """``decay`` as a float. Raises ValueError outside (0, 1] (1 disables the decay)."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"llrd_decay={decay}: must be in (0, 1] (0.9 is a common choice; 1 disables the decay)")
+    return float(decay)
+
+
+def llrd_factor(groups: LayerGroups | None, group_name: str, decay: float) -> float:
+    """Layer-wise LR decay: ``decay ** depth`` of the group ``group_name`` (the head, depth 0, gets 1;
+    1 before the strategy knows its groups)."""
+    return decay ** groups.by_name(group_name).depth if groups is not None else 1.0
+
+
 @register_strategy("full", aliases=("llrd",))
 class FullLLRD(FineTuneStrategy):
     """Every group trains; the group at depth ``d`` from the top gets ``lr * llrd_decay**d``
@@ -22,19 +35,10 @@ class FullLLRD(FineTuneStrategy):
 
     def __init__(self, *, llrd_decay: float = 0.9, **common) -> None:
         super().__init__(**common)
-        if not 0.0 < llrd_decay <= 1.0:
-            raise ValueError(f"llrd_decay={llrd_decay}: must be in (0, 1] (0.9 is a common choice)")
-        self.llrd_decay = float(llrd_decay)
-        self._depth: dict[str, int] = {}
+        self.llrd_decay = check_llrd_decay(llrd_decay)
 
     def initial_trainable(self, groups: LayerGroups):
-        self._depth = {g.name: g.depth for g in groups}
         return groups.names
 
     def lr_factor(self, group_name: str, epoch: int) -> float:
-        return self.llrd_decay ** self._depth.get(group_name, 0)
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        if self.groups is not None:
-            self._depth = {g.name: g.depth for g in self.groups}
+        return llrd_factor(self.groups, group_name, self.llrd_decay)

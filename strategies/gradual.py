@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from finetune_kit.early_stopping import EarlyStopping
 from finetune_kit.layer_groups import LayerGroups
+from finetune_kit.strategies.full import check_llrd_decay, llrd_factor
 from finetune_kit.strategy import FineTuneStrategy, UnfreezeEvent, register_strategy
 from finetune_kit.unfreeze_warmup import UnfreezeWarmup
 
@@ -51,23 +52,19 @@ class GradualUnfreezing(FineTuneStrategy):
                  llrd_decay: float = 0.9, unfreeze_warmup_epochs: int = 1, warmup_start: float = 0.1,
                  **common) -> None:
         super().__init__(**common)
-        if not 0.0 < llrd_decay <= 1.0:
-            raise ValueError(f"llrd_decay={llrd_decay}: must be in (0, 1] (1 disables the decay)")
         self.plateau = EarlyStopping(patience=gradual_patience, min_delta=min_delta, mode=monitor_mode)
-        self.llrd_decay = float(llrd_decay)
+        self.llrd_decay = check_llrd_decay(llrd_decay)
         self.warmup = UnfreezeWarmup(unfreeze_warmup_epochs, warmup_start)
         self.stage = 0
         self.head_probed = False
         self._stages: list[list[str]] = []
-        self._depth: dict[str, int] = {}
 
     def initial_trainable(self, groups: LayerGroups):
         self._stages = self.stages(groups)
-        self._depth = {g.name: g.depth for g in groups}
         return self._stages[self.stage]
 
     def lr_factor(self, group_name: str, epoch: int) -> float:
-        return self.llrd_decay ** self._depth.get(group_name, 0) * self.warmup.factor(group_name, epoch)
+        return llrd_factor(self.groups, group_name, self.llrd_decay) * self.warmup.factor(group_name, epoch)
 
     def on_head_probed(self) -> None:
         """The run solved the head before epoch 0: the first epoch trains stage 1 (when there is one)."""
@@ -103,5 +100,3 @@ class GradualUnfreezing(FineTuneStrategy):
         self.plateau.load_state_dict(state["plateau"])
         self.head_probed = bool(state.get("head_probed", False))
         self.warmup.load_state_dict(state.get("unfrozen_at", {}))
-        if self.groups is not None:
-            self._depth = {g.name: g.depth for g in self.groups}
