@@ -44,7 +44,6 @@ __all__ = [
     "register_layer_preset",
     "layer_presets",
     "parameter_count",
-    "trainable_parameter_count",
 ]
 
 
@@ -249,6 +248,96 @@ def _check_overlap(matcher: Mapping[str, object], names: list[str]) -> None:
                              "make the patterns disjoint (anchor them with ^ and end with \\.)")
 
 
+@dataclass
+class _Source:
+    """Where a model's groups come from: the timm-style ``matcher``, its ``name`` (``patterns``,
+    ``preset:vit``, ``timm`` ...), whether every body parameter must match (``strict``), the
+    registered preset that supplies the family defaults (``preset``) and the head's parameter names."""
+
+    matcher: dict
+    name: str
+    strict: bool
+    preset: LayerPreset | None
+    head_names: set[str]
+
+
+def _choose_source(model: nn.Module, all_names: list[str], patterns: Sequence[str] | Mapping[str, str] | None,
+                   preset: str | None, coarse: bool) -> _Source:
+    """Job 1: pick the matcher by precedence (patterns, preset, ``group_matcher()``, a matching
+    preset) and find the head. Raises KeyError / UnknownArchitectureError / ValueError as
+    :func:`resolve_layer_groups`."""
+    if patterns:
+        matcher = _matcher_from_patterns(patterns)
+        chosen = detect_layer_preset(model)
+        head_names = _head_names(model, None, all_names) or (_head_names(model, chosen, all_names) if chosen else set())
+        _check_overlap(matcher, [n for n in all_names if n not in head_names])
+        return _Source(matcher, "patterns", True, chosen, head_names)
+    if preset is not None:
+        chosen = get_layer_preset(preset)
+        return _Source(dict(chosen.matcher), f"preset:{preset}", True, chosen, _head_names(model, chosen, all_names))
+    if callable(getattr(model, "group_matcher", None)):
+        source = "timm" if type(model).__module__.startswith("timm.") else f"group_matcher:{type(model).__name__}"
+        return _Source(model.group_matcher(coarse=coarse), source, False, detect_layer_preset(model),
+                       _head_names(model, None, all_names))
+    chosen = detect_layer_preset(model)
+    if chosen is None:
+        raise UnknownArchitectureError(
+            f"cannot resolve layer groups of {type(model).__name__}: it has no timm group_matcher() and "
+            f"matches no preset ({', '.join(sorted(layer_presets()))}); pass regexes bottom to top, e.g. "
+            "patterns=[r'^stem\\.', r'^blocks\\.(\\d+)\\.', r'^head\\.'] (CLI: --layer_patterns '^stem\\.' --layer_patterns '^blocks\\.(\\d+)\\.' ...)")
+    return _Source(dict(chosen.matcher), f"preset:{chosen.name}", True, chosen, _head_names(model, chosen, all_names))
+
+
+def _group_body(body: list[str], source: _Source) -> tuple[list[list[str]], list[int], list[tuple[str, re.Pattern]]]:
+    """Job 2: the body's parameter names grouped bottom to top with timm's
+    ``group_with_matcher``, with each group's timm ordinal and the compiled regexes.
+
+    Raises:
+        ValueError: ``source.strict`` and a parameter matches no regex.
+    """
+    from timm.models._manipulate import group_with_matcher  # timm's grouping, loaded only when resolving
+
+    ordinals = group_with_matcher(((n, None) for n in body), source.matcher, reverse=True)
+    compiled = _compiled(source.matcher)
+    if source.strict:
+        # group_with_matcher puts unmatched names in a last catch-all group: find them.
+        unmatched = [n for n in body if not any(rx.match(n) for _, rx in compiled)]
+        if unmatched:
+            raise ValueError(f"{len(unmatched)} parameter(s) are in no layer group, e.g. {unmatched[:3]}: "
+                             "add a pattern that matches them (patterns are tried with re.match from the name's start)")
+    by_id: dict[int, list[str]] = {}
+    for n in body:
+        by_id.setdefault(ordinals[n], []).append(n)
+    ids = sorted(by_id)
+    return [by_id[i] for i in ids], ids, compiled
+
+
+_BLOCK_RX = re.compile(r"(^|\.)(blocks|layer\d+|stages|layers|features)(\.|$)")
+
+
+def _body_group_name(names: list[str], ordinal: int, compiled: list[tuple[str, re.Pattern]]) -> str:
+    """Job 3: a body group's name: a named matcher entry without capture groups names its group
+    (``stem``); otherwise the text its regexes matched (:func:`_group_name`)."""
+    key, rx = next(((k, r) for k, r in compiled if r.match(names[0])), (None, None))
+    if key is not None and rx.groups == 0 and not re.fullmatch(r"group\d+", key) and key != "blocks":
+        return key
+    return _group_name(names, compiled, f"group{ordinal}")
+
+
+def _number_groups(groups: list[LayerGroup]) -> None:
+    """Job 4: make names unique (``name#1`` ...) and set ``index`` (stem = 0) and ``depth`` (head = 0)."""
+    seen: dict[str, int] = {}
+    for g in groups:
+        if g.name in seen:
+            seen[g.name] += 1
+            g.name = f"{g.name}#{seen[g.name]}"
+        else:
+            seen[g.name] = 0
+    n = len(groups)
+    for i, g in enumerate(groups):
+        g.index, g.depth = i, n - 1 - i
+
+
 def resolve_layer_groups(
     model: nn.Module,
     *,
@@ -278,84 +367,26 @@ def resolve_layer_groups(
             registered preset matches; the message says how to pass patterns.
         ValueError: a parameter in no group, or matched by two user patterns.
     """
-    from timm.models._manipulate import group_with_matcher
-
     named = list(model.named_parameters())
     if not named:
         raise ValueError(f"{type(model).__name__} has no parameters to group")
     all_names = [n for n, _ in named]
-    chosen: LayerPreset | None = None
-    strict = False
-    if patterns:
-        matcher, source, strict = _matcher_from_patterns(patterns), "patterns", True
-        chosen = detect_layer_preset(model)
-        head_names = _head_names(model, None, all_names) or (_head_names(model, chosen, all_names) if chosen else set())
-        _check_overlap(matcher, [n for n in all_names if n not in head_names])
-    elif preset is not None:
-        chosen = get_layer_preset(preset)
-        matcher, source, strict = dict(chosen.matcher), f"preset:{preset}", True
-        head_names = _head_names(model, chosen, all_names)
-    elif callable(getattr(model, "group_matcher", None)):
-        matcher = model.group_matcher(coarse=coarse)
-        source = "timm" if type(model).__module__.startswith("timm.") else f"group_matcher:{type(model).__name__}"
-        chosen = detect_layer_preset(model)
-        head_names = _head_names(model, None, all_names)
-    else:
-        chosen = detect_layer_preset(model)
-        if chosen is None:
-            raise UnknownArchitectureError(
-                f"cannot resolve layer groups of {type(model).__name__}: it has no timm group_matcher() and "
-                f"matches no preset ({', '.join(sorted(layer_presets()))}); pass regexes bottom to top, e.g. "
-                "patterns=[r'^stem\\.', r'^blocks\\.(\\d+)\\.', r'^head\\.'] (CLI: --layer_patterns '^stem\\.' --layer_patterns '^blocks\\.(\\d+)\\.' ...)")
-        matcher, source, strict = dict(chosen.matcher), f"preset:{chosen.name}", True
-        head_names = _head_names(model, chosen, all_names)
-
-    body = [n for n in all_names if n not in head_names]
-    ordinals = group_with_matcher(((n, None) for n in body), matcher, reverse=True)
-    compiled = _compiled(matcher)
-    if strict:
-        # group_with_matcher puts unmatched names in a last catch-all group: find them.
-        unmatched = [n for n in body if not any(rx.match(n) for _, rx in compiled)]
-        if unmatched:
-            raise ValueError(f"{len(unmatched)} parameter(s) are in no layer group, e.g. {unmatched[:3]}: "
-                             "add a pattern that matches them (patterns are tried with re.match from the name's start)")
-    by_id: dict[int, list[str]] = {}
-    for n in body:
-        by_id.setdefault(ordinals[n], []).append(n)
-    block_rx = re.compile(r"(^|\.)(blocks|layer\d+|stages|layers|features)(\.|$)")
     params = dict(named)
+    source = _choose_source(model, all_names, patterns, preset, coarse)
+    body = [n for n in all_names if n not in source.head_names]
     groups: list[LayerGroup] = []
-    for lid in sorted(by_id):
-        names = by_id[lid]
-        key, rx = next(((k, r) for k, r in compiled if r.match(names[0])), (None, None))
-        if key is not None and rx.groups == 0 and not re.fullmatch(r"group\d+", key) and key != "blocks":
-            gname = key  # a named entry without capture groups names its group: stem, ...
-        else:
-            gname = _group_name(names, compiled, f"group{lid}")
-        is_block = bool(block_rx.search(gname)) and gname != "stem"
-        groups.append(LayerGroup(gname, 0, 0, names, [params[n] for n in names], is_block=is_block))
-    if head_names:
-        hn = [n for n in all_names if n in head_names]
+    body_groups, ordinals, compiled = _group_body(body, source)
+    for names, ordinal in zip(body_groups, ordinals):
+        gname = _body_group_name(names, ordinal, compiled)
+        groups.append(LayerGroup(gname, 0, 0, names, [params[n] for n in names],
+                                 is_block=bool(_BLOCK_RX.search(gname)) and gname != "stem"))
+    if source.head_names:
+        hn = [n for n in all_names if n in source.head_names]
         groups.append(LayerGroup("head", 0, 0, hn, [params[n] for n in hn], is_head=True))
-    seen: dict[str, int] = {}
-    for g in groups:  # names must be unique
-        if g.name in seen:
-            seen[g.name] += 1
-            g.name = f"{g.name}#{seen[g.name]}"
-        else:
-            seen[g.name] = 0
-    n = len(groups)
-    for i, g in enumerate(groups):
-        g.index, g.depth = i, n - 1 - i
-    counted = sum(len(g.param_names) for g in groups)
-    if counted != len(all_names):  # defensive: the construction above partitions the names
+    _number_groups(groups)
+    if sum(len(g.param_names) for g in groups) != len(all_names):  # defensive: the steps above partition the names
         raise ValueError("internal error: layer groups do not partition the parameters")
-    return LayerGroups(groups, source, chosen)
-
-
-def trainable_parameter_count(model: nn.Module) -> int:
-    """Number of scalar parameters with ``requires_grad``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return LayerGroups(groups, source.name, source.preset)
 
 
 def parameter_count(model: nn.Module | Iterable[torch.Tensor]) -> int:

@@ -2,20 +2,8 @@
 from __future__ import annotations
 
 from finetune_kit.layer_groups import LayerGroups
+from finetune_kit.llrd import check_llrd_decay, llrd_factor
 from finetune_kit.strategy import FineTuneStrategy, register_strategy
-
-
-def check_llrd_decay(decay: float) -> float:
-    """``decay`` as a float. Raises ValueError outside (0, 1] (1 disables the decay)."""
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"llrd_decay={decay}: must be in (0, 1] (0.9 is a common choice; 1 disables the decay)")
-    return float(decay)
-
-
-def llrd_factor(groups: LayerGroups | None, group_name: str, decay: float) -> float:
-    """Layer-wise LR decay: ``decay ** depth`` of the group ``group_name`` (the head, depth 0, gets 1;
-    1 before the strategy knows its groups)."""
-    return decay ** groups.by_name(group_name).depth if groups is not None else 1.0
 
 
 @register_strategy("full", aliases=("llrd",))

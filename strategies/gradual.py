@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from finetune_kit.early_stopping import EarlyStopping
 from finetune_kit.layer_groups import LayerGroups
-from finetune_kit.strategies.full import check_llrd_decay, llrd_factor
+from finetune_kit.llrd import check_llrd_decay, llrd_factor
 from finetune_kit.strategy import FineTuneStrategy, UnfreezeEvent, register_strategy
 from finetune_kit.unfreeze_warmup import UnfreezeWarmup
 

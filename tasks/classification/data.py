@@ -145,11 +145,6 @@ def _from_csv(path: Path, cfg: DataConfig) -> LabelledImages:
     return LabelledImages(samples, classes, "csv")
 
 
-def _rows(where: list[str], idx: list[int], n: int = 6) -> str:
-    more = f" and {len(idx) - n} more" if len(idx) > n else ""
-    return ", ".join(where[i] for i in idx[:n]) + more
-
-
 def _check_label_spelling(path: Path, labels: list[str], cfg: DataConfig) -> None:
     """Case variants of one class name, and labels outside the declared pair, are errors."""
     by_low: dict[str, list[str]] = {}

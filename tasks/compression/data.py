@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageModeWarning", "list_images", "load_rgb", "split_train_val",
-           "RandomCropDataset", "FullImageDataset", "EpochPositions", "SeededCrops", "build_loaders",
+           "RandomCropDataset", "EpochPositions", "SeededCrops", "build_loaders",
            "set_loader_epoch"]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
@@ -135,19 +135,6 @@ class RandomCropDataset(Dataset):
             if torch.rand(()) < 0.5:
                 x = x.flip(-2)
         return x
-
-
-class FullImageDataset(Dataset):
-    """Whole images (for evaluation): item ``i`` is ``(tensor [3, H, W], path)``."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Path]:
-        return to_tensor(load_rgb(self.paths[i])), self.paths[i]
 
 
 class EpochPositions(torch.utils.data.Sampler):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "build_model", "pad_multiple", "is_hpcm"]
+__all__ = ["MODEL_NAMES", "build_model", "pad_multiple"]
 
 _COMPRESSAI: dict[str, tuple[str, dict[str, int]]] = {
     "bmshj2018-hyperprior": ("ScaleHyperprior", {"N": 128, "M": 192}),
@@ -26,11 +26,6 @@ _HPCM = ("hpcm-tiny", "hpcm-small", "hpcm-base", "hpcm-large")
 
 #: every name :func:`build_model` accepts
 MODEL_NAMES: tuple[str, ...] = _HPCM + tuple(_COMPRESSAI)
-
-
-def is_hpcm(name: str) -> bool:
-    """Whether ``name`` is one of the HPCM presets."""
-    return name in _HPCM
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
