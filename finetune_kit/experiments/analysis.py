@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from finetune_kit.experiments.metric_names import metric_mode
+from finetune_kit.experiments.metric_names import metric_mode, undeclared_message
 from finetune_kit.experiments.results import Results
 
 __all__ = [
@@ -39,16 +39,18 @@ __all__ = [
 
 
 def resolve_mode(metric_col: str, mode: str | None, modes: Mapping[str, str] | None = None) -> str:
-    """``mode`` if given, else the metric's direction: from ``modes`` (directions handed in
-    by the tasks, see :func:`~finetune_kit.experiments.profiles.metric_directions`; default
-    none), else from its name (:func:`~finetune_kit.experiments.metric_names.metric_mode`),
-    else ``"max"``.
+    """``mode`` if given, else the metric's direction as the tasks declare it in ``modes``
+    (:func:`~finetune_kit.experiments.profiles.metric_directions`; default none).
 
     Raises:
-        ValueError: ``mode`` is neither ``"max"`` nor ``"min"``.
+        ValueError: ``mode`` is neither ``"max"`` nor ``"min"``, or it is None and ``modes``
+            declares no direction for ``metric_col`` (the message says how to declare one).
     """
     if mode is None:
-        return metric_mode(metric_col, modes) or "max"
+        declared = metric_mode(metric_col, modes)
+        if declared is None:
+            raise ValueError(undeclared_message(metric_col))
+        return declared
     if mode not in ("max", "min"):
         raise ValueError(f"mode {mode!r}: use 'max' (higher is better) or 'min' (lower is better)")
     return mode

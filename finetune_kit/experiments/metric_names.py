@@ -1,31 +1,24 @@
-"""What a metric's name says: its direction (:func:`metric_mode`) and its per-epoch key (:func:`epoch_key`).
+"""A metric's direction, as its task declares it (:func:`metric_mode`), and its per-epoch key (:func:`epoch_key`).
 
-Both read only the name, so they work for any task. A task whose metric names do not tell
-their direction hands the directions in (``modes``: a
-:attr:`~finetune_kit.experiments.profiles.TaskProfile.metric_modes` mapping, merged over tasks by
-:func:`~finetune_kit.experiments.profiles.metric_directions`).
+The core guesses nothing from a metric's words: every task declares the direction of each
+metric it writes in its :class:`~finetune_kit.experiments.profiles.TaskProfile` (``metric`` +
+``mode``, and ``metric_modes`` for the others: names or ``fnmatch`` patterns such as
+``val_rd_s*``), the composition root merges them
+(:func:`~finetune_kit.experiments.profiles.metric_directions`) and hands them in as ``modes``.
+A metric no task declares has no direction: it gets no ``best.*`` column and ``analyze``/``sweep``
+ask for ``--mode`` (:func:`undeclared_message` says how to declare it).
 """
 from __future__ import annotations
 
-import re
+from fnmatch import fnmatchcase
 from typing import Mapping
 
-__all__ = ["METRIC_PREFIXES", "epoch_key", "metric_mode", "strip_prefix"]
+__all__ = ["METRIC_PREFIXES", "epoch_key", "metric_mode", "strip_prefix", "undeclared_message"]
 
-#: Words of a metric name (split at ``_``/``-``) meaning lower is better. "rate" is a weak one
-#: (bit rate, BD-rate) that a hyperparameter word overrides (learning_rate, drop_path_rate).
-_MIN_WORDS = {"loss", "bpp", "ece", "nll", "error", "err", "mse", "mae", "rmse", "brier", "distortion", "rd",
-              "cost", "bdrate", "time", "seconds", "memory", "mem", "latency"}
-_WEAK_MIN_WORDS = {"rate", "bitrate"}
-_MAX_WORDS = {"auroc", "auc", "acc", "accuracy", "psnr", "ssim", "msssim", "f1", "kappa", "precision", "recall",
-              "sensitivity", "specificity", "map", "iou", "dice", "score", "throughput"}
-#: Words of hyperparameters and bookkeeping values that are logged beside metrics but have no direction.
-_PARAM_WORDS = {"lr", "learning", "decay", "drop", "dropout", "momentum", "warmup", "weight", "weights", "gamma",
-                "lambda", "lmbda", "temperature", "patience", "seed", "epoch", "epochs", "step", "steps", "batch",
-                "grad", "norm", "params", "trainable", "contrib", "delta", "beta", "wd"}
 #: Column prefixes of the runs table (:mod:`finetune_kit.experiments.results`), longest first
 #: where one is the start of another (``best_epoch.`` before ``best.``).
 METRIC_PREFIXES = ("final.", "best_epoch.", "best.", "last.", "wandb.summary.")
+_PATTERN_CHARS = frozenset("*?[")
 
 
 def strip_prefix(name: str) -> str:
@@ -37,44 +30,35 @@ def strip_prefix(name: str) -> str:
 
 
 def metric_mode(name: str, modes: Mapping[str, str] | None = None) -> str | None:
-    """Direction of a metric: ``"max"``, ``"min"`` or ``None`` when unknown.
+    """Direction of a metric as declared in ``modes``: ``"max"``, ``"min"`` or ``None`` (undeclared).
 
-    ``modes`` (default none) are directions handed in by the tasks, ``{metric name: "max" |
-    "min"}``; they win over the name's words. A name matches when it equals the key after
-    its column prefix is dropped (``final.x``, ``best.x`` ...), as written or with dots read
-    as ``_`` (``final.test.x`` matches ``test_x``).
+    Args:
+        name: a metric name or runs-table column (``val_auroc``, ``final.test.auroc``, ``best.val_rd``).
+        modes: ``{metric name or fnmatch pattern: "max" | "min"}``, the directions the tasks
+            declare (:func:`~finetune_kit.experiments.profiles.metric_directions`); default none.
 
-    Otherwise the name decides. Only the last dotted part counts (``final.test.auroc`` ->
-    ``auroc``), and of a ``quantity/task`` key the quantity (``task_weight/distortion`` ->
-    ``task_weight``). Its words (split at ``_`` and ``-``) decide: a last word naming a cost
-    (``loss``, ``rd``, ``bpp``, ``ece``, ``nll``, ``mse``, ``cost``, ``time``, ``seconds``,
-    ...) gives ``"min"``, one naming a score (``auroc``, ``accuracy``, ``psnr``, ``ssim``,
-    ``f1``, ...) ``"max"``; otherwise a hyperparameter word (``lr``, ``learning``, ``decay``,
-    ``weight``, ``gamma``, ``epoch``, ...) gives ``None`` (``learning_rate``, ``gamma_s1``,
-    ``loss_weight``), then any cost word (including ``rate``: ``bd_rate``) ``"min"`` and any
-    score word ``"max"`` (``ece_after`` -> ``"min"``, ``val_rd_s1`` -> ``"min"``).
+    A name matches a key when, after its column prefix is dropped (``final.``, ``best.`` ...),
+    it equals the key as written or with dots read as ``_`` (``final.test.auroc`` matches
+    ``test_auroc``); exact keys win over patterns, and patterns are tried in their order.
     """
-    if modes:
-        key = strip_prefix(name)
-        for cand in (name, key, key.replace(".", "_")):
-            if cand in modes:
-                return modes[cand]
-    base = name.split(".")[-1].split("/")[0].lower()
-    words = [w for w in re.split(r"[_\-\s]+", base) if w]
-    if not words:
+    if not modes:
         return None
-    if words[-1] in _MIN_WORDS:
-        return "min"
-    if words[-1] in _MAX_WORDS:
-        return "max"
-    found = set(words)
-    if found & _PARAM_WORDS:
-        return None
-    if found & (_MIN_WORDS | _WEAK_MIN_WORDS):
-        return "min"
-    if found & _MAX_WORDS:
-        return "max"
+    key = strip_prefix(name)
+    candidates = (name, key, key.replace(".", "_"))
+    for cand in candidates:
+        if cand in modes:
+            return modes[cand]
+    for pattern, mode in modes.items():
+        if _PATTERN_CHARS & set(pattern) and any(fnmatchcase(c, pattern) for c in candidates):
+            return mode
     return None
+
+
+def undeclared_message(name: str) -> str:
+    """The one-line error for a metric without a declared direction: how to pass it, how to declare it."""
+    key = strip_prefix(name).replace(".", "_")
+    return (f"metric {name!r} has no declared direction: pass --mode max or --mode min, or declare it in its "
+            f"task's profile (TaskProfile(metric_modes={{{key!r}: 'max'}}) in tasks/<task>/profile.py)")
 
 
 def epoch_key(metric: str) -> str:

@@ -44,9 +44,11 @@ class TaskProfile:
             (default: ``(metric,)``).
         fallback_metrics: metrics ``analyze`` tries after every task's ``rank_metrics``
             (e.g. a quality score for runs without the usual cost). Default none.
-        metric_modes: directions of metrics whose name does not tell it
-            (``{name: "max" | "min"}``, see
-            :func:`~finetune_kit.experiments.metric_names.metric_mode`). Default none.
+        metric_modes: the direction of every other metric the task writes, ``{name or fnmatch
+            pattern: "max" | "min"}`` (``{"val_psnr": "max", "*rd_s[0-9]*": "min"}``; see
+            :func:`~finetune_kit.experiments.metric_names.metric_mode`). The core guesses no
+            direction from a name: an undeclared metric gets no ``best.*`` column, and
+            ``analyze``/``sweep`` ask for ``--mode``. Default none.
         description: one line for help texts. Default empty.
 
     Raises:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_kit.experiments.metric_names import epoch_key, metric_mode, strip_prefix
+from finetune_kit.experiments.metric_names import epoch_key, metric_mode, strip_prefix, undeclared_message
 from finetune_kit.experiments.profiles import TaskProfile
 from finetune_kit.experiments.sweep.space import SearchSpace, to_flags
 
@@ -52,8 +52,8 @@ class SweepConfig:
             several machines joins one study).
         metric: objective, resolved in the finished run like ``analyze --metric`` (final
             value, else best over epochs). Default: the profile's ``metric``.
-        mode: ``max`` or ``min``; default the direction the profile states for the metric
-            (``mode``, ``metric_modes``), else the one its name gives, else the profile's ``mode``.
+        mode: ``max`` or ``min``; default the direction the profile declares for the metric
+            (``mode``, ``metric_modes``); a SweepError when it declares none.
         fixed_args: task options passed unchanged to every trial (after ``--`` on the CLI).
         seed: seed of the sampler. Default 0.
         pruner: one of :data:`PRUNERS`. Default ``median``. prune_warmup: epochs before
@@ -77,7 +77,8 @@ class SweepConfig:
             off form when it has one (see :func:`~finetune_kit.experiments.sweep.space.to_flags`).
 
     Raises:
-        SweepError: an unknown method/pruner/mode, a count below 1, ranges in a grid, neither
+        SweepError: an unknown method/pruner/mode, an objective whose direction the profile does
+            not declare (and no ``mode``), a count below 1, ranges in a grid, neither
             ``program`` nor ``command``, or a parameter the task command lacks.
     """
 
@@ -119,7 +120,9 @@ class SweepConfig:
                 raise SweepError(f"{name} {getattr(self, name)}: must be at least 1")
         self.metric = self.metric or self.profile.metric
         if self.mode is None:
-            self.mode = metric_mode(self.metric, self.profile.directions()) or self.profile.mode
+            self.mode = metric_mode(self.metric, self.profile.directions())
+            if self.mode is None:
+                raise SweepError(undeclared_message(self.metric))
         if self.mode not in ("max", "min"):
             raise SweepError(f"--mode {self.mode!r}: use max or min")
         self.prune_metric = self.prune_metric or epoch_key(self.metric)

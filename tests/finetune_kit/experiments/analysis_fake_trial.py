@@ -24,7 +24,8 @@ from finetune_kit.runs.run_dir import RunDir, new_run_dir  # noqa: E402
 
 #: This stand-in as a task profile: the flags below, objective val_auroc (higher is better).
 PROFILE = TaskProfile(name="fake-trial", command=(), output_flag="--output_dir", name_flag="--experiment_tag",
-                      metric="val_auroc", mode="max", rank_metrics=("test_auroc", "val_auroc"))
+                      metric="val_auroc", mode="max", rank_metrics=("test_auroc", "val_auroc"),
+                      metric_modes={"test_auroc": "max"})
 #: The program that runs it.
 PROGRAM = [sys.executable, __file__]
 

@@ -7,11 +7,16 @@ from typing import Any, Mapping, Sequence
 from unittest import mock
 
 import finetune_kit.runs.run_dir as run_dir_module
+from finetune_kit.experiments.profiles import metric_directions
 from finetune_kit.runs.run_dir import RunDir
+from finetune_kit.tasks.classification.profile import CLASSIFICATION
+from finetune_kit.tasks.compression.profile import PROFILES as COMPRESSION_PROFILES
 
 SHARED = Path(os.environ.get("FINETUNE_KIT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
 ACRIMA = SHARED / "data" / "acrima" / "images"
 KODAK = SHARED / "data" / "kodak"
+#: the metric directions the tasks declare (what ``analyze`` hands to the core)
+MODES = metric_directions([CLASSIFICATION, *COMPRESSION_PROFILES])
 
 
 def light_environment() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from finetune_kit.experiments.metric_names import metric_mode
 from finetune_kit.experiments.profiles import (TaskProfile, curve_candidates, metric_candidates, metric_directions,
                                                profiles_by_name, select_profile)
 from finetune_kit.experiments.results import load_runs, run_value
-from finetune_kit.experiments.sweep.config import SweepConfig
+from finetune_kit.experiments.sweep.config import SweepConfig, SweepError
 from finetune_kit.experiments.sweep.space import Param, SearchSpace
 
 CORE = Path(__file__).resolve().parents[3] / "finetune_kit"
@@ -60,8 +60,11 @@ def test_handed_in_directions_win_and_decide_best_columns(tmp_path):
     modes = {"val_odd": "min", "test.odd": "max"}
     assert metric_mode("val_odd") is None and metric_mode("val_odd", modes) == "min"
     assert metric_mode("best.val_odd", modes) == "min" and metric_mode("final.test.odd", modes) == "max"
-    assert metric_mode("val_loss", {"val_loss": "max"}) == "max"  # the task's word over the name's
-    assert resolve_mode("final.val_odd", None, modes) == "min" and resolve_mode("final.val_odd", None) == "max"
+    assert metric_mode("val_loss", {"val_loss": "max"}) == "max"  # the task's word, whatever the name says
+    assert metric_mode("final.val_rd_s2", {"*rd_s[0-9]*": "min"}) == "min"  # a declared pattern
+    assert resolve_mode("final.val_odd", None, modes) == "min"
+    with pytest.raises(ValueError, match="no declared direction: pass --mode max or --mode min"):
+        resolve_mode("final.val_odd", None)
     run = make_run(tmp_path / "runs", "r", {"seed": 0}, [{"epoch": 0, "val_odd": 2.0}, {"epoch": 1, "val_odd": 1.0}],
                    final={"x": 1})
     assert "best.val_odd" not in load_runs(tmp_path / "runs").df.columns  # the name tells no direction
@@ -79,7 +82,10 @@ def test_sweep_config_takes_everything_task_specific_from_the_profile(tmp_path):
     assert (cfg.task, cfg.metric, cfg.mode, cfg.prune_metric) == ("t", "val_odd", "min", "val_odd")
     assert cfg.spec()["task"] == "t" and cfg.spec()["command"] == ["-x", "sub", "cmd"]
     assert SweepConfig(profile=p, space=space, output_dir=tmp_path, program=["prog"], metric="final.size").mode == "min"
-    assert SweepConfig(profile=p, space=space, output_dir=tmp_path, program=["prog"], metric="test_acc").mode == "max"
+    with pytest.raises(SweepError, match="'test_acc' has no declared direction: pass --mode max or --mode min"):
+        SweepConfig(profile=p, space=space, output_dir=tmp_path, program=["prog"], metric="test_acc")
+    assert SweepConfig(profile=p, space=space, output_dir=tmp_path, program=["prog"], metric="test_acc",
+                       mode="max").mode == "max"
     other = SweepConfig(profile=p, space=space, output_dir=tmp_path, command=["own"], run_flags=("-o", "-n"))
     assert other.command == ["own"] and other.run_flags == ("-o", "-n")
     assert other.metric_modes == {"val_odd": "min", "final.size": "min"}

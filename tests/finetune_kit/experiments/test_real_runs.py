@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis_helpers import ACRIMA, KODAK
+from analysis_helpers import MODES, ACRIMA, KODAK
 from finetune_kit.experiments.results import load_runs
 from finetune_kit.tasks.classification.profile import CLASSIFICATION
 from finetune_kit.tasks.compression.profile import COMPRESSION_TRAIN
@@ -74,7 +74,7 @@ def real_runs(tmp_path_factory):
 
 
 def test_dataframe_from_real_runs(real_runs):
-    res = load_runs(real_runs, stale_after_s=0)
+    res = load_runs(real_runs, stale_after_s=0, metric_modes=MODES)
     done = res.completed
     assert len(done) == 3
     assert sorted(zip(done["config.ft_strategy"], done["config.learning_rate"])) == sorted(RUNS)
@@ -91,7 +91,7 @@ def test_dataframe_from_real_runs(real_runs):
 
 
 def test_killed_run_is_reported_crashed(real_runs):
-    res = load_runs(real_runs, stale_after_s=0)
+    res = load_runs(real_runs, stale_after_s=0, metric_modes=MODES)
     crashed = [r for r in res.incomplete if r.run.startswith("killed-")]
     assert len(crashed) == 1 and crashed[0].status == "crashed"
     assert "status running" in crashed[0].reason
@@ -103,7 +103,7 @@ def test_ranking_heatmap_and_report_on_real_runs(real_runs, tmp_path):
     from finetune_kit.experiments import analysis
     from finetune_kit.tasks.cli import app
 
-    res = load_runs(real_runs, stale_after_s=0)
+    res = load_runs(real_runs, stale_after_s=0, metric_modes=MODES)
     m, s, lr = res.resolve_metric("val_auroc"), res.resolve_param("strategy"), res.resolve_param("lr")
     top = analysis.top_k(res.df, m, "max", k=3)
     assert list(top[m]) == sorted(res.completed[m], reverse=True)
@@ -159,7 +159,7 @@ def test_sweep_of_real_classification_runs_interrupted_and_resumed(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert trials[2].params == trials[1].params and trials[1].user_attrs["error"] == "interrupted"
     assert len(list((sweep / "trials" / "trial-0000").iterdir())) == 1
-    res = load_runs(sweep)
+    res = load_runs(sweep, metric_modes=MODES)
     assert len(res.completed) == 2
     assert [r.status for r in res.incomplete] == ["interrupted"]  # the interrupted first attempt of trial 1
     values = {t.user_attrs["run_dir"]: t.value for t in trials if t.state.name == "COMPLETE"}
@@ -186,7 +186,7 @@ def test_compression_run_is_loaded(tmp_path):
                             "--output-dir", str(root), "--name", f"l{lmbda}", "--wandb", "disabled", "--no-progress",
                             "--num-workers", "0"], capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    res = load_runs(root)
+    res = load_runs(root, metric_modes=MODES)
     assert len(res.completed) == 2
     lam = res.resolve_param("lambda")
     assert sorted(res.completed[lam]) == [0.0018, 0.0067]

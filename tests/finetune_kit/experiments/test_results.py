@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from finetune_kit.experiments.results import discover_runs, epoch_key, flatten, load_runs, metric_mode
-from analysis_helpers import make_run
+from analysis_helpers import MODES, make_run
 from finetune_kit.runs.run_dir import RunDir
 
 
@@ -27,18 +27,29 @@ def test_flatten_nested_lists_and_nan():
 
 @pytest.mark.parametrize("name,mode", [("val_auroc", "max"), ("test_accuracy", "max"), ("val_loss", "min"),
                                        ("bpp", "min"), ("val_bpp_loss", "min"), ("psnr", "max"),
-                                       ("ece_after", "min"), ("lr", None), ("epoch", None),
+                                       ("val_ece", "min"), ("lr", None), ("epoch", None),
                                        # compression-finetune's R-D cost and its per-scale parts
                                        ("val_rd", "min"), ("final.val_rd", "min"), ("val_rd_s1", "min"),
-                                       ("rd", "min"), ("cost", "min"), ("nll", "min"), ("test_ece_calibrated", "min"),
-                                       ("bd_rate", "min"), ("epoch_time", "min"), ("val_psnr", "max"),
-                                       ("final.test.auroc", "max"), ("psnr_loss", "min"),
+                                       ("rd", "min"), ("nll", "min"), ("test_ece_calibrated", "min"),
+                                       ("bd_rate", "min"), ("epoch_time_s", "min"), ("val_psnr", "max"),
+                                       ("final.test.auroc", "max"), ("val_bpp_s2", "min"), ("val_ms_ssim", "max"),
                                        # hyperparameters logged beside the metrics have no direction
                                        ("learning_rate", None), ("config.learning_rate", None), ("decay_rate", None),
                                        ("drop_path_rate", None), ("gamma_s1", None), ("loss_weight", None),
                                        ("task_weight/distortion", None), ("trainable_params", None)])
-def test_metric_mode(name, mode):
-    assert metric_mode(name) == mode
+def test_metric_mode_is_what_the_tasks_declare(name, mode):
+    assert metric_mode(name, MODES) == mode
+
+
+def test_no_direction_is_guessed_from_a_name():
+    from finetune_kit.experiments.analysis import resolve_mode
+
+    assert metric_mode("val_loss") is None and metric_mode("val_auroc", {"val_x": "max"}) is None
+    assert metric_mode("final.val_loss", {"val_*": "max", "val_loss": "min"}) == "min"  # exact name over pattern
+    with pytest.raises(ValueError, match=r"'final.val_odd' has no declared direction: pass --mode max or --mode min, "
+                                         r"or declare it .*TaskProfile\(metric_modes=\{'val_odd': 'max'\}\)"):
+        resolve_mode("final.val_odd", None, MODES)
+    assert resolve_mode("final.val_odd", "min", MODES) == "min"
 
 
 @pytest.mark.parametrize("name,key", [("val_auroc", "val_auroc"), ("best.val_auroc", "val_auroc"),
@@ -51,7 +62,7 @@ def test_epoch_key(name, key):
 
 def test_dataframe_one_row_per_run_with_config_final_best(grid_runs):
     root, truth = grid_runs
-    res = load_runs(root)
+    res = load_runs(root, metric_modes=MODES)
     df = res.df
     assert len(df) == len(truth) + 2
     done = res.completed
@@ -74,7 +85,7 @@ def test_dataframe_one_row_per_run_with_config_final_best(grid_runs):
 
 def test_crashed_and_failed_runs_are_listed_not_dropped(grid_runs):
     root, _ = grid_runs
-    res = load_runs(root, stale_after_s=0)
+    res = load_runs(root, stale_after_s=0, metric_modes=MODES)
     by_run = {r.run: r for r in res.incomplete}
     assert by_run["zz-failed"].status == "failed"
     assert "out of memory" in by_run["zz-failed"].reason
@@ -86,7 +97,7 @@ def test_crashed_and_failed_runs_are_listed_not_dropped(grid_runs):
 
     status_file = root / "zz-crashed" / "status.json"
     status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "pid": os.getpid()}))
-    fresh = load_runs(root, stale_after_s=3600)
+    fresh = load_runs(root, stale_after_s=3600, metric_modes=MODES)
     assert {r.run: r.status for r in fresh.incomplete}["zz-crashed"] == "running"
     assert set(fresh.df.loc[fresh.df["status"] != "completed", "run"]) == {"zz-crashed", "zz-failed"}
 
@@ -98,12 +109,12 @@ def test_dead_pid_means_crashed(tmp_path):
     status = json.loads((path / "status.json").read_text())
     status["pid"] = proc.pid
     (path / "status.json").write_text(json.dumps(status))
-    res = load_runs(tmp_path, stale_after_s=3600)
+    res = load_runs(tmp_path, stale_after_s=3600, metric_modes=MODES)
     assert res.incomplete[0].status == "crashed"
     assert str(proc.pid) in res.incomplete[0].reason
     status["pid"] = os.getpid()  # alive: running
     (path / "status.json").write_text(json.dumps(status))
-    assert load_runs(tmp_path, stale_after_s=0).incomplete[0].status == "running"
+    assert load_runs(tmp_path, stale_after_s=0, metric_modes=MODES).incomplete[0].status == "running"
 
 
 def test_completed_without_metrics_json_and_truncated_jsonl(tmp_path):
@@ -111,7 +122,7 @@ def test_completed_without_metrics_json_and_truncated_jsonl(tmp_path):
     p = make_run(tmp_path, "truncated", {"seed": 1}, [{"epoch": 0, "val_auroc": 0.5}], final={"test_auroc": 0.6})
     with open(p / "metrics.jsonl", "a") as fh:
         fh.write('{"epoch": 1, "val_au')
-    res = load_runs(tmp_path)
+    res = load_runs(tmp_path, metric_modes=MODES)
     st = dict(zip(res.df["run"], res.df["status"]))
     assert st == {"nometrics": "incomplete", "truncated": "completed"}
     assert "metrics.json missing" in res.incomplete[0].reason
@@ -133,7 +144,7 @@ def test_wandb_folders_inside_a_run_are_merged_oldest_first(tmp_path):
     _legacy_wandb_run(p / "wandb" / "offline-run-20260101_000000-abc", {"val_auroc": 0.55, "first": 1, "_runtime": 3},
                       "_wandb:\n  value: {}\nlearning_rate:\n  desc: null\n  value: 0.001\n")
     _legacy_wandb_run(p / "wandb" / "offline-run-20260102_000000-xyz", {"val_auroc": 0.58}, "")  # resumed later
-    res = load_runs(tmp_path)
+    res = load_runs(tmp_path, metric_modes=MODES)
     assert list(res.df["run"]) == ["r"]  # the wandb runs of a run folder are not runs of their own
     row = res.df.iloc[0]
     assert row["status"] == "completed" and row["final.test_auroc"] == 0.6
@@ -147,7 +158,7 @@ def test_wandb_folder_beside_run_folders_hides_nothing(tmp_path):
     _legacy_wandb_run(tmp_path / "wandb" / "offline-run-20260101_000001-def", {"test_auroc": 0.9},
                       "learning_rate:\n  value: 0.01\n")
     (tmp_path / "wandb" / "debug.log").write_text("")
-    res = load_runs(tmp_path)
+    res = load_runs(tmp_path, metric_modes=MODES)
     wb = "wandb/offline-run-20260101_000001-def"
     assert list(res.df["run"]) == ["a", "b", wb]
     st = dict(zip(res.df["run"], res.df["status"]))
@@ -167,7 +178,7 @@ def test_real_wandb_offline_runs_get_status_from_their_exit_record(tmp_path):
               "    r.finish(exit_code=code)\n") % str(tmp_path)
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True, timeout=120)
-    res = load_runs(tmp_path)
+    res = load_runs(tmp_path, metric_modes=MODES)
     assert len(res.df) == 2 and all(r.startswith("wandb/offline-run-") for r in res.df["run"])
     df = res.df.sort_values("config.learning_rate")
     assert list(df["status"]) == ["completed", "failed"]
@@ -184,13 +195,13 @@ def test_discover_nested_runs_but_not_inside_runs(tmp_path):
          "entries": [{"file": "epoch_0001.pt", "epoch": 1, "metrics": {}}]}))
     runs = discover_runs(tmp_path)
     assert [r.name for r in runs] == ["trial-0000-x", "top"]
-    res = load_runs(tmp_path)
+    res = load_runs(tmp_path, metric_modes=MODES)
     assert res.df.set_index("run").loc["top", "checkpoint.best_epoch"] == 1
 
 
 def test_resolve_names_and_errors(grid_runs, tmp_path):
     root, _ = grid_runs
-    res = load_runs(root)
+    res = load_runs(root, metric_modes=MODES)
     assert res.resolve_metric("test_auroc") == "final.test_auroc"
     assert res.resolve_metric("val_auroc") == "best.val_auroc"
     assert res.resolve_metric("ece_after") == "final.calibration.ece_after"
@@ -204,9 +215,9 @@ def test_resolve_names_and_errors(grid_runs, tmp_path):
         res.resolve_param("gamma")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no run folders"):
-        load_runs(tmp_path / "empty")
+        load_runs(tmp_path / "empty", metric_modes=MODES)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_runs(tmp_path / "missing")
+        load_runs(tmp_path / "missing", metric_modes=MODES)
 
 
 def test_discover_compare_folders_at_any_nesting(tmp_path):
@@ -230,6 +241,6 @@ def test_discover_compare_folders_at_any_nesting(tmp_path):
         runs = discover_runs(root)
         assert all(r.name in ("linear", "gradual", "full", "progressive") for r in runs), runs
     assert len(discover_runs(tmp_path)) == 8 and len(discover_runs(a)) == 4
-    res = load_runs(a)
+    res = load_runs(a, metric_modes=MODES)
     ranked = res.completed.sort_values("final.test.auroc", ascending=False)
     assert list(ranked["config.ft_strategy"]) == ["progressive", "full", "gradual", "linear"]
