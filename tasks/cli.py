@@ -12,6 +12,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from finetune_kit.runs.run_dir import recorded_command
 from finetune_kit.tasks.cli_options import option
 from finetune_kit.tasks.launch import LaunchingGroup
 
@@ -112,13 +113,23 @@ def strategies_cmd() -> None:
     Console().print(table)
 
 
-def detect_task(values: dict[str, Any]) -> str:
-    """Which command wrote a run folder's ``config.json``: ``classify``, ``compare``,
-    ``compress train`` or ``compress finetune`` (from the keys each one records).
+#: the commands ``rerun`` can start again, as recorded in a run folder
+RERUN_COMMANDS = ("classify", "compare", "compress train", "compress finetune")
+
+
+def detect_task(values: dict[str, Any], run_dir: Path | None = None) -> str:
+    """Which command made a run folder: ``classify``, ``compare``, ``compress train`` or
+    ``compress finetune``. The command ``run_dir`` records (``environment.json`` ``command``,
+    :func:`~finetune_kit.runs.run_dir.recorded_command`) when it is one of them; for folders that
+    record none (written by older versions, ``compare`` folders), guessed from the keys its
+    ``config.json`` (``values``) holds.
 
     Raises:
-        ValueError: keys of none of them.
+        ValueError: no recorded command and keys of none of them.
     """
+    recorded = recorded_command(run_dir) if run_dir is not None else None
+    if recorded in RERUN_COMMANDS:
+        return recorded
     if isinstance(values.get("base"), dict) and "strategies" in values:
         return "compare"
     if "ft_strategy" in values:
@@ -146,7 +157,7 @@ def rerun_cmd(
 
     config = Path(run_dir) / "config.json"
     try:
-        task = detect_task(read_config_file(config))
+        task = detect_task(read_config_file(config), Path(run_dir))
         sets = parse_assignments(assignments or [])
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

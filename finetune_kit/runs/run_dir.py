@@ -6,8 +6,9 @@ Layout of a run folder (the contract the analysis tools read)::
       config.json       resolved configuration (all options, defaults filled in)
       environment.json  versions of finetune-kit/python/torch/timm/compressai, the git commit of the
                         package's checkout (and whether it had uncommitted changes), host, CPU/GPU,
-                        command line, and ``inputs``: fingerprints of the data and weights used
-                        (:func:`fingerprint_inputs`)
+                        command line, ``command`` (the command that made the run: ``classify``,
+                        ``compress finetune`` ...; :func:`recorded_command`) and ``inputs``:
+                        fingerprints of the data and weights used (:func:`fingerprint_inputs`)
       status.json       {"status": ..., "error": ..., "updated": ..., "pid": ..., "host": ...}
                         status is running | completed | failed | interrupted (stopped on purpose,
                         resumable) | pruned (stopped by a sweep); pid/host let readers tell a
@@ -32,7 +33,7 @@ from typing import Any, Mapping
 from finetune_kit.runs.atomic import atomic_write_text
 
 __all__ = ["RunDir", "new_run_dir", "safe_name", "child_path", "environment_info", "to_jsonable", "fingerprint", "fingerprint_inputs",
-           "git_info"]
+           "git_info", "recorded_command"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -243,7 +244,8 @@ class RunDir:
             raise FileNotFoundError(f"{target} not found: is {self.path} a run folder written by finetune-kit?")
         return json.loads(target.read_text())
 
-    def start(self, config: Any, inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
+    def start(self, config: Any, inputs: Mapping[str, str | os.PathLike | None] | None = None,
+              command: str | None = None) -> None:
         """Write ``config.json``, ``environment.json`` and status ``running``.
 
         Args:
@@ -251,9 +253,14 @@ class RunDir:
             inputs: ``{name: path}`` of the run's inputs (``{"data": folder, "weights": file}``);
                 their fingerprints (:func:`fingerprint_inputs`) go to ``environment.json``
                 under ``inputs``. None values are skipped.
+            command: the command that made the run, as a user types it after the program
+                (``"classify"``, ``"compress finetune"``); recorded as ``environment.json``
+                ``command`` and read back by :func:`recorded_command`. Default none (not recorded).
         """
         self.write_json("config.json", config)
         info = environment_info()
+        if command:
+            info["command"] = str(command)
         if self.enabled:
             info["inputs"] = fingerprint_inputs(inputs or {})
         self.write_json("environment.json", info)
@@ -291,3 +298,15 @@ class RunDir:
             return
         kept = [r for r in self.history() if r.get(key, -1) < before_epoch]
         atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.path / "metrics.jsonl")
+
+
+def recorded_command(path: str | os.PathLike) -> str | None:
+    """The command recorded in run folder ``path`` (``environment.json`` ``command``, written by
+    :meth:`RunDir.start`), e.g. ``"classify"`` or ``"compress finetune"``; None for a folder that
+    records none (written before it was recorded, or not a run folder) or whose file does not parse."""
+    target = Path(path) / "environment.json"
+    try:
+        command = json.loads(target.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command if isinstance(command, str) and command else None

@@ -355,7 +355,7 @@ def start_run(state: TrainingRun) -> TrainingRun:
         if main:
             write_split(state.data.images, run.path / "split.csv")
         run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
-                               "weights": cfg.custom_weights_path})
+                               "weights": cfg.custom_weights_path}, command="classify")
     state.run = run
     state.logger = RunLogger(run, wandb_mode=cfg.wandb, project=cfg.wandb_project, name=cfg.tag, config=cfg)
     state.checkpoints = CheckpointManager(run.checkpoints, keep_last=1, keep_best=1, metric=state.opt.monitor,

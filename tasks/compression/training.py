@@ -78,7 +78,7 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     return ckpt, parent.parent if parent.name == "checkpoints" else parent
 
 
-def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None) -> tuple[Any, Any]:
+def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None, command: str = "compress train") -> tuple[Any, Any]:
     """``(RunDir, RunLogger)`` of ``run_path``: writes ``config.json`` (``config``, default ``cfg``),
     ``environment.json`` (with fingerprints of ``data``, ``val_data`` and a ``checkpoint`` the
     run starts from; ``inputs``, a ``{name: path}`` mapping, replaces them) and status ``running``; the logger writes ``metrics.jsonl`` and wandb
@@ -92,7 +92,7 @@ def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None) 
     # fingerprints of the data and the weights a run starts from (environment.json "inputs")
     if inputs is None:
         inputs = {k: getattr(cfg, k, None) for k in ("data", "val_data", "checkpoint")}
-    rd.start(cfg if config is None else config, inputs=inputs)
+    rd.start(cfg if config is None else config, inputs=inputs, command=command)
     logger = RunLogger(rd, wandb_mode=cfg.wandb, project="finetune-kit-compression", name=run_path.name,
                        config=cfg if config is None else config)
     return rd, logger

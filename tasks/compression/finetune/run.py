@@ -149,7 +149,7 @@ def build_run(cfg: FinetuneConfig, src: Source) -> tuple[Any, Any, dict]:
     # fingerprints (environment.json "inputs"): the data and the checkpoint file fine-tuned from
     source = default_checkpoint(cfg.checkpoint) if cfg.checkpoint is not None else None
     inputs = {"data": cfg.data, "val_data": getattr(cfg, "val_data", None), "checkpoint": source}
-    rd, logger = build_run_folder(cfg, src.run_path, resolved, inputs=inputs)
+    rd, logger = build_run_folder(cfg, src.run_path, resolved, inputs=inputs, command="compress finetune")
     return rd, logger, resolved
 
 
