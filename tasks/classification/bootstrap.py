@@ -10,8 +10,13 @@ two-sided bootstrap p-value ``2 * min(P(d <= 0), P(d >= 0))``.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 
-__all__ = ["METRICS", "metric_value", "bootstrap_indices", "bootstrap_metrics", "paired_difference", "mean_sd"]
+from finetune_kit.calibration import expected_calibration_error
+from finetune_kit.tasks.classification.metrics import auroc
+
+__all__ = ["METRICS", "metric_value", "bootstrap_indices", "resampled_auroc", "bootstrap_auroc_ci", "bootstrap_metrics",
+           "paired_difference", "mean_sd"]
 
 #: metrics reported with intervals, by name: ``f(labels (N,), probs (N, C)) -> float``
 METRICS = ("auroc", "accuracy", "sensitivity", "specificity", "ece")
@@ -25,9 +30,6 @@ def metric_value(name: str, labels, probs) -> float:
     Raises:
         KeyError: an unknown metric name.
     """
-    from finetune_kit.calibration import expected_calibration_error
-    from finetune_kit.tasks.classification.metrics import auroc
-
     y, p = np.asarray(labels), np.asarray(probs)
     pred = p.argmax(axis=1)
     if name == "auroc":
@@ -64,10 +66,6 @@ def resampled_auroc(labels, probs, idx: np.ndarray) -> np.ndarray:
     scikit-learn's ``roc_auc_score`` (NaN where a resample lacks a class); about 100x faster than
     one ``roc_auc_score`` call per resample. Multi-class: ``roc_auc_score`` per resample.
     """
-    from scipy.stats import rankdata
-
-    from finetune_kit.tasks.classification.metrics import auroc
-
     y, p = np.asarray(labels), np.asarray(probs)
     if p.ndim != 2 or p.shape[1] != 2:
         return np.array([auroc(y[i], p[i]) for i in idx])
@@ -77,6 +75,31 @@ def resampled_auroc(labels, probs, idx: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = ((ranks * ys).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
     return np.where((n1 > 0) & (n0 > 0), out, np.nan)
+
+
+def bootstrap_auroc_ci(labels, probs, *, n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap confidence interval of :func:`auroc` (scikit-learn ``roc_auc_score``).
+
+    Each of ``n_boot`` resamples (default 1000) draws, with replacement, as many images of each
+    class as the set has (stratified: every resample keeps the class counts, so every resample
+    has both classes); the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles
+    of the resampled AUROCs. The generator is seeded with ``seed``, so the interval repeats.
+
+    Args:
+        labels: ``(N,)`` integer labels. probs: ``(N, C)`` probabilities (binary: ``probs[:, 1]``
+            is the positive class's score; multi-class: one-vs-rest macro AUROC).
+
+    Returns:
+        ``(low, high)`` in [0, 1], or None when a class has no image (AUROC undefined).
+    """
+    y, p = np.asarray(labels), np.asarray(probs)
+    classes = np.unique(y)
+    if len(classes) < 2 or (p.shape[1] > 2 and len(classes) < p.shape[1]):
+        return None
+    values = resampled_auroc(y, p, bootstrap_indices(y, n_boot, seed))
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def bootstrap_metrics(labels, probs, *, metrics=METRICS, n_boot: int = 1000, seed: int = 0,

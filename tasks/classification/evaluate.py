@@ -27,7 +27,7 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
 
     The test AUROC gets a 95 % confidence interval, ``auroc_ci95 = [low, high]`` (None when a
     class is missing), from ``n_boot`` (default 1000) stratified bootstrap resamples seeded with
-    ``seed`` (:func:`~finetune_kit.tasks.classification.metrics.bootstrap_auroc_ci`); the ROC
+    ``seed`` (:func:`~finetune_kit.tasks.classification.bootstrap.bootstrap_auroc_ci`); the ROC
     legend shows it with the class names (``class_names``) and counts. ``run_name`` and
     ``dataset`` title the training curves.
 
@@ -39,7 +39,7 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
         reason, candidates), "val": {...}, "test": {... , "auroc_ci95", "ece_calibrated",
         "nll_calibrated", "ece_ci95", "ece_calibrated_ci95"}}``; ``test`` is empty without test images.
     """
-    from finetune_kit.tasks.classification.metrics import bootstrap_auroc_ci
+    from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
 
     from finetune_kit.calibration import Calibrator, choose_calibrator, fit_calibrator
     from finetune_kit.tasks.classification.bootstrap import bootstrap_metrics

@@ -1,11 +1,15 @@
-"""Classification metrics (scikit-learn) on probabilities ``(N, C)`` and labels ``(N,)``."""
+"""Classification metrics (scikit-learn) on probabilities ``(N, C)`` and labels ``(N,)``.
+
+Their bootstrap confidence intervals are in :mod:`finetune_kit.tasks.classification.bootstrap`
+(which imports this module, never the other way round).
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from finetune_kit.calibration import expected_calibration_error, nll
 
-__all__ = ["classification_metrics", "auroc", "bootstrap_auroc_ci"]
+__all__ = ["classification_metrics", "auroc"]
 
 
 def auroc(labels, probs) -> float:
@@ -19,33 +23,6 @@ def auroc(labels, probs) -> float:
     if p.shape[1] == 2:
         return float(roc_auc_score(y, p[:, 1]))
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(p.shape[1]))))
-
-
-def bootstrap_auroc_ci(labels, probs, *, n_boot: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap confidence interval of :func:`auroc` (scikit-learn ``roc_auc_score``).
-
-    Each of ``n_boot`` resamples (default 1000) draws, with replacement, as many images of each
-    class as the set has (stratified: every resample keeps the class counts, so every resample
-    has both classes); the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles
-    of the resampled AUROCs. The generator is seeded with ``seed``, so the interval repeats.
-
-    Args:
-        labels: ``(N,)`` integer labels. probs: ``(N, C)`` probabilities (binary: ``probs[:, 1]``
-            is the positive class's score; multi-class: one-vs-rest macro AUROC).
-
-    Returns:
-        ``(low, high)`` in [0, 1], or None when a class has no image (AUROC undefined).
-    """
-    y, p = np.asarray(labels), np.asarray(probs)
-    classes = np.unique(y)
-    if len(classes) < 2 or (p.shape[1] > 2 and len(classes) < p.shape[1]):
-        return None
-    from finetune_kit.tasks.classification.bootstrap import bootstrap_indices, resampled_auroc
-
-    values = resampled_auroc(y, p, bootstrap_indices(y, n_boot, seed))
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def classification_metrics(labels, probs, logits=None, *, n_bins: int = 15) -> dict:

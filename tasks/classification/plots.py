@@ -70,12 +70,12 @@ def roc_figure(labels, probs, *, class_names: Sequence[str] | None = None, title
         labels: ``(N,)`` integer labels. probs: ``(N, C)`` probabilities.
         class_names: names of labels ``0..C-1`` (default ``class 0``...).
         ci: ``{class: (low, high)}`` intervals to show; missing ones are bootstrapped
-            (:func:`~finetune_kit.tasks.classification.metrics.bootstrap_auroc_ci`, ``n_boot``
+            (:func:`~finetune_kit.tasks.classification.bootstrap.bootstrap_auroc_ci`, ``n_boot``
             stratified resamples, ``seed``).
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from finetune_kit.tasks.classification.metrics import bootstrap_auroc_ci
+    from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
 
     plt = _plt()
     y, p = np.asarray(labels), np.asarray(probs)

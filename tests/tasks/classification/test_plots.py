@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from finetune_kit.tasks.classification import plots
-from finetune_kit.tasks.classification.metrics import auroc, bootstrap_auroc_ci
+from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
+from finetune_kit.tasks.classification.metrics import auroc
 
 NAMES = ["normal", "glaucoma"]
 
