@@ -386,11 +386,19 @@ def _parameter(opt: ConfigOption, default: Any) -> inspect.Parameter:
     """
     inner, optional = _strip_optional(opt.field.annotation)
     origin = get_origin(inner)
-    mode = opt.extra("cli") or ("repeat" if origin in (list, tuple, dict, set) else None)
+    # a fixed-length tuple of simple values (``tuple[str, str]``) is one option taking that many
+    # values: ``--heatmap lr strategy``
+    fixed = (origin is tuple and not opt.extra("cli") and bool(get_args(inner))
+             and all(a in (str, int, float) for a in get_args(inner)))
+    mode = opt.extra("cli") or ("repeat" if origin in (list, tuple, dict, set) and not fixed else None)
     flag = inner is bool
     metavar = opt.extra("metavar")
-    if mode == "text":
-        annotation: Any = Optional[str]
+    if fixed:
+        annotation: Any = Optional[inner]
+        metavar = metavar or " ".join(_METAVARS[a] for a in get_args(inner))
+        default = tuple(default) if default else None
+    elif mode == "text":
+        annotation = Optional[str]
         if isinstance(default, (list, tuple)):
             default = ",".join(str(v).lstrip(".") for v in default)
     elif mode == "repeat":
