@@ -5,6 +5,11 @@ The core is every module under ``finetune_kit/`` except the facade ``finetune_ki
 (which re-exports a few task entry points lazily, by name, and is checked separately: importing
 it loads nothing). ``strategies/`` installs as ``finetune_kit.strategies`` and ``tasks/`` as
 ``finetune_kit.tasks``; both may import the core, never the other way round.
+
+Over ``tasks/``: no import cycle (imports inside functions count), no private name imported or
+reached across modules, and in modules outside the command-line layer an import inside a function
+only with a comment saying why (a heavy optional dependency, start-up time). Each check lists
+every offender of an area in one message.
 """
 from __future__ import annotations
 

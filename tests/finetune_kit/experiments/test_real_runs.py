@@ -17,6 +17,7 @@ import pytest
 
 from analysis_helpers import MODES, ACRIMA, KODAK
 from finetune_kit.experiments.results import load_runs
+from finetune_kit.runs.run_dir import recorded_command
 from finetune_kit.tasks.classification.profile import CLASSIFICATION
 from finetune_kit.tasks.compression.profile import COMPRESSION_TRAIN
 
@@ -87,6 +88,7 @@ def test_dataframe_from_real_runs(real_runs):
         assert all(CLASSIFICATION.metric in h for h in hist)  # the sweep's default objective
         assert row["best.val_auroc"] == pytest.approx(max(h["val_auroc"] for h in hist))
         assert row["epochs"] == len(hist) >= 1
+        assert recorded_command(row["path"]) == "classify"  # what rerun reads
     assert set(res.param_columns()) >= {"config.ft_strategy", "config.learning_rate"}
 
 
@@ -198,6 +200,7 @@ def test_compression_run_is_loaded(tmp_path):
         hist = [json.loads(line) for line in (Path(row["path"]) / "metrics.jsonl").read_text().splitlines()]
         assert row["best.val_loss"] == pytest.approx(min(h["val_loss"] for h in hist))
         assert all(COMPRESSION_TRAIN.metric in h for h in hist)
+        assert recorded_command(row["path"]) == "compress train"  # what rerun reads
 
 
 def test_sweep_of_real_compression_finetune_runs_with_a_boolean_parameter(tmp_path):
