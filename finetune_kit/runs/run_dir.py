@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from finetune_kit.runs.atomic import atomic_write_text
+from finetune_kit.runs.atomic import append_line, atomic_write_text
 
 __all__ = ["RunDir", "new_run_dir", "safe_name", "child_path", "environment_info", "to_jsonable", "fingerprint", "fingerprint_inputs",
            "git_info"]
@@ -274,9 +274,7 @@ class RunDir:
         """
         if not self.enabled:
             return
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(to_jsonable(dict(record))) + "\n")
-            fh.flush()
+        append_line(self.path / "metrics.jsonl", json.dumps(to_jsonable(dict(record))) + "\n")  # never through a link
 
     def history(self) -> list[dict[str, Any]]:
         """All records of ``metrics.jsonl`` (empty when absent)."""

@@ -59,13 +59,18 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     """
     from finetune_kit.runs.checkpoint import load_checkpoint
     from finetune_kit.runs.run_dir import new_run_dir
-    from finetune_kit.tasks.compression.checkpoints import default_checkpoint
+    from finetune_kit.tasks.compression.checkpoints import (default_checkpoint, run_folder_of,
+                                                             started_without_checkpoint)
 
     if cfg.resume is None:
         from finetune_kit.tasks.compression.distributed import main_run_path
 
         return None, main_run_path(lambda: new_run_dir(cfg.output_dir,
                                                        cfg.name or f"{cfg.model}-{cfg.metric}-lambda{cfg.lmbda:g}"))
+    if started_without_checkpoint(cfg.resume):  # killed during its first save: start it again, same folder
+        print(f"{cfg.resume} holds no complete checkpoint (the run stopped during its first save): starting it "
+              "again at epoch 1 in the same folder")
+        return None, run_folder_of(cfg.resume)
     ckpt_path = default_checkpoint(cfg.resume)
     ckpt = load_checkpoint(ckpt_path)
     prev = ckpt.get("config", {})
@@ -74,8 +79,7 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
             raise ValueError(f"cannot resume {ckpt_path}: it was trained with {key}={prev[key]!r}, not "
                              f"{getattr(cfg, key)!r}; --resume continues the same run (use 'compress finetune' "
                              "to start from it with new settings)")
-    parent = ckpt_path.resolve().parent
-    return ckpt, parent.parent if parent.name == "checkpoints" else parent
+    return ckpt, run_folder_of(cfg.resume if Path(cfg.resume).is_dir() else ckpt_path)
 
 
 def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None) -> tuple[Any, Any]:

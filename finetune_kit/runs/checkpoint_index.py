@@ -1,0 +1,83 @@
+"""The index of a checkpoint folder (``checkpoints.json``), read as untrusted input.
+
+A run folder may come from someone else (to resume, evaluate or rerun), so its index is checked
+before anything acts on it: each entry must be a bare ``epoch_NNNN.pt`` whose number is the
+entry's epoch. Anything else is a :class:`CheckpointIndexError` with one line naming the file and
+the fix, never a repair that deletes files: an entry ``../../victim.txt`` would otherwise make the
+retention delete a file outside the folder.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EPOCH_FILE", "CheckpointEntry", "CheckpointIndexError", "read_index"]
+
+#: the only names a checkpoint index may list: bare ``epoch_NNNN.pt`` (4 digits or more) in its folder
+EPOCH_FILE = re.compile(r"epoch_(\d{4,})\.pt")
+
+
+class CheckpointIndexError(ValueError):
+    """A run folder's ``checkpoints.json`` is not what a run writes (a name outside the folder, an
+    epoch that contradicts its file name, not JSON): refused with one line, never repaired by
+    deleting files."""
+
+
+@dataclass
+class CheckpointEntry:
+    """One tracked checkpoint file: its name (relative to the manager's folder), epoch and metrics."""
+
+    file: str
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def read_index(tracking: Path) -> list[CheckpointEntry]:
+    """The entries of a ``checkpoints.json``, each checked: a bare ``epoch_NNNN.pt`` name whose
+    number is the entry's ``epoch``, and numeric metrics.
+
+    Raises:
+        CheckpointIndexError: unreadable, not JSON, a symbolic link, or an entry that breaks the
+            rule (one line naming the file, the entry and the fix).
+    """
+    fix = (f"this index was not written by a run (edited, or from elsewhere): delete {tracking} (the epoch files "
+           "beside it are then adopted again) or resume another run")
+    try:
+        if tracking.is_symlink():
+            raise ValueError("it is a symbolic link")
+        data = json.loads(tracking.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointIndexError(f"{tracking} is not a readable checkpoint index ({' '.join(str(exc).split())}); "
+                                   f"{fix}") from None
+    entries = data.get("entries", []) if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise CheckpointIndexError(f"{tracking}: no list of entries; {fix}")
+    out = []
+    for raw in entries:
+        problem = _entry_problem(raw)
+        if problem:
+            shown = json.dumps(raw)[:160]
+            raise CheckpointIndexError(f"{tracking}: entry {shown} {problem}; {fix}")
+        out.append(CheckpointEntry(raw["file"], int(raw["epoch"]),
+                                   {k: float(v) for k, v in (raw.get("metrics") or {}).items() if v is not None}))
+    return out
+
+
+def _entry_problem(raw: Any) -> str | None:
+    """Why an index entry is refused, or None when it is a checkpoint of this folder."""
+    if not isinstance(raw, dict) or set(raw) - {"file", "epoch", "metrics"}:
+        return "is not {file, epoch, metrics}"
+    name, epoch = raw.get("file"), raw.get("epoch")
+    match = EPOCH_FILE.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
+        return "is not a bare file name epoch_NNNN.pt inside the folder"
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch != int(match.group(1)):
+        return f"has epoch {epoch!r}, not the {int(match.group(1))} of its file name"
+    metrics = raw.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in metrics.values()):
+        return "has metrics that are not numbers"
+    return None
