@@ -22,7 +22,8 @@ import torch
 
 from finetune_kit.runs import faults
 from finetune_kit.runs.atomic import atomic_write, atomic_write_text, refuse_symlinked_folder, remove_stale_temp
-from finetune_kit.runs.checkpoint_index import EPOCH_FILE, CheckpointEntry, CheckpointIndexError, read_index
+from finetune_kit.runs.checkpoint_index import (EPOCH_FILE, TRACKING_FILE, CheckpointEntry, CheckpointIndexError,
+                                                check_checkpoint_folder, read_index)
 from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointEntry",
     "CheckpointIndexError",
+    "check_checkpoint_folder",
     "EPOCH_FILE",
 ]
 
@@ -161,7 +163,7 @@ class CheckpointManager:
             bare ``epoch_NNNN.pt`` of its epoch (one line naming the file and the fix).
     """
 
-    TRACKING_FILE = "checkpoints.json"
+    TRACKING_FILE = TRACKING_FILE
 
     def __init__(self, directory: str | os.PathLike, *, keep_last: int = 1, keep_best: int = 1,
                  metric: str | None = None, mode: str = "max") -> None:

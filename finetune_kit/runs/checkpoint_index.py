@@ -9,12 +9,18 @@ retention delete a file outside the folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EPOCH_FILE", "CheckpointEntry", "CheckpointIndexError", "read_index"]
+from finetune_kit.runs.atomic import refuse_symlinked_folder
+
+__all__ = ["EPOCH_FILE", "TRACKING_FILE", "CheckpointEntry", "CheckpointIndexError", "check_checkpoint_folder", "read_index"]
+
+#: the index file of a checkpoint folder
+TRACKING_FILE = "checkpoints.json"
 
 #: the only names a checkpoint index may list: bare ``epoch_NNNN.pt`` (4 digits or more) in its folder
 EPOCH_FILE = re.compile(r"epoch_(\d{4,})\.pt")
@@ -81,3 +87,18 @@ def _entry_problem(raw: Any) -> str | None:
             isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in metrics.values()):
         return "has metrics that are not numbers"
     return None
+
+
+def check_checkpoint_folder(directory: str | os.PathLike) -> None:
+    """Check a run's ``checkpoints/`` before a resume touches anything: not a symbolic link, and
+    its ``checkpoints.json`` (when present) a valid index (:func:`read_index`). Reads only.
+
+    Raises:
+        ValueError: the folder is a symbolic link.
+        CheckpointIndexError: the index is not what a run writes (names the file and the fix).
+    """
+    directory = Path(directory)
+    refuse_symlinked_folder(directory, "checkpoint folder")
+    tracking = directory / TRACKING_FILE
+    if tracking.is_file() or tracking.is_symlink():
+        read_index(tracking)

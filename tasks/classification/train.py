@@ -30,10 +30,14 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
 
     Raises:
         FileNotFoundError: not a run folder (names the path).
+        ValueError: its ``checkpoints/`` is a symbolic link or its ``checkpoints.json`` is not what a
+            run writes (:class:`~finetune_kit.runs.checkpoint.CheckpointIndexError`).
     """
+    from finetune_kit.runs.checkpoint import check_checkpoint_folder
     from finetune_kit.runs.run_dir import RunDir
 
     run = RunDir(run_path)
+    check_checkpoint_folder(run.checkpoints)  # untrusted input: a link or a forged index is refused here
     has_checkpoint = (run.checkpoints / "last.pt").exists() or any(run.checkpoints.glob("epoch_*.pt"))
     if not has_checkpoint and not ((run.path / "config.json").is_file() and (run.path / "split.csv").is_file()):
         raise FileNotFoundError(f"--resume {run.path}: no checkpoints/last.pt there; pass the folder of a run that "

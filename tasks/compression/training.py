@@ -55,9 +55,10 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     checkpoint) continues its run folder, otherwise a new folder under ``cfg.output_dir``.
 
     Raises:
-        ValueError: the resumed checkpoint was trained with another model, lambda or metric.
+        ValueError: the resumed checkpoint was trained with another model, lambda or metric, or the
+            run folder's ``checkpoints/`` is a link or its index is not what a run writes.
     """
-    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.runs.checkpoint import check_checkpoint_folder, load_checkpoint
     from finetune_kit.runs.run_dir import new_run_dir
     from finetune_kit.tasks.compression.checkpoints import (default_checkpoint, run_folder_of,
                                                              started_without_checkpoint)
@@ -71,6 +72,7 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
         print(f"{cfg.resume} holds no complete checkpoint (the run stopped during its first save): starting it "
               "again at epoch 1 in the same folder")
         return None, run_folder_of(cfg.resume)
+    check_checkpoint_folder(run_folder_of(cfg.resume) / "checkpoints")  # untrusted: refused before any write
     ckpt_path = default_checkpoint(cfg.resume)
     ckpt = load_checkpoint(ckpt_path)
     prev = ckpt.get("config", {})
