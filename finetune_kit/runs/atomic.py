@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "fsync_dir", "remove_stale_temp", "refuse_symlinked_folder",
-           "append_line", "DiskWriteError", "TEMP_GLOB"]
+           "append_line", "DiskWriteError", "DISK_ERRNOS", "disk_write_error", "TEMP_GLOB"]
 
 #: Names of the temporary files :func:`atomic_write` makes (``.NAME.XXXXXXXX.tmp``).
 TEMP_GLOB = ".*.tmp"
@@ -35,7 +35,9 @@ class DiskWriteError(OSError):
         return str(self.strerror)
 
 
-def _disk_error(exc: OSError, path: Path, size_hint: int | None) -> DiskWriteError:
+def disk_write_error(exc: OSError, path: Path, size_hint: int | None = None) -> DiskWriteError:
+    """The :class:`DiskWriteError` for ``exc`` (its ``errno`` one of :data:`DISK_ERRNOS`) raised while
+    writing ``path``: one line naming the folder, the bytes needed (``size_hint``) and free, the fix."""
     folder = path.parent
     try:
         free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
@@ -110,7 +112,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], object]
             os.unlink(tmp)
         cause = exc if isinstance(exc, OSError) else (recorder.error if recorder is not None else None)
         if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS and not isinstance(cause, DiskWriteError):
-            raise _disk_error(cause, path, size_hint) from exc
+            raise disk_write_error(cause, path, size_hint) from exc
         raise
     return path
 

@@ -23,7 +23,7 @@ import torch
 from finetune_kit.runs import faults
 from finetune_kit.runs.atomic import atomic_write, atomic_write_text, refuse_symlinked_folder, remove_stale_temp
 from finetune_kit.runs.checkpoint_index import (EPOCH_FILE, TRACKING_FILE, CheckpointEntry, CheckpointIndexError,
-                                                check_checkpoint_folder, read_index)
+                                                FolderInUseError, check_checkpoint_folder, hold_folder, read_index)
 from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "CheckpointEntry",
     "CheckpointIndexError",
     "check_checkpoint_folder",
+    "FolderInUseError",
+    "hold_folder",
     "EPOCH_FILE",
 ]
 
@@ -159,6 +161,7 @@ class CheckpointManager:
     Raises:
         ValueError: on a bad ``keep_last``, ``keep_best`` or ``mode``, or ``directory`` is a
             symbolic link.
+        FolderInUseError: another process manages ``directory`` (two ``--resume`` of one run).
         CheckpointIndexError: ``checkpoints.json`` is not JSON, or lists an entry that is not a
             bare ``epoch_NNNN.pt`` of its epoch (one line naming the file and the fix).
     """
@@ -178,6 +181,7 @@ class CheckpointManager:
         self.directory = Path(directory)
         refuse_symlinked_folder(self.directory, "checkpoint folder")
         self.directory.mkdir(parents=True, exist_ok=True)
+        hold_folder(self.directory)  # before any clean-up: a second run on the folder is refused
         self.keep_last, self.keep_best, self.metric, self.mode = keep_last, keep_best, metric, mode
         self.entries: list[CheckpointEntry] = []
         tracking = self.directory / self.TRACKING_FILE

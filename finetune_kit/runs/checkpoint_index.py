@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import os
 import re
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no folder locks
+    fcntl = None  # type: ignore[assignment]
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune_kit.runs.atomic import refuse_symlinked_folder
 
-__all__ = ["EPOCH_FILE", "TRACKING_FILE", "CheckpointEntry", "CheckpointIndexError", "check_checkpoint_folder", "read_index"]
+__all__ = ["EPOCH_FILE", "TRACKING_FILE", "CheckpointEntry", "CheckpointIndexError", "FolderInUseError",
+           "check_checkpoint_folder", "hold_folder", "read_index"]
 
 #: the index file of a checkpoint folder
 TRACKING_FILE = "checkpoints.json"
@@ -102,3 +108,37 @@ def check_checkpoint_folder(directory: str | os.PathLike) -> None:
     tracking = directory / TRACKING_FILE
     if tracking.is_file() or tracking.is_symlink():
         read_index(tracking)
+
+
+class FolderInUseError(ValueError):
+    """Another process holds the checkpoint folder (a second ``--resume`` of one run): refused."""
+
+
+#: checkpoint folders this process holds: resolved path -> open descriptor carrying the lock
+_HELD: dict[str, int] = {}
+
+
+def hold_folder(directory: Path) -> None:
+    """Take an exclusive lock on ``directory`` for the rest of this process (``flock`` on the folder
+    itself, no file added), so two runs never manage one checkpoint folder: the second would delete
+    the first's temp and epoch files. A folder this process holds already is fine (a new manager on
+    it). A lock the system cannot take (no ``fcntl``, a file system without locks) is skipped.
+
+    Raises:
+        FolderInUseError: another process holds it (one line naming the folder and the fix).
+    """
+    key = str(Path(directory).resolve())
+    if fcntl is None or key in _HELD:
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderInUseError(f"{directory} is in use by another process (a run started or resumed on it is still "
+                               "going): wait for it to end, or resume another run folder") from None
+    except OSError:  # no locks on this file system
+        os.close(fd)
+        return
+    _HELD[key] = fd
+

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from finetune_kit.runs.atomic import append_line, atomic_write_text
+from finetune_kit.runs.atomic import DISK_ERRNOS, append_line, atomic_write_text, disk_write_error
 
 __all__ = ["RunDir", "new_run_dir", "safe_name", "child_path", "environment_info", "to_jsonable", "fingerprint", "fingerprint_inputs",
            "git_info"]
@@ -200,15 +200,25 @@ def new_run_dir(output_dir: str | os.PathLike, name: str) -> Path:
     """Create and return a fresh run folder ``output_dir/name-YYYYmmdd-HHMMSS[-k]``.
 
     ``name`` is sanitised by :func:`safe_name` (letters, digits, ``-``, ``_`` and ``.``), so the
-    folder is always directly inside ``output_dir``.
+    folder is always directly inside ``output_dir``. The folder is created atomically (``mkdir``
+    without ``exist_ok``), so two runs started at once never share one.
+
+    Raises:
+        DiskWriteError: ``output_dir`` is read-only, not writable or full (one line with the fix).
     """
     safe = safe_name(name)
     base = Path(output_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, k = base, 1
-    while path.exists():
-        path, k = Path(f"{base}-{k}"), k + 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)  # not exist_ok: of two runs started in the same second, one gets -1
+            return path
+        except FileExistsError:
+            path, k = Path(f"{base}-{k}"), k + 1
+        except OSError as exc:
+            if exc.errno in DISK_ERRNOS:
+                raise disk_write_error(exc, path) from None
+            raise
 
 
 class RunDir:

@@ -57,8 +57,10 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     Raises:
         ValueError: the resumed checkpoint was trained with another model, lambda or metric, or the
             run folder's ``checkpoints/`` is a link or its index is not what a run writes.
+        FolderInUseError: another process runs on that folder (a second ``--resume``).
     """
-    from finetune_kit.runs.checkpoint import check_checkpoint_folder, load_checkpoint
+    from finetune_kit.distributed import is_main
+    from finetune_kit.runs.checkpoint import check_checkpoint_folder, hold_folder, load_checkpoint
     from finetune_kit.runs.run_dir import new_run_dir
     from finetune_kit.tasks.compression.checkpoints import (default_checkpoint, run_folder_of,
                                                              started_without_checkpoint)
@@ -68,11 +70,14 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
 
         return None, main_run_path(lambda: new_run_dir(cfg.output_dir,
                                                        cfg.name or f"{cfg.model}-{cfg.metric}-lambda{cfg.lmbda:g}"))
+    ckpt_dir = run_folder_of(cfg.resume) / "checkpoints"
+    check_checkpoint_folder(ckpt_dir)  # untrusted input: refused before anything is written
+    if ckpt_dir.is_dir() and is_main():
+        hold_folder(ckpt_dir)  # a second --resume of this run is refused before it touches the folder
     if started_without_checkpoint(cfg.resume):  # killed during its first save: start it again, same folder
         print(f"{cfg.resume} holds no complete checkpoint (the run stopped during its first save): starting it "
               "again at epoch 1 in the same folder")
         return None, run_folder_of(cfg.resume)
-    check_checkpoint_folder(run_folder_of(cfg.resume) / "checkpoints")  # untrusted: refused before any write
     ckpt_path = default_checkpoint(cfg.resume)
     ckpt = load_checkpoint(ckpt_path)
     prev = ckpt.get("config", {})
