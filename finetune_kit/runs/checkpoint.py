@@ -181,7 +181,7 @@ class CheckpointManager:
         self.directory = Path(directory)
         refuse_symlinked_folder(self.directory, "checkpoint folder")
         self.directory.mkdir(parents=True, exist_ok=True)
-        hold_folder(self.directory)  # before any clean-up: a second run on the folder is refused
+        self._lock = hold_folder(self.directory)  # before any clean-up: a second run on the folder is refused
         self.keep_last, self.keep_best, self.metric, self.mode = keep_last, keep_best, metric, mode
         self.entries: list[CheckpointEntry] = []
         tracking = self.directory / self.TRACKING_FILE

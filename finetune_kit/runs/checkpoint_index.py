@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import weakref
 
 try:
     import fcntl
@@ -23,6 +24,7 @@ from typing import Any
 from finetune_kit.runs.atomic import refuse_symlinked_folder
 
 __all__ = ["EPOCH_FILE", "TRACKING_FILE", "CheckpointEntry", "CheckpointIndexError", "FolderInUseError",
+           "FolderLock",
            "check_checkpoint_folder", "hold_folder", "read_index"]
 
 #: the index file of a checkpoint folder
@@ -114,22 +116,44 @@ class FolderInUseError(ValueError):
     """Another process holds the checkpoint folder (a second ``--resume`` of one run): refused."""
 
 
-#: checkpoint folders this process holds: resolved path -> open descriptor carrying the lock
-_HELD: dict[str, int] = {}
+#: checkpoint folders this process holds: resolved path -> [descriptor carrying the lock, handles alive]
+_HELD: dict[str, list[int]] = {}
 
 
-def hold_folder(directory: Path) -> None:
-    """Take an exclusive lock on ``directory`` for the rest of this process (``flock`` on the folder
-    itself, no file added), so two runs never manage one checkpoint folder: the second would delete
-    the first's temp and epoch files. A folder this process holds already is fine (a new manager on
-    it). A lock the system cannot take (no ``fcntl``, a file system without locks) is skipped.
+class FolderLock:
+    """A handle on a held checkpoint folder (:func:`hold_folder`); the lock goes when the last handle
+    of this process on that folder is garbage-collected, or when the process ends."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        weakref.finalize(self, _release, key)
+
+
+def _release(key: str) -> None:
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[key]
+        os.close(held[0])
+
+
+def hold_folder(directory: Path) -> FolderLock | None:
+    """Take an exclusive lock on ``directory`` (``flock`` on the folder itself, no file added) for
+    as long as the returned handle lives, so two processes never run on one checkpoint folder: the
+    second would delete the first's temp and epoch files. More handles in this process on the same
+    folder are fine (a new manager on it). Where the system has no locks, returns None.
 
     Raises:
         FolderInUseError: another process holds it (one line naming the folder and the fix).
     """
     key = str(Path(directory).resolve())
-    if fcntl is None or key in _HELD:
-        return
+    if fcntl is None:
+        return None
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return FolderLock(key)
     fd = os.open(key, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -137,8 +161,8 @@ def hold_folder(directory: Path) -> None:
         os.close(fd)
         raise FolderInUseError(f"{directory} is in use by another process (a run started or resumed on it is still "
                                "going): wait for it to end, or resume another run folder") from None
-    except OSError:  # no locks on this file system
+    except OSError:  # a file system without locks
         os.close(fd)
-        return
-    _HELD[key] = fd
-
+        return None
+    _HELD[key] = [fd, 1]
+    return FolderLock(key)

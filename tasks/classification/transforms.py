@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -80,13 +81,16 @@ def _check_pixel_count(data: np.ndarray, path: str) -> None:
     the header alone; a format PIL does not know is left to the decoder)."""
     try:
         with Image.open(io.BytesIO(data.tobytes())) as im:
-            width, height = im.size
-    except Image.DecompressionBombError:
-        width, height = MAX_IMAGE_PIXELS, 2
+            claimed = f"{im.size[0]}x{im.size[1]} px"
+            pixels = im.size[0] * im.size[1]
+    except Image.DecompressionBombError as exc:  # PIL's own limit (2 x 89 Mpx), hit while reading the header
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else MAX_IMAGE_PIXELS + 1
+        claimed = f"{pixels:,} px"
     except Exception:  # noqa: BLE001 - not a format PIL reads from its header: the decoder decides
         return
-    if width * height > MAX_IMAGE_PIXELS:
-        raise CorruptImageError(f"image {path} claims {width}x{height} px, above the limit of {MAX_IMAGE_PIXELS // 10**6} "
+    if pixels > MAX_IMAGE_PIXELS:
+        raise CorruptImageError(f"image {path} claims {claimed}, above the limit of {MAX_IMAGE_PIXELS // 10**6} "
                                 "million pixels (a decompression bomb or a damaged header); downscale or delete it, or "
                                 "pass --skip_corrupt to skip such files with a warning")
 

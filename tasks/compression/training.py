@@ -57,10 +57,8 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     Raises:
         ValueError: the resumed checkpoint was trained with another model, lambda or metric, or the
             run folder's ``checkpoints/`` is a link or its index is not what a run writes.
-        FolderInUseError: another process runs on that folder (a second ``--resume``).
     """
-    from finetune_kit.distributed import is_main
-    from finetune_kit.runs.checkpoint import check_checkpoint_folder, hold_folder, load_checkpoint
+    from finetune_kit.runs.checkpoint import check_checkpoint_folder, load_checkpoint
     from finetune_kit.runs.run_dir import new_run_dir
     from finetune_kit.tasks.compression.checkpoints import (default_checkpoint, run_folder_of,
                                                              started_without_checkpoint)
@@ -72,8 +70,6 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
                                                        cfg.name or f"{cfg.model}-{cfg.metric}-lambda{cfg.lmbda:g}"))
     ckpt_dir = run_folder_of(cfg.resume) / "checkpoints"
     check_checkpoint_folder(ckpt_dir)  # untrusted input: refused before anything is written
-    if ckpt_dir.is_dir() and is_main():
-        hold_folder(ckpt_dir)  # a second --resume of this run is refused before it touches the folder
     if started_without_checkpoint(cfg.resume):  # killed during its first save: start it again, same folder
         print(f"{cfg.resume} holds no complete checkpoint (the run stopped during its first save): starting it "
               "again at epoch 1 in the same folder")
@@ -243,7 +239,8 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
 
 def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
     """:func:`train`'s body, inside the process group when torchrun started the run."""
-    from finetune_kit.distributed import broadcast_object
+    from finetune_kit.distributed import broadcast_object, is_main
+    from finetune_kit.runs.checkpoint import hold_folder
     from finetune_kit.runs.lifecycle import run_lifecycle
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.compression.data import build_loaders
@@ -252,6 +249,9 @@ def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     resume_ckpt, run_path = resolve_source(cfg)
+    # a second --resume of this run is refused before it rewrites the folder's files (held to the end)
+    held = cfg.resume and is_main() and (run_path / "checkpoints").is_dir()
+    lock = hold_folder(run_path / "checkpoints") if held else None
     rd, logger = build_run(cfg, run_path)
     with run_lifecycle(rd, logger):
         train_loader, val_loader = build_loaders(cfg)
@@ -280,4 +280,5 @@ def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
         final["run_dir"] = str(run_path)
         rd.write_json("metrics.json", final)
         logger.summary(final)
+    del lock  # the folder is free for the next run of this process
     return final
