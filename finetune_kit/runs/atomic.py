@@ -43,10 +43,11 @@ def disk_write_error(exc: OSError, path: Path, size_hint: int | None = None) -> 
         free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
     except OSError:
         free = None
-    need = f"needs about {_mb(size_hint)}" if size_hint else ""
-    have = f"{_mb(free)} free" if free is not None else ""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    need = f"needs about {_mb(size_hint)}" if size_hint and full else ""
+    have = f"{_mb(free)} free" if free is not None and full else ""
     room = f" ({', '.join(x for x in (need, have) if x)})" if need or have else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if full:
         fix = "free space there or write the run to another output folder"
     else:
         fix = "make the folder writable or write the run to another output folder"

@@ -92,6 +92,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     if resume and state.checkpoints.last() is None:  # killed before its first checkpoint was complete
         state.console.print(f"{state.run.path} holds no complete checkpoint (the run stopped during its first "
                             "save): starting it again at epoch 1 in the same folder")
+        state.run.truncate_history(0)  # the records of the killed attempt
         resume = False
     with run_lifecycle(state.run, state.logger) as outcome:
         if resume:

@@ -253,6 +253,8 @@ def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
     held = cfg.resume and is_main() and (run_path / "checkpoints").is_dir()
     lock = hold_folder(run_path / "checkpoints") if held else None
     rd, logger = build_run(cfg, run_path)
+    if cfg.resume and resume_ckpt is None:  # started again after a kill in its first save
+        rd.truncate_history(0)
     with run_lifecycle(rd, logger):
         train_loader, val_loader = build_loaders(cfg)
         parts = build_model_and_optimizers(cfg, rd)
