@@ -41,6 +41,7 @@ __all__ = [
     "EPOCH_FILE",
 ]
 
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """Save ``obj`` with :func:`torch.save` atomically (temp file + fsync + rename).
 

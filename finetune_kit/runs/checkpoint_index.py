@@ -5,6 +5,9 @@ before anything acts on it: each entry must be a bare ``epoch_NNNN.pt`` whose nu
 entry's epoch. Anything else is a :class:`CheckpointIndexError` with one line naming the file and
 the fix, never a repair that deletes files: an entry ``../../victim.txt`` would otherwise make the
 retention delete a file outside the folder.
+
+A checkpoint folder is also held by one process at a time (:func:`hold_folder`): a second run on
+it (two ``--resume`` of one run) would delete the first one's temporary and epoch files.
 """
 from __future__ import annotations
 
@@ -12,20 +15,19 @@ import json
 import os
 import re
 import weakref
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no folder locks
-    fcntl = None  # type: ignore[assignment]
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune_kit.runs.atomic import refuse_symlinked_folder
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no folder locks
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["EPOCH_FILE", "TRACKING_FILE", "CheckpointEntry", "CheckpointIndexError", "FolderInUseError",
-           "FolderLock",
-           "check_checkpoint_folder", "hold_folder", "read_index"]
+           "FolderLock", "check_checkpoint_folder", "hold_folder", "read_index"]
 
 #: the index file of a checkpoint folder
 TRACKING_FILE = "checkpoints.json"
