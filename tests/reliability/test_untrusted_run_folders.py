@@ -18,7 +18,9 @@ import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from finetune_kit.runs.faults import FAULT_ENV
@@ -134,6 +136,29 @@ def test_kill_in_the_first_save_resumes_and_a_second_resume_is_refused(tmp_path,
     cli(["classify", "--resume", str(run)], capfd)
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     assert not list(run.rglob(".*.tmp"))
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_compress_train_killed_in_the_first_save_starts_again_on_resume(tmp_path, capfd):
+    """Finding 6 for ``compress train``: the same kill, then ``--resume RUN`` alone completes the run
+    in its folder, without the temp file or the killed attempt's record."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    args = ["compress", "train", "--preset", "hpcm-tiny", "--data", str(photos), "--name", "t", "--epochs", "2",
+            "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "64", "--wandb", "disabled", "--no-progress",
+            "--quality", "6", "--threads", "1", "--output-dir", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", FAULT_ENV: "mid_write@1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "finetune_kit.tasks.cli", *args], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    run = next((tmp_path / "out").iterdir())
+    assert list((run / "checkpoints").glob(".epoch_0001.pt.*.tmp")) and not list(run.glob("checkpoints/*.pt"))
+    cli(["compress", "train", "--resume", str(run)], capfd)
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert not list(run.rglob(".*.tmp")) and (run / "checkpoints" / "epoch_0002.pt").is_file()
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
