@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from finetune_kit.runs.checkpoint import atomic_save, atomic_write_text
 from finetune_kit.early_stopping import EarlyStopping
+
+#: scale names that may become a file name ``best_<scale>.pt`` (no separator, so it stays in its folder)
+_SCALE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 __all__ = ["ScaleEarlyStopping", "IMPROVED", "NO_IMPROVEMENT", "STOPPED"]
 
@@ -51,7 +55,8 @@ class ScaleEarlyStopping:
         directory: where best states are written (``best_<scale>.pt``); None keeps them in memory.
 
     Raises:
-        ValueError: no scales, ``patience`` < 1, ``max_patience`` < ``patience``, bad ``mode``.
+        ValueError: no scales, ``patience`` < 1, ``max_patience`` < ``patience``, bad ``mode``, or (with
+            ``directory``) a scale name that is not a plain file name part (letters, digits, -, _, .).
     """
 
     def __init__(self, scales: Sequence[str], *, patience: int = 50, min_delta: float = 0.0, mode: str = "min",
@@ -67,6 +72,9 @@ class ScaleEarlyStopping:
         self.min_patience = min(int(min_patience), int(patience))
         self.adaptive, self.fast, self.slow = adaptive, float(fast), float(slow)
         self.directory = Path(directory) if directory is not None else None
+        bad = [s for s in self.scales if not _SCALE_NAME.fullmatch(str(s))]
+        if self.directory is not None and bad:  # names become files best_<scale>.pt inside directory
+            raise ValueError(f"scale names {bad} cannot name files in {self.directory}: use letters, digits, -, _ and .")
         self.stopped: dict[str, int | None] = {s: None for s in self.scales}
         self.best_states: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []

@@ -22,7 +22,8 @@ from finetune_kit.tasks.compression import cli as compression
 from finetune_kit.tasks.compression.finetune import cli as compression_finetune
 
 class OneLineErrorsTyper(typer.Typer):
-    """A Typer app whose unexpected errors end in one line on stderr and exit code 1.
+    """A Typer app whose unexpected errors end in one line on stderr and exit code 1, and whose
+    usage errors (click's: a value that is not a number, an unknown option) in one line and exit 2.
 
     An exception no command turned into its own message (a bug, a NaN loss, a library error)
     prints ``error: Type: message`` - the line ``status.json`` records when a run folder
@@ -35,12 +36,20 @@ class OneLineErrorsTyper(typer.Typer):
         import os
         import sys
 
-        try:
-            return super().__call__(*args, **kwargs)
+        if not kwargs.pop("standalone_mode", True):
+            return super().__call__(*args, standalone_mode=False, **kwargs)
+        try:  # click's own usage errors (a bad number, an unknown option) as one line too, exit 2
+            rv = super().__call__(*args, standalone_mode=False, **kwargs)
+            sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(code) comes back as its code
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - rendered as one line, traceback to a log
+            if type(exc).__module__.endswith("click.exceptions"):  # click's (or typer's vendored click's)
+                message = " ".join((exc.format_message() if hasattr(exc, "format_message") else "aborted").split())
+                if message:  # empty after no_args_is_help printed the help
+                    typer.echo(f"error: {message} (see --help)", err=True)
+                sys.exit(getattr(exc, "exit_code", 1))
             if os.environ.get("FINETUNE_KIT_TRACEBACK", "").strip() in ("1", "true", "yes"):
                 raise
             sys.exit(render_failure(exc))

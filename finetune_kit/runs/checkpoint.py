@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from finetune_kit.runs import faults
-from finetune_kit.runs.atomic import atomic_write, atomic_write_text, remove_stale_temp
+from finetune_kit.runs.atomic import atomic_write, atomic_write_text, refuse_symlinked_folder, remove_stale_temp
+from finetune_kit.runs.checkpoint_index import (EPOCH_FILE, TRACKING_FILE, CheckpointEntry, CheckpointIndexError,
+                                                FolderInUseError, check_checkpoint_folder, hold_folder, read_index)
 from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 
 __all__ = [
@@ -32,19 +34,40 @@ __all__ = [
     "extract_state_dict",
     "CheckpointManager",
     "CheckpointEntry",
+    "CheckpointIndexError",
+    "check_checkpoint_folder",
+    "FolderInUseError",
+    "hold_folder",
+    "EPOCH_FILE",
 ]
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """Save ``obj`` with :func:`torch.save` atomically (temp file + fsync + rename).
 
-    Returns the path written. Raises whatever :func:`torch.save` raises; the target is
-    then left untouched.
+    Returns the path written.
+
+    Raises:
+        DiskWriteError: (an ``OSError``) no space, quota, read-only or no permission: one line naming
+            the folder, the size of the tensors to write and the fix (see
+            :func:`finetune_kit.runs.atomic.atomic_write`).
+        Whatever else :func:`torch.save` raises; the target is then left untouched.
     """
     def write(fh):
         torch.save(obj, _DyingWriter(fh) if faults.mid_write_armed() else fh)
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, size_hint=_tensor_bytes(obj))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists, tuples): about what :func:`torch.save` writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 class _DyingWriter:
@@ -116,15 +139,6 @@ def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-@dataclass
-class CheckpointEntry:
-    """One tracked checkpoint file: its name (relative to the manager's folder), epoch and metrics."""
-
-    file: str
-    epoch: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 class CheckpointManager:
     """Keep the last ``keep_last`` and the best ``keep_best`` checkpoints in a folder.
 
@@ -140,11 +154,20 @@ class CheckpointManager:
         metric: name of the metric in ``save(..., metrics=)`` that ranks checkpoints.
         mode: ``"max"`` (higher is better, e.g. AUROC) or ``"min"`` (e.g. loss, bpp).
 
+    The folder and its ``checkpoints.json`` are untrusted input (a run folder someone sent you):
+    the index may only list bare ``epoch_NNNN.pt`` names whose number is their epoch, and a
+    ``directory`` that is a symbolic link is refused, so nothing outside the folder is ever
+    deleted, renamed or written.
+
     Raises:
-        ValueError: on a bad ``keep_last``, ``keep_best`` or ``mode``.
+        ValueError: on a bad ``keep_last``, ``keep_best`` or ``mode``, or ``directory`` is a
+            symbolic link.
+        FolderInUseError: another process manages ``directory`` (two ``--resume`` of one run).
+        CheckpointIndexError: ``checkpoints.json`` is not JSON, or lists an entry that is not a
+            bare ``epoch_NNNN.pt`` of its epoch (one line naming the file and the fix).
     """
 
-    TRACKING_FILE = "checkpoints.json"
+    TRACKING_FILE = TRACKING_FILE
 
     def __init__(self, directory: str | os.PathLike, *, keep_last: int = 1, keep_best: int = 1,
                  metric: str | None = None, mode: str = "max") -> None:
@@ -157,15 +180,15 @@ class CheckpointManager:
         if keep_best and metric is None:
             raise ValueError("keep_best > 0 needs metric=NAME to rank checkpoints")
         self.directory = Path(directory)
+        refuse_symlinked_folder(self.directory, "checkpoint folder")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_folder(self.directory)  # before any clean-up: a second run on the folder is refused
         self.keep_last, self.keep_best, self.metric, self.mode = keep_last, keep_best, metric, mode
         self.entries: list[CheckpointEntry] = []
-        self.removed_temp = remove_stale_temp(self.directory)
         tracking = self.directory / self.TRACKING_FILE
-        if tracking.is_file():
-            data = json.loads(tracking.read_text())
-            self.entries = [CheckpointEntry(**e) for e in data.get("entries", [])
-                            if (self.directory / e["file"]).is_file()]
+        entries = read_index(tracking) if tracking.is_file() or tracking.is_symlink() else []
+        self.removed_temp = remove_stale_temp(self.directory)
+        self.entries = [e for e in entries if (self.directory / e.file).is_file()]
         self._recover()
 
     def epoch_files(self) -> list[tuple[int, Path]]:
@@ -303,7 +326,7 @@ class CheckpointManager:
     def _prune_files(self, dropped: list[CheckpointEntry]) -> None:
         live = {e.file for e in self.entries}
         for e in dropped:
-            if e.file not in live:
+            if e.file not in live and EPOCH_FILE.fullmatch(e.file):  # names were checked on reading; twice is cheap
                 (self.directory / e.file).unlink(missing_ok=True)
 
     def _write_tracking(self) -> None:
@@ -349,9 +372,12 @@ def load_resume_checkpoint(directory: str | os.PathLike, map_location: str | tor
         UnsafeWeightsError: a file needs pickled code (never bypassed silently).
     """
     directory = Path(directory)
+    refuse_symlinked_folder(directory, "checkpoint folder")
     last = directory / "last.pt"
     problem = "missing" if not last.is_symlink() and not last.exists() else (
         "dangling (its target is gone)" if not last.exists() else None)
+    if problem is None and last.is_symlink() and not EPOCH_FILE.fullmatch(os.readlink(last)):
+        problem = f"a link out of the folder (to {os.readlink(last)}), not followed"
     if problem is None:
         try:
             return load_checkpoint(last, map_location), last, None

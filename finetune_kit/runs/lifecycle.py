@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
+from finetune_kit.runs.atomic import append_line
+
 if TYPE_CHECKING:  # pragma: no cover
     from finetune_kit.runs.logger import RunLogger
     from finetune_kit.runs.run_dir import RunDir
@@ -49,10 +51,9 @@ def write_traceback(folder, exc: BaseException) -> "Path | None":
     from pathlib import Path
 
     path = Path(folder) / TRACEBACK_LOG
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {error_line(exc)}\n")
-            fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        append_line(path, f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {error_line(exc)}\n{text}")  # never through a link
     except OSError:
         return None
     return path
@@ -101,7 +102,10 @@ def run_lifecycle(run: "RunDir", logger: "RunLogger | None" = None) -> Iterator[
         run.set_status("interrupted", f"interrupted by the user; {resume_hint(run)}")
         raise
     except BaseException as exc:  # SystemExit from a library too: the run did not finish
-        run.set_status("failed", error_line(exc))
+        try:
+            run.set_status("failed", error_line(exc))
+        except OSError:  # a full or read-only disk: the error that says so is what the user must see
+            pass
         if run.enabled:
             write_traceback(run.path, exc)
             try:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from finetune_kit.runs.atomic import atomic_write_text
+from finetune_kit.runs.atomic import DISK_ERRNOS, append_line, atomic_write_text, disk_write_error
 
 __all__ = ["RunDir", "new_run_dir", "safe_name", "child_path", "environment_info", "to_jsonable", "fingerprint", "fingerprint_inputs",
            "git_info", "recorded_command"]
@@ -201,15 +201,25 @@ def new_run_dir(output_dir: str | os.PathLike, name: str) -> Path:
     """Create and return a fresh run folder ``output_dir/name-YYYYmmdd-HHMMSS[-k]``.
 
     ``name`` is sanitised by :func:`safe_name` (letters, digits, ``-``, ``_`` and ``.``), so the
-    folder is always directly inside ``output_dir``.
+    folder is always directly inside ``output_dir``. The folder is created atomically (``mkdir``
+    without ``exist_ok``), so two runs started at once never share one.
+
+    Raises:
+        DiskWriteError: ``output_dir`` is read-only, not writable or full (one line with the fix).
     """
     safe = safe_name(name)
     base = Path(output_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, k = base, 1
-    while path.exists():
-        path, k = Path(f"{base}-{k}"), k + 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)  # not exist_ok: of two runs started in the same second, one gets -1
+            return path
+        except FileExistsError:
+            path, k = Path(f"{base}-{k}"), k + 1
+        except OSError as exc:
+            if exc.errno in DISK_ERRNOS:
+                raise disk_write_error(exc, path) from None
+            raise
 
 
 class RunDir:
@@ -281,9 +291,7 @@ class RunDir:
         """
         if not self.enabled:
             return
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(to_jsonable(dict(record))) + "\n")
-            fh.flush()
+        append_line(self.path / "metrics.jsonl", json.dumps(to_jsonable(dict(record))) + "\n")  # never through a link
 
     def history(self) -> list[dict[str, Any]]:
         """All records of ``metrics.jsonl`` (empty when absent)."""

@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from finetune_kit.tasks.config_base import ConfigSection
 
 __all__ = ["ClassificationConfig", "DataConfig", "ConfigError", "STRATEGY_FIELDS", "RECORDED_FIELDS",
            "parse_strategy_kwargs"]
@@ -59,7 +61,7 @@ def parse_strategy_kwargs(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-class DataConfig(BaseModel):
+class DataConfig(ConfigSection):
     """Where the images are and how their labels are given.
 
     Attributes:
@@ -118,7 +120,7 @@ class DataConfig(BaseModel):
         return self
 
 
-class ClassificationConfig(BaseModel):
+class ClassificationConfig(ConfigSection):
     """All options of one fine-tuning run (see ``finetune-kit classify --help`` for each).
 
     Units: ``num_epochs``/``linear_probe_epochs``/``warmup_epochs`` in epochs; learning

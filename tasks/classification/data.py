@@ -114,13 +114,29 @@ def _from_regex(root: Path, cfg: DataConfig) -> LabelledImages:
     return LabelledImages(samples, classes, "regex")
 
 
+#: label cells that mean "no label" (an empty cell, or what pandas and spreadsheets write for one)
+MISSING_LABELS = ("", "nan", "na", "n/a", "null", "none")
+
+
 def _from_csv(path: Path, cfg: DataConfig) -> LabelledImages:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in csv.DictReader(fh)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DataError(f"{path}: a CSV needs a header with columns path,label (optional split); "
                         f"found {list(rows[0]) if rows else 'no rows'}")
     labels = [r["label"].strip() for r in rows]
+    unlabelled = [i for i, lab in enumerate(labels) if lab.lower() in MISSING_LABELS]
+    if unlabelled:
+        raise DataError(f"{path}: {len(unlabelled)} rows have no label (empty or NaN; rows "
+                        f"{', '.join(str(i + 2) for i in unlabelled[:6])}{' ...' if len(unlabelled) > 6 else ''}); "
+                        "label them or delete those rows")
+    no_path = [i for i, r in enumerate(rows) if not r["path"].strip()]
+    if no_path:
+        raise DataError(f"{path}: {len(no_path)} rows have an empty path (rows "
+                        f"{', '.join(str(i + 2) for i in no_path[:6])}); fill them or delete those rows")
     _check_label_spelling(path, labels, cfg)
     classes = _order_classes(sorted(set(labels)))
     if len(classes) < 2:

@@ -357,7 +357,8 @@ def start_run(state: TrainingRun) -> TrainingRun:
         run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
                                "weights": cfg.custom_weights_path}, command="classify")
     state.run = run
-    state.logger = RunLogger(run, wandb_mode=cfg.wandb, project=cfg.wandb_project, name=cfg.tag, config=cfg)
+    # the manager first: it refuses a folder another process runs on (a second --resume) before anything is written
     state.checkpoints = CheckpointManager(run.checkpoints, keep_last=1, keep_best=1, metric=state.opt.monitor,
                                           mode=state.opt.mode)
+    state.logger = RunLogger(run, wandb_mode=cfg.wandb, project=cfg.wandb_project, name=cfg.tag, config=cfg)
     return state

@@ -25,13 +25,21 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
     cleared; the named options of other strategies back at their defaults, see
     :meth:`ClassificationConfig.for_strategy`).
 
+    A run killed before its first checkpoint was complete (``config.json`` and ``split.csv``, no
+    checkpoint) is accepted: :func:`run_training` then starts it again in the same folder.
+
     Raises:
-        FileNotFoundError: not a run folder or no ``last.pt`` yet (names the path).
+        FileNotFoundError: not a run folder (names the path).
+        ValueError: its ``checkpoints/`` is a symbolic link or its ``checkpoints.json`` is not what a
+            run writes (:class:`~finetune_kit.runs.checkpoint.CheckpointIndexError`).
     """
+    from finetune_kit.runs.checkpoint import check_checkpoint_folder
     from finetune_kit.runs.run_dir import RunDir
 
     run = RunDir(run_path)
-    if not (run.checkpoints / "last.pt").exists() and not any(run.checkpoints.glob("epoch_*.pt")):
+    check_checkpoint_folder(run.checkpoints)  # untrusted input: a link or a forged index is refused here
+    has_checkpoint = (run.checkpoints / "last.pt").exists() or any(run.checkpoints.glob("epoch_*.pt"))
+    if not has_checkpoint and not ((run.path / "config.json").is_file() and (run.path / "split.csv").is_file()):
         raise FileNotFoundError(f"--resume {run.path}: no checkpoints/last.pt there; pass the folder of a run that "
                                 "finished at least one epoch")
     cfg = ClassificationConfig.model_validate(run.read_json("config.json"))
@@ -58,7 +66,8 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
 
     Args:
         cfg: the validated config (``cfg.run_dir`` set when resuming, see :func:`resume_config`).
-        resume: continue from ``RUN/checkpoints/last.pt``. Default False.
+        resume: continue from ``RUN/checkpoints/last.pt`` (from epoch 1, in the same folder, when the
+            run stopped before its first checkpoint was complete). Default False.
         image_cache: an :class:`~finetune_kit.tasks.classification.transforms.ImageCache` to share decoded
             images between runs (``compare``); made here when None or of another size.
         console: a rich Console for messages (default: stderr).
@@ -80,6 +89,11 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     from finetune_kit.tasks.classification.setup import build, start_run
 
     state = start_run(build(cfg, resume=resume, image_cache=image_cache, console=console))
+    if resume and state.checkpoints.last() is None:  # killed before its first checkpoint was complete
+        state.console.print(f"{state.run.path} holds no complete checkpoint (the run stopped during its first "
+                            "save): starting it again at epoch 1 in the same folder")
+        state.run.truncate_history(0)  # the records of the killed attempt
+        resume = False
     with run_lifecycle(state.run, state.logger) as outcome:
         if resume:
             restore(state)

@@ -9,15 +9,18 @@ model's timm data config) runs batched in torch (:func:`normalize_batch`).
 """
 from __future__ import annotations
 
+import io
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
-__all__ = ["CorruptImageError", "ImageTooSmallError", "MIN_IMAGE_SIDE", "check_image_size", "decode_image", "crop_to_fov", "ImageCache", "DataTransforms",
+__all__ = ["CorruptImageError", "ImageTooSmallError", "MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "check_image_size", "decode_image", "crop_to_fov", "ImageCache", "DataTransforms",
            "build_transforms", "cache_size_for", "normalize_batch", "CachedImageDataset"]
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ class ImageTooSmallError(ValueError):
 #: Smallest accepted image side in pixels: smaller images would be upscaled into training
 #: (mostly interpolation, no detail). Default 32.
 MIN_IMAGE_SIDE = 32
+#: largest image accepted, in pixels (10000 x 10000): a header claiming more (a decompression bomb,
+#: which would make the decoder allocate gigabytes) is refused before decoding
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 def check_image_size(img: np.ndarray, path: str, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
@@ -55,16 +61,38 @@ def decode_image(path: str) -> np.ndarray:
 
     Raises:
         CorruptImageError: unreadable, truncated or not an image (names the path and
-            ``--skip_corrupt``).
+            ``--skip_corrupt``), or its header claims more than :data:`MAX_IMAGE_PIXELS` pixels
+            (refused before decoding, so a decompression bomb costs no memory).
     """
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8) if path else None
+    if data is not None and data.size:
+        _check_pixel_count(data, path)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
     if img is None or img.ndim != 3 or min(img.shape[:2]) < 1:  # a valid 1x1 image decodes (size: check_image_size)
         raise CorruptImageError(f"cannot decode image {path}: the file is corrupt or not an image; replace or delete it, "
                                 "or pass --skip_corrupt to skip such files with a warning")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _check_pixel_count(data: np.ndarray, path: str) -> None:
+    """Refuse an image whose header claims more than :data:`MAX_IMAGE_PIXELS` pixels (read by PIL from
+    the header alone; a format PIL does not know is left to the decoder)."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            claimed = f"{im.size[0]}x{im.size[1]} px"
+            pixels = im.size[0] * im.size[1]
+    except Image.DecompressionBombError as exc:  # PIL's own limit (2 x 89 Mpx), hit while reading the header
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else MAX_IMAGE_PIXELS + 1
+        claimed = f"{pixels:,} px"
+    except Exception:  # noqa: BLE001 - not a format PIL reads from its header: the decoder decides
+        return
+    if pixels > MAX_IMAGE_PIXELS:
+        raise CorruptImageError(f"image {path} claims {claimed}, above the limit of {MAX_IMAGE_PIXELS // 10**6} "
+                                "million pixels (a decompression bomb or a damaged header); downscale or delete it, or "
+                                "pass --skip_corrupt to skip such files with a warning")
 
 
 def crop_to_fov(img: np.ndarray, threshold: int = 12, min_fraction: float = 0.2) -> np.ndarray:

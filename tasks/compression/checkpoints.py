@@ -24,7 +24,7 @@ from torch import nn
 from finetune_kit.runs.checkpoint import extract_state_dict, load_checkpoint
 
 __all__ = ["CheckpointMismatchError", "load_weights", "load_model", "checkpoint_model_name", "ENTROPY_BUFFERS",
-           "default_checkpoint", "resume_config_file"]
+           "default_checkpoint", "resume_config_file", "run_folder_of", "started_without_checkpoint"]
 
 #: buffers CompressAI sizes in ``update()``; their shapes may legitimately differ
 ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -180,8 +180,27 @@ def default_checkpoint(path: str | os.PathLike) -> Path:
 def resume_config_file(resume: str | os.PathLike) -> Path | None:
     """The ``config.json`` of the run that ``--resume`` names (a run folder, or a checkpoint in its
     ``checkpoints/``), or None when there is none (then every option must be given)."""
-    p = Path(resume)
-    run = p if p.is_dir() else (p.resolve().parent.parent if p.resolve().parent.name == "checkpoints"
-                                else p.resolve().parent)
-    cand = run / "config.json"
+    cand = run_folder_of(resume) / "config.json"
     return cand if cand.is_file() else None
+
+
+def run_folder_of(resume: str | os.PathLike) -> Path:
+    """The run folder ``--resume`` names: the folder itself, or ``RUN`` for a checkpoint file in
+    ``RUN/checkpoints/`` (or directly in ``RUN``). Symbolic links (``last.pt``) are not followed: a
+    link planted in a run folder must not move the run's writes elsewhere."""
+    p = Path(os.path.abspath(resume))
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def started_without_checkpoint(resume: str | os.PathLike) -> bool:
+    """Whether ``resume`` is a run folder that was killed before its first checkpoint was complete:
+    a ``config.json``, and no ``last.pt`` nor ``epoch_*.pt`` (at most a temp file of the killed save).
+    ``--resume`` then starts that run again from epoch 1 in the same folder."""
+    p = Path(resume)
+    if not p.is_dir() or not (p / "config.json").is_file():
+        return False
+    folders = [p / "checkpoints", p]
+    return not any((f / "last.pt").is_symlink() or (f / "last.pt").exists() or any(f.glob("epoch_*.pt"))
+                   for f in folders)

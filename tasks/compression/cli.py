@@ -13,6 +13,7 @@ from typing import Any, List, Mapping, Optional
 
 import typer
 
+from finetune_kit.tasks.cli_errors import EXIT_REFUSED, fail
 from finetune_kit.tasks.cli_options import CONFIG_HELP, merge_options, option, read_config_file, resolve_device
 
 __all__ = ["app", "compression_file_values", "collect_values", "run_train", "RECORDED_KEYS"]
@@ -52,9 +53,10 @@ def _config(cls, **kwargs):
         raise typer.Exit(2) from None
 
 
-def _fail(exc: Exception, code: int = 1) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code) from None
+def _fail(exc: Exception, code: int | None = None) -> None:
+    """One ``error:`` line; exit 1 for a run that failed in its folder, else 2 (refused input: a bad
+    option, file or run folder, a file that needs pickled code)."""
+    fail(exc, code if code is not None else (1 if getattr(exc, "finetune_kit_run_dir", None) else EXIT_REFUSED))
 
 
 def compression_file_values(path: str | Path) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
+
+from finetune_kit.tasks.config_base import ConfigSection
 
 from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
 
@@ -83,7 +85,7 @@ def require_image_folder(v: Optional[Path]) -> Optional[Path]:
     return v
 
 
-class RunConfigBase(BaseModel):
+class RunConfigBase(ConfigSection):
     """Options shared by ``compress train`` (:class:`TrainConfig`) and ``compress finetune``
     (:class:`~finetune_kit.tasks.compression.finetune.config.FinetuneConfig`).
 
@@ -213,7 +215,7 @@ class TrainConfig(RunConfigBase):
         return self
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(ConfigSection):
     """Options of ``finetune-kit compress eval``."""
 
     model_config = ConfigDict(extra="forbid")

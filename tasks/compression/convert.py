@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 from finetune_kit.tasks.compression.models.hpcm.official import ARCH_PRESETS, ConversionReport, convert_official_state_dict
 
 __all__ = ["read_official_state_dict", "convert_official_checkpoint", "default_output", "lambda_from_name"]
@@ -29,19 +30,19 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file needs pickled code to load (refused), is not a PyTorch file, or
-            holds no tensors.
+        UnsafeWeightsError: the file needs pickled code to load (refused; names
+            ``--trust-pickled-weights``, which loads it).
+        ValueError: the file is not a PyTorch file, or holds no tensors.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"official checkpoint {p} does not exist")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = safe_torch_load(p, what="official checkpoint")
+    except UnsafeWeightsError:
+        raise  # one line naming the file, the pickled global and --trust-pickled-weights
     except Exception as exc:  # noqa: BLE001 - one line with the reason
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__ or "GLOBAL" in str(exc):
-            raise ValueError(f"{p} needs pickled Python code to load; refused (only plain tensor checkpoints are "
-                             f"read, with torch.load(weights_only=True)): {first}") from None
         raise ValueError(f"{p} is not a readable PyTorch checkpoint ({type(exc).__name__}: {first})") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "net"):

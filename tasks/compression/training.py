@@ -55,17 +55,25 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
     checkpoint) continues its run folder, otherwise a new folder under ``cfg.output_dir``.
 
     Raises:
-        ValueError: the resumed checkpoint was trained with another model, lambda or metric.
+        ValueError: the resumed checkpoint was trained with another model, lambda or metric, or the
+            run folder's ``checkpoints/`` is a link or its index is not what a run writes.
     """
-    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.runs.checkpoint import check_checkpoint_folder, load_checkpoint
     from finetune_kit.runs.run_dir import new_run_dir
-    from finetune_kit.tasks.compression.checkpoints import default_checkpoint
+    from finetune_kit.tasks.compression.checkpoints import (default_checkpoint, run_folder_of,
+                                                             started_without_checkpoint)
 
     if cfg.resume is None:
         from finetune_kit.tasks.compression.distributed import main_run_path
 
         return None, main_run_path(lambda: new_run_dir(cfg.output_dir,
                                                        cfg.name or f"{cfg.model}-{cfg.metric}-lambda{cfg.lmbda:g}"))
+    ckpt_dir = run_folder_of(cfg.resume) / "checkpoints"
+    check_checkpoint_folder(ckpt_dir)  # untrusted input: refused before anything is written
+    if started_without_checkpoint(cfg.resume):  # killed during its first save: start it again, same folder
+        print(f"{cfg.resume} holds no complete checkpoint (the run stopped during its first save): starting it "
+              "again at epoch 1 in the same folder")
+        return None, run_folder_of(cfg.resume)
     ckpt_path = default_checkpoint(cfg.resume)
     ckpt = load_checkpoint(ckpt_path)
     prev = ckpt.get("config", {})
@@ -74,8 +82,7 @@ def resolve_source(cfg: "TrainConfig") -> tuple[Optional[dict], Path]:  # noqa: 
             raise ValueError(f"cannot resume {ckpt_path}: it was trained with {key}={prev[key]!r}, not "
                              f"{getattr(cfg, key)!r}; --resume continues the same run (use 'compress finetune' "
                              "to start from it with new settings)")
-    parent = ckpt_path.resolve().parent
-    return ckpt, parent.parent if parent.name == "checkpoints" else parent
+    return ckpt, run_folder_of(cfg.resume if Path(cfg.resume).is_dir() else ckpt_path)
 
 
 def build_run(cfg: Any, run_path: Path, config: Any = None, inputs: Any = None, command: str = "compress train") -> tuple[Any, Any]:
@@ -232,7 +239,8 @@ def train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821 - imported lazily
 
 def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
     """:func:`train`'s body, inside the process group when torchrun started the run."""
-    from finetune_kit.distributed import broadcast_object
+    from finetune_kit.distributed import broadcast_object, is_main
+    from finetune_kit.runs.checkpoint import hold_folder
     from finetune_kit.runs.lifecycle import run_lifecycle
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.compression.data import build_loaders
@@ -241,7 +249,12 @@ def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     resume_ckpt, run_path = resolve_source(cfg)
+    # a second --resume of this run is refused before it rewrites the folder's files (held to the end)
+    held = cfg.resume and is_main() and (run_path / "checkpoints").is_dir()
+    lock = hold_folder(run_path / "checkpoints") if held else None
     rd, logger = build_run(cfg, run_path)
+    if cfg.resume and resume_ckpt is None:  # started again after a kill in its first save
+        rd.truncate_history(0)
     with run_lifecycle(rd, logger):
         train_loader, val_loader = build_loaders(cfg)
         parts = build_model_and_optimizers(cfg, rd)
@@ -269,4 +282,5 @@ def _train(cfg: "TrainConfig") -> dict[str, Any]:  # noqa: F821
         final["run_dir"] = str(run_path)
         rd.write_json("metrics.json", final)
         logger.summary(final)
+    del lock  # the folder is free for the next run of this process
     return final

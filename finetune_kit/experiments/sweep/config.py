@@ -9,6 +9,7 @@ objective and direction), handed in by the caller; the runner is
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,11 +260,42 @@ def make_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None =
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return _rdb_storage(optuna, url, kwargs)
     except (ImportError, ModuleNotFoundError) as exc:
         raise SweepError(f"storage {safe_url(url)}: {exc}; for PostgreSQL: pip install 'finetune-kit[postgres]'") from exc
     except Exception as exc:  # noqa: BLE001 - sqlalchemy's many errors, re-raised with the URL
-        raise SweepError(f"cannot open the study storage {safe_url(url)}: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if _HALF_MADE in str(exc):
+            raise SweepError(f"the study storage {safe_url(url)} is half-created and could not be completed ({first}): "
+                             "stop other sweeps on it and run the sweep again, or, if it holds no finished "
+                             "trials, delete it") from exc
+        raise SweepError(f"cannot open the study storage {safe_url(url)}: {type(exc).__name__}: {first}") from exc
+
+
+#: what SQLite/PostgreSQL say when a table of the schema exists already: the schema is half-created
+#: (another process is creating it, or one was killed doing so)
+_HALF_MADE = "already exists"
+
+
+def _rdb_storage(optuna: Any, url: str, kwargs: dict[str, Any], attempts: int = 5) -> Any:
+    """``RDBStorage(url)``, completing a half-created schema.
+
+    Optuna creates the tables one by one after checking which exist; when another process (a
+    second worker, ``analyze`` reading the study) creates one in between, or a sweep was killed
+    half-way, creation fails with "table ... already exists". Creating again skips the tables
+    that exist and adds the missing ones, so it is retried (``attempts`` times, 0.2 s apart).
+
+    Raises:
+        whatever the last attempt raises.
+    """
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError/ProgrammingError
+            if _HALF_MADE not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def safe_url(url: str) -> str:

@@ -217,7 +217,7 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"search space file {path} is not valid YAML/JSON: {exc}") from exc
+        raise ValueError(f"search space file {path} is not valid YAML/JSON: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping) or not isinstance(data.get("params"), Mapping):
         raise ValueError(f"search space file {path} needs a 'params:' mapping of parameter -> values or range")
     out = dict(data)

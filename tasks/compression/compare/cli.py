@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import typer
 
+from finetune_kit.tasks.cli_errors import EXIT_REFUSED, fail
+
 from finetune_kit.tasks.cli_options import given, option
 
 __all__ = ["register"]
@@ -95,7 +97,6 @@ def register(app: typer.Typer) -> None:
         try:
             res = run_compare(cfg, echo=typer.echo)
         except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            fail(exc, 1 if getattr(exc, "finetune_kit_run_dir", None) else EXIT_REFUSED)  # 1: a run failed
         typer.echo(res["markdown"])
         typer.echo(f"comparison folder: {res['folder']}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from finetune_kit.tasks.config_base import ConfigSection
 
 from finetune_kit.tasks.compression.compare.workflows import WORKFLOWS
 from finetune_kit.tasks.compression.config import absolute_path, check_device, require_image_folder
@@ -12,7 +14,7 @@ from finetune_kit.tasks.compression.config import absolute_path, check_device, r
 __all__ = ["CompareConfig"]
 
 
-class CompareConfig(BaseModel):
+class CompareConfig(ConfigSection):
     """Options of ``compress compare`` (see ``docs/compression_finetuning.md``).
 
     Budget: every workflow runs ``steps`` optimizer steps = ``epochs`` epochs of

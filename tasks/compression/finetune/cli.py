@@ -14,6 +14,7 @@ from typing import Any, List, Mapping, Optional
 
 import typer
 
+from finetune_kit.tasks.cli_errors import EXIT_REFUSED, fail
 from finetune_kit.tasks.cli_options import CONFIG_HELP, option
 
 __all__ = ["register", "run_finetune", "fold_aliases", "step_epochs_values"]
@@ -85,8 +86,7 @@ def run_finetune(values: Mapping[str, Any]) -> dict:
         try:
             final = finetune(cfg)
         except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            fail(exc, 1 if getattr(exc, "finetune_kit_run_dir", None) else EXIT_REFUSED)  # 1: the run failed
     typer.echo(f"run folder: {final['run_dir']}")
     typer.echo(f"best checkpoint: {final['best_checkpoint']}")
     typer.echo(f"val R-D {final.get('val_rd', float('nan')):.4f}, bpp {final.get('val_bpp', float('nan')):.4f}, "

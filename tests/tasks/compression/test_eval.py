@@ -91,7 +91,7 @@ def test_eval_cli_errors(tmp_path, kodak):
     assert r.exit_code == 2 and "does not exist" in r.output
     path = atomic_save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "bare.pt")
     r = runner.invoke(app, ["compress", "eval", str(path), "--data", str(kodak), "--output", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "--model" in r.output
+    assert r.exit_code == 2 and "--model" in r.output
 
 
 def test_small_image_is_left_out_of_the_ms_ssim_mean_only(kodak, tmp_path):

@@ -86,7 +86,7 @@ def test_train_cli_checkpoints_and_resume(photos, tmp_path):
 
     # resuming with another lambda is refused with one line
     r = runner.invoke(app, _train_args(photos, tmp_path, 4, ["--resume", str(run), "--lambda", "0.0018"]))
-    assert r.exit_code == 1 and "cannot resume" in r.output and "lmbda=0.0483" in r.output
+    assert r.exit_code == 2 and "cannot resume" in r.output and "lmbda=0.0483" in r.output
 
 
 def test_resume_with_other_lambda_is_refused(photos, tmp_path):

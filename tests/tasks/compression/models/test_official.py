@@ -149,7 +149,7 @@ def test_convert_command_writes_a_checkpoint_eval_and_finetune_load(tmp_path):
     assert torch.equal(model.state_dict()["context.s2_adaptor.0.weight"], official["y_spatial_prior_adaptor_list_s2.2.weight"])
     # the wrong --arch is refused, nothing written
     r = CliRunner().invoke(app, ["compress", "convert-official", str(src), "--arch", "large", "--output", str(tmp_path / "x.pt")])
-    assert r.exit_code == 1 and "does not convert" in r.output and not (tmp_path / "x.pt").exists()
+    assert r.exit_code == 2 and "does not convert" in r.output and not (tmp_path / "x.pt").exists()
 
 
 class _Evil:  # a pickled object (code) rather than tensors
@@ -162,9 +162,9 @@ def test_convert_refuses_pickled_code(tmp_path):
 
     bad = tmp_path / "bad.pth"
     torch.save({"net": _Evil(), "w": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="pickled Python code") as exc:
+    with pytest.raises(ValueError, match="refused to unpickle code") as exc:
         read_official_state_dict(bad)
-    assert "\n" not in str(exc.value)
+    assert "\n" not in str(exc.value) and "--trust-pickled-weights" in str(exc.value)
 
 
 def _official_repo() -> Path:
