@@ -316,7 +316,8 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
         models: config models; their leaf names must be unique together.
         help: the command's help (default: the function's docstring).
         exclude / include: leaf names to leave out / to keep only.
-        defaults: command defaults that differ from the fields' (leaf name -> value); the help shows them.
+        defaults: command defaults that differ from the fields' (leaf name -> value); the help shows
+            them, and ``values`` holds them under the file and typed values. ``None``: no default.
         read_file: reads ``--config FILE`` into a flat or nested mapping (default :func:`read_config_file`).
 
     Returns:
@@ -332,6 +333,8 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
     unknown = set(defaults) - {o.name for o in leaves}
     if unknown:
         raise ValueError(f"config_command {name}: defaults for unknown options {sorted(unknown)}")
+
+    set_defaults = {k: v for k, v in defaults.items() if v is not None}  # None: no default, none shown
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         hints = get_type_hints(fn)
@@ -356,7 +359,7 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
                     file_values = read_file(Path(kwargs["config"]))
                 except (FileNotFoundError, ValueError) as exc:
                     fail(exc)
-            values = deep_merge(deep_merge(nest(models, defaults), nest(models, file_values)), nest(models, typed))
+            values = deep_merge(deep_merge(nest(models, set_defaults), nest(models, file_values)), nest(models, typed))
             for key in wants_ctx:
                 kwargs[key] = ctx
             return fn(values=values, **kwargs)

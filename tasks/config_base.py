@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union, get_args, 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
-__all__ = ["ConfigSection", "option_field", "absolute_path", "ConfigOption", "config_options", "nest", "deep_merge",
-           "strip_optional"]
+__all__ = ["ConfigSection", "option_field", "absolute_path", "ConfigOption", "config_options", "nest", "flatten",
+           "deep_merge", "strip_optional"]
 
 
 def option_field(default: Any = ..., description: str = "", *, aliases: Iterable[str] = (),
@@ -209,4 +209,21 @@ def nest(models: type | Sequence[type], values: Mapping[str, Any]) -> dict[str, 
                 place(where + (key,), value)
 
     walk(values, ())
+    return out
+
+
+def flatten(models: type | Sequence[type], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`nest`: every leaf at the top by its name (``{"optim": {"learning_rate": 1}}``
+    -> ``{"learning_rate": 1}``); flat or mixed input works too, dict-valued leaves stay dicts."""
+    _, sections = _index([models] if isinstance(models, type) else list(models))
+    out: dict[str, Any] = {}
+
+    def walk(mapping: Mapping[str, Any], where: tuple[str, ...]) -> None:
+        for key, value in mapping.items():
+            if where + (key,) in sections and isinstance(value, Mapping):
+                walk(value, where + (key,))
+            else:
+                out[key] = value
+
+    walk(nest(models, values), ())
     return out

@@ -108,14 +108,14 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     cfg = ClassificationConfig.model_validate(run.read_json("config.json"))
     ck = load_checkpoint(best)
     class_names = ck["class_names"]
-    model, _ = build_model(cfg.model_name, len(class_names), pretrained=False, drop_rate=cfg.drop_rate,
-                           img_size=cfg.img_size)
+    model, _ = build_model(cfg.model.model_name, len(class_names), pretrained=False, drop_rate=cfg.model.drop_rate,
+                           img_size=cfg.transforms.img_size)
     model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
     model.to(device).eval()
     temperature = 1.0
     if (run.path / "metrics.json").is_file():
         temperature = float(run.read_json("metrics.json").get("temperature") or 1.0)
-    tf = build_transforms(model, cfg.img_size, augment="none")
+    tf = build_transforms(model, cfg.transforms.img_size, augment="none")
     return model, cfg, class_names, temperature, tf
 
 

@@ -118,9 +118,9 @@ def _cached_epoch(state: TrainingRun) -> bool:
 
 def _train_batches(state: TrainingRun, epoch: int, use_cache: bool):
     if use_cache:
-        g = torch.Generator().manual_seed(epoch_seed(state.cfg.seed, epoch))
+        g = torch.Generator().manual_seed(epoch_seed(state.cfg.runtime.seed, epoch))
         ds = torch.utils.data.TensorDataset(*state.features["train"])
-        return torch.utils.data.DataLoader(ds, batch_size=state.cfg.batch_size, shuffle=True, generator=g)
+        return torch.utils.data.DataLoader(ds, batch_size=state.cfg.optim.batch_size, shuffle=True, generator=g)
     return image_loader(state, state.data.train, state.data.tf.train, epoch=epoch, drop_last=state.opt.mixup is not None)
 
 
@@ -188,9 +188,9 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
 
     cfg, model, strategy, opt = state.cfg, state.model, state.strategy, state.opt
     rank = dist_info().rank  # per-rank dropout/augmentation seeds; rank 0 = one process
-    seed_everything(epoch_seed(cfg.seed, epoch) + rank)
+    seed_everything(epoch_seed(cfg.runtime.seed, epoch) + rank)
     if state.data.tf.random_train:
-        state.data.tf.train.set_random_seed(epoch_seed(cfg.seed, epoch) + rank)
+        state.data.tf.train.set_random_seed(epoch_seed(cfg.runtime.seed, epoch) + rank)
     events = list(strategy.on_epoch_start(epoch, opt.optimizer))
     strategy.train_mode(model)
     if state.bn_frozen:
@@ -202,7 +202,7 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
         forward=(lambda f: head_forward(model, f)) if use_cache else forward, batches=_train_batches(state, epoch, use_cache),
         prepare=_identity if use_cache else _prepare(state), criterion=opt.criterion, optimizer=opt.optimizer,
         schedule=opt.schedule, global_step=state.global_step, amp=state.amp, scaler=opt.scaler,
-        grad_clip=cfg.grad_clip, mixup=opt.mixup, ema=state.ema, ema_model=model, device=state.device,
+        grad_clip=cfg.optim.grad_clip, mixup=opt.mixup, ema=state.ema, ema_model=model, device=state.device,
         on_batch=on_batch)
     stats = reduce_epoch_stats(stats)  # DDP: mean loss and images/s over every rank's images
     vl, vy = validate(state, use_cache)
@@ -264,14 +264,14 @@ def train_epochs(state: TrainingRun) -> int | None:
     stopped = None
     with PeakMemory(state.device) as mem, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                                    TimeElapsedColumn(), TimeRemainingColumn(), console=state.console,
-                                                   disable=not cfg.progress, transient=True) as bar:
-        ep_task = bar.add_task(f"{cfg.ft_strategy} epochs", total=epochs, completed=state.start_epoch)
+                                                   disable=not cfg.runtime.progress, transient=True) as bar:
+        ep_task = bar.add_task(f"{cfg.strategy.ft_strategy} epochs", total=epochs, completed=state.start_epoch)
         b_task = bar.add_task("batches", total=state.opt.steps)
         for epoch in range(state.start_epoch, epochs):
             bar.reset(b_task, total=state.opt.steps)
             end_epoch(state, fit_one_epoch(state, epoch, on_batch=lambda: bar.advance(b_task)))
             bar.advance(ep_task)
-            if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch and epoch + 1 < epochs:
+            if cfg.runtime.stop_after_epoch is not None and epoch + 1 >= cfg.runtime.stop_after_epoch and epoch + 1 < epochs:
                 stopped = epoch + 1
                 break
             if early is not None and early.should_stop:

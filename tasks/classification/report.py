@@ -93,7 +93,7 @@ def report(state: TrainingRun) -> dict:
     cfg = state.cfg
     rep = calibrated_report(state.run.path, history=history, class_names=state.data.images.class_names,
                             run_name=cfg.tag, dataset=dataset_label(cfg.data.data, cfg.data.label_preset),
-                            seed=cfg.seed, calibration=cfg.calibration, **logits)
+                            seed=cfg.runtime.seed, calibration=cfg.calibration.calibration, **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
     from finetune_kit.tasks.classification.report_extras import ood_and_reference
 
@@ -116,8 +116,8 @@ def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: 
     peak, peak_increase = state.peak_memory or (None, None)
     mean = lambda key: float(np.mean([r[key] for r in history])) if history else None  # noqa: E731
     result = {
-        "status": "completed", "run_dir": str(state.run.path), "model_name": cfg.model_name,
-        "ft_strategy": cfg.ft_strategy, "class_names": d.images.class_names, "best_epoch": best_epoch,
+        "status": "completed", "run_dir": str(state.run.path), "model_name": cfg.model.model_name,
+        "ft_strategy": cfg.strategy.ft_strategy, "class_names": d.images.class_names, "best_epoch": best_epoch,
         "epochs_run": len(history), "temperature": rep["temperature"], "calibration": rep.get("calibration"),
         "val": rep.get("val", {}), "test": rep["test"],
         "n_images": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},

@@ -34,11 +34,11 @@ def ood_and_reference(state, logits: dict) -> dict:
     from finetune_kit.tasks.classification.metrics import auroc
 
     out: dict = {}
-    if "best_val" not in state.features or not (state.cfg.ood or state.strategy.head_only):
+    if "best_val" not in state.features or not (state.cfg.calibration.ood or state.strategy.head_only):
         return out
     ft, yt = _train_features(state)
     fv, ftest = state.features["best_val"], state.features["best_test"]
-    if state.cfg.ood:
+    if state.cfg.calibration.ood:
         from finetune_kit.tasks.classification.ood import OOD_FILE, fit_ood
 
         det = fit_ood(ft, yt, fv)

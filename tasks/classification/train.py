@@ -35,7 +35,7 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
         raise FileNotFoundError(f"--resume {run.path}: no checkpoints/last.pt there; pass the folder of a run that "
                                 "finished at least one epoch")
     cfg = ClassificationConfig.model_validate(run.read_json("config.json"))
-    return cfg.for_strategy(cfg.ft_strategy, run_dir=str(run.path), stop_after_epoch=None)
+    return cfg.for_strategy(cfg.strategy.ft_strategy, run_dir=str(run.path), stop_after_epoch=None)
 
 
 def _train(state, resume: bool, train_epochs) -> int | None:
@@ -57,7 +57,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     """Train, select the best epoch, calibrate, evaluate; returns the final metrics dict.
 
     Args:
-        cfg: the validated config (``cfg.run_dir`` set when resuming, see :func:`resume_config`).
+        cfg: the validated config (``cfg.output.run_dir`` set when resuming, see :func:`resume_config`).
         resume: continue from ``RUN/checkpoints/last.pt``. Default False.
         image_cache: an :class:`~finetune_kit.tasks.classification.transforms.ImageCache` to share decoded
             images between runs (``compare``); made here when None or of another size.
