@@ -322,7 +322,8 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
 
     Returns:
         A decorator; it returns the generated command function (``__config_options__`` maps each
-        generated parameter to its field path), which another app may register too.
+        generated parameter to its field path, ``__config_models__`` holds ``models``), which another
+        app may register too.
 
     Raises:
         ValueError: a leaf name used twice, or equal to one of the function's own parameters.
@@ -368,6 +369,7 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         command.__config_options__ = {o.name: o.path for o in leaves}  # type: ignore[attr-defined]
+        command.__config_models__ = models  # type: ignore[attr-defined]
         del command.__wrapped__  # typer must read the generated signature, not fn's
         if app is not None:
             app.command(name, help=help, **command_kwargs)(command)
