@@ -8,7 +8,7 @@ compressai) happen inside the commands so ``--help`` is fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 

@@ -19,10 +19,9 @@ import typer
 from rich.console import Console
 
 from finetune_kit.runs.run_dir import safe_name
-from finetune_kit.tasks.classification.compare import COMPARE_DEFAULTS, DEMO_HEAD_LR, DEMO_OVERRIDES
 from finetune_kit.tasks.classification.config import (
-    STRATEGY_FIELDS, ClassificationConfig, CompareOptions, DataConfig, EvaluateOptions, PredictOptions,
-    ResumeOptions)
+    COMPARE_DEFAULTS, DEMO_HEAD_LR, DEMO_OVERRIDES, STRATEGY_FIELDS, ClassificationConfig, CompareOptions, DataConfig,
+    EvaluateOptions, PredictOptions, ResumeOptions)
 from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
 from finetune_kit.tasks.cli_errors import fail
 from finetune_kit.tasks.cli_options import CONFIG_OPTION, config_command, deep_merge, given, nest, resolve_device

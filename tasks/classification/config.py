@@ -27,7 +27,7 @@ from finetune_kit.tasks.config_base import ConfigSection, config_options, deep_m
 __all__ = ["ClassificationConfig", "DataConfig", "ModelConfig", "TransformsConfig", "StrategyConfig", "OptimConfig",
            "CalibrationConfig", "RuntimeConfig", "OutputConfig", "ConfigError", "STRATEGY_FIELDS",
            "RECORDED_FIELDS", "parse_strategy_kwargs", "resolved_bn_stats", "ResumeOptions", "CompareOptions",
-           "PredictOptions", "EvaluateOptions"]
+           "PredictOptions", "EvaluateOptions", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR"]
 
 #: The built-in strategies' options that are also named config fields (``--llrd_decay`` ...), all in
 #: the ``strategy`` section. Each goes only to a strategy that accepts it; set explicitly for one
@@ -202,6 +202,16 @@ def resolved_bn_stats(cfg: ClassificationConfig) -> str:
 
 
 # -- options of one command, not of the run -------------------------------------------------------
+
+#: ``compare``'s own defaults (shorter runs, a lower LR and a faster new head than one ``classify`` run).
+COMPARE_DEFAULTS = {"num_epochs": 8, "learning_rate": 5e-4, "head_lr_mult": 10.0}
+#: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
+DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=10, linear_probe_epochs=20, batch_size=32,
+                      learning_rate=3e-3, head_lr_mult=1.0, gradual_patience=1, unfreeze_schedule="2,4",
+                      unfreeze_warmup_epochs=1, warmup_epochs=0.5, num_threads=1)
+#: ``compare --demo``: LR of the linear probe (random-init features are small, so it is high).
+DEMO_HEAD_LR = 3e-2
+
 
 class ResumeOptions(ConfigSection):
     """``classify --resume RUN``."""

@@ -12,18 +12,33 @@ strategy with the first on the same images. Written to ``cv_summary.json`` and `
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import typer
+
+from finetune_kit.calibration import Calibrator
+from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.runs.run_dir import RunDir, new_run_dir
+from finetune_kit.tasks.classification.bootstrap import (
+    METRICS,
+    bootstrap_metrics,
+    mean_sd,
+    metric_value,
+    paired_difference,
+)
+from finetune_kit.tasks.classification.compare import run_comparison, strategy_configs
+from finetune_kit.tasks.classification.data import discover
+from finetune_kit.tasks.classification.folds import fold_splits, group_ids, write_fold_csv
+from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
 __all__ = ["run_cross_validation", "summarise", "summary_markdown", "print_cross_validation"]
 
 
 def _finished_comparison(fold_dir: Path) -> dict | None:
-    import json
-
     for f in sorted(fold_dir.glob("compare-*/comparison.json")):
         d = json.loads(f.read_text())
         if d.get("finished"):
@@ -48,11 +63,6 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
         GroupError, ValueError: bad groups or too few patients per class for ``folds``; what
             ``run_comparison`` raises.
     """
-    from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.tasks.classification.compare import run_comparison, strategy_configs
-    from finetune_kit.tasks.classification.data import discover
-    from finetune_kit.tasks.classification.folds import fold_splits, group_ids, write_fold_csv
-    from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
     t0 = time.perf_counter()
     k = int(base.data.folds)
@@ -85,7 +95,6 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
                    n_groups=len(set(groups)), n_images=len(paths), wall_time_s=time.perf_counter() - t0)
     md = summary_markdown(summary, title=title)
     run.write_json("cv_summary.json", summary)
-    from finetune_kit.runs.checkpoint import atomic_write_text
 
     atomic_write_text(md, run.path / "cv_summary.md")
     return {"folder": str(run.path), "summary": summary, "markdown": md, "wall_time_s": summary["wall_time_s"]}
@@ -93,9 +102,7 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
 
 def _fold_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Calibrated test probabilities ``(N, C)``, labels ``(N,)`` and metrics of one strategy's run."""
-    import json
 
-    from finetune_kit.calibration import Calibrator
 
     m = json.loads((run_dir / "metrics.json").read_text())
     z = np.load(run_dir / "logits.npz")
@@ -112,8 +119,6 @@ def summarise(fold_folders: Sequence[str | Path], strategies: Sequence[str], *, 
         ``{"strategies": {name: {metric: {"mean", "sd", "pooled", "ci95"}}}, "paired": [...],
         "reference_logreg": {"mean", "sd"} | None}``.
     """
-    from finetune_kit.tasks.classification.bootstrap import (METRICS, bootstrap_metrics, mean_sd, metric_value,
-                                                             paired_difference)
 
     pooled, per_fold, refs = {}, {}, []
     for fd in fold_folders:
@@ -181,7 +186,6 @@ def summary_markdown(summary: dict, title: str = "") -> str:
 
 def print_cross_validation(cfg, names, per_strategy, console, title: str) -> dict:
     """The CLI's ``--folds K``: :func:`run_cross_validation`, then the tables and folder printed."""
-    import typer
 
     out = run_cross_validation(cfg, names, cfg.output.output_dir, per_strategy=per_strategy, console=console,
                                title=f"{title}, {cfg.data.folds}-fold")

@@ -15,8 +15,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.console import Console
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 
+from finetune_kit.amp import resolve_amp
+from finetune_kit.distributed import (
+    DDPTracker,
+    broadcast_object,
+    dist_info,
+    epoch_sampler,
+    init_distributed,
+    is_distributed,
+    is_main,
+    local_device,
+    per_rank_batch,
+)
+from finetune_kit.early_stopping import EarlyStopping
+from finetune_kit.layer_groups import parameter_count, resolve_layer_groups
+from finetune_kit.param_groups import parse_multipliers
+from finetune_kit.runs.checkpoint import CheckpointManager
+from finetune_kit.runs.logger import RunLogger
+from finetune_kit.runs.run_dir import RunDir, new_run_dir
+from finetune_kit.schedulers import build_lr_scheduler
+from finetune_kit.seeding import seed_everything
+from finetune_kit.strategy import get_strategy
 from finetune_kit.tasks.classification.config import ClassificationConfig, resolved_bn_stats
+from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
+from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
+from finetune_kit.tasks.classification.model import build_model, head_param_names
+from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
 
 __all__ = ["RunData", "Optimisation", "TrainingRun", "build", "build_strategy", "start_run", "epoch_seed",
            "image_loader"]
@@ -114,9 +143,7 @@ class TrainingRun:
 def image_loader(state: TrainingRun, samples, transform, epoch: int | None = None, drop_last: bool = False):
     """A DataLoader over ``samples`` (decoded images from the run's cache) through ``transform``;
     shuffled with the epoch's seed when ``epoch`` is given, else in order."""
-    from finetune_kit.tasks.classification.transforms import CachedImageDataset
 
-    from finetune_kit.distributed import epoch_sampler, is_distributed, per_rank_batch
 
     cfg = state.cfg
     ds = CachedImageDataset(state.data.cache, [s.path for s in samples], [s.label for s in samples], transform)
@@ -148,18 +175,12 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
         ValueError: an empty training or validation split, an odd batch size with mixup/cutmix,
             or a strategy's layer groups that the model lacks.
     """
-    from rich.console import Console
 
-    from finetune_kit.amp import resolve_amp
-    from finetune_kit.layer_groups import parameter_count
-    from finetune_kit.seeding import seed_everything
-    from finetune_kit.tasks.classification.model import build_model
 
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
     cfg.check_paths()
     build_strategy(cfg)  # options the strategy does not accept fail before any data is read
-    from finetune_kit.distributed import DDPTracker, init_distributed, is_main, local_device, per_rank_batch
 
     init_distributed(cfg.runtime.device)  # torchrun: open the process group (gloo on CPU, NCCL on CUDA)
     console.quiet = console.quiet or not is_main()
@@ -205,14 +226,11 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
     Raises:
         UnknownStrategyError, StrategyOptionError: unknown name or option; ValueError: bad value.
     """
-    from finetune_kit.strategy import get_strategy
 
     options = cfg.strategy_options()
     strategy = get_strategy(cfg.strategy.ft_strategy, **options)
     if model is None or cfg.optim.head_lr_mult == 1.0 or strategy.head_only or cfg.probes_head:
         return strategy  # a probed head starts solved: one LR for all (LP-FT, Kumar et al. 2022)
-    from finetune_kit.param_groups import parse_multipliers
-    from finetune_kit.tasks.classification.model import head_param_names
 
     # the new head learns faster than the pretrained body
     head = {n: cfg.optim.head_lr_mult for n in head_param_names(model)}
@@ -221,7 +239,6 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
 
 def _read_images(cfg: ClassificationConfig, resume: bool):
     """The labelled images: a resumed run's ``split.csv`` (split included), else ``cfg.data``."""
-    from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split
 
     if resume:
         from finetune_kit.runs.run_dir import RunDir
@@ -237,8 +254,6 @@ def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: 
     Raises:
         ValueError: an empty training or validation split.
     """
-    from finetune_kit.tasks.classification.data import stratified_split
-    from finetune_kit.tasks.classification.transforms import ImageCache, build_transforms
 
     tf = build_transforms(model, cfg.transforms.img_size, augment=cfg.resolved_augment(strategy.head_only), clahe=cfg.transforms.clahe,
                           seed=cfg.runtime.seed)
@@ -264,11 +279,7 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
     Raises:
         ValueError: an odd batch size with mixup/cutmix; strategy layer groups the model lacks.
     """
-    from timm.data import Mixup
-    from timm.loss import SoftTargetCrossEntropy
 
-    from finetune_kit.early_stopping import EarlyStopping
-    from finetune_kit.layer_groups import resolve_layer_groups
 
     groups = resolve_layer_groups(model, **cfg.layer_group_options())
     # foreach: one multi-tensor update per group instead of a Python loop over ~150 tensors; the same
@@ -295,14 +306,12 @@ def _build_ema(cfg: ClassificationConfig, model: torch.nn.Module):
     """A timm ``ModelEmaV3`` of the model with ``--ema`` (decay ``--ema_decay``), else None."""
     if not cfg.optim.ema:
         return None
-    from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=cfg.optim.ema_decay)
 
 
 def _build_schedule(cfg: ClassificationConfig, opt: Optimisation):
     """Linear warm-up then cosine to ``--min_lr``, applied per optimizer step."""
-    from finetune_kit.schedulers import build_lr_scheduler
 
     return build_lr_scheduler(opt.optimizer, epochs=cfg.epochs, steps_per_epoch=opt.steps,
                               warmup_epochs=cfg.optim.warmup_epochs, min_lr=cfg.optim.min_lr)
@@ -310,7 +319,6 @@ def _build_schedule(cfg: ClassificationConfig, opt: Optimisation):
 
 def _ddp_world(state: TrainingRun) -> bool:
     """Whether more than one process trains (DDP): the feature cache is then off."""
-    from finetune_kit.distributed import dist_info
 
     return dist_info().world_size > 1
 
@@ -321,7 +329,6 @@ def _feature_cache_allowed(state: TrainingRun) -> bool:
     They may when the images are not randomly augmented -- or when augmentation is "auto", which
     then means "augment once backbone layers train" (a linear probe first, then fine-tuning: LP-FT).
     """
-    from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
 
     cfg = state.cfg
     return can_use_feature_cache(state.model, head_only=True,
@@ -338,12 +345,7 @@ def start_run(state: TrainingRun) -> TrainingRun:
     Returns:
         ``state``, with ``run``, ``logger`` and ``checkpoints`` set.
     """
-    from finetune_kit.runs.checkpoint import CheckpointManager
-    from finetune_kit.runs.logger import RunLogger
-    from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.tasks.classification.data import write_split
 
-    from finetune_kit.distributed import broadcast_object, is_main
 
     cfg, main = state.cfg, is_main()  # under DDP only rank 0 writes; the others get its folder's path
     if state.resume:

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune_kit.runs.lifecycle import run_lifecycle
+from finetune_kit.runs.run_dir import RunDir
 from finetune_kit.tasks.classification.config import ClassificationConfig
+from finetune_kit.tasks.classification.linear_probe import exact_probe_applies, probe_head, solve_run
+from finetune_kit.tasks.classification.loop import restore, train_epochs
+from finetune_kit.tasks.classification.report import report
+from finetune_kit.tasks.classification.setup import build, start_run
 
 __all__ = ["run_training", "resume_config"]
 
@@ -28,7 +34,6 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
     Raises:
         FileNotFoundError: not a run folder or no ``last.pt`` yet (names the path).
     """
-    from finetune_kit.runs.run_dir import RunDir
 
     run = RunDir(run_path)
     if not (run.checkpoints / "last.pt").exists() and not any(run.checkpoints.glob("epoch_*.pt")):
@@ -41,7 +46,6 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
 def _train(state, resume: bool, train_epochs) -> int | None:
     """The exact linear probe (``linear``), or the epochs after an optional probed head (LP-FT,
     ``--probe-init``)."""
-    from finetune_kit.tasks.classification.linear_probe import exact_probe_applies, probe_head, solve_run
 
     if exact_probe_applies(state):
         if not resume:
@@ -74,10 +78,6 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
         NonFiniteLossError and anything raised once the folder exists: the folder's status says
         ``failed`` with the message (``interrupted`` for Ctrl-C).
     """
-    from finetune_kit.runs.lifecycle import run_lifecycle
-    from finetune_kit.tasks.classification.loop import restore, train_epochs
-    from finetune_kit.tasks.classification.report import report
-    from finetune_kit.tasks.classification.setup import build, start_run
 
     state = start_run(build(cfg, resume=resume, image_cache=image_cache, console=console))
     with run_lifecycle(state.run, state.logger) as outcome:

@@ -14,8 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import albumentations as A
+import cv2
 import numpy as np
+import timm
 import torch
+from timm.data import resolve_data_config
 
 __all__ = ["CorruptImageError", "ImageTooSmallError", "MIN_IMAGE_SIDE", "check_image_size", "decode_image", "crop_to_fov", "ImageCache", "DataTransforms",
            "build_transforms", "cache_size_for", "normalize_batch", "CachedImageDataset"]
@@ -57,7 +61,6 @@ def decode_image(path: str) -> np.ndarray:
         CorruptImageError: unreadable, truncated or not an image (names the path and
             ``--skip_corrupt``).
     """
-    import cv2
 
     data = np.fromfile(path, dtype=np.uint8) if path else None
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
@@ -103,7 +106,6 @@ class ImageCache:
             ImageTooSmallError: an image with a side below ``min_side`` pixels (also with
                 ``skip_corrupt``: it is not corrupt, and silently dropping it would change the data).
         """
-        import cv2
 
         todo = [p for p in dict.fromkeys(paths) if p not in self.images]
 
@@ -165,8 +167,6 @@ def build_transforms(model: torch.nn.Module, img_size: int, *, augment: str = "f
     Raises:
         ValueError: unknown ``augment`` (use ``fundus`` or ``none``).
     """
-    import albumentations as A
-    from timm.data import resolve_data_config
 
     dc = resolve_data_config({}, model=model)
     crop_pct = float(dc.get("crop_pct") or 0.875)
@@ -189,8 +189,6 @@ def build_transforms(model: torch.nn.Module, img_size: int, *, augment: str = "f
 
 def cache_size_for(model_name: str, img_size: int) -> int:
     """Side of the cached images for ``model_name`` at ``img_size`` px (``img_size / crop_pct``)."""
-    import timm
-    from timm.data import resolve_data_config
 
     dc = resolve_data_config({}, model=timm.create_model(model_name, pretrained=False, num_classes=2))
     return max(img_size, int(round(img_size / float(dc.get("crop_pct") or 0.875))))
