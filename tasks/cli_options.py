@@ -35,7 +35,8 @@ from typer import rich_utils
 
 from finetune_kit.device import resolve_auto_device
 from finetune_kit.tasks.cli_errors import fail
-from finetune_kit.tasks.config_base import ConfigOption, config_options, deep_merge, nest, strip_optional
+from finetune_kit.tasks.config_base import (ConfigOption, config_options, deep_merge, nest, parse_assignments,
+                                            parse_value, strip_optional)
 
 __all__ = ["ALIASES", "option", "dashed", "given", "read_config_file", "merge_options", "parse_assignments",
            "parse_value", "resolve_device", "CONFIG_HELP", "CONFIG_OPTION", "ConfigOption", "config_options",
@@ -161,32 +162,6 @@ def merge_options(ctx: Any, params: Mapping[str, Any], file_values: Mapping[str,
     return merged
 
 
-def parse_value(raw: str) -> Any:
-    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"null"`` -> None, ``"[1,2]"`` -> [1, 2];
-    anything that is not JSON stays the string (``"2,4"``, ``"hpcm-tiny"``)."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def parse_assignments(items: Iterable[str], what: str = "--set") -> dict[str, Any]:
-    """``["num_epochs=3", "data.label_preset=acrima"]`` -> ``{"num_epochs": 3, ...}``: values read by
-    :func:`parse_value`, dashes in keys become underscores; a later key wins.
-
-    Raises:
-        ValueError: an item without ``=`` or with an empty key.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r} is not KEY=VALUE (e.g. {what} num_epochs=3)")
-        out[key] = parse_value(raw)
-    return out
-
-
 def resolve_device(device: str, cuda: bool = False) -> tuple[str, str]:
     """``(device, line)``: ``auto`` (and ``--cuda``) resolved, and the line a command prints first.
 
@@ -219,7 +194,7 @@ def _options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: A
     table = Table(highlight=True, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold", style=rich_utils.STYLE_TYPES)
-    table.add_column(ratio=1)
+    table.add_column(ratio=1, overflow="fold")
     for param in params:
         names = Text("*" if param.required else "", style=rich_utils.STYLE_REQUIRED_SHORT)
         names.append("\n".join(param.opts), style=rich_utils.STYLE_OPTION)

@@ -14,6 +14,7 @@ sections (fields whose type is a model); leaf names are unique across its sectio
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +25,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic.fields import FieldInfo
 
 __all__ = ["ConfigSection", "option_field", "absolute_path", "ConfigOption", "config_options", "nest", "flatten",
-           "deep_merge", "strip_optional"]
+           "deep_merge", "strip_optional", "parse_value", "parse_assignments"]
+
+
+def parse_value(raw: str) -> Any:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"null"`` -> None, ``"[1,2]"`` -> [1, 2];
+    anything that is not JSON stays the string (``"2,4"``, ``"hpcm-tiny"``)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def parse_assignments(items: Iterable[str], what: str = "--set", example: str = "num_epochs=3") -> dict[str, Any]:
+    """``["num_epochs=3", "data.label_preset=acrima"]`` -> ``{"num_epochs": 3, ...}``: the one parser of
+    ``NAME=VALUE`` items (``rerun --set``, ``--strategy_kwargs``): values read by :func:`parse_value`,
+    dashes in names become underscores; a later name wins.
+
+    Raises:
+        ValueError: an item without ``=`` or whose name is not an identifier (dotted names allowed),
+            naming ``what`` and an ``example``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not all(part.isidentifier() for part in key.split(".")):
+            raise ValueError(f"{what} {item!r} is not NAME=VALUE (e.g. {what} {example})")
+        out[key] = parse_value(raw)
+    return out
 
 
 def option_field(default: Any = ..., description: str = "", *, aliases: Iterable[str] = (),

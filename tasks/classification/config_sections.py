@@ -9,13 +9,12 @@ Units: epochs for ``*_epochs``, learning rates per optimizer step, pixels for si
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Literal, Optional
 
 from pydantic import field_validator, model_validator
 
 from finetune_kit.device import resolve_auto_device
-from finetune_kit.tasks.config_base import ConfigSection, absolute_path, option_field
+from finetune_kit.tasks.config_base import ConfigSection, absolute_path, option_field, parse_assignments
 
 __all__ = ["DataConfig", "ModelConfig", "TransformsConfig", "StrategyConfig", "OptimConfig", "CalibrationConfig",
            "RuntimeConfig", "OutputConfig", "parse_strategy_kwargs", "DEFAULT_EXTENSIONS"]
@@ -24,26 +23,14 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def parse_strategy_kwargs(items: Iterable[str]) -> dict[str, Any]:
-    """``["myopt=3", "lr_mults={\"head\": 10}", "unfreeze_schedule=2,4"]`` -> ``{"myopt": 3, ...}``.
-
-    Each item is ``NAME=VALUE``; VALUE becomes a JSON scalar, list or object when it parses as
-    JSON (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``), otherwise it stays a string (``2,4``,
-    ``head``). A later item with the same NAME wins.
+    """``["myopt=3", "lr_mults={\"head\": 10}", "unfreeze_schedule=2,4"]`` -> ``{"myopt": 3, ...}``:
+    VALUE read as JSON when it parses, else kept as a string; a later NAME wins
+    (:func:`~finetune_kit.tasks.config_base.parse_assignments`).
 
     Raises:
-        ValueError: an item without ``=`` or with an empty NAME.
+        ValueError: an item without ``=`` or with a NAME that is no identifier.
     """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ValueError(f"{item!r} is not NAME=VALUE (e.g. --strategy_kwargs llrd_decay=0.8)")
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw
-    return out
+    return parse_assignments(items, what="--strategy_kwargs", example="llrd_decay=0.8")
 
 
 class DataConfig(ConfigSection):
@@ -198,7 +185,7 @@ class StrategyConfig(ConfigSection):
 class OptimConfig(ConfigSection):
     """Optimisation: epochs, AdamW, schedule, regularisation and the best epoch."""
 
-    num_epochs: int = option_field(20, "Epochs for lp_ft/gradual/full/progressive.", aliases=("--epochs",), ge=1)
+    num_epochs: int = option_field(20, "Epochs for lp_ft, gradual, full and progressive.", aliases=("--epochs",), ge=1)
     learning_rate: float = option_field(1e-3, "Peak AdamW learning rate (per step, after warm-up).",
                                         aliases=("--lr",), gt=0.0)
     head_lr_mult: float = option_field(1.0, "LR multiplier of the (new) classifier head when the backbone trains "

@@ -164,3 +164,19 @@ def test_every_config_field_has_an_option(path, fields):
 def test_warmup_help_names_an_existing_option():
     warm = next(p for p in _ALL["classify"].params if p.name == "warmup_epochs")
     assert "--min-lr" in warm.help and "min_lr" in _params("classify")
+
+
+@pytest.mark.parametrize("path", ["classify", "compare", "evaluate", "predict", "rerun"])
+def test_help_at_80_columns_shows_every_option_name_whole(path):
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, [*path.split(), "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"}).output
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+    shown = set(re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", out))
+    for param in _options(_ALL[path]):
+        missing = [n for n in param.opts + param.secondary_opts if n not in shown]
+        assert not missing, f"{path}: {missing} not shown whole"
+    options = out[out.index("╭─ Options"):]  # (typer draws positional arguments its own way)
+    assert not re.search(r"<(bool|str|int|float|path)>", options)  # metavars: INTEGER, FLOAT, TEXT, PATH, choices
+    if path == "classify":
+        assert "--ft-strategy" in shown and "--ft_strategy" in shown
