@@ -210,7 +210,8 @@ class PlainEpochs:
         for x, y in self.loader:
             x = self.normalize(x, self.tf.mean, self.tf.std).to(self.device, non_blocking=True)
             y = y.to(self.device)
-            lr = cfg.optim.min_lr + 0.5 * (cfg.optim.learning_rate - cfg.optim.min_lr) * (1 + np.cos(np.pi * self.step / self.total))
+            o = cfg.optim
+            lr = o.min_lr + 0.5 * (o.learning_rate - o.min_lr) * (1 + np.cos(np.pi * self.step / self.total))
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = self.crit(model(x), y)

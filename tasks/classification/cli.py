@@ -94,7 +94,8 @@ def run_compare(values: Mapping[str, Any], *, console: Optional[Console] = None,
     from finetune_kit.tasks.classification.cross_validation import print_cross_validation  # start-up time: torch
 
     values = nest([ClassificationConfig, CompareOptions], values)
-    options = CompareOptions.model_validate({k: values.pop(k) for k in list(values) if k in CompareOptions.model_fields})
+    options = CompareOptions.model_validate({k: values.pop(k) for k in list(values)
+                                             if k in CompareOptions.model_fields})
     strategies = options.strategies.split(",") if isinstance(options.strategies, str) else options.strategies
     names = [s.strip() for s in strategies if s.strip()]
     _say_device(values)

@@ -134,7 +134,8 @@ def strategy_configs(base: ClassificationConfig, strategies: Sequence[str],
 
     tag = base.output.experiment_tag or base.model.model_name
     accepted = {name: strategy_options(name) for name in strategies}
-    given = [f for f in STRATEGY_FIELDS if f in base.strategy.model_fields_set and getattr(base.strategy, f) is not None]
+    st = base.strategy
+    given = [f for f in STRATEGY_FIELDS if f in st.model_fields_set and getattr(st, f) is not None]
     unused = [k for k in (*given, *base.strategy.strategy_kwargs) if not any(k in a for a in accepted.values())]
     if unused:
         raise StrategyOptionError(f"no strategy of {', '.join(strategies)} has option "

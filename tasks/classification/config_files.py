@@ -41,7 +41,8 @@ def classification_file_values(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def drop_foreign_strategy_fields(values: MutableMapping[str, Any], keep: set | frozenset = frozenset()) -> MutableMapping:
+def drop_foreign_strategy_fields(values: MutableMapping[str, Any],
+                                 keep: set | frozenset = frozenset()) -> MutableMapping[str, Any]:
     """Remove (in place) the named strategy options (``llrd_decay`` ...) that ``values["ft_strategy"]``
     does not accept, except those in ``keep`` (typed by the user: those stay and are refused by the
     strategy). ``values``: flat leaf names or the ``strategy`` section. A run's config.json records

@@ -108,8 +108,8 @@ def cache_features(state: TrainingRun) -> bool:
     t0 = time.perf_counter()
     d = state.data
     for name, part in (("train", d.train), ("val", d.val)):
-        state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval), prepare_inputs(state),
-                                                state.device, state.amp.autocast)
+        state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval),
+                                                prepare_inputs(state), state.device, state.amp.autocast)
     state.feature_s += time.perf_counter() - t0
     return True
 
@@ -162,8 +162,8 @@ def predict_sharded(state: TrainingRun, mod: torch.nn.Module, samples: list) -> 
     of them (:func:`~finetune_kit.distributed.gather_shards`), so metrics equal one process's."""
 
     part = [samples[i] for i in shard_indices(len(samples))]
-    logits, labels = predict_logits(mod, image_loader(state, part, state.data.tf.eval), prepare_inputs(state), state.amp,
-                                    state.device)
+    logits, labels = predict_logits(mod, image_loader(state, part, state.data.tf.eval), prepare_inputs(state),
+                                    state.amp, state.device)
     if len(part) == 0:
         logits = logits.reshape(0, len(state.data.images.class_names))
     return gather_shards(logits, len(samples)), gather_shards(labels, len(samples))
@@ -268,7 +268,8 @@ def train_epochs(state: TrainingRun) -> int | None:
             bar.reset(b_task, total=state.opt.steps)
             end_epoch(state, fit_one_epoch(state, epoch, on_batch=lambda: bar.advance(b_task)))
             bar.advance(ep_task)
-            if cfg.runtime.stop_after_epoch is not None and epoch + 1 >= cfg.runtime.stop_after_epoch and epoch + 1 < epochs:
+            stop_after = cfg.runtime.stop_after_epoch
+            if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
                 stopped = epoch + 1
                 break
             if early is not None and early.should_stop:

@@ -193,9 +193,10 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
         console.print(f"[yellow]{amp.notice}[/]")
     images = _read_images(cfg, resume)
     seed_everything(cfg.runtime.seed)
-    model, weights_report = build_model(cfg.model.model_name, len(images.class_names), pretrained=cfg.model.pretrained,
-                                        custom_weights_path=cfg.model.custom_weights_path,
-                                        allow_partial_weights=cfg.model.allow_partial_weights, drop_rate=cfg.model.drop_rate,
+    m = cfg.model
+    model, weights_report = build_model(m.model_name, len(images.class_names), pretrained=m.pretrained,
+                                        custom_weights_path=m.custom_weights_path,
+                                        allow_partial_weights=m.allow_partial_weights, drop_rate=m.drop_rate,
                                         img_size=cfg.transforms.img_size)
     if weights_report is not None:
         console.print(weights_report.summary())
@@ -234,7 +235,8 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
 
     # the new head learns faster than the pretrained body
     head = {n: cfg.optim.head_lr_mult for n in head_param_names(model)}
-    return get_strategy(cfg.strategy.ft_strategy, **{**options, "lr_mults": {**head, **parse_multipliers(options.get("lr_mults"))}})
+    lr_mults = {**head, **parse_multipliers(options.get("lr_mults"))}
+    return get_strategy(cfg.strategy.ft_strategy, **{**options, "lr_mults": lr_mults})
 
 
 def _read_images(cfg: ClassificationConfig, resume: bool):
@@ -255,8 +257,8 @@ def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: 
         ValueError: an empty training or validation split.
     """
 
-    tf = build_transforms(model, cfg.transforms.img_size, augment=cfg.resolved_augment(strategy.head_only), clahe=cfg.transforms.clahe,
-                          seed=cfg.runtime.seed)
+    tf = build_transforms(model, cfg.transforms.img_size, augment=cfg.resolved_augment(strategy.head_only),
+                          clahe=cfg.transforms.clahe, seed=cfg.runtime.seed)
     cache = image_cache if image_cache is not None and image_cache.size == tf.cache_size else ImageCache(tf.cache_size)
     skipped = cache.load([s.path for s in images.samples], skip_corrupt=cfg.data.skip_corrupt)
     if skipped:
@@ -284,8 +286,8 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
     groups = resolve_layer_groups(model, **cfg.layer_group_options())
     # foreach: one multi-tensor update per group instead of a Python loop over ~150 tensors; the same
     # arithmetic (bit-identical on CPU, PyTorch's default on CUDA), ~10 % less optimizer time on CPU
-    optimizer = torch.optim.AdamW(strategy.build_param_groups(groups, weight_decay=cfg.optim.weight_decay), lr=cfg.optim.learning_rate,
-                                  foreach=True)
+    optimizer = torch.optim.AdamW(strategy.build_param_groups(groups, weight_decay=cfg.optim.weight_decay),
+                                  lr=cfg.optim.learning_rate, foreach=True)
     use_mix = cfg.transforms.mixup > 0 or cfg.transforms.cutmix > 0
     if use_mix and cfg.optim.batch_size % 2:
         raise ValueError(f"--batch_size {cfg.optim.batch_size}: mixup/cutmix needs an even batch size")
@@ -297,7 +299,8 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
                   num_classes=num_classes) if use_mix else None
     criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
     monitor, mode = f"val_{cfg.optim.monitor}", ("min" if cfg.optim.monitor == "loss" else "max")
-    early = EarlyStopping(patience=cfg.optim.early_stopping_patience, mode=mode) if cfg.optim.early_stopping_patience else None
+    patience = cfg.optim.early_stopping_patience
+    early = EarlyStopping(patience=patience, mode=mode) if patience else None
     return Optimisation(groups=groups, optimizer=optimizer, schedule=None, scaler=amp.grad_scaler(), criterion=criterion,
                         mixup=mixup, steps=0, monitor=monitor, mode=mode, early=early)
 
@@ -359,7 +362,8 @@ def start_run(state: TrainingRun) -> TrainingRun:
         run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
                                "weights": cfg.model.custom_weights_path})
     state.run = run
-    state.logger = RunLogger(run, wandb_mode=cfg.output.wandb, project=cfg.output.wandb_project, name=cfg.tag, config=cfg)
+    state.logger = RunLogger(run, wandb_mode=cfg.output.wandb, project=cfg.output.wandb_project, name=cfg.tag,
+                             config=cfg)
     state.checkpoints = CheckpointManager(run.checkpoints, keep_last=1, keep_best=1, metric=state.opt.monitor,
                                           mode=state.opt.mode)
     return state

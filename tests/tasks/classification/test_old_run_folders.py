@@ -41,7 +41,8 @@ def test_the_fixtures_validate_into_the_nested_config():
     assert (values["strategies"], values["head_learning_rate"], values["label_preset"]) == ("linear,full", 5e-3,
                                                                                           "acrima")
     nested = nest([ClassificationConfig, CompareOptions], values)
-    options = CompareOptions.model_validate({k: nested.pop(k) for k in list(nested) if k in CompareOptions.model_fields})
+    options = CompareOptions.model_validate({k: nested.pop(k) for k in list(nested)
+                                             if k in CompareOptions.model_fields})
     base = ClassificationConfig.model_validate(nested)
     assert options.strategies == "linear,full" and base.transforms.img_size == 96 and base.calibration.ood is False
 
