@@ -92,3 +92,23 @@ def test_a_run_folder_with_a_flat_config_json_still_works(acrima_flat, tmp_path)
     assert json.loads(b.read_text())["test"] == json.loads(c.read_text())["test"]  # the same settings, twice
     saved = json.loads((b.parent / "config.json").read_text())
     assert saved["optim"]["num_epochs"] == 1 and saved["data"]["data"] == str(acrima_flat)  # written nested
+
+
+def test_analyze_reads_old_and_new_run_folders_side_by_side(tmp_path):
+    from finetune_kit.experiments.results import load_runs
+
+    old = json.loads(CLASSIFY.read_text())
+    new = ClassificationConfig.model_validate({**old, "ft_strategy": "full", "seed": 1}).model_dump()
+    for name, config, auroc in (("old", old, 0.6), ("new", new, 0.7)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "metrics.json").write_text(json.dumps({"test": {"auroc": auroc}}))
+        (run / "status.json").write_text(json.dumps({"status": "completed"}))
+    results = load_runs(tmp_path)
+    df = results.df.set_index("run")
+    column = results.resolve_param("ft_strategy")
+    assert column == "config.ft_strategy" and df[column].to_dict() == {"old": "gradual", "new": "full"}
+    assert df[results.resolve_param("seed")].to_dict() == {"old": 0, "new": 1}
+    assert df["config.data.synthetic_size"].to_dict() == {"old": 48, "new": 48}  # data was nested before too
+    assert not [c for c in df.columns if c.startswith(("config.strategy.", "config.runtime."))]
