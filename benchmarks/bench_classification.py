@@ -169,9 +169,9 @@ class OursEpochs:
 class PlainEpochs:
     """A plain PyTorch loop over the same images; each call trains one epoch and returns images/s.
 
-    DataLoader (shuffled, batch ``cfg.batch_size``) -> fundus augmentation of the cached uint8
+    DataLoader (shuffled, batch ``cfg.optim.batch_size``) -> fundus augmentation of the cached uint8
     image -> batched normalisation -> forward, label-smoothed cross-entropy, backward, gradient
-    clipping at ``cfg.grad_clip``, an LR written to every group per step (cosine), AdamW step.
+    clipping at ``cfg.optim.grad_clip``, an LR written to every group per step (cosine), AdamW step.
     BatchNorm layers stay in eval mode when our run freezes their statistics (``bn_stats``)."""
 
     def __init__(self, cfg, cache, samples):
@@ -180,16 +180,16 @@ class PlainEpochs:
         from finetune_kit.tasks.classification.transforms import build_transforms, normalize_batch
 
         torch.manual_seed(0)
-        self.model, _ = build_model(cfg.model_name, 2, custom_weights_path=cfg.custom_weights_path)
-        self.tf = build_transforms(self.model, cfg.img_size, augment="fundus", seed=0)
-        self.device = torch.device(cfg.device)
+        self.model, _ = build_model(cfg.model.model_name, 2, custom_weights_path=cfg.model.custom_weights_path)
+        self.tf = build_transforms(self.model, cfg.transforms.img_size, augment="fundus", seed=0)
+        self.device = torch.device(cfg.runtime.device)
         self.model.to(self.device).train()
         if resolved_bn_stats(cfg) == "frozen":
             for m in self.model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate)
-        self.crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.smoothing)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.learning_rate)
+        self.crit = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.smoothing)
         self.cfg, self.normalize, self.step = cfg, normalize_batch, 0
         tf = self.tf
 
@@ -200,7 +200,7 @@ class PlainEpochs:
             def __getitem__(self, i):
                 return np.ascontiguousarray(tf.train(image=cache.get(samples[i].path))["image"]), samples[i].label
 
-        self.loader = torch.utils.data.DataLoader(DS(), batch_size=cfg.batch_size, shuffle=True,
+        self.loader = torch.utils.data.DataLoader(DS(), batch_size=cfg.optim.batch_size, shuffle=True,
                                                   pin_memory=self.device.type == "cuda")
         self.total = 1000 * len(self.loader)
 
@@ -210,14 +210,15 @@ class PlainEpochs:
         for x, y in self.loader:
             x = self.normalize(x, self.tf.mean, self.tf.std).to(self.device, non_blocking=True)
             y = y.to(self.device)
-            lr = cfg.min_lr + 0.5 * (cfg.learning_rate - cfg.min_lr) * (1 + np.cos(np.pi * self.step / self.total))
+            o = cfg.optim
+            lr = o.min_lr + 0.5 * (o.learning_rate - o.min_lr) * (1 + np.cos(np.pi * self.step / self.total))
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = self.crit(model(x), y)
             opt.zero_grad()
             loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             opt.step()
             self.step += 1
             n += len(y)

@@ -8,18 +8,22 @@ compressai) happen inside the commands so ``--help`` is fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 
 from finetune_kit.runs.run_dir import recorded_command
-from finetune_kit.tasks.cli_options import option
-from finetune_kit.tasks.launch import LaunchingGroup
-
 from finetune_kit.tasks import experiments_cli
 from finetune_kit.tasks.classification import cli as classification
+from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
+from finetune_kit.tasks.cli_errors import fail
+from finetune_kit.tasks.cli_options import (config_command, option, parse_assignments, read_config_file,
+                                            resolve_device)
 from finetune_kit.tasks.compression import cli as compression
 from finetune_kit.tasks.compression.finetune import cli as compression_finetune
+from finetune_kit.tasks.config_base import ConfigSection, option_field
+from finetune_kit.tasks.launch import LaunchingGroup
+
 
 class OneLineErrorsTyper(typer.Typer):
     """A Typer app whose unexpected errors end in one line on stderr and exit code 1, and whose
@@ -141,7 +145,7 @@ def detect_task(values: dict[str, Any], run_dir: Path | None = None) -> str:
         return recorded
     if isinstance(values.get("base"), dict) and "strategies" in values:
         return "compare"
-    if "ft_strategy" in values:
+    if "ft_strategy" in values or "ft_strategy" in (values.get("strategy") or {}):  # flat (earlier) or nested
         return "classify"
     if {"source_lmbda", "lr_mults"} & set(values):  # compress train records use_balanced too
         return "compress finetune"
@@ -150,51 +154,53 @@ def detect_task(values: dict[str, Any], run_dir: Path | None = None) -> str:
     raise ValueError("config.json of no known command (classify, compare, compress train, compress finetune)")
 
 
-@app.command("rerun")
-def rerun_cmd(
-    run_dir: Path = typer.Argument(..., help="A run folder (classify, compare, compress train or compress finetune) "
-                                   "holding its config.json."),
-    assignments: Optional[List[str]] = option(None, "set", metavar="KEY=VALUE", help="Change one setting of the "
-                                              "recorded config (repeatable; config key names, VALUE read as a JSON "
-                                              "scalar: 3, 0.5, true, null, else a string)."),
-    output_dir: Optional[Path] = option(None, "output_dir", "--output", "-o", help="Parent folder of the new run "
-                                        "(default: the recorded one)."),
-) -> None:
+class RerunOptions(ConfigSection):
+    """``finetune-kit rerun RUN``'s options."""
+
+    set: Optional[list[str]] = option_field(None, "Change one setting of the recorded config (repeatable; config "
+                                            "key names, a section prefix allowed: optim.learning_rate; VALUE read "
+                                            "as a JSON scalar: 3, 0.5, true, null, else a string).",
+                                            metavar="KEY=VALUE")
+    output_dir: Optional[str] = option_field(None, "Parent folder of the new run (default: the recorded one).",
+                                             aliases=("--output", "-o"), metavar="PATH")
+
+
+@config_command(app, "rerun", RerunOptions)
+def rerun_cmd(values: dict, run_dir: Path = typer.Argument(..., help="A run folder (classify, compare, compress "
+                                                           "train or compress finetune) holding its config.json.")
+              ) -> None:
     """Start a NEW run from a run folder's config.json (same settings, so the same metrics on a
     CPU), optionally changed by --set KEY=VALUE; the old folder is not touched."""
-    from finetune_kit.tasks.cli_options import parse_assignments, read_config_file, resolve_device
-
     config = Path(run_dir) / "config.json"
     try:
         task = detect_task(read_config_file(config), Path(run_dir))
-        sets = parse_assignments(assignments or [])
+        sets = parse_assignments(values.get("set") or [])
     except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    sets = {k.removeprefix("data.").removeprefix("base."): v for k, v in sets.items()}
-    if output_dir is not None:
-        sets["output_dir"] = str(output_dir)
+        fail(exc)
+    sets = {k.rsplit(".", 1)[-1]: v for k, v in sets.items()}  # data.label_preset, optim.lr: the leaf names
+    if values.get("output_dir") is not None:
+        sets["output_dir"] = str(values["output_dir"])
     typer.echo(f"rerun of {run_dir} ({task})" + (f" with {', '.join(f'{k}={v}' for k, v in sets.items())}"
                                                   if sets else ""), err=True)
     if task in ("classify", "compare"):
-        values = {**classification.classification_file_values(config), **sets}
         try:
+            file_values = {**classification_file_values(config), **sets}
             if task == "classify":
-                classification.drop_foreign_strategy_fields(values, keep=set(sets))
-                classification.run_classify(values)
+                drop_foreign_strategy_fields(file_values, keep=set(sets))
+                classification.run_classify(file_values)
             else:
-                classification.run_compare(values)
-        except classification._expected_errors() as exc:
-            classification._fail(exc)
+                classification.run_compare(file_values)
+        except classification.expected_errors() as exc:
+            fail(exc)
         return
-    values = {**compression.compression_file_values(config), **sets}
-    values["device"], line = resolve_device(values.get("device") or "auto")
+    file_values = {**compression.compression_file_values(config), **sets}
+    file_values["device"], line = resolve_device(file_values.get("device") or "auto")
     typer.echo(line, err=True)
-    values = {k: v for k, v in values.items() if v is not None}
+    file_values = {k: v for k, v in file_values.items() if v is not None}
     if task == "compress train":
-        compression.run_train(values)
+        compression.run_train(file_values)
     else:
-        compression_finetune.run_finetune(values)
+        compression_finetune.run_finetune(file_values)
 
 
 classification.register(app)

@@ -18,12 +18,17 @@ EXIT_REFUSED = 2
 
 
 def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line; a pydantic ``ValidationError`` as ``--field: message; ...``."""
+    """The message of ``exc`` on one line; a pydantic ``ValidationError`` as ``--option: message; ...``,
+    the option named by the field (the leaf of a nested config: ``optim.learning_rate`` -> ``--learning-rate``)."""
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"] if x != "data")
-            parts.append(f"--{loc.replace('_', '-')}: {err['msg']}" if loc else err["msg"])
+            names = [str(x) for x in err["loc"] if isinstance(x, str)]
+            loc = names[-1] if names else ""
+            if err.get("type") == "extra_forbidden":  # a key of a config file, named as written
+                parts.append(f"{loc}: unknown option; check its spelling against --help")
+            else:
+                parts.append(f"--{loc.replace('_', '-')}: {err['msg']}" if loc else err["msg"])
         return "; ".join(parts)
     return " ".join(str(exc).split()) or type(exc).__name__
 

@@ -21,16 +21,12 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType, UnionType
-from typing import (Any, Callable, Iterable, Literal, Mapping, Optional, Sequence, Union, get_args, get_origin,
-                    get_type_hints)
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Literal, Mapping, Optional, Sequence, get_args, get_origin, get_type_hints
 
 import typer
 import yaml
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from rich.panel import Panel
 from rich.table import Table
@@ -39,6 +35,8 @@ from typer import rich_utils
 
 from finetune_kit.device import resolve_auto_device
 from finetune_kit.tasks.cli_errors import fail
+from finetune_kit.tasks.config_base import (ConfigOption, config_options, deep_merge, nest, parse_assignments,
+                                            parse_value, strip_optional)
 
 __all__ = ["ALIASES", "option", "dashed", "given", "read_config_file", "merge_options", "parse_assignments",
            "parse_value", "resolve_device", "CONFIG_HELP", "CONFIG_OPTION", "ConfigOption", "config_options",
@@ -164,32 +162,6 @@ def merge_options(ctx: Any, params: Mapping[str, Any], file_values: Mapping[str,
     return merged
 
 
-def parse_value(raw: str) -> Any:
-    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"null"`` -> None, ``"[1,2]"`` -> [1, 2];
-    anything that is not JSON stays the string (``"2,4"``, ``"hpcm-tiny"``)."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def parse_assignments(items: Iterable[str], what: str = "--set") -> dict[str, Any]:
-    """``["num_epochs=3", "data.label_preset=acrima"]`` -> ``{"num_epochs": 3, ...}``: values read by
-    :func:`parse_value`, dashes in keys become underscores; a later key wins.
-
-    Raises:
-        ValueError: an item without ``=`` or with an empty key.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r} is not KEY=VALUE (e.g. {what} num_epochs=3)")
-        out[key] = parse_value(raw)
-    return out
-
-
 def resolve_device(device: str, cuda: bool = False) -> tuple[str, str]:
     """``(device, line)``: ``auto`` (and ``--cuda``) resolved, and the line a command prints first.
 
@@ -222,7 +194,7 @@ def _options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: A
     table = Table(highlight=True, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold", style=rich_utils.STYLE_TYPES)
-    table.add_column(ratio=1)
+    table.add_column(ratio=1, overflow="fold")
     for param in params:
         names = Text("*" if param.required else "", style=rich_utils.STYLE_REQUIRED_SHORT)
         names.append("\n".join(param.opts), style=rich_utils.STYLE_OPTION)
@@ -245,125 +217,6 @@ CONFIG_OPTION = option(None, "config", metavar="FILE", help=CONFIG_HELP)
 _CTX = "_fk_ctx"  # the hidden typer.Context parameter of a generated command
 
 
-@dataclass(frozen=True)
-class ConfigOption:
-    """One leaf field of a config model as a command-line option.
-
-    Attributes: ``name`` (field name = parameter name, unique in the command), ``path`` (sections
-    then the field, e.g. ``("optim", "learning_rate")``), ``owner`` (the model declaring the field),
-    ``field`` (its ``FieldInfo``), ``panel`` (help panel: the section's title or name, or None).
-    """
-
-    name: str
-    path: tuple[str, ...]
-    owner: type
-    field: FieldInfo
-    panel: Optional[str]
-
-    def extra(self, key: str, default: Any = None) -> Any:
-        """An entry of the field's ``json_schema_extra`` (``aliases``, ``metavar``, ``cli``)."""
-        extra = self.field.json_schema_extra
-        return extra.get(key, default) if isinstance(extra, dict) else default
-
-
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    """``Optional[X]`` -> ``(X, True)``; anything else -> ``(annotation, False)``."""
-    if get_origin(annotation) in (Union, UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and len(get_args(annotation)) == 2:
-            return args[0], True
-    return annotation, False
-
-
-def _section_model(field: FieldInfo) -> Optional[type]:
-    """The model type of a section field (a field whose type is a pydantic model), else None."""
-    inner, _ = _strip_optional(field.annotation)
-    return inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
-
-
-def config_options(*models: type, _prefix: tuple[str, ...] = (), _panel: Optional[str] = None) -> list[ConfigOption]:
-    """The leaf fields of ``models`` (sections walked, depth first) as :class:`ConfigOption` s.
-
-    Raises:
-        ValueError: two leaves with one name (a flat key must map to one place).
-    """
-    out: list[ConfigOption] = []
-    for model in models:
-        for name, field in model.model_fields.items():
-            section = _section_model(field)
-            if section is not None:
-                out += config_options(section, _prefix=_prefix + (name,), _panel=field.title or name)
-            else:
-                out.append(ConfigOption(name, _prefix + (name,), model, field, _panel))
-    seen: dict[str, tuple[str, ...]] = {}
-    for opt in out:
-        if opt.name in seen and not _prefix:
-            raise ValueError(f"config field {opt.name!r} is both {'.'.join(seen[opt.name])} and "
-                             f"{'.'.join(opt.path)}: leaf names must be unique across sections")
-        seen[opt.name] = opt.path
-    return out
-
-
-def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``top``, nested dicts merged key by key (``top`` wins)."""
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _index(models: Sequence[type]) -> tuple[dict[str, tuple[str, ...]], set[tuple[str, ...]]]:
-    """leaf name (and long alias, underscore spelling) -> path; and the set of section paths."""
-    paths: dict[str, tuple[str, ...]] = {}
-    for opt in config_options(*models):
-        for alias in opt.extra("aliases", ()):
-            if alias.startswith("--"):
-                paths.setdefault(alias[2:].replace("-", "_"), opt.path)
-    for opt in config_options(*models):
-        paths[opt.name] = opt.path
-    sections = {opt.path[:i] for opt in config_options(*models) for i in range(1, len(opt.path))}
-    return paths, sections
-
-
-def nest(models: type | Sequence[type], values: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat leaf keys, nested sections or a mix (a config file, today's flat ``config.json``) ->
-    the nested dict of ``models`` (a model or several sharing one namespace of leaf names).
-
-    Dashes in keys become underscores; a long alias (``lr``, ``epochs``) maps to its field. A
-    section given as a mapping is walked the same way (a leaf of another section inside it still
-    lands in its own section). Unknown keys are kept where they stand, so validation names them.
-
-    Example: ``nest(ClassificationConfig, {"learning_rate": 1e-3, "data": {"data": "x"}})`` ->
-    ``{"optim": {"learning_rate": 1e-3}, "data": {"data": "x"}}``.
-    """
-    paths, sections = _index([models] if isinstance(models, type) else list(models))
-    out: dict[str, Any] = {}
-
-    def place(path: tuple[str, ...], value: Any) -> None:
-        node = out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-
-    def walk(mapping: Mapping[str, Any], where: tuple[str, ...]) -> None:
-        for raw, value in mapping.items():
-            key = str(raw).replace("-", "_")
-            if where + (key,) in sections and isinstance(value, Mapping):
-                walk(value, where + (key,))
-            elif (key,) in sections and isinstance(value, Mapping):
-                walk(value, (key,))
-            elif key in paths:
-                place(paths[key], value)
-            else:
-                place(where + (key,), value)
-
-    walk(values, ())
-    return out
-
-
 _METAVARS = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}
 
 
@@ -384,7 +237,7 @@ def _parameter(opt: ConfigOption, default: Any) -> inspect.Parameter:
     Only typed values reach the command, so the parameter's default is what the help shows: the
     field's (or command's) real default, lists comma-joined for a ``cli="text"`` field.
     """
-    inner, optional = _strip_optional(opt.field.annotation)
+    inner, optional = strip_optional(opt.field.annotation)
     origin = get_origin(inner)
     # a fixed-length tuple of simple values (``tuple[str, str]``) is one option taking that many
     # values: ``--heatmap lr strategy``
@@ -446,12 +299,14 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
         models: config models; their leaf names must be unique together.
         help: the command's help (default: the function's docstring).
         exclude / include: leaf names to leave out / to keep only.
-        defaults: command defaults that differ from the fields' (leaf name -> value); the help shows them.
+        defaults: command defaults that differ from the fields' (leaf name -> value); the help shows
+            them, and ``values`` holds them under the file and typed values. ``None``: no default.
         read_file: reads ``--config FILE`` into a flat or nested mapping (default :func:`read_config_file`).
 
     Returns:
         A decorator; it returns the generated command function (``__config_options__`` maps each
-        generated parameter to its field path), which another app may register too.
+        generated parameter to its field path, ``__config_models__`` holds ``models``), which another
+        app may register too.
 
     Raises:
         ValueError: a leaf name used twice, or equal to one of the function's own parameters.
@@ -462,6 +317,8 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
     unknown = set(defaults) - {o.name for o in leaves}
     if unknown:
         raise ValueError(f"config_command {name}: defaults for unknown options {sorted(unknown)}")
+
+    set_defaults = {k: v for k, v in defaults.items() if v is not None}  # None: no default, none shown
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         hints = get_type_hints(fn)
@@ -486,7 +343,7 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
                     file_values = read_file(Path(kwargs["config"]))
                 except (FileNotFoundError, ValueError) as exc:
                     fail(exc)
-            values = deep_merge(deep_merge(nest(models, defaults), nest(models, file_values)), nest(models, typed))
+            values = deep_merge(deep_merge(nest(models, set_defaults), nest(models, file_values)), nest(models, typed))
             for key in wants_ctx:
                 kwargs[key] = ctx
             return fn(values=values, **kwargs)
@@ -495,6 +352,7 @@ def config_command(app: Optional[typer.Typer], name: Optional[str], *models: typ
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         command.__config_options__ = {o.name: o.path for o in leaves}  # type: ignore[attr-defined]
+        command.__config_models__ = models  # type: ignore[attr-defined]
         del command.__wrapped__  # typer must read the generated signature, not fn's
         if app is not None:
             app.command(name, help=help, **command_kwargs)(command)

@@ -318,7 +318,7 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
                                 "runs were written to")
     now = time.time()
     rows = [load_run(p, root, now=now, stale_after_s=stale_after_s, metric_modes=metric_modes) for p in paths]
-    df = pd.DataFrame(rows)
+    df = _merge_config_layouts(pd.DataFrame(rows))
     front = ["run", "status", "reason", "epochs"]
     order = front + sorted(c for c in df.columns if c.startswith("config.")) + \
         sorted(c for c in df.columns if c not in front and not c.startswith("config."))
@@ -327,6 +327,18 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
     incomplete = [IncompleteRun(r["run"], Path(r["path"]), r["status"], r["reason"] or "")
                   for r in rows if r["status"] != "completed"]
     return Results(root=root, df=df, incomplete=incomplete)
+
+
+def _merge_config_layouts(df: pd.DataFrame) -> pd.DataFrame:
+    """One column per setting when runs of one folder wrote their config flat (``config.seed``, earlier
+    versions) and nested in sections (``config.runtime.seed``): a section column whose flat twin
+    exists and which no run has together with it is folded into the flat column."""
+    for col in [c for c in df.columns if c.startswith("config.") and c.count(".") == 2]:
+        flat = "config." + col.rsplit(".", 1)[1]
+        if flat in df.columns and not (df[flat].notna() & df[col].notna()).any():
+            df[flat] = df[flat].where(df[flat].notna(), df[col])
+            df = df.drop(columns=col)
+    return df
 
 
 def run_value(run_dir: str | os.PathLike, metric: str,

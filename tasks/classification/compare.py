@@ -13,16 +13,22 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from finetune_kit.tasks.classification.config import STRATEGY_FIELDS, ClassificationConfig
+from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.runs.run_dir import RunDir, new_run_dir
+from finetune_kit.strategy import StrategyOptionError, get_strategy, strategy_options
+from finetune_kit.tasks.classification.config import (
+    COMPARE_DEFAULTS,
+    DEMO_HEAD_LR,
+    DEMO_OVERRIDES,
+    STRATEGY_FIELDS,
+    ClassificationConfig,
+)
+from finetune_kit.tasks.classification.data import discover
+from finetune_kit.tasks.classification.plots import dataset_label, plot_val_auroc_per_strategy
+from finetune_kit.tasks.classification.train import run_training
+from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
-__all__ = ["run_comparison", "strategy_configs", "DEMO_OVERRIDES", "COLUMNS"]
-
-#: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
-DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=10, linear_probe_epochs=20, batch_size=32,
-                      learning_rate=3e-3, head_lr_mult=1.0, gradual_patience=1, unfreeze_schedule="2,4",
-                      unfreeze_warmup_epochs=1, warmup_epochs=0.5, num_threads=1)
-#: ``compare --demo``: LR of the linear probe (random-init features are small, so it is high).
-DEMO_HEAD_LR = 3e-2
+__all__ = ["run_comparison", "strategy_configs", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR", "COLUMNS"]
 
 COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accuracy", "test accuracy"),
            ("ece_before", "ECE before"), ("ece_after", "ECE after"), ("ece_after_ci95", "ECE after 95% CI"),
@@ -81,14 +87,8 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
         whatever :func:`finetune_kit.tasks.classification.train.run_training` raises for bad input (before any
         strategy has run, the first one fails fast).
     """
-    from finetune_kit.runs.checkpoint import atomic_write_text
-    from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.tasks.classification.data import discover
-    from finetune_kit.tasks.classification.plots import dataset_label, plot_val_auroc_per_strategy
-    from finetune_kit.tasks.classification.train import run_training
-    from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
-    tag = base.experiment_tag or base.model_name
+    tag = base.output.experiment_tag or base.model.model_name
     configs = strategy_configs(base, strategies, per_strategy)  # bad names or options fail before anything runs
     folder = RunDir(new_run_dir(output_dir, f"compare-{tag}"))
     # "kind" and comparison.json mark the folder as a container of runs for `analyze` (run_files.discover_runs)
@@ -97,11 +97,11 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": [],
                                           "finished": None})
     # decode once, before any strategy's clock starts, and share the images between strategies
-    cache = image_cache or ImageCache(cache_size_for(base.model_name, base.img_size))
+    cache = image_cache or ImageCache(cache_size_for(base.model.model_name, base.transforms.img_size))
     cache.load([s.path for s in discover(base.data).samples], skip_corrupt=base.data.skip_corrupt)
     rows, histories, results = [], {}, {}
     for name in strategies:
-        cfg = configs[name].model_copy(update={"run_dir": str(folder.path / name)})
+        cfg = configs[name].replace(run_dir=str(folder.path / name))
         result = run_training(cfg, image_cache=cache, console=console)
         results[name] = result
         histories[name] = RunDir(folder.path / name).history()
@@ -131,12 +131,12 @@ def strategy_configs(base: ClassificationConfig, strategies: Sequence[str],
             ``strategy_kwargs`` key) that none of ``strategies`` accepts; or a bad per-strategy option.
         ValueError / pydantic.ValidationError: a bad option value.
     """
-    from finetune_kit.strategy import StrategyOptionError, get_strategy, strategy_options
 
-    tag = base.experiment_tag or base.model_name
+    tag = base.output.experiment_tag or base.model.model_name
     accepted = {name: strategy_options(name) for name in strategies}
-    given = [f for f in STRATEGY_FIELDS if f in base.model_fields_set and getattr(base, f) is not None]
-    unused = [k for k in (*given, *base.strategy_kwargs) if not any(k in a for a in accepted.values())]
+    st = base.strategy
+    given = [f for f in STRATEGY_FIELDS if f in st.model_fields_set and getattr(st, f) is not None]
+    unused = [k for k in (*given, *base.strategy.strategy_kwargs) if not any(k in a for a in accepted.values())]
     if unused:
         raise StrategyOptionError(f"no strategy of {', '.join(strategies)} has option "
                                   f"{', '.join(repr(k) for k in unused)}; their options: "
@@ -151,8 +151,6 @@ def strategy_configs(base: ClassificationConfig, strategies: Sequence[str],
 
 
 def _write_tables(folder, rows: list[dict], title: str) -> str:
-    from finetune_kit.runs.checkpoint import atomic_write_text
-
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([k for k, _ in COLUMNS])

@@ -1,25 +1,37 @@
 """Typed configuration of a classification run, validated once at the edge (CLI -> here).
 
-Every field has a default; the CLI, ``train_classification.py`` and ``compare`` build a
-:class:`ClassificationConfig` and pass it to :func:`finetune_kit.tasks.classification.train.run_training`.
-A run writes ``config.model_dump()`` to ``RUN/config.json``; ``--resume`` reads it back.
+:class:`ClassificationConfig` nests the sections of
+:mod:`~finetune_kit.tasks.classification.config_sections` (``data``, ``model``, ``transforms``,
+``strategy``, ``optim``, ``calibration``, ``runtime``, ``output``); every field has a default.
+The CLI, ``train_classification.py`` and ``compare`` build one and pass it to
+:func:`finetune_kit.tasks.classification.train.run_training`. A run writes ``config.model_dump()``
+(nested) to ``RUN/config.json``; ``--resume``, ``rerun``, ``predict`` and ``evaluate`` read it back,
+and the flat ``config.json`` of earlier versions too: flat keys are put in their section on
+validation (:func:`~finetune_kit.tasks.config_base.nest`), so ``ClassificationConfig(learning_rate=1e-4)``
+works as well. The command-only options (``--resume``, ``compare --strategies`` ...) are the small
+models at the end.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Optional
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from finetune_kit.tasks.config_base import ConfigSection
+from finetune_kit.tasks.classification.config_sections import (
+    CalibrationConfig, DataConfig, ModelConfig, OptimConfig, OutputConfig, RuntimeConfig, StrategyConfig,
+    TransformsConfig, parse_strategy_kwargs)
+from finetune_kit.tasks.config_base import ConfigSection, config_options, deep_merge, nest, option_field
 
-__all__ = ["ClassificationConfig", "DataConfig", "ConfigError", "STRATEGY_FIELDS", "RECORDED_FIELDS",
-           "parse_strategy_kwargs"]
+__all__ = ["ClassificationConfig", "DataConfig", "ModelConfig", "TransformsConfig", "StrategyConfig", "OptimConfig",
+           "CalibrationConfig", "RuntimeConfig", "OutputConfig", "ConfigError", "STRATEGY_FIELDS",
+           "RECORDED_FIELDS", "parse_strategy_kwargs", "resolved_bn_stats", "ResumeOptions", "CompareOptions",
+           "PredictOptions", "EvaluateOptions", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR"]
 
-#: The built-in strategies' options that are also named config fields (``--llrd_decay`` ...).
-#: Each goes only to a strategy that accepts it; set explicitly for one that does not, it is an error.
+#: The built-in strategies' options that are also named config fields (``--llrd_decay`` ...), all in
+#: the ``strategy`` section. Each goes only to a strategy that accepts it; set explicitly for one
+#: that does not, it is an error.
 STRATEGY_FIELDS = ("gradual_patience", "llrd_decay", "unfreeze_schedule", "unfreeze_warmup_epochs", "layer_stages")
 
 #: Fields a run records about itself in ``config.json`` (not settings): a ``--config`` file or
@@ -27,235 +39,55 @@ STRATEGY_FIELDS = ("gradual_patience", "llrd_decay", "unfreeze_schedule", "unfre
 RECORDED_FIELDS = ("run_dir",)
 
 
-def _absolute(v: Optional[str]) -> Optional[str]:
-    """A path as an absolute string (``~`` expanded, symlinks kept), so config.json reproduces anywhere."""
-    import os
-
-    return None if v is None else os.path.abspath(os.path.expanduser(str(v)))
-
-
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the option and the fix."""
 
 
-def parse_strategy_kwargs(items: Iterable[str]) -> dict[str, Any]:
-    """``["myopt=3", "lr_mults={\"head\": 10}", "unfreeze_schedule=2,4"]`` -> ``{"myopt": 3, ...}``.
-
-    Each item is ``NAME=VALUE``; VALUE becomes a JSON scalar, list or object when it parses as
-    JSON (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``), otherwise it stays a string (``2,4``,
-    ``head``). A later item with the same NAME wins.
-
-    Raises:
-        ValueError: an item without ``=`` or with an empty NAME.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ValueError(f"{item!r} is not NAME=VALUE (e.g. --strategy_kwargs llrd_decay=0.8)")
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw
-    return out
-
-
-class DataConfig(ConfigSection):
-    """Where the images are and how their labels are given.
-
-    Attributes:
-        data: an image folder (class sub-folders, or flat with a file-name rule), a CSV file
-            (``path,label[,split]``), or ``"synthetic"`` for the embedded demo set.
-        layout: ``auto`` (CSV when ``data`` ends in .csv; ``regex`` when a preset/regex is
-            given; else ``imagefolder``), ``imagefolder``, ``csv`` or ``regex``.
-        label_regex: regex searched in each file name; a match means the positive class
-            (``positive_class``), otherwise ``negative_class``. ``acrima`` preset: ``_g_``.
-        label_preset: named file-name rule (``acrima``).
-        val_fraction / test_fraction: fractions of the images held out (stratified, seeded)
-            when the data carries no split column.
-        split_seed: seed of the stratified split (default 0).
-        skip_corrupt: skip unreadable images with a warning instead of stopping.
-        extensions: accepted image extensions, matched case-insensitively.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = "synthetic"
-    layout: Literal["auto", "imagefolder", "csv", "regex"] = "auto"
-    label_regex: Optional[str] = None
-    label_preset: Optional[Literal["acrima"]] = None
-    positive_class: str = "glaucoma"
-    negative_class: str = "normal"
-    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.2, ge=0.0, lt=0.5)
-    split_seed: int = 0
-    skip_corrupt: bool = False
-    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-    @field_validator("extensions", mode="before")
-    @classmethod
-    def _extensions(cls, v):
-        """``"jpg,png"`` or ``[".jpg", "png"]`` -> ``(".jpg", ".png")`` (lower case, with the dot)."""
-        if v is None:
-            return cls.model_fields["extensions"].default
-        items = v.split(",") if isinstance(v, str) else v
-        out = tuple("." + e.strip().lower().lstrip(".") for e in items if e.strip())
-        if not out:
-            raise ValueError("give at least one extension, e.g. --extensions jpg,png")
-        return out
-    synthetic_size: int = Field(160, ge=8, le=4096)
-
-    @field_validator("data")
-    @classmethod
-    def _data_path(cls, v: str) -> str:
-        """Folders and CSV files are stored absolute; ``synthetic`` stays the word."""
-        return v if v == "synthetic" else _absolute(v)
-
-    @model_validator(mode="after")
-    def _fractions(self) -> "DataConfig":
-        if self.val_fraction + self.test_fraction >= 0.8:
-            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves "
-                             "too little to train: keep their sum below 0.8")
-        return self
-
-
 class ClassificationConfig(ConfigSection):
-    """All options of one fine-tuning run (see ``finetune-kit classify --help`` for each).
+    """All options of one fine-tuning run, in sections (see ``finetune-kit classify --help``)."""
 
-    Units: ``num_epochs``/``linear_probe_epochs``/``warmup_epochs`` in epochs; learning
-    rates per optimizer step; ``img_size`` in pixels (square); ``grad_clip`` is a max L2 norm.
-    """
+    data: DataConfig = Field(default_factory=DataConfig, title="Data")
+    model: ModelConfig = Field(default_factory=ModelConfig, title="Model")
+    transforms: TransformsConfig = Field(default_factory=TransformsConfig, title="Transforms")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, title="Strategy")
+    optim: OptimConfig = Field(default_factory=OptimConfig, title="Optimisation")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, title="Calibration")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, title="Runtime")
+    output: OutputConfig = Field(default_factory=OutputConfig, title="Outputs")
 
-    model_config = ConfigDict(extra="forbid")
-
-    # data
-    data: DataConfig = Field(default_factory=DataConfig)
-    img_size: int = Field(224, ge=16, le=1024)
-    augment: Literal["auto", "fundus", "none"] = "auto"
-    clahe: bool = False
-    # model
-    model_name: str = "mobilenetv2_100"
-    pretrained: bool = False
-    custom_weights_path: Optional[str] = None
-    allow_partial_weights: bool = False
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    bn_stats: Literal["auto", "frozen", "train"] = "auto"
-    # strategy
-    ft_strategy: str = "gradual"
-    linear_probe_epochs: int = Field(10, ge=1)
-    #: ``lbfgs``: the linear probe solved exactly on cached features (no epochs or LR used);
-    #: ``epochs``: trained with AdamW for ``linear_probe_epochs`` (the old behaviour)
-    linear_probe_solver: Literal["lbfgs", "epochs"] = "lbfgs"
-    #: start the head from the exact linear probe: None = the strategy's default (``probe_first``:
-    #: ``lp_ft`` always, ``gradual`` unless False), True/False = on/off for the other strategies
-    probe_init: Optional[bool] = None
-    #: ``--folds K`` (K >= 2): stratified K-fold cross-validation instead of one split
-    folds: Optional[int] = Field(None, ge=2, le=20)
-    #: regex whose first group (or whole match) in the file name is the patient id for grouped splits
-    group_regex: Optional[str] = None
-    #: after training: a Mahalanobis OOD detector on penultimate features (``RUN/ood.npz``)
-    ood: bool = True
-    #: post-hoc calibrator: ``auto`` (chosen on validation: none/temperature/vector/isotonic), or one of them
-    calibration: Literal["auto", "temperature", "vector", "isotonic", "none"] = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    gradual_patience: int = Field(3, ge=1)
-    llrd_decay: float = Field(0.9, gt=0.0, le=1.0)
-    unfreeze_schedule: str = "2,4"
-    unfreeze_warmup_epochs: int = Field(2, ge=0)
-    layer_stages: Optional[list[list[str]]] = None
-    layer_patterns: Optional[list[str]] = None
-    layer_preset: Optional[str] = None
-    layer_granularity: Literal["stages", "blocks"] = "stages"
-    strategy_kwargs: dict[str, Any] = Field(default_factory=dict)
-    # optimisation
-    num_epochs: int = Field(20, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
-    head_lr_mult: float = Field(1.0, gt=0.0)
-    weight_decay: float = Field(0.05, ge=0.0)
-    warmup_epochs: float = Field(1.0, ge=0.0)
-    min_lr: float = Field(1e-6, ge=0.0)
-    batch_size: int = Field(32, ge=1)
-    grad_clip: Optional[float] = Field(1.0, gt=0.0)
-    mixup: float = Field(0.0, ge=0.0)
-    cutmix: float = Field(0.0, ge=0.0)
-    smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    amp: bool = False
-    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
-    ema: bool = False
-    ema_decay: float = Field(0.998, gt=0.0, lt=1.0)
-    monitor: Literal["auroc", "accuracy", "balanced_accuracy", "loss"] = "auroc"
-    early_stopping_patience: int = Field(0, ge=0)
-    feature_cache: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    num_threads: Optional[int] = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
-    # outputs
-    output_dir: str = "runs"
-    experiment_tag: Optional[str] = None
-    run_dir: Optional[str] = None
-    wandb: Literal["disabled", "offline", "online"] = "offline"
-    wandb_project: str = "finetune-kit"
-    progress: bool = True
-    stop_after_epoch: Optional[int] = Field(None, ge=0)
-
-    @field_validator("custom_weights_path", "output_dir")
+    @model_validator(mode="before")
     @classmethod
-    def _paths(cls, v: Optional[str]) -> Optional[str]:
-        """Stored absolute, so a run's config.json reproduces it from any folder."""
-        return _absolute(v)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        """``auto`` -> ``cuda`` when torch sees a CUDA device, else ``cpu``; others pass unchanged."""
-        from finetune_kit.device import resolve_auto_device
-
-        return resolve_auto_device(v)
-
-    @field_validator("ft_strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        from finetune_kit.strategy import strategy_class
-
-        strategy_class(v)  # raises UnknownStrategyError listing the registered names
-        return v
-
-    @field_validator("layer_stages", mode="before")
-    @classmethod
-    def _stages(cls, v):
-        """``"head;head,layer4;re:."`` (stages by ``;``, group keys by ``,``) -> list of lists."""
-        if isinstance(v, str):
-            v = [[k.strip() for k in stage.split(",") if k.strip()] for stage in v.split(";") if stage.strip()]
-        return v or None
+    def _nest(cls, values: Any) -> Any:
+        """Flat keys (an older flat ``config.json``, ``ClassificationConfig(learning_rate=...)``) -> sections."""
+        return nest(cls, values) if isinstance(values, dict) else values
 
     def layer_group_options(self) -> dict:
         """Keyword arguments of :func:`finetune_kit.layer_groups.resolve_layer_groups`.
         ``layer_patterns`` entries written ``NAME=REGEX`` name their groups; plain regexes are
         named after what they match."""
-        patterns = self.layer_patterns or None
+        st = self.strategy
+        patterns = st.layer_patterns or None
         if patterns and all(re.match(r"^[A-Za-z_][\w.]*=", p) for p in patterns):
             patterns = dict(p.split("=", 1) for p in patterns)
-        return dict(patterns=patterns, preset=self.layer_preset, coarse=self.layer_granularity == "stages")
+        return dict(patterns=patterns, preset=st.layer_preset, coarse=st.layer_granularity == "stages")
 
     @property
     def epochs(self) -> int:
         """Epochs this run trains: 1 (the solve) for the exact linear probe, ``linear_probe_epochs`` for a
         linear probe trained by epochs, else ``num_epochs``."""
-        from finetune_kit.strategy import strategy_class
+        from finetune_kit.strategy import strategy_class  # start-up time: the registry imports torch
 
-        if strategy_class(self.ft_strategy).name != "linear":
-            return self.num_epochs
-        return 1 if self.exact_linear_probe else self.linear_probe_epochs
+        if strategy_class(self.strategy.ft_strategy).name != "linear":
+            return self.optim.num_epochs
+        return 1 if self.exact_linear_probe else self.strategy.linear_probe_epochs
 
     @property
     def exact_linear_probe(self) -> bool:
         """Whether a linear probe of this config is solved exactly (L-BFGS on cached features): solver
         ``lbfgs``, feature cache on, no random augmentation and no mixup/cutmix."""
-        return (self.linear_probe_solver == "lbfgs" and self.feature_cache and self.augment in ("auto", "none")
-                and not self.mixup and not self.cutmix)
+        tf = self.transforms
+        return (self.strategy.linear_probe_solver == "lbfgs" and self.runtime.feature_cache
+                and tf.augment in ("auto", "none") and not tf.mixup and not tf.cutmix)
 
     @property
     def probes_head(self) -> bool:
@@ -263,51 +95,43 @@ class ClassificationConfig(ConfigSection):
         first step, ULMFiT's head stage solved): always for a strategy with ``probe_required``
         (``lp_ft``), else ``probe_init`` when given, else the strategy's ``probe_first`` (``gradual``).
         The ``linear`` strategy's own exact solve is :attr:`exact_linear_probe`."""
-        from finetune_kit.strategy import strategy_class
+        from finetune_kit.strategy import strategy_class  # start-up time: the registry imports torch
 
-        cls = strategy_class(self.ft_strategy)
+        cls = strategy_class(self.strategy.ft_strategy)
         if cls.probe_required:
             return True
-        return self.probe_init if self.probe_init is not None else cls.probe_first
+        return self.strategy.probe_init if self.strategy.probe_init is not None else cls.probe_first
 
     @property
     def tag(self) -> str:
         """Experiment tag (wandb run name, run-folder prefix); default ``MODEL-STRATEGY``."""
-        return self.experiment_tag or f"{self.model_name}-{self.ft_strategy}"
-
-    @field_validator("strategy_kwargs", mode="before")
-    @classmethod
-    def _strategy_kwargs(cls, v):
-        """``["name=value", ...]`` (the CLI's repeatable ``--strategy_kwargs``) -> dict; dicts pass."""
-        if v is None:
-            return {}
-        if isinstance(v, (list, tuple)):
-            return parse_strategy_kwargs(v)
-        return v
+        return self.output.experiment_tag or f"{self.model.model_name}-{self.strategy.ft_strategy}"
 
     def strategy_options(self) -> dict[str, Any]:
-        """Keyword options for :func:`finetune_kit.strategy.get_strategy` of ``ft_strategy``.
+        """Keyword options for :func:`finetune_kit.strategy.get_strategy` of ``strategy.ft_strategy``.
 
         The named fields of :data:`STRATEGY_FIELDS` go in when the strategy accepts them (their
         config defaults included) or when they were set explicitly (then ``get_strategy`` rejects
         those it does not accept); ``monitor_mode="min"`` goes to strategies that accept it when
-        ``monitor`` is ``loss``; ``strategy_kwargs`` are merged over all of these.
+        ``optim.monitor`` is ``loss``; ``strategy_kwargs`` are merged over all of these.
         """
-        from finetune_kit.strategy import strategy_options
+        from finetune_kit.strategy import strategy_options  # start-up time: the registry imports torch
 
-        accepted = strategy_options(self.ft_strategy)
+        st = self.strategy
+        accepted = strategy_options(st.ft_strategy)
         opts: dict[str, Any] = {}
         for name in STRATEGY_FIELDS:
-            value = getattr(self, name)
-            if value is not None and (name in accepted or name in self.model_fields_set):
+            value = getattr(st, name)
+            if value is not None and (name in accepted or name in st.model_fields_set):
                 opts[name] = value
-        if self.monitor == "loss" and "monitor_mode" in accepted:
+        if self.optim.monitor == "loss" and "monitor_mode" in accepted:
             opts["monitor_mode"] = "min"
-        opts.update(self.strategy_kwargs)
+        opts.update(st.strategy_kwargs)
         return opts
 
-    def for_strategy(self, name: str, **updates) -> "ClassificationConfig":
-        """This config for strategy ``name`` (plus ``updates``), keeping only that strategy's options.
+    def for_strategy(self, name: str, **updates: Any) -> "ClassificationConfig":
+        """This config for strategy ``name`` (plus ``updates``: leaf names, e.g. ``learning_rate=5e-3``),
+        keeping only that strategy's options.
 
         Named fields of :data:`STRATEGY_FIELDS` it does not accept go back to their defaults (as if
         never given) and ``strategy_kwargs`` keeps only the keys it accepts, so one set of options
@@ -317,23 +141,39 @@ class ClassificationConfig(ConfigSection):
             UnknownStrategyError: unknown ``name``.
             pydantic.ValidationError: a bad value in ``updates``.
         """
-        from finetune_kit.strategy import strategy_options
+        from finetune_kit.strategy import strategy_options  # start-up time: the registry imports torch
 
         accepted = strategy_options(name)
-        data = self.model_dump(exclude_unset=True)
-        data.update(self.model_dump(include={"data"}), ft_strategy=name, **updates)
+        data = deep_merge(self.model_dump(exclude_unset=True), {"data": self.data.model_dump()})
+        data = deep_merge(data, nest(ClassificationConfig, {**updates, "ft_strategy": name}))
+        strategy = data["strategy"]
         for field in STRATEGY_FIELDS:
             if field not in accepted and field not in updates:
-                data.pop(field, None)
-        data["strategy_kwargs"] = {k: v for k, v in dict(data.get("strategy_kwargs") or {}).items() if k in accepted}
+                strategy.pop(field, None)
+        strategy["strategy_kwargs"] = {k: v for k, v in dict(strategy.get("strategy_kwargs") or {}).items()
+                                       if k in accepted}
         return ClassificationConfig.model_validate(data)
+
+    def replace(self, **leaves: Any) -> "ClassificationConfig":
+        """A copy with leaf fields changed, by leaf name (``cfg.replace(run_dir="...", folds=None)``);
+        like ``model_copy(update=...)``, the values are not validated again.
+
+        Raises:
+            KeyError: a name that is no field of the config.
+        """
+        paths = {o.name: o.path for o in config_options(ClassificationConfig)}
+        updates: dict[str, dict[str, Any]] = {}
+        for name, value in leaves.items():
+            section, field = paths[name]
+            updates.setdefault(section, {})[field] = value
+        return self.model_copy(update={s: getattr(self, s).model_copy(update=u) for s, u in updates.items()})
 
     def resolved_augment(self, head_only: bool) -> str:
         """``auto`` -> ``none`` for head-only strategies (so the feature cache applies), else ``fundus``.
         With ``auto``, epochs in which only the head trains (gradual/progressive stage 0) also run on
         cached un-augmented features; augmentation starts once backbone layers train."""
-        if self.augment != "auto":
-            return self.augment
+        if self.transforms.augment != "auto":
+            return self.transforms.augment
         return "none" if head_only else "fundus"
 
     def check_paths(self) -> None:
@@ -346,14 +186,58 @@ class ClassificationConfig(ConfigSection):
         if d != "synthetic" and not Path(d).exists():
             raise ConfigError(f"--data {d}: no such folder or CSV file; pass an image folder, a CSV of path,label "
                               "or 'synthetic' for the demo set")
-        if self.custom_weights_path and not Path(self.custom_weights_path).is_file():
-            raise ConfigError(f"--custom_weights_path {self.custom_weights_path}: no such file; pass a .pth, "
-                              ".pth.tar or .safetensors file")
+        weights = self.model.custom_weights_path
+        if weights and not Path(weights).is_file():
+            raise ConfigError(f"--custom_weights_path {weights}: no such file; pass a .pth, .pth.tar or "
+                              ".safetensors file")
 
 
 def resolved_bn_stats(cfg: ClassificationConfig) -> str:
     """``auto`` -> ``frozen`` when pretrained weights are loaded (keep their running statistics,
     the usual choice for small medical sets with batches of ~32), ``train`` for random init."""
-    if cfg.bn_stats != "auto":
-        return cfg.bn_stats
-    return "frozen" if (cfg.pretrained or cfg.custom_weights_path) else "train"
+    model = cfg.model
+    if model.bn_stats != "auto":
+        return model.bn_stats
+    return "frozen" if (model.pretrained or model.custom_weights_path) else "train"
+
+
+# -- options of one command, not of the run -------------------------------------------------------
+
+#: ``compare``'s own defaults (shorter runs, a lower LR and a faster new head than one ``classify`` run).
+COMPARE_DEFAULTS = {"num_epochs": 8, "learning_rate": 5e-4, "head_lr_mult": 10.0}
+#: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
+DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=10, linear_probe_epochs=20, batch_size=32,
+                      learning_rate=3e-3, head_lr_mult=1.0, gradual_patience=1, unfreeze_schedule="2,4",
+                      unfreeze_warmup_epochs=1, warmup_epochs=0.5, num_threads=1)
+#: ``compare --demo``: LR of the linear probe (random-init features are small, so it is high).
+DEMO_HEAD_LR = 3e-2
+
+
+class ResumeOptions(ConfigSection):
+    """``classify --resume RUN``."""
+
+    resume: Optional[str] = option_field(None, "Continue the interrupted run in this folder (its saved config is "
+                                         "used; other options are ignored).", metavar="RUN")
+
+
+class CompareOptions(ConfigSection):
+    """What ``compare`` adds to a run's options."""
+
+    strategies: str = option_field("linear,gradual,full,progressive", "Comma-separated strategies to run.")
+    head_learning_rate: float = option_field(5e-3, "Peak AdamW LR of the linear probe.", gt=0.0)
+    demo: bool = option_field(False, "Short run on the generated SYNTHETIC set with a small random-init ResNet-18 "
+                              "at 64 px (no files needed; a few minutes on 2 CPU cores); fills only the options you "
+                              "do not give, and says which.")
+
+
+class PredictOptions(ConfigSection):
+    """What ``predict`` adds to the data and runtime options it shares."""
+
+    output: Optional[str] = option_field(None, "CSV to write (default RUN/predictions.csv).", aliases=("-o",),
+                                         metavar="PATH")
+
+
+class EvaluateOptions(ConfigSection):
+    """What ``evaluate`` adds to the data options."""
+
+    name: str = option_field("external", "Results go to RUN/eval-NAME/.")

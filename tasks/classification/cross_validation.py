@@ -12,18 +12,33 @@ strategy with the first on the same images. Written to ``cv_summary.json`` and `
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import typer
+
+from finetune_kit.calibration import Calibrator
+from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.runs.run_dir import RunDir, new_run_dir
+from finetune_kit.tasks.classification.bootstrap import (
+    METRICS,
+    bootstrap_metrics,
+    mean_sd,
+    metric_value,
+    paired_difference,
+)
+from finetune_kit.tasks.classification.compare import run_comparison, strategy_configs
+from finetune_kit.tasks.classification.data import discover
+from finetune_kit.tasks.classification.folds import fold_splits, group_ids, write_fold_csv
+from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
 __all__ = ["run_cross_validation", "summarise", "summary_markdown", "print_cross_validation"]
 
 
 def _finished_comparison(fold_dir: Path) -> dict | None:
-    import json
-
     for f in sorted(fold_dir.glob("compare-*/comparison.json")):
         d = json.loads(f.read_text())
         if d.get("finished"):
@@ -34,7 +49,7 @@ def _finished_comparison(fold_dir: Path) -> dict | None:
 def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path, *,
                          per_strategy: Mapping[str, Mapping] | None = None, console=None, title: str = "",
                          folder: str | Path | None = None, n_boot: int = 1000) -> dict:
-    """Run ``strategies`` on ``base.folds`` folds of ``base.data`` (grouped by ``base.group_regex`` or a
+    """Run ``strategies`` on ``base.data.folds`` folds of ``base.data`` (grouped by ``base.data.group_regex`` or a
     CSV ``group`` column), then :func:`summarise`.
 
     Args:
@@ -48,25 +63,20 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
         GroupError, ValueError: bad groups or too few patients per class for ``folds``; what
             ``run_comparison`` raises.
     """
-    from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.tasks.classification.compare import run_comparison, strategy_configs
-    from finetune_kit.tasks.classification.data import discover
-    from finetune_kit.tasks.classification.folds import fold_splits, group_ids, write_fold_csv
-    from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
     t0 = time.perf_counter()
-    k = int(base.folds)
+    k = int(base.data.folds)
     strategy_configs(base, strategies, per_strategy)  # bad names/options fail before anything runs
     images = discover(base.data)
     paths = [s.path for s in images.samples]
     labels = [s.label for s in images.samples]
-    groups = group_ids(paths, regex=base.group_regex, csv_path=base.data.data)
+    groups = group_ids(paths, regex=base.data.group_regex, csv_path=base.data.data)
     splits = fold_splits(labels, groups, k, val_fraction=base.data.val_fraction, seed=base.data.split_seed)
-    tag = base.experiment_tag or base.model_name
+    tag = base.output.experiment_tag or base.model.model_name
     run = RunDir(folder) if folder else RunDir(new_run_dir(output_dir, f"cv{k}-{tag}"))
     run.write_json("config.json", {"kind": "cross_validation", "base": base, "strategies": list(strategies),
                                    "folds": k, "per_strategy": per_strategy or {}})
-    cache = ImageCache(cache_size_for(base.model_name, base.img_size))
+    cache = ImageCache(cache_size_for(base.model.model_name, base.transforms.img_size))
     cache.load(paths, skip_corrupt=base.data.skip_corrupt)
     folds = []
     for i, names in enumerate(splits):
@@ -75,17 +85,16 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
         if done is None:
             csv = write_fold_csv(paths, images.class_names, labels, names, groups, run.path / "folds" / f"fold_{i + 1}.csv")
             data = base.data.model_copy(update={"data": str(csv), "layout": "csv", "label_preset": None,
-                                                "label_regex": None})
-            cfg = base.model_copy(update={"data": data, "folds": None, "experiment_tag": f"{tag}-fold{i + 1}"})
+                                                "label_regex": None, "folds": None})
+            cfg = base.model_copy(update={"data": data}).replace(experiment_tag=f"{tag}-fold{i + 1}")
             done = run_comparison(cfg, strategies, fold_dir, per_strategy=per_strategy, console=console,
                                   title=f"{title} fold {i + 1}/{k}", image_cache=cache)
         folds.append(done["folder"])
     summary = summarise(folds, strategies, n_boot=n_boot)
-    summary.update(folds=k, grouped=bool(base.group_regex) or "group" in str(base.data.data),
+    summary.update(folds=k, grouped=bool(base.data.group_regex) or "group" in str(base.data.data),
                    n_groups=len(set(groups)), n_images=len(paths), wall_time_s=time.perf_counter() - t0)
     md = summary_markdown(summary, title=title)
     run.write_json("cv_summary.json", summary)
-    from finetune_kit.runs.checkpoint import atomic_write_text
 
     atomic_write_text(md, run.path / "cv_summary.md")
     return {"folder": str(run.path), "summary": summary, "markdown": md, "wall_time_s": summary["wall_time_s"]}
@@ -93,9 +102,7 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
 
 def _fold_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Calibrated test probabilities ``(N, C)``, labels ``(N,)`` and metrics of one strategy's run."""
-    import json
 
-    from finetune_kit.calibration import Calibrator
 
     m = json.loads((run_dir / "metrics.json").read_text())
     z = np.load(run_dir / "logits.npz")
@@ -112,8 +119,6 @@ def summarise(fold_folders: Sequence[str | Path], strategies: Sequence[str], *, 
         ``{"strategies": {name: {metric: {"mean", "sd", "pooled", "ci95"}}}, "paired": [...],
         "reference_logreg": {"mean", "sd"} | None}``.
     """
-    from finetune_kit.tasks.classification.bootstrap import (METRICS, bootstrap_metrics, mean_sd, metric_value,
-                                                             paired_difference)
 
     pooled, per_fold, refs = {}, {}, []
     for fd in fold_folders:
@@ -181,9 +186,8 @@ def summary_markdown(summary: dict, title: str = "") -> str:
 
 def print_cross_validation(cfg, names, per_strategy, console, title: str) -> dict:
     """The CLI's ``--folds K``: :func:`run_cross_validation`, then the tables and folder printed."""
-    import typer
 
-    out = run_cross_validation(cfg, names, cfg.output_dir, per_strategy=per_strategy, console=console,
-                               title=f"{title}, {cfg.folds}-fold")
+    out = run_cross_validation(cfg, names, cfg.output.output_dir, per_strategy=per_strategy, console=console,
+                               title=f"{title}, {cfg.data.folds}-fold")
     typer.echo(out["markdown"] + f"cross-validation written to {out['folder']} ({out['wall_time_s']:.0f} s)")
     return out

@@ -21,13 +21,17 @@ checks the split is disjoint (no image in two of train/val/test) and records the
 from __future__ import annotations
 
 import csv
+import io
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
+from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.config import DataConfig
 
 __all__ = ["Sample", "LabelledImages", "DataError", "LABEL_PRESETS", "discover", "stratified_split",
@@ -291,7 +295,6 @@ def stratified_split(images: LabelledImages, *, val_fraction: float, test_fracti
     Raises:
         DataError: a class too small to appear in every split.
     """
-    from sklearn.model_selection import train_test_split
 
     if all(s.split is not None for s in images.samples):
         return
@@ -318,10 +321,7 @@ def write_split(images: LabelledImages, path: Path) -> Path:
     Raises:
         DataError: an image in two splits (nothing is written).
     """
-    import io
-    import json
 
-    from finetune_kit.runs.checkpoint import atomic_write_text
 
     check = check_disjoint(images.samples)
     atomic_write_text(json.dumps(check, indent=2), Path(path).with_name("split_check.json"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -99,7 +100,6 @@ def train_one_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], batches:
 def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, prepare: Callable,
                    amp=None, device: torch.device = torch.device("cpu")) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``(N, C)`` float32 and labels ``(N,)`` of every batch (caller sets eval mode)."""
-    from contextlib import nullcontext
 
     outs, labels = [], []
     for x, y in batches:

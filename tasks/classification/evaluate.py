@@ -3,14 +3,30 @@ labelled image set (``finetune-kit evaluate RUN_DIR --data ...``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
-from finetune_kit.tasks.classification.engine import softmax
+from finetune_kit.calibration import Calibrator, choose_calibrator, fit_calibrator
+from finetune_kit.runs.checkpoint import load_checkpoint
+from finetune_kit.runs.run_dir import RunDir, child_path
+from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci, bootstrap_metrics
+from finetune_kit.tasks.classification.config import ClassificationConfig
+from finetune_kit.tasks.classification.data import discover
+from finetune_kit.tasks.classification.engine import predict_logits, softmax
 from finetune_kit.tasks.classification.metrics import classification_metrics
-from finetune_kit.tasks.classification.plots import plot_reliability, plot_roc, plot_training_curves
+from finetune_kit.tasks.classification.model import build_model
+from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
+from finetune_kit.tasks.classification.plots import dataset_label, plot_reliability, plot_roc, plot_training_curves
+from finetune_kit.tasks.classification.transforms import (
+    CachedImageDataset,
+    ImageCache,
+    build_transforms,
+    normalize_batch,
+)
 
 __all__ = ["calibrated_report", "evaluate_run", "load_trained", "load_calibrator", "run_logits"]
 
@@ -39,10 +55,7 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
         reason, candidates), "val": {...}, "test": {... , "auroc_ci95", "ece_calibrated",
         "nll_calibrated", "ece_ci95", "ece_calibrated_ci95"}}``; ``test`` is empty without test images.
     """
-    from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
 
-    from finetune_kit.calibration import Calibrator, choose_calibrator, fit_calibrator
-    from finetune_kit.tasks.classification.bootstrap import bootstrap_metrics
 
     if calibrator is None and temperature is not None:
         calibrator = Calibrator("temperature", {"T": float(temperature)})
@@ -91,13 +104,7 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     Raises:
         FileNotFoundError: not a finished run folder (names the missing file and the fix).
     """
-    import torch
 
-    from finetune_kit.runs.checkpoint import load_checkpoint
-    from finetune_kit.runs.run_dir import RunDir
-    from finetune_kit.tasks.classification.config import ClassificationConfig
-    from finetune_kit.tasks.classification.model import build_model
-    from finetune_kit.tasks.classification.transforms import build_transforms
 
     run = RunDir(run_path)
     if not (run.path / "config.json").is_file():
@@ -108,23 +115,21 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     cfg = ClassificationConfig.model_validate(run.read_json("config.json"))
     ck = load_checkpoint(best)
     class_names = ck["class_names"]
-    model, _ = build_model(cfg.model_name, len(class_names), pretrained=False, drop_rate=cfg.drop_rate,
-                           img_size=cfg.img_size)
+    model, _ = build_model(cfg.model.model_name, len(class_names), pretrained=False, drop_rate=cfg.model.drop_rate,
+                           img_size=cfg.transforms.img_size)
     model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
     model.to(device).eval()
     temperature = 1.0
     if (run.path / "metrics.json").is_file():
         temperature = float(run.read_json("metrics.json").get("temperature") or 1.0)
-    tf = build_transforms(model, cfg.img_size, augment="none")
+    tf = build_transforms(model, cfg.transforms.img_size, augment="none")
     return model, cfg, class_names, temperature, tf
 
 
 def load_calibrator(run_path: str | Path, temperature: float = 1.0):
     """The run's fitted :class:`~finetune_kit.calibration.Calibrator` (``metrics.json`` ``calibration``;
     runs written before it: temperature scaling by ``temperature``)."""
-    import json
 
-    from finetune_kit.calibration import Calibrator
 
     m = Path(run_path) / "metrics.json"
     d = json.loads(m.read_text()).get("calibration") if m.is_file() else None
@@ -134,11 +139,7 @@ def load_calibrator(run_path: str | Path, temperature: float = 1.0):
 def run_logits(run_path: str | Path, model, loader, tf, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, dict]:
     """Logits ``(N, C)`` and labels ``(N,)`` of ``loader`` through the run's model, plus the OOD
     columns ``{"ood_score" (N,), "in_distribution" (N,) bool}`` when the run has ``ood.npz`` (else {})."""
-    import torch
 
-    from finetune_kit.tasks.classification.engine import predict_logits
-    from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
-    from finetune_kit.tasks.classification.transforms import normalize_batch
 
     prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
     det = MahalanobisOOD.load(Path(run_path) / OOD_FILE)
@@ -163,11 +164,7 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
         DataError / CorruptImageError / FileNotFoundError: bad data or run folder.
         ValueError: the data's classes differ from the run's.
     """
-    import torch
 
-    from finetune_kit.runs.run_dir import RunDir
-    from finetune_kit.tasks.classification.data import discover
-    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
     model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     images = discover(data_cfg)
@@ -184,10 +181,8 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     ds = CachedImageDataset(cache, [s.path for s in samples], [s.label for s in samples], tf.eval)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
     logits, labels, ood = run_logits(run_path, model, loader, tf, device)
-    from finetune_kit.runs.run_dir import child_path
 
     out_dir = child_path(RunDir(run_path).path, name, what="--name", prefix="eval-")  # stays inside the run
-    from finetune_kit.tasks.classification.plots import dataset_label
 
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
                             test_logits=logits, test_labels=labels, calibrator=load_calibrator(run_path, temperature),

@@ -9,6 +9,7 @@ gradients for the head, at the cost of one forward pass instead of one per epoch
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -33,7 +34,6 @@ def extract_features(model: nn.Module, batches, prepare: Callable[[torch.Tensor]
     the normalised float input. The model runs in eval mode (BatchNorm statistics untouched);
     its previous mode is restored afterwards.
     """
-    from contextlib import nullcontext
 
     was_training = model.training
     model.eval()

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from finetune_kit.runs.checkpoint import atomic_write_text
 
 __all__ = ["group_ids", "fold_splits", "write_fold_csv", "GroupError"]
 
@@ -88,7 +91,6 @@ def fold_splits(labels: Sequence[int], groups: Sequence[str], k: int, *, val_fra
     Raises:
         ValueError: ``k < 2``, fewer groups of a class than ``k``, or mismatched lengths.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
 
     y, g = np.asarray(labels), np.asarray(groups)
     if k < 2 or len(y) != len(g):
@@ -113,7 +115,6 @@ def fold_splits(labels: Sequence[int], groups: Sequence[str], k: int, *, val_fra
 def write_fold_csv(paths: Sequence[str], class_names: Sequence[str], labels: Sequence[int], splits: Sequence[str],
                    groups: Sequence[str], out: str | Path) -> Path:
     """Write one fold as a ``path,label,split,group`` CSV (``--data`` reads it, split as given), atomically."""
-    from finetune_kit.runs.checkpoint import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)

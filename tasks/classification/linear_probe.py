@@ -20,6 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from finetune_kit.tasks.classification.engine import softmax, val_loss
+from finetune_kit.tasks.classification.loop import cache_features, end_epoch
+from finetune_kit.tasks.classification.memory import PeakMemory
+from finetune_kit.tasks.classification.metrics import auroc, classification_metrics
 
 __all__ = ["LinearProbeResult", "fit_linear_probe", "logistic_reference", "load_into_head", "probe_head",
            "solve_run", "C_GRID"]
@@ -75,10 +84,7 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: i
     Raises:
         ValueError: empty or mismatched arrays, or a training split with one class only.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
 
-    from finetune_kit.tasks.classification.metrics import auroc
 
     t0 = time.perf_counter()
     xt, yt = np.asarray(train_x, np.float64), np.asarray(train_y).astype(int)
@@ -112,9 +118,6 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: i
 def logistic_reference(train_x, train_y, test_x) -> np.ndarray:
     """The simplest reference: scikit-learn ``LogisticRegression()`` with its defaults (C = 1,
     L-BFGS) on standardised training features; returns test probabilities ``(N, K)``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     clf.fit(np.asarray(train_x, np.float64), np.asarray(train_y).astype(int))
@@ -138,7 +141,6 @@ def load_into_head(model: torch.nn.Module, result: LinearProbeResult) -> None:
 
 def _features(state) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train and validation features of the frozen backbone (extracted once into ``state.features``)."""
-    from finetune_kit.tasks.classification.loop import cache_features
 
     cache_features(state)
     (xt, yt), (xv, yv) = state.features["train"], state.features["val"]
@@ -163,10 +165,6 @@ def solve_run(state) -> None:
     (``epoch`` 1, ``solver: "lbfgs"``, the chosen ``C`` and grid) logged and checkpointed through
     :func:`~finetune_kit.tasks.classification.loop.end_epoch`, so the report, ``--resume`` and
     ``analyze`` read it like any epoch. No epochs or learning rate are used."""
-    from finetune_kit.tasks.classification.engine import softmax, val_loss
-    from finetune_kit.tasks.classification.loop import end_epoch
-    from finetune_kit.tasks.classification.memory import PeakMemory
-    from finetune_kit.tasks.classification.metrics import classification_metrics
 
     with PeakMemory(state.device) as mem:
         t0 = time.perf_counter()

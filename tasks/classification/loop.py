@@ -22,26 +22,39 @@ from typing import Callable
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from finetune_kit.distributed import dist_info, gather_shards, reduce_epoch_stats, shard_indices
+from finetune_kit.runs.checkpoint import load_resume_checkpoint
+from finetune_kit.seeding import rng_state, seed_everything, set_rng_state
+from finetune_kit.tasks.classification.engine import (
+    NonFiniteLossError,
+    predict_logits,
+    softmax,
+    train_one_epoch,
+    val_loss,
+)
+from finetune_kit.tasks.classification.feature_cache import extract_features, head_forward
+from finetune_kit.tasks.classification.memory import PeakMemory
+from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.setup import TrainingRun, epoch_seed, image_loader
+from finetune_kit.tasks.classification.transforms import normalize_batch
 
-__all__ = ["restore", "fit_one_epoch", "validate", "predict_sharded", "end_epoch", "train_epochs"]
+__all__ = ["restore", "fit_one_epoch", "validate", "predict_sharded", "end_epoch", "train_epochs", "prepare_inputs"]
 
 
 def _identity(x):
     return x
 
 
-def _prepare(state: TrainingRun) -> Callable[[torch.Tensor], torch.Tensor]:
-    from finetune_kit.tasks.classification.transforms import normalize_batch
-
+def prepare_inputs(state: TrainingRun) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function that turns a batch of uint8 images (N, C, H, W) into the model's normalised float input."""
     tf = state.data.tf
     return lambda x: normalize_batch(x, tf.mean, tf.std)
 
 
 def _set_bn_eval(model: torch.nn.Module) -> None:
-    from torch.nn.modules.batchnorm import _BatchNorm
-
     for m in model.modules():
         if isinstance(m, _BatchNorm):
             m.eval()
@@ -58,8 +71,6 @@ def restore(state: TrainingRun) -> int:
     Raises:
         FileNotFoundError: no ``last.pt``; ValueError: the checkpoint is of another strategy.
     """
-    from finetune_kit.runs.checkpoint import load_resume_checkpoint
-    from finetune_kit.seeding import set_rng_state
 
     ck, _, note = load_resume_checkpoint(state.run.checkpoints)  # last.pt, else the newest loadable epoch file
     if note:
@@ -91,15 +102,14 @@ def cache_features(state: TrainingRun) -> bool:
     Returns:
         True when the features were extracted by this call (time added to ``state.feature_s``).
     """
-    from finetune_kit.tasks.classification.feature_cache import extract_features
 
     if "train" in state.features:
         return False
     t0 = time.perf_counter()
     d = state.data
     for name, part in (("train", d.train), ("val", d.val)):
-        state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval), _prepare(state),
-                                                state.device, state.amp.autocast)
+        state.features[name] = extract_features(state.model, image_loader(state, part, d.tf.eval),
+                                                prepare_inputs(state), state.device, state.amp.autocast)
     state.feature_s += time.perf_counter() - t0
     return True
 
@@ -118,17 +128,15 @@ def _cached_epoch(state: TrainingRun) -> bool:
 
 def _train_batches(state: TrainingRun, epoch: int, use_cache: bool):
     if use_cache:
-        g = torch.Generator().manual_seed(epoch_seed(state.cfg.seed, epoch))
+        g = torch.Generator().manual_seed(epoch_seed(state.cfg.runtime.seed, epoch))
         ds = torch.utils.data.TensorDataset(*state.features["train"])
-        return torch.utils.data.DataLoader(ds, batch_size=state.cfg.batch_size, shuffle=True, generator=g)
+        return torch.utils.data.DataLoader(ds, batch_size=state.cfg.optim.batch_size, shuffle=True, generator=g)
     return image_loader(state, state.data.train, state.data.tf.train, epoch=epoch, drop_last=state.opt.mixup is not None)
 
 
 def validate(state: TrainingRun, use_cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Validation logits ``(N, C)`` and labels ``(N,)`` of the evaluated module (EMA with ``--ema``)
     in eval mode; on cached features when ``use_cache`` (they must have been extracted)."""
-    from finetune_kit.tasks.classification.engine import predict_logits
-    from finetune_kit.tasks.classification.feature_cache import head_forward
 
     mod = state.eval_model
     mod.eval()
@@ -140,7 +148,6 @@ def validate(state: TrainingRun, use_cache: bool = False) -> tuple[np.ndarray, n
 
 def _finite(state: TrainingRun, out: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Stop with the step when the weights diverged (NaN/inf logits) before this epoch is checkpointed."""
-    from finetune_kit.tasks.classification.engine import NonFiniteLossError
 
     if not np.isfinite(out[0]).all():
         raise NonFiniteLossError(f"validation logits are NaN/inf after step {state.global_step} (the weights "
@@ -153,12 +160,10 @@ def predict_sharded(state: TrainingRun, mod: torch.nn.Module, samples: list) -> 
     """Logits ``(N, C)`` and labels ``(N,)`` of ``samples`` in order (eval transform); under DDP each
     rank predicts its share (:func:`~finetune_kit.distributed.shard_indices`) and every rank gets all
     of them (:func:`~finetune_kit.distributed.gather_shards`), so metrics equal one process's."""
-    from finetune_kit.distributed import gather_shards, shard_indices
-    from finetune_kit.tasks.classification.engine import predict_logits
 
     part = [samples[i] for i in shard_indices(len(samples))]
-    logits, labels = predict_logits(mod, image_loader(state, part, state.data.tf.eval), _prepare(state), state.amp,
-                                    state.device)
+    logits, labels = predict_logits(mod, image_loader(state, part, state.data.tf.eval), prepare_inputs(state),
+                                    state.amp, state.device)
     if len(part) == 0:
         logits = logits.reshape(0, len(state.data.images.class_names))
     return gather_shards(logits, len(samples)), gather_shards(labels, len(samples))
@@ -180,17 +185,12 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
     Raises:
         NonFiniteLossError: the training loss became NaN/inf.
     """
-    from finetune_kit.distributed import dist_info, reduce_epoch_stats
-    from finetune_kit.seeding import seed_everything
-    from finetune_kit.tasks.classification.engine import softmax, train_one_epoch, val_loss
-    from finetune_kit.tasks.classification.feature_cache import head_forward
-    from finetune_kit.tasks.classification.metrics import classification_metrics
 
     cfg, model, strategy, opt = state.cfg, state.model, state.strategy, state.opt
     rank = dist_info().rank  # per-rank dropout/augmentation seeds; rank 0 = one process
-    seed_everything(epoch_seed(cfg.seed, epoch) + rank)
+    seed_everything(epoch_seed(cfg.runtime.seed, epoch) + rank)
     if state.data.tf.random_train:
-        state.data.tf.train.set_random_seed(epoch_seed(cfg.seed, epoch) + rank)
+        state.data.tf.train.set_random_seed(epoch_seed(cfg.runtime.seed, epoch) + rank)
     events = list(strategy.on_epoch_start(epoch, opt.optimizer))
     strategy.train_mode(model)
     if state.bn_frozen:
@@ -200,9 +200,9 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
     forward = state.ddp.model() if state.ddp is not None else model  # DDP: re-wrapped when the trainable set changed
     stats, state.global_step = train_one_epoch(
         forward=(lambda f: head_forward(model, f)) if use_cache else forward, batches=_train_batches(state, epoch, use_cache),
-        prepare=_identity if use_cache else _prepare(state), criterion=opt.criterion, optimizer=opt.optimizer,
+        prepare=_identity if use_cache else prepare_inputs(state), criterion=opt.criterion, optimizer=opt.optimizer,
         schedule=opt.schedule, global_step=state.global_step, amp=state.amp, scaler=opt.scaler,
-        grad_clip=cfg.grad_clip, mixup=opt.mixup, ema=state.ema, ema_model=model, device=state.device,
+        grad_clip=cfg.optim.grad_clip, mixup=opt.mixup, ema=state.ema, ema_model=model, device=state.device,
         on_batch=on_batch)
     stats = reduce_epoch_stats(stats)  # DDP: mean loss and images/s over every rank's images
     vl, vy = validate(state, use_cache)
@@ -222,7 +222,6 @@ def end_epoch(state: TrainingRun, record: dict) -> None:
     """Log ``record`` (``metrics.jsonl``, wandb), step early stopping, then write the checkpoints
     (``last``; ``best`` when the monitored metric improved; a NaN metric is never the best) and
     print the epoch's line. Early stopping steps first, so a resumed run has this epoch's patience."""
-    from finetune_kit.seeding import rng_state
 
     epoch, opt, cfg = record["epoch"], state.opt, state.cfg  # counted from 1
     metric = record[opt.monitor]
@@ -256,22 +255,21 @@ def train_epochs(state: TrainingRun) -> int | None:
         The epoch (counted from 1) after which ``stop_after_epoch`` stopped the run (to be
         resumed), else None. ``stop_after_epoch`` N stops after the N-th epoch (0 acts as 1).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from finetune_kit.tasks.classification.memory import PeakMemory
 
     cfg, early, epochs = state.cfg, state.opt.early, state.cfg.epochs
     stopped = None
     with PeakMemory(state.device) as mem, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                                    TimeElapsedColumn(), TimeRemainingColumn(), console=state.console,
-                                                   disable=not cfg.progress, transient=True) as bar:
-        ep_task = bar.add_task(f"{cfg.ft_strategy} epochs", total=epochs, completed=state.start_epoch)
+                                                   disable=not cfg.runtime.progress, transient=True) as bar:
+        ep_task = bar.add_task(f"{cfg.strategy.ft_strategy} epochs", total=epochs, completed=state.start_epoch)
         b_task = bar.add_task("batches", total=state.opt.steps)
         for epoch in range(state.start_epoch, epochs):
             bar.reset(b_task, total=state.opt.steps)
             end_epoch(state, fit_one_epoch(state, epoch, on_batch=lambda: bar.advance(b_task)))
             bar.advance(ep_task)
-            if cfg.stop_after_epoch is not None and epoch + 1 >= cfg.stop_after_epoch and epoch + 1 < epochs:
+            stop_after = cfg.runtime.stop_after_epoch
+            if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < epochs:
                 stopped = epoch + 1
                 break
             if early is not None and early.should_stop:

@@ -1,6 +1,8 @@
 """Peak memory of a run: CUDA allocator peak, or the process's resident set size sampled on CPU."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 
@@ -72,8 +74,6 @@ class PeakMemory:
 
 def _release_freed_memory() -> None:
     """Collect garbage and return free heap pages to the OS (glibc ``malloc_trim``; no-op elsewhere)."""
-    import ctypes
-    import gc
 
     gc.collect()
     try:

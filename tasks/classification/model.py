@@ -13,8 +13,12 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import timm
 import torch
 from torch import nn
+
+from finetune_kit.runs.checkpoint import extract_state_dict
+from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 
 __all__ = ["ModelError", "WeightsReport", "build_model", "load_custom_weights", "read_weights_file", "head_param_names"]
 
@@ -62,8 +66,6 @@ def head_param_names(model: nn.Module) -> set[str]:
 
 
 def _unknown_model(name: str) -> ModelError:
-    import timm
-
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     stem = name.split("_")[0][:12] or name
@@ -80,8 +82,6 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         ModelError: missing file, unreadable file, a file that needs pickled code, or no tensors
             in it (names the file and the fix).
     """
-    from finetune_kit.runs.checkpoint import extract_state_dict
-    from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -184,7 +184,6 @@ def build_model(model_name: str, num_classes: int, *, pretrained: bool = False, 
         ModelError: unknown model name (suggests ``timm.list_models('*pattern*')``), hub
             download failure (suggests ``--custom_weights_path``), unusable weights.
     """
-    import timm
 
     if not timm.is_model(model_name):
         raise _unknown_model(model_name)

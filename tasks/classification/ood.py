@@ -10,11 +10,16 @@ about 5 % of in-distribution images are flagged; ``in_distribution = score <= th
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
 
 __all__ = ["MahalanobisOOD", "fit_ood", "predict_with_features", "detection_auroc", "OOD_FILE"]
 
@@ -44,8 +49,6 @@ class MahalanobisOOD:
 
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` (``.npz``) atomically."""
-        import os
-        import tempfile
 
         path = Path(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
@@ -70,7 +73,6 @@ def fit_ood(train_features, train_labels, val_features, *, quantile: float = 0.9
     Raises:
         ValueError: empty inputs or ``quantile`` outside (0, 1).
     """
-    from sklearn.covariance import LedoitWolf
 
     f, y = np.asarray(train_features, np.float64), np.asarray(train_labels).astype(int)
     v = np.asarray(val_features, np.float64)
@@ -92,7 +94,6 @@ def predict_with_features(model: torch.nn.Module, batches, prepare, amp=None,
     """Logits ``(N, C)``, pooled pre-logit features ``(N, D)`` and labels ``(N,)`` in one pass of a
     timm model (``forward_features`` -> ``forward_head(pre_logits=True)`` -> ``get_classifier()``);
     the caller sets eval mode."""
-    from contextlib import nullcontext
 
     logits, feats, labels = [], [], []
     for x, y in batches:
@@ -108,7 +109,6 @@ def predict_with_features(model: torch.nn.Module, batches, prepare, amp=None,
 
 def detection_auroc(in_scores, out_scores) -> float:
     """AUROC of telling ``out_scores`` (positives) from ``in_scores`` by the OOD score (higher = more OOD)."""
-    from sklearn.metrics import roc_auc_score
 
     a, b = np.asarray(in_scores), np.asarray(out_scores)
     return float(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]))

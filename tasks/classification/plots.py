@@ -11,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from finetune_kit.calibration import expected_calibration_error
+from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
 
 __all__ = ["plot_roc", "plot_reliability", "plot_training_curves", "plot_val_auroc_per_strategy", "roc_figure",
            "reliability_figure", "training_curves_figure", "val_auroc_figure", "dataset_label"]
@@ -21,10 +28,7 @@ _GENERIC = {"images", "image", "data", "train", "all", "imgs", "raw"}
 
 
 def _plt():
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     return plt
 
@@ -73,9 +77,7 @@ def roc_figure(labels, probs, *, class_names: Sequence[str] | None = None, title
             (:func:`~finetune_kit.tasks.classification.bootstrap.bootstrap_auroc_ci`, ``n_boot``
             stratified resamples, ``seed``).
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
 
-    from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
 
     plt = _plt()
     y, p = np.asarray(labels), np.asarray(probs)
@@ -126,7 +128,6 @@ def reliability_figure(labels, probs_before, probs_after, temperature: float, *,
     fraction of positives. Multi-class: top-1 confidence against top-1 accuracy. The titles give
     the (top-1) ECE over ``n_bins`` equal-width bins (default 15), the metric reported.
     """
-    from finetune_kit.calibration import expected_calibration_error
 
     plt = _plt()
     y = np.asarray(labels)
@@ -194,7 +195,6 @@ def training_curves_figure(history: Sequence[Mapping], *, run_name: str = "", da
     events as labelled vertical lines (the groups unfrozen), titled with ``run_name`` and
     ``dataset`` (see :func:`dataset_label`)."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator
 
     ep = [r["epoch"] for r in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -223,7 +223,6 @@ def val_auroc_figure(histories: Mapping[str, Sequence[Mapping]], *, dataset: str
     """Validation AUROC per epoch (counted from 1), one line per strategy, each strategy's
     unfreeze events as small markers; the title names ``dataset`` (SYNTHETIC when generated)."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, hist in histories.items():

@@ -8,6 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+
+from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.tasks.classification.config import DataConfig
+from finetune_kit.tasks.classification.data import list_images
+from finetune_kit.tasks.classification.evaluate import load_calibrator, load_trained, run_logits
+from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
 __all__ = ["predict_images", "expand_inputs", "ood_line"]
 
@@ -18,7 +25,6 @@ def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> li
     Raises:
         FileNotFoundError: a path that does not exist, or no image found at all (names it).
     """
-    from finetune_kit.tasks.classification.data import list_images
 
     out: list[str] = []
     for item in inputs:
@@ -46,12 +52,7 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
         FileNotFoundError: bad run folder or inputs. CorruptImageError: unreadable image
             (unless ``skip_corrupt``).
     """
-    import torch
 
-    from finetune_kit.runs.checkpoint import atomic_write_text
-    from finetune_kit.tasks.classification.config import DataConfig
-    from finetune_kit.tasks.classification.evaluate import load_calibrator, load_trained, run_logits
-    from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
     model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     paths = expand_inputs(inputs, DataConfig().extensions)

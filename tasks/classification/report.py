@@ -12,8 +12,16 @@ import time
 
 import numpy as np
 
+from finetune_kit.distributed import broadcast_module, broadcast_object, is_distributed
+from finetune_kit.runs.checkpoint import load_checkpoint
 from finetune_kit.tasks.classification.config import resolved_bn_stats
+from finetune_kit.tasks.classification.engine import predict_logits
+from finetune_kit.tasks.classification.evaluate import calibrated_report
+from finetune_kit.tasks.classification.loop import predict_sharded
+from finetune_kit.tasks.classification.plots import dataset_label
+from finetune_kit.tasks.classification.report_extras import ood_and_reference
 from finetune_kit.tasks.classification.setup import TrainingRun, image_loader
+from finetune_kit.tasks.classification.transforms import normalize_batch
 
 __all__ = ["report", "predict_best"]
 
@@ -28,12 +36,7 @@ def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
     Raises:
         FileNotFoundError: the run has no checkpoint.
     """
-    from finetune_kit.runs.checkpoint import load_checkpoint
-    from finetune_kit.tasks.classification.engine import predict_logits
-    from finetune_kit.tasks.classification.transforms import normalize_batch
 
-    from finetune_kit.distributed import broadcast_module, broadcast_object, is_distributed
-    from finetune_kit.tasks.classification.loop import predict_sharded
 
     model = state.eval_model
     if is_distributed():  # DDP: rank 0 reads the best checkpoint and sends its weights; ranks share the predictions
@@ -80,22 +83,18 @@ def report(state: TrainingRun) -> dict:
         ``test`` metrics, split sizes, trainable fractions, feature-cache use, times, memory,
         weights report, unfreeze events, config; ``resumed: true`` for a resumed run).
     """
-    from finetune_kit.tasks.classification.evaluate import calibrated_report
 
-    from finetune_kit.distributed import broadcast_object, is_distributed
 
     ck, logits = predict_best(state)
     if is_distributed() and not state.run.enabled:  # DDP: rank 0 reports; the others return its result
         return broadcast_object(None)
     history = state.run.history()
-    from finetune_kit.tasks.classification.plots import dataset_label
 
     cfg = state.cfg
     rep = calibrated_report(state.run.path, history=history, class_names=state.data.images.class_names,
                             run_name=cfg.tag, dataset=dataset_label(cfg.data.data, cfg.data.label_preset),
-                            seed=cfg.seed, calibration=cfg.calibration, **logits)
+                            seed=cfg.runtime.seed, calibration=cfg.calibration.calibration, **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
-    from finetune_kit.tasks.classification.report_extras import ood_and_reference
 
     result.update(ood_and_reference(state, logits))
     state.run.write_json("metrics.json", result)
@@ -116,8 +115,8 @@ def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: 
     peak, peak_increase = state.peak_memory or (None, None)
     mean = lambda key: float(np.mean([r[key] for r in history])) if history else None  # noqa: E731
     result = {
-        "status": "completed", "run_dir": str(state.run.path), "model_name": cfg.model_name,
-        "ft_strategy": cfg.ft_strategy, "class_names": d.images.class_names, "best_epoch": best_epoch,
+        "status": "completed", "run_dir": str(state.run.path), "model_name": cfg.model.model_name,
+        "ft_strategy": cfg.strategy.ft_strategy, "class_names": d.images.class_names, "best_epoch": best_epoch,
         "epochs_run": len(history), "temperature": rep["temperature"], "calibration": rep.get("calibration"),
         "val": rep.get("val", {}), "test": rep["test"],
         "n_images": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},

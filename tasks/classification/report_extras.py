@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from finetune_kit.tasks.classification.feature_cache import extract_features
+from finetune_kit.tasks.classification.loop import prepare_inputs
+from finetune_kit.tasks.classification.metrics import auroc
+from finetune_kit.tasks.classification.setup import image_loader
+
 __all__ = ["ood_and_reference"]
 
 
 def _train_features(state) -> tuple[np.ndarray, np.ndarray]:
     """Training-split features of the evaluated module (best epoch loaded): the cache when the
     backbone never trained, else one eval-mode pass."""
-    from finetune_kit.tasks.classification.feature_cache import extract_features
-    from finetune_kit.tasks.classification.loop import _prepare
-    from finetune_kit.tasks.classification.setup import image_loader
 
     if state.strategy.head_only and "train" in state.features:
         f, y = state.features["train"]
     else:
         f, y = extract_features(state.eval_model, image_loader(state, state.data.train, state.data.tf.eval),
-                                _prepare(state), state.device, state.amp.autocast)
+                                prepare_inputs(state), state.device, state.amp.autocast)
     return f.numpy(), y.numpy()
 
 
@@ -31,14 +33,13 @@ def ood_and_reference(state, logits: dict) -> dict:
     Returns:
         ``{"ood": {...}}`` and/or ``{"reference_logreg": {...}}`` (empty when neither applies).
     """
-    from finetune_kit.tasks.classification.metrics import auroc
 
     out: dict = {}
-    if "best_val" not in state.features or not (state.cfg.ood or state.strategy.head_only):
+    if "best_val" not in state.features or not (state.cfg.calibration.ood or state.strategy.head_only):
         return out
     ft, yt = _train_features(state)
     fv, ftest = state.features["best_val"], state.features["best_test"]
-    if state.cfg.ood:
+    if state.cfg.calibration.ood:
         from finetune_kit.tasks.classification.ood import OOD_FILE, fit_ood
 
         det = fit_ood(ft, yt, fv)

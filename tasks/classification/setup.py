@@ -15,8 +15,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.console import Console
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 
+from finetune_kit.amp import resolve_amp
+from finetune_kit.distributed import (
+    DDPTracker,
+    broadcast_object,
+    dist_info,
+    epoch_sampler,
+    init_distributed,
+    is_distributed,
+    is_main,
+    local_device,
+    per_rank_batch,
+)
+from finetune_kit.early_stopping import EarlyStopping
+from finetune_kit.layer_groups import parameter_count, resolve_layer_groups
+from finetune_kit.param_groups import parse_multipliers
+from finetune_kit.runs.checkpoint import CheckpointManager
+from finetune_kit.runs.logger import RunLogger
+from finetune_kit.runs.run_dir import RunDir, new_run_dir
+from finetune_kit.schedulers import build_lr_scheduler
+from finetune_kit.seeding import seed_everything
+from finetune_kit.strategy import get_strategy
 from finetune_kit.tasks.classification.config import ClassificationConfig, resolved_bn_stats
+from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
+from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
+from finetune_kit.tasks.classification.model import build_model, head_param_names
+from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
 
 __all__ = ["RunData", "Optimisation", "TrainingRun", "build", "build_strategy", "start_run", "epoch_seed",
            "image_loader"]
@@ -114,30 +143,28 @@ class TrainingRun:
 def image_loader(state: TrainingRun, samples, transform, epoch: int | None = None, drop_last: bool = False):
     """A DataLoader over ``samples`` (decoded images from the run's cache) through ``transform``;
     shuffled with the epoch's seed when ``epoch`` is given, else in order."""
-    from finetune_kit.tasks.classification.transforms import CachedImageDataset
 
-    from finetune_kit.distributed import epoch_sampler, is_distributed, per_rank_batch
 
     cfg = state.cfg
     ds = CachedImageDataset(state.data.cache, [s.path for s in samples], [s.label for s in samples], transform)
-    g = torch.Generator().manual_seed(epoch_seed(cfg.seed, -1 if epoch is None else epoch))
-    batch, sampler = cfg.batch_size, None
+    g = torch.Generator().manual_seed(epoch_seed(cfg.runtime.seed, -1 if epoch is None else epoch))
+    batch, sampler = cfg.optim.batch_size, None
     if is_distributed() and epoch is not None:  # DDP: this rank's share of the global batch and of the epoch
-        batch = per_rank_batch(cfg.batch_size)
-        sampler = epoch_sampler(ds, epoch_seed(cfg.seed, epoch))  # the order one process draws
+        batch = per_rank_batch(cfg.optim.batch_size)
+        sampler = epoch_sampler(ds, epoch_seed(cfg.runtime.seed, epoch))  # the order one process draws
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=epoch is not None and sampler is None,
                                        generator=None if sampler is not None else g, sampler=sampler,
-                                       drop_last=drop_last and len(samples) >= cfg.batch_size,
-                                       num_workers=cfg.num_workers, pin_memory=state.device.type == "cuda",
-                                       worker_init_fn=_seed_worker if cfg.num_workers else None)
+                                       drop_last=drop_last and len(samples) >= cfg.optim.batch_size,
+                                       num_workers=cfg.runtime.num_workers, pin_memory=state.device.type == "cuda",
+                                       worker_init_fn=_seed_worker if cfg.runtime.num_workers else None)
 
 
 def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, console=None) -> TrainingRun:
     """Everything a run needs, in memory: data and split, model, strategy, optimisation.
 
     Args:
-        cfg: the validated config (``cfg.run_dir`` set when resuming; its ``split.csv`` is read).
-        resume: use the split of ``cfg.run_dir`` instead of splitting the data.
+        cfg: the validated config (``cfg.output.run_dir`` set when resuming; its ``split.csv`` is read).
+        resume: use the split of ``cfg.output.run_dir`` instead of splitting the data.
         image_cache: an ``ImageCache`` of decoded images to share between runs (``compare``); a
             new one is made when None or of another size.
         console: a rich Console for messages (default: stderr).
@@ -148,41 +175,36 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
         ValueError: an empty training or validation split, an odd batch size with mixup/cutmix,
             or a strategy's layer groups that the model lacks.
     """
-    from rich.console import Console
 
-    from finetune_kit.amp import resolve_amp
-    from finetune_kit.layer_groups import parameter_count
-    from finetune_kit.seeding import seed_everything
-    from finetune_kit.tasks.classification.model import build_model
 
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
     cfg.check_paths()
     build_strategy(cfg)  # options the strategy does not accept fail before any data is read
-    from finetune_kit.distributed import DDPTracker, init_distributed, is_main, local_device, per_rank_batch
 
-    init_distributed(cfg.device)  # torchrun: open the process group (gloo on CPU, NCCL on CUDA)
+    init_distributed(cfg.runtime.device)  # torchrun: open the process group (gloo on CPU, NCCL on CUDA)
     console.quiet = console.quiet or not is_main()
-    per_rank_batch(cfg.batch_size)  # the global batch must split over the processes
-    device = local_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    amp = resolve_amp(cfg.amp, device, cfg.amp_dtype)
+    per_rank_batch(cfg.optim.batch_size)  # the global batch must split over the processes
+    device = local_device(cfg.runtime.device)
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    amp = resolve_amp(cfg.runtime.amp, device, cfg.runtime.amp_dtype)
     if amp.notice:
         console.print(f"[yellow]{amp.notice}[/]")
     images = _read_images(cfg, resume)
-    seed_everything(cfg.seed)
-    model, weights_report = build_model(cfg.model_name, len(images.class_names), pretrained=cfg.pretrained,
-                                        custom_weights_path=cfg.custom_weights_path,
-                                        allow_partial_weights=cfg.allow_partial_weights, drop_rate=cfg.drop_rate,
-                                        img_size=cfg.img_size)
+    seed_everything(cfg.runtime.seed)
+    m = cfg.model
+    model, weights_report = build_model(m.model_name, len(images.class_names), pretrained=m.pretrained,
+                                        custom_weights_path=m.custom_weights_path,
+                                        allow_partial_weights=m.allow_partial_weights, drop_rate=m.drop_rate,
+                                        img_size=cfg.transforms.img_size)
     if weights_report is not None:
         console.print(weights_report.summary())
     strategy = build_strategy(cfg, model)
     model.to(device)
-    if cfg.channels_last:  # as timm's train.py --channels-last
+    if cfg.model.channels_last:  # as timm's train.py --channels-last
         model.to(memory_format=torch.channels_last)
-    if cfg.compile:  # in place (nn.Module.compile): parameter names and state_dict keys unchanged
+    if cfg.model.compile:  # in place (nn.Module.compile): parameter names and state_dict keys unchanged
         model.compile()
     data = _prepare_data(cfg, images, model, strategy, image_cache, console, split=not resume)
     opt = _build_optimisation(cfg, model, strategy, amp, len(images.class_names))
@@ -198,35 +220,32 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
 
 
 def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = None):
-    """The strategy of ``cfg``: ``get_strategy(cfg.ft_strategy, **cfg.strategy_options())``; with
+    """The strategy of ``cfg``: ``get_strategy(cfg.strategy.ft_strategy, **cfg.strategy_options())``; with
     ``model`` and ``--head_lr_mult`` != 1 (and a strategy that trains more than the head), the head's
     parameters get that LR multiplier, under any ``lr_mults`` given in ``strategy_kwargs``.
 
     Raises:
         UnknownStrategyError, StrategyOptionError: unknown name or option; ValueError: bad value.
     """
-    from finetune_kit.strategy import get_strategy
 
     options = cfg.strategy_options()
-    strategy = get_strategy(cfg.ft_strategy, **options)
-    if model is None or cfg.head_lr_mult == 1.0 or strategy.head_only or cfg.probes_head:
+    strategy = get_strategy(cfg.strategy.ft_strategy, **options)
+    if model is None or cfg.optim.head_lr_mult == 1.0 or strategy.head_only or cfg.probes_head:
         return strategy  # a probed head starts solved: one LR for all (LP-FT, Kumar et al. 2022)
-    from finetune_kit.param_groups import parse_multipliers
-    from finetune_kit.tasks.classification.model import head_param_names
 
     # the new head learns faster than the pretrained body
-    head = {n: cfg.head_lr_mult for n in head_param_names(model)}
-    return get_strategy(cfg.ft_strategy, **{**options, "lr_mults": {**head, **parse_multipliers(options.get("lr_mults"))}})
+    head = {n: cfg.optim.head_lr_mult for n in head_param_names(model)}
+    lr_mults = {**head, **parse_multipliers(options.get("lr_mults"))}
+    return get_strategy(cfg.strategy.ft_strategy, **{**options, "lr_mults": lr_mults})
 
 
 def _read_images(cfg: ClassificationConfig, resume: bool):
     """The labelled images: a resumed run's ``split.csv`` (split included), else ``cfg.data``."""
-    from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split
 
     if resume:
         from finetune_kit.runs.run_dir import RunDir
 
-        samples, class_names = read_split(RunDir(cfg.run_dir).path / "split.csv")
+        samples, class_names = read_split(RunDir(cfg.output.run_dir).path / "split.csv")
         return LabelledImages(samples, class_names, "split.csv")
     return discover(cfg.data)
 
@@ -237,11 +256,9 @@ def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: 
     Raises:
         ValueError: an empty training or validation split.
     """
-    from finetune_kit.tasks.classification.data import stratified_split
-    from finetune_kit.tasks.classification.transforms import ImageCache, build_transforms
 
-    tf = build_transforms(model, cfg.img_size, augment=cfg.resolved_augment(strategy.head_only), clahe=cfg.clahe,
-                          seed=cfg.seed)
+    tf = build_transforms(model, cfg.transforms.img_size, augment=cfg.resolved_augment(strategy.head_only),
+                          clahe=cfg.transforms.clahe, seed=cfg.runtime.seed)
     cache = image_cache if image_cache is not None and image_cache.size == tf.cache_size else ImageCache(tf.cache_size)
     skipped = cache.load([s.path for s in images.samples], skip_corrupt=cfg.data.skip_corrupt)
     if skipped:
@@ -264,53 +281,47 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
     Raises:
         ValueError: an odd batch size with mixup/cutmix; strategy layer groups the model lacks.
     """
-    from timm.data import Mixup
-    from timm.loss import SoftTargetCrossEntropy
 
-    from finetune_kit.early_stopping import EarlyStopping
-    from finetune_kit.layer_groups import resolve_layer_groups
 
     groups = resolve_layer_groups(model, **cfg.layer_group_options())
     # foreach: one multi-tensor update per group instead of a Python loop over ~150 tensors; the same
     # arithmetic (bit-identical on CPU, PyTorch's default on CUDA), ~10 % less optimizer time on CPU
-    optimizer = torch.optim.AdamW(strategy.build_param_groups(groups, weight_decay=cfg.weight_decay), lr=cfg.learning_rate,
-                                  foreach=True)
-    use_mix = cfg.mixup > 0 or cfg.cutmix > 0
-    if use_mix and cfg.batch_size % 2:
-        raise ValueError(f"--batch_size {cfg.batch_size}: mixup/cutmix needs an even batch size")
+    optimizer = torch.optim.AdamW(strategy.build_param_groups(groups, weight_decay=cfg.optim.weight_decay),
+                                  lr=cfg.optim.learning_rate, foreach=True)
+    use_mix = cfg.transforms.mixup > 0 or cfg.transforms.cutmix > 0
+    if use_mix and cfg.optim.batch_size % 2:
+        raise ValueError(f"--batch_size {cfg.optim.batch_size}: mixup/cutmix needs an even batch size")
     # a probed head (LP-FT, gradual): no label smoothing -- a smoothed target penalises the solved head's
     # confident logits, and those large early gradients distort the very features the probe was solved
     # on (Kumar et al. 2022)
-    smoothing = 0.0 if cfg.probes_head else cfg.smoothing
-    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=smoothing,
+    smoothing = 0.0 if cfg.probes_head else cfg.optim.smoothing
+    mixup = Mixup(mixup_alpha=cfg.transforms.mixup, cutmix_alpha=cfg.transforms.cutmix, label_smoothing=smoothing,
                   num_classes=num_classes) if use_mix else None
     criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
-    monitor, mode = f"val_{cfg.monitor}", ("min" if cfg.monitor == "loss" else "max")
-    early = EarlyStopping(patience=cfg.early_stopping_patience, mode=mode) if cfg.early_stopping_patience else None
+    monitor, mode = f"val_{cfg.optim.monitor}", ("min" if cfg.optim.monitor == "loss" else "max")
+    patience = cfg.optim.early_stopping_patience
+    early = EarlyStopping(patience=patience, mode=mode) if patience else None
     return Optimisation(groups=groups, optimizer=optimizer, schedule=None, scaler=amp.grad_scaler(), criterion=criterion,
                         mixup=mixup, steps=0, monitor=monitor, mode=mode, early=early)
 
 
 def _build_ema(cfg: ClassificationConfig, model: torch.nn.Module):
     """A timm ``ModelEmaV3`` of the model with ``--ema`` (decay ``--ema_decay``), else None."""
-    if not cfg.ema:
+    if not cfg.optim.ema:
         return None
-    from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(model, decay=cfg.ema_decay)
+    return ModelEmaV3(model, decay=cfg.optim.ema_decay)
 
 
 def _build_schedule(cfg: ClassificationConfig, opt: Optimisation):
     """Linear warm-up then cosine to ``--min_lr``, applied per optimizer step."""
-    from finetune_kit.schedulers import build_lr_scheduler
 
     return build_lr_scheduler(opt.optimizer, epochs=cfg.epochs, steps_per_epoch=opt.steps,
-                              warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
+                              warmup_epochs=cfg.optim.warmup_epochs, min_lr=cfg.optim.min_lr)
 
 
 def _ddp_world(state: TrainingRun) -> bool:
     """Whether more than one process trains (DDP): the feature cache is then off."""
-    from finetune_kit.distributed import dist_info
 
     return dist_info().world_size > 1
 
@@ -321,44 +332,38 @@ def _feature_cache_allowed(state: TrainingRun) -> bool:
     They may when the images are not randomly augmented -- or when augmentation is "auto", which
     then means "augment once backbone layers train" (a linear probe first, then fine-tuning: LP-FT).
     """
-    from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
 
     cfg = state.cfg
     return can_use_feature_cache(state.model, head_only=True,
-                                 random_train=state.data.tf.random_train and cfg.augment != "auto",
-                                 mixup=state.opt.mixup is not None, enabled=cfg.feature_cache)
+                                 random_train=state.data.tf.random_train and cfg.transforms.augment != "auto",
+                                 mixup=state.opt.mixup is not None, enabled=cfg.runtime.feature_cache)
 
 
 def start_run(state: TrainingRun) -> TrainingRun:
     """Make the run folder (or reopen a resumed one): ``split.csv``, ``config.json``,
     ``environment.json`` (with fingerprints of the data folder, the split file and any custom
     weights) and status ``running`` for a new run; then the logger (``metrics.jsonl``,
-    wandb) and the checkpoint manager. Sets ``state.cfg.run_dir`` to the folder.
+    wandb) and the checkpoint manager. Sets ``state.cfg.output.run_dir`` to the folder.
 
     Returns:
         ``state``, with ``run``, ``logger`` and ``checkpoints`` set.
     """
-    from finetune_kit.runs.checkpoint import CheckpointManager
-    from finetune_kit.runs.logger import RunLogger
-    from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.tasks.classification.data import write_split
-
-    from finetune_kit.distributed import broadcast_object, is_main
-
     cfg, main = state.cfg, is_main()  # under DDP only rank 0 writes; the others get its folder's path
     if state.resume:
-        run = RunDir(cfg.run_dir, enabled=main)
+        run = RunDir(cfg.output.run_dir, enabled=main)
     else:
-        path = cfg.run_dir or (str(new_run_dir(cfg.output_dir, cfg.tag)) if main else None)
+        path = cfg.output.run_dir or (str(new_run_dir(cfg.output.output_dir, cfg.tag)) if main else None)
         run = RunDir(broadcast_object(path), enabled=main)
-        cfg = state.cfg = cfg.model_copy(update={"run_dir": str(run.path)})
+        cfg = state.cfg = cfg.replace(run_dir=str(run.path))
         if main:
             write_split(state.data.images, run.path / "split.csv")
         run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
-                               "weights": cfg.custom_weights_path}, command="classify")
+                               "weights": cfg.model.custom_weights_path}, command="classify")
     state.run = run
-    # the manager first: it refuses a folder another process runs on (a second --resume) before anything is written
+    # the manager first: it refuses a folder another process runs on (a second --resume) before anything is
+    # written; under DDP rank 0 alone writes checkpoints, so the other ranks hold no manager (and no lock)
     state.checkpoints = CheckpointManager(run.checkpoints, keep_last=1, keep_best=1, metric=state.opt.monitor,
-                                          mode=state.opt.mode)
-    state.logger = RunLogger(run, wandb_mode=cfg.wandb, project=cfg.wandb_project, name=cfg.tag, config=cfg)
+                                          mode=state.opt.mode) if main else None
+    state.logger = RunLogger(run, wandb_mode=cfg.output.wandb, project=cfg.output.wandb_project, name=cfg.tag,
+                             config=cfg)
     return state

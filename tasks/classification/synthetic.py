@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 __all__ = ["make_synthetic_fundus", "ensure_synthetic_dataset"]
@@ -26,7 +27,6 @@ def make_synthetic_fundus(rng: np.random.Generator, size: int, glaucoma: bool) -
     """One SYNTHETIC fundus-like RGB uint8 image ``(size, size, 3)``, framed like ACRIMA (a crop
     around the optic disc): orange-red retina, a yellowish disc with a brighter cup, dark vessels.
     ``glaucoma`` draws a large cup (cup-to-disc ratio 0.5-0.8; normal 0.2-0.5)."""
-    import cv2
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     base = np.array([rng.uniform(160, 210), rng.uniform(60, 100), rng.uniform(25, 50)], np.float32)
@@ -61,7 +61,6 @@ def ensure_synthetic_dataset(root: str | Path | None = None, *, size: int = 160,
     (ImageFolder layout: ``normal/``, ``glaucoma/``). Default folder: under the system temp dir,
     or ``$FINETUNE_KIT_SYNTHETIC_DIR``. Generation is deterministic in ``seed``; writes go to a
     temporary folder renamed into place, so a half-written set is never used."""
-    import cv2
 
     base = Path(root or os.environ.get("FINETUNE_KIT_SYNTHETIC_DIR") or tempfile.gettempdir())
     target = base / f"finetune-kit-SYNTHETIC-fundus-v2-{size}px-{per_class}x2-seed{seed}"

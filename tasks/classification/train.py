@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune_kit.distributed import broadcast_object
+from finetune_kit.runs.checkpoint import check_checkpoint_folder
+from finetune_kit.runs.lifecycle import run_lifecycle
+from finetune_kit.runs.run_dir import RunDir
 from finetune_kit.tasks.classification.config import ClassificationConfig
+from finetune_kit.tasks.classification.linear_probe import exact_probe_applies, probe_head, solve_run
+from finetune_kit.tasks.classification.loop import restore, train_epochs
+from finetune_kit.tasks.classification.report import report
+from finetune_kit.tasks.classification.setup import build, start_run
 
 __all__ = ["run_training", "resume_config"]
 
@@ -33,9 +41,6 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
         ValueError: its ``checkpoints/`` is a symbolic link or its ``checkpoints.json`` is not what a
             run writes (:class:`~finetune_kit.runs.checkpoint.CheckpointIndexError`).
     """
-    from finetune_kit.runs.checkpoint import check_checkpoint_folder
-    from finetune_kit.runs.run_dir import RunDir
-
     run = RunDir(run_path)
     check_checkpoint_folder(run.checkpoints)  # untrusted input: a link or a forged index is refused here
     has_checkpoint = (run.checkpoints / "last.pt").exists() or any(run.checkpoints.glob("epoch_*.pt"))
@@ -43,13 +48,12 @@ def resume_config(run_path: str | Path) -> ClassificationConfig:
         raise FileNotFoundError(f"--resume {run.path}: no checkpoints/last.pt there; pass the folder of a run that "
                                 "finished at least one epoch")
     cfg = ClassificationConfig.model_validate(run.read_json("config.json"))
-    return cfg.for_strategy(cfg.ft_strategy, run_dir=str(run.path), stop_after_epoch=None)
+    return cfg.for_strategy(cfg.strategy.ft_strategy, run_dir=str(run.path), stop_after_epoch=None)
 
 
 def _train(state, resume: bool, train_epochs) -> int | None:
     """The exact linear probe (``linear``), or the epochs after an optional probed head (LP-FT,
     ``--probe-init``)."""
-    from finetune_kit.tasks.classification.linear_probe import exact_probe_applies, probe_head, solve_run
 
     if exact_probe_applies(state):
         if not resume:
@@ -65,7 +69,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     """Train, select the best epoch, calibrate, evaluate; returns the final metrics dict.
 
     Args:
-        cfg: the validated config (``cfg.run_dir`` set when resuming, see :func:`resume_config`).
+        cfg: the validated config (``cfg.output.run_dir`` set when resuming, see :func:`resume_config`).
         resume: continue from ``RUN/checkpoints/last.pt`` (from epoch 1, in the same folder, when the
             run stopped before its first checkpoint was complete). Default False.
         image_cache: an :class:`~finetune_kit.tasks.classification.transforms.ImageCache` to share decoded
@@ -83,13 +87,10 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
         NonFiniteLossError and anything raised once the folder exists: the folder's status says
         ``failed`` with the message (``interrupted`` for Ctrl-C).
     """
-    from finetune_kit.runs.lifecycle import run_lifecycle
-    from finetune_kit.tasks.classification.loop import restore, train_epochs
-    from finetune_kit.tasks.classification.report import report
-    from finetune_kit.tasks.classification.setup import build, start_run
 
     state = start_run(build(cfg, resume=resume, image_cache=image_cache, console=console))
-    if resume and state.checkpoints.last() is None:  # killed before its first checkpoint was complete
+    # killed before its first checkpoint was complete (rank 0 decides under DDP: it alone holds the manager)
+    if resume and broadcast_object(state.checkpoints is not None and state.checkpoints.last() is None):
         state.console.print(f"{state.run.path} holds no complete checkpoint (the run stopped during its first "
                             "save): starting it again at epoch 1 in the same folder")
         state.run.truncate_history(0)  # the records of the killed attempt

@@ -16,12 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import albumentations as A
+import cv2
 import numpy as np
+import timm
 import torch
 from PIL import Image
+from timm.data import resolve_data_config
 
-__all__ = ["CorruptImageError", "ImageTooSmallError", "MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "check_image_size", "decode_image", "crop_to_fov", "ImageCache", "DataTransforms",
-           "build_transforms", "cache_size_for", "normalize_batch", "CachedImageDataset"]
+__all__ = ["CorruptImageError", "ImageTooSmallError", "MIN_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "check_image_size",
+           "decode_image", "crop_to_fov", "ImageCache", "DataTransforms", "build_transforms", "cache_size_for", "normalize_batch", "CachedImageDataset"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,6 @@ def decode_image(path: str) -> np.ndarray:
             ``--skip_corrupt``), or its header claims more than :data:`MAX_IMAGE_PIXELS` pixels
             (refused before decoding, so a decompression bomb costs no memory).
     """
-    import cv2
 
     data = np.fromfile(path, dtype=np.uint8) if path else None
     if data is not None and data.size:
@@ -131,7 +134,6 @@ class ImageCache:
             ImageTooSmallError: an image with a side below ``min_side`` pixels (also with
                 ``skip_corrupt``: it is not corrupt, and silently dropping it would change the data).
         """
-        import cv2
 
         todo = [p for p in dict.fromkeys(paths) if p not in self.images]
 
@@ -193,8 +195,6 @@ def build_transforms(model: torch.nn.Module, img_size: int, *, augment: str = "f
     Raises:
         ValueError: unknown ``augment`` (use ``fundus`` or ``none``).
     """
-    import albumentations as A
-    from timm.data import resolve_data_config
 
     dc = resolve_data_config({}, model=model)
     crop_pct = float(dc.get("crop_pct") or 0.875)
@@ -217,8 +217,6 @@ def build_transforms(model: torch.nn.Module, img_size: int, *, augment: str = "f
 
 def cache_size_for(model_name: str, img_size: int) -> int:
     """Side of the cached images for ``model_name`` at ``img_size`` px (``img_size / crop_pct``)."""
-    import timm
-    from timm.data import resolve_data_config
 
     dc = resolve_data_config({}, model=timm.create_model(model_name, pretrained=False, num_classes=2))
     return max(img_size, int(round(img_size / float(dc.get("crop_pct") or 0.875))))

@@ -30,7 +30,7 @@ def test_config_files_and_assignments(tmp_path):
         read_config_file(tmp_path / "none.yaml")
     assert parse_assignments(["seed=3", "lr=1e-4", "amp=true", "tag=null", "schedule=2,4", "model-name=resnet18"]) == {
         "seed": 3, "lr": 1e-4, "amp": True, "tag": None, "schedule": "2,4", "model_name": "resnet18"}
-    with pytest.raises(ValueError, match="KEY=VALUE"):
+    with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_assignments(["seed"])
 
 

@@ -46,7 +46,7 @@ def test_wrong_weights_file(acrima_flat, tmp_path):
 
 def test_out_of_range_option():
     line = _error_line(runner.invoke(app, ["classify", "--num_epochs", "0", *FAST]))
-    assert line.startswith("error: --num_epochs:")
+    assert line.startswith("error: --num-epochs:")
 
 
 def test_amp_on_cpu_falls_back_with_notice(acrima_flat, tmp_path):

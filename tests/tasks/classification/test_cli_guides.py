@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from finetune_kit.tasks.classification.cli import classify_app
+from finetune_kit.tasks.classification.config import ClassificationConfig
 from finetune_kit.tasks.cli import app
+from finetune_kit.tasks.config_base import flatten
 from tests.conftest import without_volatile
 
 runner = CliRunner()
@@ -43,8 +45,9 @@ def test_guide_command_lines_run_verbatim(name, acrima_flat, weights_file, tmp_p
         res.output.splitlines()[0].startswith("device: cuda")
     (run,) = tmp_path.glob("*/metrics.json")
     cfg = json.loads((run.parent / "config.json").read_text())
-    assert cfg["ft_strategy"] == GUIDE_LINES[name].split()[1]
-    assert Path(cfg["custom_weights_path"]).is_absolute() and Path(cfg["data"]["data"]).is_absolute()
+    assert cfg["strategy"]["ft_strategy"] == GUIDE_LINES[name].split()[1]  # the run records the nested config
+    cfg = flatten(ClassificationConfig, cfg)
+    assert Path(cfg["custom_weights_path"]).is_absolute() and Path(cfg["data"]).is_absolute()
     if name == "tagged":
         assert run.parent.name.startswith("guide-tag-")
 
@@ -82,7 +85,7 @@ def test_rerun_and_config_file_reproduce_the_metrics(acrima_flat, tmp_path):
                               "--output-dir", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     (fourth,) = (tmp_path / "d").glob("*/config.json")
-    assert json.loads(fourth.read_text())["seed"] == 1
+    assert json.loads(fourth.read_text())["runtime"]["seed"] == 1
     assert len(list((tmp_path / "a").iterdir())) == 1
 
 
@@ -94,9 +97,9 @@ def test_config_file_yaml_is_overridden_by_typed_options(acrima_flat, tmp_path):
     res = runner.invoke(app, ["classify", "--config", str(cfg), "--linear_probe_epochs", "1", "--output", str(tmp_path)])
     assert res.exit_code == 0, res.output
     (run,) = tmp_path.glob("*/config.json")
-    saved = json.loads(run.read_text())
+    saved = flatten(ClassificationConfig, json.loads(run.read_text()))
     assert saved["linear_probe_epochs"] == 1 and saved["min_lr"] == 1e-5 and saved["feature_cache"] is False
-    assert saved["model_name"] == "resnet18" and saved["data"]["label_preset"] == "acrima"
+    assert saved["model_name"] == "resnet18" and saved["label_preset"] == "acrima"
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_epoch: 3\n")
     res = runner.invoke(app, ["classify", "--config", str(bad)])
@@ -116,8 +119,9 @@ def test_compare_demo_fills_only_what_is_not_given(monkeypatch, tmp_path):
     res = runner.invoke(app, ["compare", "--demo", "--num_epochs", "2", "--linear_probe_epochs", "2",
                               "--output-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert seen["cfg"].num_epochs == 2 and seen["cfg"].linear_probe_epochs == 2
-    assert seen["cfg"].model_name == "resnet18" and seen["cfg"].img_size == 64 and seen["cfg"].wandb == "offline"
+    cfg = seen["cfg"]
+    assert cfg.optim.num_epochs == 2 and cfg.strategy.linear_probe_epochs == 2
+    assert cfg.model.model_name == "resnet18" and cfg.transforms.img_size == 64 and cfg.output.wandb == "offline"
     (filled,) = [ln for ln in res.output.splitlines() if ln.startswith("--demo filled:")]
     assert "--model-name resnet18" in filled and "--num-epochs" not in filled and "linear-probe" not in filled
 

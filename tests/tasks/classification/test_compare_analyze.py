@@ -26,7 +26,7 @@ def test_analyze_ranks_the_strategies_of_a_compare_folder(tmp_path):
     assert json.loads((folder / "comparison.json").read_text())["kind"] == "comparison"
     for root in (folder, out, tmp_path / "study"):  # the compare folder, its parent, any nesting
         runs = load_runs(root)
-        assert sorted(runs.df["config.ft_strategy"]) == sorted(STRATEGIES), root
+        assert sorted(runs.df[runs.resolve_param("ft_strategy")]) == sorted(STRATEGIES), root  # config.strategy.*
         assert set(runs.df["status"]) == {"completed"}
     result = CliRunner().invoke(app, ["analyze", str(tmp_path / "study"), "--output", str(tmp_path / "analysis")])
     assert result.exit_code == 0, result.output

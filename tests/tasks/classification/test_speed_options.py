@@ -29,7 +29,7 @@ def _run_and_keys(data, tmp_path, **kw) -> tuple[dict, list[str], list[str]]:
     record = fit_one_epoch(state, 0)
     end_epoch(state, record)
     saved = sorted(load_checkpoint(state.run.checkpoints / "last.pt")["model"])
-    fresh = sorted(build_model(cfg.model_name, 2, pretrained=False)[0].state_dict())
+    fresh = sorted(build_model(cfg.model.model_name, 2, pretrained=False)[0].state_dict())
     return record, saved, fresh
 
 

@@ -83,7 +83,7 @@ def test_named_options_go_only_to_the_strategy_that_takes_them(tmp_path):
     # compare: one set of options, each strategy gets its own; the saved config validates again
     base = ClassificationConfig(llrd_decay=0.8, gradual_patience=1, strategy_kwargs={"min_delta": 0.01})
     cfgs = strategy_configs(base, ["linear", "gradual", "full"])
-    assert cfgs["linear"].strategy_options() == {} and cfgs["linear"].llrd_decay == 0.9
+    assert cfgs["linear"].strategy_options() == {} and cfgs["linear"].strategy.llrd_decay == 0.9
     assert cfgs["gradual"].strategy_options() == {"gradual_patience": 1, "min_delta": 0.01, "llrd_decay": 0.8,
                                                   "unfreeze_warmup_epochs": 2}
     assert cfgs["full"].strategy_options() == {"llrd_decay": 0.8}
@@ -103,7 +103,7 @@ def test_cli_rejects_an_option_the_strategy_does_not_take(tmp_path):
                                            "--output_dir", str(tmp_path), *FAST]))
     assert "'full'" in line and "'bogus'" in line and "llrd_decay" in line
     line = _error_line(runner.invoke(app, ["classify", "--strategy_kwargs", "no_value", *FAST]))
-    assert line.startswith("error: --strategy_kwargs:") and "NAME=VALUE" in line
+    assert line.startswith("error: --strategy-kwargs:") and "NAME=VALUE" in line
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
@@ -127,7 +127,7 @@ def test_registered_plugin_gets_its_option_from_the_cli(tiny_set, tmp_path, monk
         assert res.exit_code == 0, res.output
         run = next(tmp_path.glob("*/metrics.json")).parent
         assert _strategy_state(run)["myopt"] == 3
-        assert json.loads((run / "config.json").read_text())["strategy_kwargs"] == {"myopt": 3}
+        assert json.loads((run / "config.json").read_text())["strategy"]["strategy_kwargs"] == {"myopt": 3}
         line = _error_line(runner.invoke(app, ["classify", "--data", str(tiny_set), "--ft_strategy", "myplugin",
                                                "--gradual_patience", "2", *FAST]))
         assert "'myplugin'" in line and "'gradual_patience'" in line and "myopt" in line
