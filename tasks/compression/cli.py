@@ -106,20 +106,17 @@ def collect_values(ctx: typer.Context, params: Mapping[str, Any], config: Option
 
 
 def run_train(values: Mapping[str, Any]) -> dict:
-    """Validate ``values`` as a :class:`~finetune_kit.tasks.compression.config.TrainConfig` and train
-    (``device`` already resolved, see :func:`collect_values`). Prints the run folder; returns the
-    final metrics. Bad options: one ``error:`` line, exit 2; a failed run: exit 1."""
-    from finetune_kit.tasks.compression.config import TrainConfig
+    """Validate ``values`` (flat option names or sections) as a
+    :class:`~finetune_kit.tasks.compression.run.config.TrainConfig` and run it (``device`` already
+    resolved, see :func:`collect_values`). Prints the run folder; returns the final metrics. Bad
+    options: one ``error:`` line, exit 2; a failed run: exit 1."""
+    from finetune_kit.tasks.compression.run.config import TrainConfig
+    from finetune_kit.tasks.compression.run.loop import run
 
-    values = dict(values)
-    if not values.get("lr_milestones"):
-        values.pop("lr_milestones", None)
     cfg = _config(TrainConfig, **values)
-    from finetune_kit.tasks.compression.training import train
-
     try:
-        final = train(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        final = run(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(exc)
     typer.echo(f"run folder: {final['run_dir']}\ncheckpoint: {final.get('checkpoint')}")
     return final
@@ -189,12 +186,12 @@ def train_cmd(
                                               "epochs, e.g. --step_epochs 1000 2000 (or 1000,2000)."),
 ) -> None:
     """Train a compression model from scratch (CompressAI recipe; writes a run folder with checkpoints)."""
-    from finetune_kit.tasks.compression.finetune.cli import fold_aliases, step_epochs_values
+    from finetune_kit.tasks.compression.finetune.cli import step_epochs_values
 
     params = dict(ctx.params)
     params.pop("config")
     params["step_epochs"] = step_epochs_values(ctx, step_epochs)
-    run_train(fold_aliases(collect_values(ctx, params, config)))
+    run_train(collect_values(ctx, params, config))
 
 
 @app.command("eval")

@@ -65,10 +65,11 @@ def run_finetune(values: Mapping[str, Any]) -> dict:
 
     from pydantic import ValidationError
 
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig, OptionWarning
-    from finetune_kit.tasks.compression.finetune.run import FromScratchWarning, finetune
+    from finetune_kit.tasks.compression.run.config import FinetuneConfig, OptionWarning
+    from finetune_kit.tasks.compression.run.loop import run
+    from finetune_kit.tasks.compression.run.source import FromScratchWarning
 
-    values = fold_aliases(values)
+    values = dict(values)
     if not values.get("freeze_patterns"):
         values.pop("freeze_patterns", None)
     with warnings.catch_warnings():  # option and from-scratch warnings: one line each
@@ -83,7 +84,7 @@ def run_finetune(values: Mapping[str, Any]) -> dict:
             typer.echo(f"error: {where}: {err['msg'].removeprefix('Value error, ')}", err=True)
             raise typer.Exit(2) from None
         try:
-            final = finetune(cfg)
+            final = run(cfg)
         except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None

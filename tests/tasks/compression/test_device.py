@@ -79,7 +79,7 @@ def test_finetune_and_eval_commands_on_device(device, photos, kodak, tmp_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_balanced_replay_sees_the_same_quantization_noise(device):
-    from finetune_kit.tasks.compression.finetune.objective import replay_rng, rng_snapshot
+    from finetune_kit.tasks.compression.objectives.objective import replay_rng, rng_snapshot
 
     torch.manual_seed(0)
     model = build_model("hpcm-tiny").to(device).train()

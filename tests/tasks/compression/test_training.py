@@ -140,7 +140,7 @@ def test_interrupt_and_failure_inside_an_epoch_are_recorded(photos, tmp_path, mo
 def test_models_without_quantiles_train_without_an_aux_optimizer():
     """HPCM with the paper's mean-scale z model has no aux loss: no aux optimizer, steps still train."""
     from finetune_kit.tasks.compression.engine import RDObjective, build_optimizers, train_step
-    from finetune_kit.tasks.compression.losses import RateDistortionLoss
+    from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
     from finetune_kit.tasks.compression.models.hpcm.model import HPCM
 
     torch.manual_seed(0)

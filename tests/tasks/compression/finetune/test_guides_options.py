@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune_kit.tasks.compression.finetune.config import FinetuneConfig, OptionWarning
-from finetune_kit.tasks.compression.finetune.gamma_schedules import gamma_at, scale_gammas_at
+from finetune_kit.tasks.compression.objectives.gamma_schedules import gamma_at, scale_gammas_at
 
 
 def _grads(objective, model, x) -> torch.Tensor:
@@ -22,7 +22,7 @@ def _grads(objective, model, x) -> torch.Tensor:
 
 def test_hierarchical_without_balanced_changes_the_gradients(photos):
     from finetune_kit.tasks.compression.data import list_images, load_rgb, to_tensor
-    from finetune_kit.tasks.compression.finetune.objective import FinetuneObjective
+    from finetune_kit.tasks.compression.objectives.objective import FinetuneObjective
     from finetune_kit.tasks.compression.models.zoo import build_model
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Tables and plots of every gamma schedule (:mod:`finetune_kit.tasks.compression.finetune.gamma_schedules`).
+"""Tables and plots of every gamma schedule (:mod:`finetune_kit.tasks.compression.objectives.gamma_schedules`).
 
 Used by ``scripts/plot_gamma_schedules.py`` and ``scripts/test_gamma_scheduler.py``. The
 ``adaptive`` schedules react to a validation history; here they are fed
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES, gamma_at, scale_gammas_at
+from finetune_kit.tasks.compression.objectives.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES, gamma_at, scale_gammas_at
 
 __all__ = ["synthetic_history", "synthetic_scale_histories", "GammaCurves", "gamma_curves", "key_epochs",
            "format_gamma_table", "GammaPlot", "plot_gamma_schedules"]
