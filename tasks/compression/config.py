@@ -10,16 +10,21 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from finetune_kit.device import resolve_auto_device
-from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
+from finetune_kit.tasks.config_base import ConfigSection
 
-__all__ = ["PAPER_LAMBDAS", "EvalConfig", "DEFAULT_ANCHORS", "check_device", "check_model_name",
+__all__ = ["MODEL_NAMES", "HPCM_PRESETS", "PAPER_LAMBDAS", "EvalConfig", "ConvertConfig", "DEFAULT_ANCHORS", "check_device", "check_model_name",
            "require_image_folder", "normalize_model_name", "absolute_path"]
+
+#: the HPCM presets (:mod:`finetune_kit.tasks.compression.models.hpcm.model`)
+HPCM_PRESETS = ("hpcm-tiny", "hpcm-small", "hpcm-base", "hpcm-large")
+#: every model name the compression commands accept (built by
+#: :func:`finetune_kit.tasks.compression.models.zoo.build_model`; kept here, free of torch, for the options)
+MODEL_NAMES = HPCM_PRESETS + ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor", "elic2022-chandelier")
 
 #: lambdas of the HPCM paper's MSE models, lowest rate first (quality 1..6)
 PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
@@ -64,6 +69,8 @@ def check_device(v: str) -> str:
     if m is None:
         raise ValueError(f"device {v!r} is not one of cpu, cuda, cuda:N: pass e.g. --device cuda:0")
     if v != "cpu":
+        import torch  # local: the options are declared from this module, and --help stays free of torch (start-up time)
+
         if not torch.cuda.is_available():
             raise ValueError(f"device {v!r}: CUDA is not available on this machine (torch {torch.__version__}): "
                              "use --device cpu")
@@ -85,24 +92,41 @@ def require_image_folder(v: Optional[Path]) -> Optional[Path]:
     return v
 
 
-class EvalConfig(BaseModel):
-    """Options of ``finetune-kit compress eval``."""
+def _aliases(*names: str) -> dict:
+    return {"aliases": list(names)}
 
-    model_config = ConfigDict(extra="forbid")
 
-    checkpoints: list[Path] = Field(min_length=1)
-    data: Path
-    output: Path = Path("runs/compression-eval")
-    model: Optional[str] = None
-    limit: Optional[int] = Field(None, ge=1)
-    anchors: Optional[Path] = None
-    anchor: str = "VTM"
-    bd_method: Literal["akima", "pchip", "cubic"] = "akima"
-    name: Optional[str] = None
-    threads: Optional[int] = Field(None, ge=1)
-    device: str = Field("cpu", description="cpu (default), cuda or cuda:N; entropy coding itself runs on the CPU")
-    progress: bool = True
-    pad: Literal["edge", "centred"] = "edge"
+class EvalConfig(ConfigSection):
+    """Options of ``finetune-kit compress eval`` (real bitstreams, R-D curve, BD-rate)."""
+
+    checkpoints: list[Path] = Field(min_length=1, description="Checkpoint files (one per lambda for an R-D curve).")
+    data: Path = Field(description="Folder of test images, e.g. ../shared/data/kodak.",
+                       json_schema_extra=_aliases("-d", "--dataset"))
+    output: Path = Field(Path("runs/compression-eval"), description="Folder for results.json, per_image.json, "
+                                                                   "bd.json, rd.png.", json_schema_extra=_aliases("-o"))
+    model: Optional[str] = Field(None, description="Model name if the checkpoint does not record it.",
+                                 json_schema_extra=_aliases("-m"))
+    limit: Optional[int] = Field(None, ge=1, description="Evaluate only the first N images (sorted by name); unset: all.")
+    anchors: Optional[Path] = Field(None, description="Anchors JSON of R-D curves; unset: the shipped kodak_rd.json.")
+    anchor: str = Field("VTM", description="Anchor curve for BD-rate / BD-PSNR.")
+    bd_method: Literal["akima", "pchip", "cubic"] = Field("akima", description="BD interpolation.")
+    name: Optional[str] = Field(None, description="Curve name in the JSON and plot; unset: the model name.")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: torch's choice.",
+                                   json_schema_extra=_aliases("--num-threads", "--num_threads"))
+    device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N: transforms and "
+                                           "context model run there, rANS coding on the CPU.")
+    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
+    progress: bool = Field(True, description="Show progress bars and per-checkpoint lines.")
+    pad: Literal["edge", "centred"] = Field("edge", description="Padding to the model's side multiple: edge "
+                                                                "(right/bottom, replicate) or centred (zeros, multiple "
+                                                                "of 256: the official HPCM test.py).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cuda(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cuda"):
+            data = {**data, "device": "cuda"}
+        return data
 
     @field_validator("model")
     @classmethod
@@ -135,3 +159,13 @@ class EvalConfig(BaseModel):
         if v is not None and not Path(v).is_file():
             raise ValueError(f"anchors file {v} does not exist: pass a JSON like ../shared/data/anchors/kodak_rd.json")
         return v
+
+
+class ConvertConfig(ConfigSection):
+    """Options of ``finetune-kit compress convert-official`` (the checkpoint itself is the argument)."""
+
+    arch: Literal["base", "large"] = Field(description="Official architecture: base (HPCM_Base) or large (HPCM_Large).")
+    output: Optional[Path] = Field(None, description="Checkpoint to write; unset: CKPT.hpcm-ARCH.pt beside it.",
+                                   json_schema_extra=_aliases("-o"))
+    lmbda: Optional[float] = Field(None, gt=0, description="Lambda it was trained for; unset: read from the file name.",
+                                   json_schema_extra=_aliases("--lambda"))

@@ -13,10 +13,12 @@ from typing import Optional
 
 from pydantic import AliasChoices, Field, field_validator
 
-from finetune_kit.tasks.compression.finetune.lr_manager import DEFAULT_LR_MULTS
 from finetune_kit.tasks.config_base import ConfigSection
 
-__all__ = ["LayerLRSection", "UnfreezeSection"]
+__all__ = ["LayerLRSection", "UnfreezeSection", "DEFAULT_LR_MULTS"]
+
+#: the guides' layer-wise LR multipliers
+DEFAULT_LR_MULTS = "g_a:1.0,g_s:1.0,h_a:0.5,h_s:0.5,context:0.1"
 
 
 class LayerLRSection(ConfigSection):

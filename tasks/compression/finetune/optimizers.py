@@ -10,10 +10,10 @@ import torch
 
 from finetune_kit.layer_groups import LayerGroups, resolve_layer_groups
 from finetune_kit.strategy import get_strategy
+from finetune_kit.tasks.compression.config import MODEL_NAMES
 from finetune_kit.tasks.compression.engine import split_aux_groups
 from finetune_kit.tasks.compression.finetune.config import LayerLRSection, UnfreezeSection
 from finetune_kit.tasks.compression.finetune.lr_manager import LayerLRConfig
-from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
 
 __all__ = ["layer_groups", "progressive_stages", "layer_optimizers"]
 

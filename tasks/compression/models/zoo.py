@@ -15,7 +15,9 @@ from typing import Any
 from compressai.registry import MODELS
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "build_model", "pad_multiple"]
+from finetune_kit.tasks.compression.config import HPCM_PRESETS, MODEL_NAMES
+
+__all__ = ["build_model", "pad_multiple"]
 
 #: CompressAI architectures with their low-rate sizes (built through ``compressai.registry.MODELS``)
 _COMPRESSAI: dict[str, dict[str, int]] = {
@@ -24,10 +26,9 @@ _COMPRESSAI: dict[str, dict[str, int]] = {
     "cheng2020-anchor": {"N": 128},
     "elic2022-chandelier": {"N": 192, "M": 320},
 }
-_HPCM = ("hpcm-tiny", "hpcm-small", "hpcm-base", "hpcm-large")
-
-#: every name :func:`build_model` accepts
-MODEL_NAMES: tuple[str, ...] = _HPCM + tuple(_COMPRESSAI)
+_HPCM = HPCM_PRESETS
+if set(MODEL_NAMES) != set(_HPCM) | set(_COMPRESSAI):  # one list of names, declared with the options
+    raise ImportError("MODEL_NAMES (tasks/compression/config.py) and the zoo's models differ: update both")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -12,11 +12,59 @@ from typing import Literal, Optional
 
 from pydantic import AliasChoices, Field, field_validator
 
-from finetune_kit.tasks.compression.objectives.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
-from finetune_kit.tasks.compression.objectives.hierarchical import check_hierarchical_effect
 from finetune_kit.tasks.config_base import ConfigSection
 
-__all__ = ["HierarchicalSection", "BalancedSection", "resolved_gamma_strategy", "check_objectives"]
+__all__ = ["HierarchicalSection", "BalancedSection", "resolved_gamma_strategy", "check_objectives", "SCALES",
+           "GAMMA_STRATEGIES", "SCALE_GAMMA_STRATEGIES", "SCALE_MODULATION_PRESETS", "resolve_scale_modulation",
+           "check_hierarchical_effect"]
+
+#: the HPCM coding scales (s1 = 4x sub-sampled y, s2 = 2x, s3 = full resolution)
+SCALES = ("s1", "s2", "s3")
+GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "adaptive", "hpcm", "hpcm-guides")
+SCALE_GAMMA_STRATEGIES = ("fixed", "linear", "cosine", "adaptive", "hierarchical", "hierarchical-guides")
+
+#: named ``--scale_modulation`` values. ``guides``: the guides' coarse-first emphasis, their fixed
+#: distortion shares 0.40 / 0.35 / 0.25 (s1 / s2 / s3) relative to an even third each
+#: (x3: 1.2 / 1.05 / 0.75). ``uniform``: every scale 1 (the plain R-D loss).
+SCALE_MODULATION_PRESETS = {"guides": "s1:1.2,s2:1.05,s3:0.75", "uniform": "s1:1.0,s2:1.0,s3:1.0"}
+
+
+def resolve_scale_modulation(value: str | None, use_hierarchical: bool = True,
+                             use_balanced: bool = False) -> dict[str, float]:
+    """``{"s1", "s2", "s3": factor}`` of a ``--scale_modulation`` value: a preset name of
+    :data:`SCALE_MODULATION_PRESETS` or ``"s1:1.2,s2:1.0,s3:0.8"`` (missing scales 1). ``None``
+    is ``guides`` for the hierarchical loss without balancing (so it is never a no-op), else uniform.
+
+    Raises:
+        ValueError: an unknown scale key or a factor <= 0.
+    """
+    if value is None:
+        value = "guides" if use_hierarchical and not use_balanced else "uniform"
+    from finetune_kit.param_groups import parse_multipliers  # local: param_groups imports torch; --help stays free of it
+
+    raw = parse_multipliers(SCALE_MODULATION_PRESETS.get(str(value).strip(), value))
+    bad = [k for k in raw if k not in SCALES]
+    if bad or any(v <= 0 for v in raw.values()):
+        raise ValueError(f"--scale_modulation {value!r}: give s1/s2/s3 factors > 0 (e.g. s1:1.2,s2:1.05,s3:0.75) or a "
+                         f"preset ({', '.join(SCALE_MODULATION_PRESETS)})")
+    return {"s1": 1.0, "s2": 1.0, "s3": 1.0, **raw}
+
+
+def check_hierarchical_effect(use_hierarchical: bool, use_balanced: bool, scale_modulation: str | None) -> None:
+    """The hierarchical loss alone is never a silent no-op: its tasks sum to the plain R-D loss, so
+    without balancing it needs per-scale factors that are not all equal.
+
+    Raises:
+        ValueError: ``--use_hierarchical`` without ``--use_balanced`` and a uniform ``--scale_modulation``
+            (names both options that give it an effect); a bad modulation value.
+    """
+    if not use_hierarchical:
+        return
+    mod = resolve_scale_modulation(scale_modulation, use_hierarchical, use_balanced)
+    if not use_balanced and len(set(mod.values())) == 1:
+        raise ValueError(f"--use_hierarchical with --scale_modulation {scale_modulation} and no --use_balanced changes "
+                         "nothing (the per-scale tasks sum to the plain R-D loss, scaled by one factor): add --use_balanced, "
+                         "or give unequal factors, e.g. --scale_modulation guides (s1:1.2,s2:1.05,s3:0.75)")
 
 _GAMMA = ("constant, linear, cosine, step, adaptive, hpcm, hpcm-guides (one gamma); fixed, linear, cosine, adaptive, "
           "hierarchical, hierarchical-guides (per scale)")
@@ -59,7 +107,8 @@ class BalancedSection(ConfigSection):
                                    description="adaptive gamma: relative change counted as a trend.",
                                    json_schema_extra=_aliases("--adaptive-threshold", "--adaptive_threshold"))
     step_epochs: list[int] = Field(default_factory=list, description="step gamma: halve gamma at exactly these "
-                                                                     "epochs, e.g. --step_epochs 1000 2000 (or 1000,2000).")
+                                                                     "epochs, e.g. --step_epochs 1000 2000 (or 1000,2000).",
+                                     json_schema_extra={"cli": "text"})
 
     @field_validator("gamma_strategy")
     @classmethod

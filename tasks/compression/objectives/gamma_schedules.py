@@ -45,12 +45,11 @@ import math
 from typing import Mapping, Sequence
 
 from finetune_kit.tasks.compression.objectives.balanced import DEFAULT_SCALE_GAMMAS
+from finetune_kit.tasks.compression.objectives.config import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
 
 __all__ = ["GAMMA_STRATEGIES", "SCALE_GAMMA_STRATEGIES", "gamma_at", "scale_gammas_at",
            "linear", "cosine", "step", "adaptive", "hpcm", "hpcm_guides"]
 
-GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "adaptive", "hpcm", "hpcm-guides")
-SCALE_GAMMA_STRATEGIES = ("fixed", "linear", "cosine", "adaptive", "hierarchical", "hierarchical-guides")
 
 
 def _t(epoch: int, epochs: int) -> float:

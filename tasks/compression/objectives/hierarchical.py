@@ -41,58 +41,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from finetune_kit.distributed import all_reduce_mean
-from finetune_kit.param_groups import parse_multipliers
+from finetune_kit.tasks.compression.objectives.config import SCALES
 from finetune_kit.tasks.compression.objectives.rate_distortion import RDComponents, RateDistortionLoss
 
 __all__ = ["DECOMPOSITIONS", "FIXED_DIST_RATIOS", "FIXED_RATE_RATIOS", "RDTerms", "HierarchicalRDLoss",
-           "haar_band_energies", "laplacian_band_energies", "SCALE_MODULATION_PRESETS", "resolve_scale_modulation",
-           "check_hierarchical_effect"]
+           "haar_band_energies", "laplacian_band_energies"]
 
 DECOMPOSITIONS = ("measured", "fixed", "adaptive")
 FIXED_DIST_RATIOS = (0.40, 0.35, 0.25)  # s1, s2, s3 (the guides)
 FIXED_RATE_RATIOS = (0.30, 0.40, 0.30)
-SCALES = ("s1", "s2", "s3")
 
-#: named ``--scale_modulation`` values. ``guides``: the guides' coarse-first emphasis, their fixed
-#: distortion shares 0.40 / 0.35 / 0.25 (s1 / s2 / s3) relative to an even third each
-#: (x3: 1.2 / 1.05 / 0.75). ``uniform``: every scale 1 (the plain R-D loss).
-SCALE_MODULATION_PRESETS = {"guides": "s1:1.2,s2:1.05,s3:0.75", "uniform": "s1:1.0,s2:1.0,s3:1.0"}
-
-
-def resolve_scale_modulation(value: str | None, use_hierarchical: bool = True,
-                             use_balanced: bool = False) -> dict[str, float]:
-    """``{"s1", "s2", "s3": factor}`` of a ``--scale_modulation`` value: a preset name of
-    :data:`SCALE_MODULATION_PRESETS` or ``"s1:1.2,s2:1.0,s3:0.8"`` (missing scales 1). ``None``
-    is ``guides`` for the hierarchical loss without balancing (so it is never a no-op), else uniform.
-
-    Raises:
-        ValueError: an unknown scale key or a factor <= 0.
-    """
-    if value is None:
-        value = "guides" if use_hierarchical and not use_balanced else "uniform"
-    raw = parse_multipliers(SCALE_MODULATION_PRESETS.get(str(value).strip(), value))
-    bad = [k for k in raw if k not in SCALES]
-    if bad or any(v <= 0 for v in raw.values()):
-        raise ValueError(f"--scale_modulation {value!r}: give s1/s2/s3 factors > 0 (e.g. s1:1.2,s2:1.05,s3:0.75) or a "
-                         f"preset ({', '.join(SCALE_MODULATION_PRESETS)})")
-    return {"s1": 1.0, "s2": 1.0, "s3": 1.0, **raw}
-
-
-def check_hierarchical_effect(use_hierarchical: bool, use_balanced: bool, scale_modulation: str | None) -> None:
-    """The hierarchical loss alone is never a silent no-op: its tasks sum to the plain R-D loss, so
-    without balancing it needs per-scale factors that are not all equal.
-
-    Raises:
-        ValueError: ``--use_hierarchical`` without ``--use_balanced`` and a uniform ``--scale_modulation``
-            (names both options that give it an effect); a bad modulation value.
-    """
-    if not use_hierarchical:
-        return
-    mod = resolve_scale_modulation(scale_modulation, use_hierarchical, use_balanced)
-    if not use_balanced and len(set(mod.values())) == 1:
-        raise ValueError(f"--use_hierarchical with --scale_modulation {scale_modulation} and no --use_balanced changes "
-                         "nothing (the per-scale tasks sum to the plain R-D loss, scaled by one factor): add --use_balanced, "
-                         "or give unequal factors, e.g. --scale_modulation guides (s1:1.2,s2:1.05,s3:0.75)")
 
 
 def _pad_even(x: Tensor) -> Tensor:

@@ -30,11 +30,11 @@ from finetune_kit.param_groups import parse_multipliers
 from finetune_kit.tasks.compression.finetune.lr_manager import clip_grad_norms
 from finetune_kit.tasks.compression.objectives.balanced import (DEFAULT_SCALE_GAMMAS, BalancedRD,
                                                                 HierarchicalBalancedRD, scale_of_task)
-from finetune_kit.tasks.compression.objectives.config import BalancedSection, HierarchicalSection, resolved_gamma_strategy
-from finetune_kit.tasks.compression.objectives.gamma_schedules import (GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES,
-                                                                      gamma_at, scale_gammas_at)
-from finetune_kit.tasks.compression.objectives.hierarchical import (HierarchicalRDLoss, RDTerms,
-                                                                    resolve_scale_modulation)
+from finetune_kit.tasks.compression.objectives.config import (GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES, BalancedSection,
+                                                              HierarchicalSection, resolve_scale_modulation,
+                                                              resolved_gamma_strategy)
+from finetune_kit.tasks.compression.objectives.gamma_schedules import gamma_at, scale_gammas_at
+from finetune_kit.tasks.compression.objectives.hierarchical import HierarchicalRDLoss, RDTerms
 from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
 
 __all__ = ["RunObjective", "rng_snapshot", "replay_rng"]

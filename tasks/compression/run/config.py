@@ -25,13 +25,13 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from finetune_kit.strategies.progressive import parse_schedule
 from finetune_kit.tasks.compression.config import (PAPER_LAMBDAS, absolute_path, check_device, check_model_name,
                                                    require_image_folder)
 from finetune_kit.tasks.compression.finetune.config import LayerLRSection, UnfreezeSection
-from finetune_kit.tasks.compression.objectives.config import (BalancedSection, HierarchicalSection, check_objectives,
+from finetune_kit.tasks.compression.objectives.config import (SCALE_MODULATION_PRESETS, BalancedSection,
+                                                              HierarchicalSection, check_objectives,
                                                               resolved_gamma_strategy)
-from finetune_kit.tasks.compression.objectives.hierarchical import SCALE_MODULATION_PRESETS
+from finetune_kit.tasks.cli_options import nest
 from finetune_kit.tasks.config_base import ConfigSection
 
 __all__ = ["DataSection", "SourceSection", "RunSection", "OptimSection", "EarlyStopSection", "RunConfig",
@@ -85,10 +85,10 @@ class SourceSection(ConfigSection):
                                                    "bmshj2018-hyperprior, mbt2018-mean, cheng2020-anchor, "
                                                    "elic2022-chandelier (hpcm_base, HPCM-Base are read as hpcm-base); "
                                                    "unset: the checkpoint's.",
-                                 json_schema_extra=_aliases("-m"))
+                                 json_schema_extra=_aliases("-m", "--preset"))
     lmbda: Optional[float] = Field(None, gt=0, validation_alias=AliasChoices("lmbda", "lambda"),
                                    description="R-D lambda (loss = lambda*255^2*MSE + bpp); unset: the checkpoint's.",
-                                   json_schema_extra={"aliases": ["--lambda"], "cli_name": "lambda"})
+                                   json_schema_extra=_aliases("--lambda"))
     quality: Optional[int] = Field(None, ge=1, le=len(PAPER_LAMBDAS), description="Lambda from the HPCM paper's "
                                                                                   "list, 1..6 (replaces --lambda).")
     metric: Literal["mse", "ms-ssim"] = Field("mse", description="Distortion: mse or ms-ssim (crops >= 161 px).")
@@ -119,6 +119,7 @@ class RunSection(ConfigSection):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: torch's choice.",
                                    json_schema_extra=_aliases("--num-threads", "--num_threads"))
     device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
     keep_last: int = Field(2, ge=1, description="Most recent checkpoints kept.")
     keep_best: int = Field(1, ge=0, description="Best checkpoints kept, by validation R-D cost.")
     wandb: Literal["offline", "disabled", "online"] = Field("offline", description="Weights & Biases mode.")
@@ -128,6 +129,13 @@ class RunSection(ConfigSection):
     @classmethod
     def _absolute(cls, v: Optional[Path]) -> Optional[Path]:
         return absolute_path(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cuda(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cuda"):
+            data = {**data, "device": "cuda"}
+        return data
 
     @field_validator("device")
     @classmethod
@@ -207,19 +215,6 @@ class RunConfig(ConfigSection):
     balanced: BalancedSection = Field(default_factory=BalancedSection)
     early_stop: EarlyStopSection = Field(default_factory=EarlyStopSection)
 
-    @classmethod
-    def leaf_sections(cls) -> dict[str, str]:
-        """``{leaf key or its alias (underscores): section}`` for every field of every section."""
-        out: dict[str, str] = {}
-        for section in SECTIONS:
-            sec_cls = cls.model_fields[section].annotation
-            for name, f in sec_cls.model_fields.items():
-                out[name] = section
-                alias = f.validation_alias
-                for choice in getattr(alias, "choices", ()):
-                    out[str(choice).replace("-", "_")] = section
-        return out
-
     @model_validator(mode="before")
     @classmethod
     def _nest(cls, data: Any) -> Any:
@@ -228,19 +223,7 @@ class RunConfig(ConfigSection):
         the top, where they fail as unknown."""
         if not isinstance(data, dict):
             return data
-        where = cls.leaf_sections()
-        nested: dict[str, Any] = {}
-        for key, value in data.items():
-            k = str(key).replace("-", "_")
-            if k in RECORDED_KEYS:
-                continue
-            if k in SECTIONS and isinstance(value, dict):
-                nested.setdefault(k, {}).update(value)
-            elif k in where:
-                nested.setdefault(where[k], {})[k] = value
-            else:
-                nested[key] = value
-        return nested
+        return nest(cls, {k: v for k, v in data.items() if str(k).replace("-", "_") not in RECORDED_KEYS})
 
     @model_validator(mode="after")
     def _resolve(self) -> "RunConfig":
@@ -296,6 +279,8 @@ class RunConfig(ConfigSection):
             warnings.warn(f"--gamma_final {bal.gamma_final:g} is ignored with a constant gamma: add --adaptive_gamma "
                           "(or --gamma_strategy hpcm/linear/cosine/...)", OptionWarning, stacklevel=2)
         if unf.progressive_unfreeze:
+            from finetune_kit.strategies.progressive import parse_schedule  # local: strategies import torch (start-up time of --help)
+
             late = [e for e in parse_schedule(unf.unfreeze_schedule) if e >= self.run.epochs]
             if late:
                 warnings.warn(f"--unfreeze_schedule {unf.unfreeze_schedule}: epoch(s) {', '.join(map(str, late))} are "
@@ -327,10 +312,10 @@ class TrainSourceSection(SourceSection):
     """:class:`SourceSection` with ``compress train``'s defaults (``hpcm-tiny`` at lambda 0.0067)."""
 
     model: Optional[str] = Field("hpcm-tiny", description=SourceSection.model_fields["model"].description,
-                                 json_schema_extra=_aliases("-m"))
+                                 json_schema_extra=_aliases("-m", "--preset"))
     lmbda: Optional[float] = Field(PAPER_LAMBDAS[2], gt=0, validation_alias=AliasChoices("lmbda", "lambda"),
                                    description="R-D lambda (loss = lambda*255^2*MSE + bpp).",
-                                   json_schema_extra={"aliases": ["--lambda"], "cli_name": "lambda"})
+                                   json_schema_extra=_aliases("--lambda"))
 
 
 class TrainOptimSection(OptimSection):
