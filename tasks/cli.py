@@ -123,6 +123,8 @@ def detect_task(values: dict[str, Any]) -> str:
         return "compare"
     if "ft_strategy" in values:
         return "classify"
+    if "lmbda" in values and values.get("command") in ("train", "finetune"):  # the one compression run records it
+        return f"compress {values['command']}"
     if {"source_lmbda", "lr_mults"} & set(values):  # compress train records use_balanced too
         return "compress finetune"
     if {"metric", "lmbda", "lr"} <= set(values):

@@ -38,7 +38,7 @@ from finetune_kit.tasks.compression.compare.workflows import workflow_options
 from finetune_kit.tasks.compression.data import list_images
 from finetune_kit.tasks.compression.evaluate import evaluate_model
 from finetune_kit.tasks.compression.run.config import FinetuneConfig
-from finetune_kit.tasks.compression.run.loop import run
+from finetune_kit.tasks.compression.run.loop import run as run_compression
 from finetune_kit.tasks.compression.run.source import FromScratchWarning
 
 __all__ = ["run_compare", "finetune_config", "evaluate_checkpoint", "load_state"]
@@ -109,7 +109,7 @@ def _train_cell(cfg: CompareConfig, lmbda: float, workflow: str, folder: Path, m
             warnings.simplefilter("ignore", FromScratchWarning)  # "scratch" is from scratch on purpose
             with PeakMemory(torch.device(cfg.device)) as mem:
                 t0 = time.perf_counter()
-                final = run(fcfg)
+                final = run_compression(fcfg)
                 wall = time.perf_counter() - t0
         numbers = {"wall_s": wall, "peak_memory_mb": mem.peak_mb, "training_memory_mb": mem.increase_mb,
                    "resumed": str(previous) if previous else None}
