@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -141,7 +142,6 @@ def to_cpu_state(state: Mapping[str, Any]) -> dict:
         return v
     out = move(dict(state))
     if hasattr(state, "_metadata"):
-        from collections import OrderedDict
 
         out = OrderedDict(out)
         out._metadata = state._metadata  # type: ignore[attr-defined]

@@ -1,13 +1,12 @@
-"""The training engine shared by ``compress train`` and ``compress finetune``.
+"""The training engine of the compression run (``compress train`` and ``compress finetune``).
 
 One optimizer split (:func:`split_aux_groups`, :func:`build_optimizers`), one training step
 (:func:`train_step`), one epoch loop (:func:`train_one_epoch`) and one validation
-(:func:`evaluate`). What differs between the commands is the *objective* handed to them:
-:class:`RDObjective` (the plain R-D loss of
-:class:`~finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss` with a global gradient-norm
-clip, CompressAI's example trainer) or
-:class:`~finetune_kit.tasks.compression.objectives.objective.FinetuneObjective` (hierarchical
-tasks, balanced weights with their RNG replay, per-group clipping). An objective provides
+(:func:`evaluate`), driven by an *objective*: the run's
+:class:`~finetune_kit.tasks.compression.objectives.objective.RunObjective` (R-D terms, hierarchical
+tasks, balanced weights with their RNG replay, per-group clipping), or :class:`RDObjective` (the
+plain R-D loss of :class:`~finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss`
+with a global gradient-norm clip, CompressAI's example trainer; benchmarks and small loops). An objective provides
 ``begin_step(model, x)``, ``compute(model, x) -> (loss, values)``, ``clip(optimizer, model)``,
 ``end_step(model, x)``, ``evaluation()`` (a context manager), ``validation_values(out, x)``,
 ``mse_key`` and ``lr_flag``.
@@ -27,10 +26,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from finetune_kit.distributed import all_reduce_sums, dist_info, is_distributed
-from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
 from finetune_kit.tasks.compression.models.training_noise import per_sample_noise
+from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
 
 __all__ = ["AUX_GROUP", "is_aux_param", "split_aux_groups", "build_optimizers", "RDObjective", "as_objective",
            "psnr_from_mse", "train_step", "train_one_epoch", "evaluate"]
@@ -226,7 +226,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
     Raises:
         FloatingPointError: the loss became NaN/inf (names the step; lower the lr).
     """
-    from tqdm.auto import tqdm
 
     objective = as_objective(loss_fn, clip_max_norm)
     # no gradient carried over from the previous epoch (or the aux step): a resumed run starts with

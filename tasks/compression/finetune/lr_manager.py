@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from finetune_kit.keys import KeyMatcher
 from finetune_kit.layer_groups import LayerGroups
@@ -179,8 +181,6 @@ def lr_table(optimizer: torch.optim.Optimizer, *, base_lr: float | None = None,
 def print_lr_table(rows: Sequence[LRTableRow], title: str = "layer-wise learning rates", console=None,
                    caption: str | None = None) -> None:
     """Print ``rows`` as a rich table (group, key, LR, mult, weight decay, frozen, params, group clip)."""
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title, caption=caption)
     for col in ("group", "LR key", "LR", "mult", "weight decay", "frozen", "params", "group clip"):

@@ -111,7 +111,7 @@ def plot_gamma_schedules(out: str | Path, curves: GammaCurves, *, log_scale: boo
 
     Returns the path and the legend labels read back from the figure.
     """
-    import matplotlib
+    import matplotlib  # local: matplotlib loads only when a figure is drawn (start-up time)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
