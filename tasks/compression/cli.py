@@ -2,8 +2,8 @@
 
 Thin: every option is generated from a config field (:func:`finetune_kit.tasks.cli_options.config_command`)
 -> a validated config -> a task function. ``compress train`` and ``compress finetune`` share one block
-of options, the fields of :class:`~finetune_kit.tasks.compression.run.config.RunConfig` (their
-defaults differ: :class:`~finetune_kit.tasks.compression.run.config.TrainConfig`,
+of options, the fields of :class:`~finetune_kit.tasks.compression.run.config.RunConfig` (train refuses
+``--checkpoint`` in one line naming ``compress finetune``; their defaults differ: :class:`~finetune_kit.tasks.compression.run.config.TrainConfig`,
 :class:`~finetune_kit.tasks.compression.run.config.FinetuneConfig`); ``finetune`` is registered by
 :mod:`finetune_kit.tasks.compression.finetune.cli`. The guides' and CompressAI's spellings are aliases
 on the fields (``-m``, ``-d/--dataset``, ``-b``, ``--finetune CKPT``, ``--finetune_lr``,
