@@ -2,7 +2,7 @@
 
 Both models are measured in the same run, on the same crops of the same images, with the same
 loss (``lambda*255^2*MSE + bpp``), Adam + aux Adam and gradient clipping. Ours goes through
-``finetune_kit.tasks.compression.training.train_one_epoch``; the CompressAI baseline through a plain
+``finetune_kit.tasks.compression.engine.train_one_epoch``; the CompressAI baseline through a plain
 hand-written loop (the CompressAI example trainer's inner loop). Then each model (random
 weights unless ``--checkpoint``) compresses and decompresses Kodak images with rANS.
 
@@ -50,14 +50,15 @@ class OursRunner:
     """Our model trained through ``train_one_epoch`` (the project's building block)."""
 
     def __init__(self, model, args):
-        from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers
+        from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
+        from finetune_kit.tasks.compression.engine import build_optimizers
 
         self.model, self.args = model, args
         self.opt, self.aux = build_optimizers(model)
-        self.loss = RateDistortion(args.lmbda)
+        self.loss = RateDistortionLoss(args.lmbda)
 
     def steps(self, loader) -> list[float]:
-        from finetune_kit.tasks.compression.training import train_one_epoch
+        from finetune_kit.tasks.compression.engine import train_one_epoch
 
         stamps = [time.perf_counter()]
         train_one_epoch(self.model, loader, self.opt, self.aux, self.loss,

@@ -92,7 +92,7 @@ def _compression_step(args, device):
     from finetune_kit import distributed as D
     from finetune_kit.tasks.compression.distributed import ddp_model
     from finetune_kit.tasks.compression.engine import RDObjective, build_optimizers, train_step
-    from finetune_kit.tasks.compression.losses import RateDistortionLoss
+    from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
     from finetune_kit.tasks.compression.models.zoo import build_model
 
     model = build_model(args.codec).to(device)

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_kit.tasks.compression.config import check_device
     from finetune_kit.tasks.compression.data import RandomCropDataset, list_images, load_rgb, to_tensor
     from finetune_kit.tasks.compression.evaluate import evaluate_image
-    from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers, train_one_epoch
+    from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
+    from finetune_kit.tasks.compression.engine import build_optimizers, train_one_epoch
     from finetune_kit.tasks.compression.models.zoo import build_model
 
     try:
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _sync(device)
     stamps.append(time.perf_counter())
-    res = train_one_epoch(model, loader, opt, aux, RateDistortion(args.lmbda), on_step=on_step)
+    res = train_one_epoch(model, loader, opt, aux, RateDistortionLoss(args.lmbda), on_step=on_step)
     step_times = [b - a for a, b in zip(stamps, stamps[1:])]
     steady = step_times[2:] or step_times
     info["train"] = {"steps": res["steps"], "batch": args.batch_size, "patch": args.patch_size,

@@ -1,5 +1,5 @@
 """Per-module parameter counts, learning rates and frozen state of a compression model under the
-``compress finetune`` options (thin wrapper over finetune_kit.tasks.compression.finetune.layer_analysis).
+``compress finetune`` options (thin wrapper over finetune_kit.tasks.compression.run.layer_analysis).
 
 Usage::
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from finetune_kit.tasks.compression.finetune.layer_analysis import analyze_layers, format_rows, rows_as_dicts
+    from finetune_kit.tasks.compression.run.layer_analysis import analyze_layers, format_rows, rows_as_dicts
     from finetune_kit.tasks.compression.finetune.lr_manager import DEFAULT_LR_MULTS, print_lr_table
 
     opts = {k: getattr(args, k) for k in ("learning_rate", "context_lr_ratio", "freeze_entropy", "freeze_patterns",

@@ -1,4 +1,4 @@
-"""Draw every gamma schedule of the balanced R-D optimizer (finetune_kit.tasks.compression.finetune.gamma_schedules).
+"""Draw every gamma schedule of the balanced R-D optimizer (finetune_kit.tasks.compression.objectives.gamma_schedules).
 
 Usage::
 
@@ -7,7 +7,7 @@ Usage::
 Left: the single-gamma schedules (constant, linear, cosine, step, adaptive, hpcm). Right: the
 per-scale schedules of the hierarchical variant (fixed, linear, cosine, adaptive, hierarchical;
 s1/s2/s3 solid/dashed/dotted). The adaptive schedules are fed a synthetic validation curve
-(see finetune_kit.tasks.compression.finetune.gamma_plots), not a measured one.
+(see finetune_kit.tasks.compression.objectives.gamma_plots), not a measured one.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune_kit.tasks.compression.finetune.gamma_plots import gamma_curves, plot_gamma_schedules  # noqa: E402
+from finetune_kit.tasks.compression.objectives.gamma_plots import gamma_curves, plot_gamma_schedules  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Print gamma at key epochs for every gamma schedule and save a comparison plot.
 
-Thin wrapper over :mod:`finetune_kit.tasks.compression.finetune.gamma_plots` (the schedules the balanced R-D
+Thin wrapper over :mod:`finetune_kit.tasks.compression.objectives.gamma_plots` (the schedules the balanced R-D
 optimizer of ``finetune-kit compress finetune --use_balanced --gamma_strategy ...`` uses):
 every single-gamma strategy (constant, linear, cosine, step, adaptive, hpcm) and every
 per-scale strategy of the hierarchical variant (fixed, linear, cosine, adaptive, hierarchical).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune_kit.tasks.compression.finetune.gamma_plots import format_gamma_table, gamma_curves, key_epochs, plot_gamma_schedules  # noqa: E402
+from finetune_kit.tasks.compression.objectives.gamma_plots import format_gamma_table, gamma_curves, key_epochs, plot_gamma_schedules  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

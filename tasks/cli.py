@@ -147,6 +147,8 @@ def detect_task(values: dict[str, Any], run_dir: Path | None = None) -> str:
         return "compare"
     if "ft_strategy" in values or "ft_strategy" in (values.get("strategy") or {}):  # flat (earlier) or nested
         return "classify"
+    if "lmbda" in values and values.get("command") in ("train", "finetune"):  # the one compression run records it
+        return f"compress {values['command']}"
     if {"source_lmbda", "lr_mults"} & set(values):  # compress train records use_balanced too
         return "compress finetune"
     if {"metric", "lmbda", "lr"} <= set(values):

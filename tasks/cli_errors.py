@@ -11,10 +11,12 @@ from typing import NoReturn
 import typer
 from pydantic import ValidationError
 
-__all__ = ["EXIT_REFUSED", "one_line", "fail"]
+__all__ = ["EXIT_REFUSED", "EXIT_RUN_FAILED", "one_line", "fail", "fail_run"]
 
 #: exit code of every command for refused input (bad option, data, file); click uses 2 for usage errors
 EXIT_REFUSED = 2
+#: exit code of a run that started (its folder exists, its status says ``failed``) and then failed
+EXIT_RUN_FAILED = 1
 
 
 def one_line(exc: BaseException) -> str:
@@ -38,3 +40,10 @@ def fail(exc: BaseException | str, code: int = EXIT_REFUSED) -> NoReturn:
     message = exc if isinstance(exc, str) else one_line(exc)
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def fail_run(exc: BaseException) -> NoReturn:
+    """:func:`fail` for an error raised by a training or evaluation command: exit
+    :data:`EXIT_RUN_FAILED` when it ended a run in its folder (the run lifecycle marks such an error
+    with ``finetune_kit_run_dir``), else :data:`EXIT_REFUSED` (refused before any run folder existed)."""
+    fail(exc, EXIT_RUN_FAILED if getattr(exc, "finetune_kit_run_dir", None) else EXIT_REFUSED)

@@ -20,7 +20,8 @@ from typing import Tuple
 import typer
 from pydantic import ValidationError
 
-from finetune_kit.experiments.profiles import curve_candidates, metric_candidates, metric_directions, select_profile
+from finetune_kit.experiments.profiles import (curve_candidates, metric_candidates, metric_directions, metric_renames,
+                                               select_profile)
 from finetune_kit.tasks.cli_errors import fail
 from finetune_kit.tasks.cli_options import config_command, deep_merge, nest
 from finetune_kit.tasks.experiments_config import DEFAULT_TASK, PROFILES, AnalyzeConfig, SweepCommandConfig
@@ -37,6 +38,7 @@ DEFAULT_METRIC_CANDIDATES = metric_candidates(PROFILES.values())
 CURVE_CANDIDATES = curve_candidates(PROFILES.values())
 #: Metric directions declared by the tasks (the only source of a metric's direction).
 METRIC_DIRECTIONS = metric_directions(PROFILES.values())
+METRIC_RENAMES = metric_renames(PROFILES.values())
 #: keys of a sweep's space file that are not command options
 _SPACE_KEYS = ("params", "fixed", "args")
 
@@ -63,7 +65,7 @@ def analyze(values: dict, runs_dir: Path = typer.Argument(..., metavar="RUNS_DIR
                               heatmap=cfg.heatmap, compare_param=cfg.compare_param, also=cfg.also, where=cfg.where,
                               curves=cfg.curves, output=cfg.output, stale_after_min=cfg.stale_after,
                               storage=cfg.storage, study_name=cfg.study, metric_candidates=DEFAULT_METRIC_CANDIDATES,
-                              curve_candidates=CURVE_CANDIDATES, metric_modes=METRIC_DIRECTIONS)
+                              curve_candidates=CURVE_CANDIDATES, metric_modes=METRIC_DIRECTIONS, metric_renames=METRIC_RENAMES)
     except AnalysisError as exc:
         fail(exc)
     out = result.output

@@ -52,7 +52,8 @@ def _compress(kind: str, cfg_path: str, fail_after: int | None, resume: bool) ->
     """``compress train`` (``kind`` "compress") or ``compress finetune`` ("finetune") on the spec's
     options; ``--resume`` continues ``spec["run_dir"]`` alone; ``--fail-after-epoch N`` kills rank 1
     at the end of epoch N + 1 (after its validation, i.e. after rank 0 saved epoch N)."""
-    from finetune_kit.tasks.compression import engine, training
+    from finetune_kit.tasks.compression import engine
+    from finetune_kit.tasks.compression.run import fit
 
     if fail_after is not None:
         die, evaluate = _die_after(fail_after), engine.evaluate
@@ -63,20 +64,15 @@ def _compress(kind: str, cfg_path: str, fail_after: int | None, resume: bool) ->
             calls["n"] += 1
             die(calls["n"] - 1)
             return res
-        engine.evaluate = training.evaluate = counting_evaluate
+        engine.evaluate = fit.evaluate = counting_evaluate
     spec = json.loads(open(cfg_path).read())  # the config's options, plus "run_dir" to --resume
     run_dir = spec.pop("run_dir", None)
     if resume:
         spec["resume"] = run_dir
-    if kind == "compress":
-        from finetune_kit.tasks.compression.config import TrainConfig
-        from finetune_kit.tasks.compression.training import train
+    from finetune_kit.tasks.compression.run.config import FinetuneConfig, TrainConfig
+    from finetune_kit.tasks.compression.run.loop import run
 
-        return train(TrainConfig(**spec))
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-    from finetune_kit.tasks.compression.finetune.run import finetune
-
-    return finetune(FinetuneConfig(**spec))
+    return run((TrainConfig if kind == "compress" else FinetuneConfig).model_validate(spec))
 
 
 def main(argv: list[str]) -> None:

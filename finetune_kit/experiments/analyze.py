@@ -130,7 +130,8 @@ def analyze_runs(runs_dir: str | os.PathLike, *, metric: str | None = None, mode
                  curves: str | None = None, output: str | os.PathLike | None = None,
                  stale_after_min: float = STALE_AFTER_S / 60, storage: str | None = None,
                  study_name: str | None = None, metric_candidates: Sequence[str] = (),
-                 curve_candidates: Sequence[str] = (), metric_modes: dict[str, str] | None = None) -> AnalysisResult:
+                 curve_candidates: Sequence[str] = (), metric_modes: dict[str, str] | None = None,
+                 metric_renames: dict[str, str] | None = None) -> AnalysisResult:
     """Rank the runs under ``runs_dir``, draw heatmaps, a comparison and curves, recommend
     settings and write ``report.md`` and ``runs.csv`` (see ``docs/analysis.md``).
 
@@ -166,7 +167,8 @@ def analyze_runs(runs_dir: str | os.PathLike, *, metric: str | None = None, mode
         if top_k < 1:
             raise ValueError(f"--top-k {top_k}: must be at least 1")
         study = find_study(runs_dir, storage, study_name)
-        results = load_runs(runs_dir, stale_after_s=stale_after_min * 60, metric_modes=metric_modes)
+        results = load_runs(runs_dir, stale_after_s=stale_after_min * 60, metric_modes=metric_modes,
+                            metric_renames=metric_renames)
         if study is not None:
             results.df = join_trials(results.df, study)
         if where:

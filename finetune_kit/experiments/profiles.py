@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 
 from finetune_kit.experiments.metric_names import epoch_key
 
-__all__ = ["TaskProfile", "curve_candidates", "metric_candidates", "metric_directions", "profiles_by_name",
+__all__ = ["TaskProfile", "curve_candidates", "metric_candidates", "metric_directions", "metric_renames", "profiles_by_name",
            "select_profile"]
 
 _MODES = ("max", "min")
@@ -49,6 +49,9 @@ class TaskProfile:
             :func:`~finetune_kit.experiments.metric_names.metric_mode`). The core guesses no
             direction from a name: an undeclared metric gets no ``best.*`` column, and
             ``analyze``/``sweep`` ask for ``--mode``. Default none.
+        metric_renames: older names of this task's metrics -> today's (``{"val_loss": "val_rd"}``), so
+            ``analyze`` reads run folders written by earlier versions in the same columns
+            (:func:`metric_renames`). Default none.
         description: one line for help texts. Default empty.
 
     Raises:
@@ -65,6 +68,7 @@ class TaskProfile:
     rank_metrics: tuple[str, ...] = ()
     fallback_metrics: tuple[str, ...] = ()
     metric_modes: Mapping[str, str] = field(default_factory=dict)
+    metric_renames: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -133,6 +137,20 @@ def curve_candidates(profiles: Iterable[TaskProfile]) -> tuple[str, ...]:
     """Per-epoch keys worth drawing as curves: each profile's objective (``metric``) as its
     ``metrics.jsonl`` key (:func:`~finetune_kit.experiments.metric_names.epoch_key`), in order, each once."""
     return _unique(epoch_key(p.metric) for p in profiles)
+
+
+def metric_renames(profiles: Iterable[TaskProfile]) -> dict[str, str]:
+    """Every old -> new metric name the profiles declare (:attr:`TaskProfile.metric_renames`), merged.
+
+    Raises:
+        ValueError: two profiles rename one old name differently.
+    """
+    out: dict[str, str] = {}
+    for p in profiles:
+        for old, new in p.metric_renames.items():
+            if out.setdefault(old, new) != new:
+                raise ValueError(f"task profiles rename {old!r} differently ({out[old]} and {new})")
+    return out
 
 
 def metric_directions(profiles: Iterable[TaskProfile]) -> dict[str, str]:

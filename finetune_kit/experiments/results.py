@@ -67,6 +67,7 @@ __all__ = [
     "run_status",
     "run_value",
     "PARAM_ALIASES",
+    "rename_metrics",
     "RUN_MARKERS",
     "STALE_AFTER_S",
 ]
@@ -183,7 +184,8 @@ class Results:
 
 def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
              now: float | None = None, stale_after_s: float = STALE_AFTER_S,
-             metric_modes: Mapping[str, str] | None = None) -> dict[str, Any]:
+             metric_modes: Mapping[str, str] | None = None,
+             metric_renames: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One run folder as a flat dict (one DataFrame row; columns as in the module docstring).
 
     ``path`` is a finetune-kit run folder (its ``wandb/`` runs' summaries are merged into
@@ -192,7 +194,9 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
     without one). ``root`` names the run (``run`` column, relative path; default: the
     parent). ``now``/``stale_after_s``: see :func:`run_status`. ``metric_modes``: metric
     directions handed in by the tasks (see :func:`metric_mode`; default none), used for the
-    ``best.*`` columns. Unreadable files do not raise; they make the status ``incomplete``
+    ``best.*`` columns. ``metric_renames``: older metric names -> today's (the tasks' profiles
+    declare them), applied to ``metrics.jsonl`` and ``metrics.json`` keys; a record holding both
+    spellings keeps today's value. Unreadable files do not raise; they make the status ``incomplete``
     and are named in ``reason``.
     """
     path = Path(path)
@@ -234,6 +238,9 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
     if notes:
         reason = "; ".join(([reason] if reason else []) + notes)
     row["status"], row["reason"] = status, reason
+    if metric_renames:
+        history = [rename_metrics(r, metric_renames) for r in history]
+        final = rename_metrics(final, metric_renames) if isinstance(final, Mapping) else final
     row["epochs"] = len(history)
     for k, v in flatten(config or {}).items():
         row[f"config.{k}"] = v
@@ -246,6 +253,14 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
         row[f"wandb.summary.{k}"] = v
     row.update(_checkpoint_columns(path))
     return row
+
+
+def rename_metrics(record: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    """``record`` (a ``metrics.jsonl`` line or ``metrics.json``) with the old metric names of ``renames``
+    (old -> new) renamed; a name present in both spellings keeps today's value."""
+    out = {renames.get(k, k): v for k, v in record.items()}
+    out.update({k: v for k, v in record.items() if k in renames.values()})
+    return out
 
 
 def _wandb_only_status(exit_code: int | None) -> tuple[str, str | None]:
@@ -294,7 +309,8 @@ def _checkpoint_columns(path: Path) -> dict[str, Any]:
 
 def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
               runs: Iterable[str | os.PathLike] | None = None,
-              metric_modes: Mapping[str, str] | None = None) -> Results:
+              metric_modes: Mapping[str, str] | None = None,
+              metric_renames: Mapping[str, str] | None = None) -> Results:
     """Load every run folder under ``root`` (see :func:`discover_runs`) into :class:`Results`.
 
     Args:
@@ -305,6 +321,8 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
         metric_modes: metric directions handed in by the tasks, ``{name: "max" | "min"}``
             (e.g. :func:`~finetune_kit.experiments.profiles.metric_directions` of the task
             profiles); they decide ``best.*`` where a name's words do not. Default none.
+        metric_renames: older metric names -> today's (e.g.
+            :func:`~finetune_kit.experiments.profiles.metric_renames` of the task profiles). Default none.
 
     Raises:
         FileNotFoundError: ``root`` is missing, or holds no run folder (message says what
@@ -317,7 +335,8 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
                                 "/metrics.jsonl, or wandb offline-run-* folders): pass the --output_dir your "
                                 "runs were written to")
     now = time.time()
-    rows = [load_run(p, root, now=now, stale_after_s=stale_after_s, metric_modes=metric_modes) for p in paths]
+    rows = [load_run(p, root, now=now, stale_after_s=stale_after_s, metric_modes=metric_modes,
+                     metric_renames=metric_renames) for p in paths]
     df = _merge_config_layouts(pd.DataFrame(rows))
     front = ["run", "status", "reason", "epochs"]
     order = front + sorted(c for c in df.columns if c.startswith("config.")) + \

@@ -33,6 +33,7 @@ from sklearn.model_selection import train_test_split
 
 from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.config import DataConfig
+from finetune_kit.tasks.classification.synthetic import ensure_synthetic_dataset
 
 __all__ = ["Sample", "LabelledImages", "DataError", "LABEL_PRESETS", "discover", "stratified_split",
            "write_split", "read_split", "list_images", "check_integrity", "check_disjoint"]
@@ -256,8 +257,6 @@ def discover(cfg: DataConfig) -> LabelledImages:
             listed twice, case-variant class names, labels outside the declared classes.
     """
     if cfg.data == "synthetic":
-        from finetune_kit.tasks.classification.synthetic import ensure_synthetic_dataset
-
         root = ensure_synthetic_dataset(size=cfg.synthetic_size)
         return _from_imagefolder(root, cfg)
     root = Path(cfg.data).expanduser()

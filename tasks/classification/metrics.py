@@ -6,6 +6,8 @@ Their bootstrap confidence intervals are in :mod:`finetune_kit.tasks.classificat
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
+                             recall_score, roc_auc_score)
 
 from finetune_kit.calibration import expected_calibration_error, nll
 
@@ -15,8 +17,6 @@ __all__ = ["classification_metrics", "auroc"]
 def auroc(labels, probs) -> float:
     """Area under the ROC curve: binary uses ``probs[:, 1]``; multi-class is one-vs-rest macro.
     NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
     y, p = np.asarray(labels), np.asarray(probs)
     if len(np.unique(y)) < 2:
         return float("nan")
@@ -32,9 +32,6 @@ def classification_metrics(labels, probs, logits=None, *, n_bins: int = 15) -> d
     Binary: positive class = label 1 (glaucoma); F1/sensitivity/specificity for it.
     Multi-class: macro F1 and macro recall as sensitivity; specificity is omitted (NaN).
     """
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score, confusion_matrix,
-                                 f1_score, recall_score)
-
     y, p = np.asarray(labels), np.asarray(probs)
     k = p.shape[1]
     pred = p.argmax(axis=1)

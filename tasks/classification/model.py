@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
+from timm.layers import resample_abs_pos_embed
 import torch
 from torch import nn
 
@@ -144,8 +145,6 @@ def load_custom_weights(model: nn.Module, path: str | Path, *, allow_partial: bo
 def _resample_pos_embed(model: nn.Module, v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Resample a ViT position embedding ``(1, N_prefix + H*W, D)`` to the model's grid (timm)."""
     try:
-        from timm.layers import resample_abs_pos_embed
-
         prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
         grid = model.patch_embed.grid_size
         out = resample_abs_pos_embed(v, new_size=list(grid), num_prefix_tokens=prefix)

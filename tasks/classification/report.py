@@ -18,6 +18,7 @@ from finetune_kit.tasks.classification.config import resolved_bn_stats
 from finetune_kit.tasks.classification.engine import predict_logits
 from finetune_kit.tasks.classification.evaluate import calibrated_report
 from finetune_kit.tasks.classification.loop import predict_sharded
+from finetune_kit.tasks.classification.ood import predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label
 from finetune_kit.tasks.classification.report_extras import ood_and_reference
 from finetune_kit.tasks.classification.setup import TrainingRun, image_loader
@@ -59,7 +60,6 @@ def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
     model.eval()
     prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
     if callable(getattr(model, "forward_head", None)) and callable(getattr(model, "get_classifier", None)):
-        from finetune_kit.tasks.classification.ood import predict_with_features
 
         vl, vf, vy = predict_with_features(model, image_loader(state, state.data.val, tf.eval), prepare, state.amp,
                                            state.device)

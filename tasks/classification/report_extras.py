@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from finetune_kit.tasks.classification.feature_cache import extract_features
+from finetune_kit.tasks.classification.linear_probe import logistic_reference
 from finetune_kit.tasks.classification.loop import prepare_inputs
 from finetune_kit.tasks.classification.metrics import auroc
+from finetune_kit.tasks.classification.ood import OOD_FILE, fit_ood
 from finetune_kit.tasks.classification.setup import image_loader
 
 __all__ = ["ood_and_reference"]
@@ -40,8 +42,6 @@ def ood_and_reference(state, logits: dict) -> dict:
     ft, yt = _train_features(state)
     fv, ftest = state.features["best_val"], state.features["best_test"]
     if state.cfg.calibration.ood:
-        from finetune_kit.tasks.classification.ood import OOD_FILE, fit_ood
-
         det = fit_ood(ft, yt, fv)
         det.save(state.run.path / OOD_FILE)
         flagged = float(np.mean(~det.flags(ftest)[1])) if len(ftest) else float("nan")
@@ -50,8 +50,6 @@ def ood_and_reference(state, logits: dict) -> dict:
         state.console.print(f"OOD detector (Mahalanobis on penultimate features): threshold {det.threshold:.1f} "
                             f"(val {det.quantile:.0%} quantile); {flagged:.1%} of test images flagged")
     if state.strategy.head_only and len(ftest) and len(np.unique(yt)) > 1:
-        from finetune_kit.tasks.classification.linear_probe import logistic_reference
-
         p = logistic_reference(ft, yt, ftest)
         ty = logits["test_labels"]
         out["reference_logreg"] = {"test_auroc": auroc(ty, p), "test_accuracy": float(np.mean(p.argmax(1) == ty)),

@@ -243,8 +243,6 @@ def _read_images(cfg: ClassificationConfig, resume: bool):
     """The labelled images: a resumed run's ``split.csv`` (split included), else ``cfg.data``."""
 
     if resume:
-        from finetune_kit.runs.run_dir import RunDir
-
         samples, class_names = read_split(RunDir(cfg.output.run_dir).path / "split.csv")
         return LabelledImages(samples, class_names, "split.csv")
     return discover(cfg.data)

@@ -2,7 +2,7 @@
 
 A checkpoint written by ``compress train`` is a dict with ``state_dict``, ``optimizer``,
 ``aux_optimizer``, ``lr_scheduler``, ``epoch`` (last completed, 0-based), ``config`` (the
-resolved :class:`~finetune_kit.tasks.compression.config.TrainConfig` as a dict: ``model``, ``lmbda``,
+resolved :class:`~finetune_kit.tasks.compression.run.config.RunConfig` as a flat dict: ``model``, ``lmbda``,
 ``metric``, ...), ``model`` (the model name), ``metrics`` and ``rng_state``. Files are written
 atomically by :class:`finetune_kit.runs.checkpoint.CheckpointManager`.
 
@@ -15,13 +15,16 @@ differing keys and shapes.
 from __future__ import annotations
 
 import os
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
 
-from finetune_kit.runs.checkpoint import extract_state_dict, load_checkpoint
+from finetune_kit.runs.checkpoint import extract_state_dict, load_checkpoint, load_resume_checkpoint
+from finetune_kit.tasks.compression.models.zoo import build_model
 
 __all__ = ["CheckpointMismatchError", "load_weights", "load_model", "checkpoint_model_name", "ENTROPY_BUFFERS",
            "default_checkpoint", "resume_config_file", "run_folder_of", "started_without_checkpoint"]
@@ -117,8 +120,6 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None) -> tup
         ValueError: no model name recorded and none given.
         CheckpointMismatchError: see :func:`load_weights`.
     """
-    from finetune_kit.tasks.compression.models.zoo import build_model
-
     ckpt = load_checkpoint(path)
     name = model_name or checkpoint_model_name(ckpt)
     if name is None:
@@ -141,7 +142,6 @@ def to_cpu_state(state: Mapping[str, Any]) -> dict:
         return v
     out = move(dict(state))
     if hasattr(state, "_metadata"):
-        from collections import OrderedDict
 
         out = OrderedDict(out)
         out._metadata = state._metadata  # type: ignore[attr-defined]
@@ -158,10 +158,6 @@ def default_checkpoint(path: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: a folder with no loadable checkpoint (names it and the fix).
     """
-    import warnings
-
-    from finetune_kit.runs.checkpoint import load_resume_checkpoint
-
     p = Path(path)
     if p.is_dir():
         for cand in (p / "checkpoints" / "last.pt", p / "last.pt"):

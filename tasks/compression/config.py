@@ -2,21 +2,29 @@
 
 ``lmbda`` is the rate-distortion trade-off of ``lmbda * 255^2 * MSE + bpp`` (MSE on [0, 1]
 images) or ``lmbda * (1 - MS-SSIM) + bpp``. The HPCM paper trains MSE models with
-:data:`PAPER_LAMBDAS`; ``quality`` (1..6) picks one of them.
+:data:`PAPER_LAMBDAS`; ``quality`` (1..6) picks one of them. The validators here are shared by
+:class:`EvalConfig` and the run's config (:mod:`finetune_kit.tasks.compression.run.config`).
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from finetune_kit.device import resolve_auto_device
 from finetune_kit.tasks.config_base import ConfigSection
 
-from finetune_kit.tasks.compression.models.zoo import MODEL_NAMES
-
-__all__ = ["PAPER_LAMBDAS", "RunConfigBase", "TrainConfig", "EvalConfig", "DEFAULT_ANCHORS", "check_device",
+__all__ = ["MODEL_NAMES", "HPCM_PRESETS", "PAPER_LAMBDAS", "EvalConfig", "ConvertConfig", "DEFAULT_ANCHORS", "check_device", "check_model_name",
            "require_image_folder", "normalize_model_name", "absolute_path"]
+
+#: the HPCM presets (:mod:`finetune_kit.tasks.compression.models.hpcm.model`)
+HPCM_PRESETS = ("hpcm-tiny", "hpcm-small", "hpcm-base", "hpcm-large")
+#: every model name the compression commands accept (built by
+#: :func:`finetune_kit.tasks.compression.models.zoo.build_model`; kept here, free of torch, for the options)
+MODEL_NAMES = HPCM_PRESETS + ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor", "elic2022-chandelier")
 
 #: lambdas of the HPCM paper's MSE models, lowest rate first (quality 1..6)
 PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483)
@@ -31,7 +39,12 @@ def normalize_model_name(name: str) -> str:
     return str(name).strip().lower().replace("_", "-")
 
 
-def _check_model(name: str) -> str:
+def check_model_name(name: str) -> str:
+    """Config validator: the zoo's spelling of ``name`` (:func:`normalize_model_name`).
+
+    Raises:
+        ValueError: not one of :data:`~finetune_kit.tasks.compression.models.zoo.MODEL_NAMES`.
+    """
     norm = normalize_model_name(name)
     if norm not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}")
@@ -41,8 +54,6 @@ def _check_model(name: str) -> str:
 def absolute_path(v: Optional[Path]) -> Optional[Path]:
     """Config validator: a path made absolute (``~`` expanded, symlinks kept), so the run's
     ``config.json`` reproduces it from any working folder."""
-    import os
-
     return None if v is None else Path(os.path.abspath(os.path.expanduser(str(v))))
 
 
@@ -53,16 +64,12 @@ def check_device(v: str) -> str:
     device, else ``cpu``). Raises:
         ValueError: one line naming the device and the fix (unknown form, no CUDA, no such GPU).
     """
-    import re
-
-    from finetune_kit.device import resolve_auto_device
-
     v = resolve_auto_device(v)
     m = re.fullmatch(r"cpu|cuda(?::(\d+))?", v)
     if m is None:
         raise ValueError(f"device {v!r} is not one of cpu, cuda, cuda:N: pass e.g. --device cuda:0")
     if v != "cpu":
-        import torch
+        import torch  # local: the options are declared from this module, and --help stays free of torch (start-up time)
 
         if not torch.cuda.is_available():
             raise ValueError(f"device {v!r}: CUDA is not available on this machine (torch {torch.__version__}): "
@@ -85,159 +92,46 @@ def require_image_folder(v: Optional[Path]) -> Optional[Path]:
     return v
 
 
-class RunConfigBase(ConfigSection):
-    """Options shared by ``compress train`` (:class:`TrainConfig`) and ``compress finetune``
-    (:class:`~finetune_kit.tasks.compression.finetune.config.FinetuneConfig`).
-
-    Data: ``data`` (image folder), ``val_data`` (default: hold out ``val_fraction`` of ``data``
-    with ``seed``), crops of ``patch_size`` px (multiple of 16; validation ``val_patch_size``,
-    default ``patch_size``), ``batch_size`` images per step, ``steps_per_epoch`` steps per
-    epoch (default one pass), ``num_workers`` loader processes, ``cache_images``. Run:
-    ``output_dir``/``name``, ``resume`` (a run folder or checkpoint), ``epochs``, ``keep_last``
-    checkpoints, ``seed``, ``threads``, ``device`` (``cpu`` default, ``cuda``, ``cuda:N``),
-    ``wandb``, ``progress``. Optimization: ``aux_lr`` (Adam of the quantiles, default 1e-3),
-    ``clip_max_norm`` (gradient L2 limit, default 1.0, 0 disables), ``quality`` (1..6: picks
-    ``lmbda`` from :data:`PAPER_LAMBDAS`). Subclasses declare ``model`` and ``lmbda``. Unknown
-    options are refused (``extra="forbid"``).
-
-    Raises (at validation):
-        ValueError: a missing image folder, a bad device, an unknown model, a patch size that
-            is not a multiple of 16.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path
-    val_data: Optional[Path] = None
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    output_dir: Path = Path("runs/compression")
-    name: Optional[str] = None
-    resume: Optional[Path] = None
-    epochs: int = Field(10, ge=1)
-    steps_per_epoch: Optional[int] = Field(None, ge=1, description="batches per epoch (default: one pass)")
-    batch_size: int = Field(8, ge=1)
-    patch_size: int = Field(256, ge=64)
-    val_patch_size: Optional[int] = Field(None, ge=64)
-    quality: Optional[int] = Field(None, ge=1, le=len(PAPER_LAMBDAS))
-    aux_lr: float = Field(1e-3, gt=0)
-    clip_max_norm: float = Field(1.0, ge=0)
-    seed: int = 0
-    num_workers: int = Field(0, ge=0)
-    threads: Optional[int] = Field(None, ge=1)
-    device: str = Field("cpu", description="cpu (default here; the CLI's default is auto), auto, cuda or cuda:N")
-    cache_images: bool = True
-    keep_last: int = Field(1, ge=1)
-    wandb: Literal["offline", "disabled", "online"] = "offline"
-    progress: bool = True
-
-    @field_validator("model", check_fields=False)
-    @classmethod
-    def _model(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else _check_model(v)
-
-    @field_validator("data", "val_data")
-    @classmethod
-    def _folder_exists(cls, v: Optional[Path]) -> Optional[Path]:
-        return absolute_path(require_image_folder(v))
-
-    @field_validator("output_dir", "resume")
-    @classmethod
-    def _absolute(cls, v: Optional[Path]) -> Optional[Path]:
-        return absolute_path(v)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return check_device(v)
-
-    @model_validator(mode="after")
-    def _resolve_shared(self) -> "RunConfigBase":
-        if self.quality is not None:
-            self.lmbda = PAPER_LAMBDAS[self.quality - 1]
-        if self.val_patch_size is None:
-            self.val_patch_size = self.patch_size
-        if self.patch_size % 16:
-            raise ValueError(f"patch_size={self.patch_size}: use a multiple of 16 px (e.g. 128 or 256)")
-        return self
-
-
-class TrainConfig(RunConfigBase):
-    """Options of ``finetune-kit compress train`` (see ``docs/compression.md``); shared ones in
-    :class:`RunConfigBase`. ``lr`` (Adam, default 1e-4) is multiplied by ``lr_gamma`` at each
-    epoch of ``lr_milestones``; ``metric`` ``ms-ssim`` needs crops of at least 161 px."""
-
-    model: str = "hpcm-tiny"
-    lmbda: float = Field(PAPER_LAMBDAS[2], gt=0)
-    metric: Literal["mse", "ms-ssim"] = "mse"
-    lr: float = Field(1e-4, gt=0)
-    lr_milestones: list[int] = Field(default_factory=list)
-    lr_gamma: float = Field(0.3, gt=0, le=1)
-    # balanced R-D with a gamma schedule (the same options as compress finetune; Zhang et al., CVPR 2025)
-    use_balanced: bool = False
-    adaptive_gamma: bool = False
-    gamma_strategy: Optional[str] = None
-    gamma: Optional[float] = Field(None, ge=0)
-    gamma_final: Optional[float] = Field(None, ge=0)
-    w_lr: float = Field(0.025, gt=0)
-    gamma_window: int = Field(5, ge=1, validation_alias=AliasChoices("gamma_window", "adaptive_window"))
-    gamma_threshold: float = Field(1e-3, ge=0, validation_alias=AliasChoices("gamma_threshold", "adaptive_threshold"))
-    step_epochs: list[int] = Field(default_factory=list)
-
-    def balanced_config(self) -> Any:
-        """The :class:`~finetune_kit.tasks.compression.finetune.config.FinetuneConfig` that carries this
-        run's balanced/gamma options (validated the same way as in ``compress finetune``), or None
-        without ``use_balanced``."""
-        if not self.use_balanced:
-            return None
-        from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-
-        keys = ("adaptive_gamma", "gamma_strategy", "gamma", "gamma_final", "w_lr", "gamma_window", "gamma_threshold",
-                "step_epochs")
-        given = {k: getattr(self, k) for k in keys if k in self.model_fields_set or k in ("w_lr",)}
-        return FinetuneConfig(data=self.data, epochs=self.epochs, use_balanced=True, clip_max_norm=self.clip_max_norm,
-                              device="cpu", **given)
-
-    @model_validator(mode="after")
-    def _resolve(self) -> "TrainConfig":
-        if self.metric == "ms-ssim" and min(self.patch_size, self.val_patch_size) < 161:
-            raise ValueError(f"metric ms-ssim needs crops of at least 161 px (5-scale MS-SSIM); "
-                             f"patch_size={self.patch_size}: pass --patch-size 256")
-        if sorted(self.lr_milestones) != self.lr_milestones or any(m < 1 for m in self.lr_milestones):
-            raise ValueError(f"lr_milestones={self.lr_milestones}: give increasing epoch numbers >= 1")
-        gamma_opts = [f"--{k}" for k in ("adaptive_gamma", "gamma_strategy", "gamma", "gamma_final", "step_epochs")
-                      if k in self.model_fields_set and getattr(self, k) not in (None, False, [])]
-        if gamma_opts and not self.use_balanced:
-            raise ValueError(f"{', '.join(gamma_opts)} only act on the balanced optimizer: add --use_balanced")
-        if self.use_balanced and self.metric != "mse":
-            raise ValueError("--use_balanced balances lambda*255^2*MSE and bpp: use --metric mse")
-        if self.use_balanced:
-            self.balanced_config()  # bad gamma options fail here, with the finetune wording
-        return self
+def _aliases(*names: str) -> dict:
+    return {"aliases": list(names)}
 
 
 class EvalConfig(ConfigSection):
-    """Options of ``finetune-kit compress eval``."""
+    """Options of ``finetune-kit compress eval`` (real bitstreams, R-D curve, BD-rate)."""
 
-    model_config = ConfigDict(extra="forbid")
+    checkpoints: list[Path] = Field(min_length=1, description="Checkpoint files (one per lambda for an R-D curve).")
+    data: Path = Field(description="Folder of test images, e.g. ../shared/data/kodak.",
+                       json_schema_extra=_aliases("-d", "--dataset"))
+    output: Path = Field(Path("runs/compression-eval"), description="Folder for results.json, per_image.json, "
+                                                                   "bd.json, rd.png.", json_schema_extra=_aliases("-o"))
+    model: Optional[str] = Field(None, description="Model name if the checkpoint does not record it.",
+                                 json_schema_extra=_aliases("-m"))
+    limit: Optional[int] = Field(None, ge=1, description="Evaluate only the first N images (sorted by name); unset: all.")
+    anchors: Optional[Path] = Field(None, description="Anchors JSON of R-D curves; unset: the shipped kodak_rd.json.")
+    anchor: str = Field("VTM", description="Anchor curve for BD-rate / BD-PSNR.")
+    bd_method: Literal["akima", "pchip", "cubic"] = Field("akima", description="BD interpolation.")
+    name: Optional[str] = Field(None, description="Curve name in the JSON and plot; unset: the model name.")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: torch's choice.",
+                                   json_schema_extra=_aliases("--num-threads", "--num_threads"))
+    device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N: transforms and "
+                                           "context model run there, rANS coding on the CPU.")
+    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
+    progress: bool = Field(True, description="Show progress bars and per-checkpoint lines.")
+    pad: Literal["edge", "centred"] = Field("edge", description="Padding to the model's side multiple: edge "
+                                                                "(right/bottom, replicate) or centred (zeros, multiple "
+                                                                "of 256: the official HPCM test.py).")
 
-    checkpoints: list[Path] = Field(min_length=1)
-    data: Path
-    output: Path = Path("runs/compression-eval")
-    model: Optional[str] = None
-    limit: Optional[int] = Field(None, ge=1)
-    anchors: Optional[Path] = None
-    anchor: str = "VTM"
-    bd_method: Literal["akima", "pchip", "cubic"] = "akima"
-    name: Optional[str] = None
-    threads: Optional[int] = Field(None, ge=1)
-    device: str = Field("cpu", description="cpu (default), cuda or cuda:N; entropy coding itself runs on the CPU")
-    progress: bool = True
-    pad: Literal["edge", "centred"] = "edge"
+    @model_validator(mode="before")
+    @classmethod
+    def _cuda(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cuda"):
+            data = {**data, "device": "cuda"}
+        return data
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else _check_model(v)
+        return None if v is None else check_model_name(v)
 
     @field_validator("device")
     @classmethod
@@ -265,3 +159,13 @@ class EvalConfig(ConfigSection):
         if v is not None and not Path(v).is_file():
             raise ValueError(f"anchors file {v} does not exist: pass a JSON like ../shared/data/anchors/kodak_rd.json")
         return v
+
+
+class ConvertConfig(ConfigSection):
+    """Options of ``finetune-kit compress convert-official`` (the checkpoint itself is the argument)."""
+
+    arch: Literal["base", "large"] = Field(description="Official architecture: base (HPCM_Base) or large (HPCM_Large).")
+    output: Optional[Path] = Field(None, description="Checkpoint to write; unset: CKPT.hpcm-ARCH.pt beside it.",
+                                   json_schema_extra=_aliases("-o"))
+    lmbda: Optional[float] = Field(None, gt=0, description="Lambda it was trained for; unset: read from the file name.",
+                                   json_schema_extra=_aliases("--lambda"))

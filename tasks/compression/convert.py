@@ -17,7 +17,10 @@ from typing import Any, Mapping, Optional
 import torch
 
 from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
-from finetune_kit.tasks.compression.models.hpcm.official import ARCH_PRESETS, ConversionReport, convert_official_state_dict
+from finetune_kit.tasks.compression.checkpoints import to_cpu_state
+from finetune_kit.tasks.compression.models.hpcm.model import HPCM
+from finetune_kit.tasks.compression.models.hpcm.official import (ARCH_PRESETS, ConversionReport,
+                                                                 convert_official_state_dict)
 
 __all__ = ["read_official_state_dict", "convert_official_checkpoint", "default_output", "lambda_from_name"]
 
@@ -88,8 +91,6 @@ def convert_official_checkpoint(path: str | os.PathLike, arch: str, output: str 
     """
     if arch not in ARCH_PRESETS:
         raise ValueError(f"unknown official HPCM architecture {arch!r}: use one of {', '.join(ARCH_PRESETS)}")
-    from finetune_kit.tasks.compression.checkpoints import to_cpu_state
-    from finetune_kit.tasks.compression.models.hpcm.model import HPCM
 
     official = read_official_state_dict(path)
     name = ARCH_PRESETS[arch]

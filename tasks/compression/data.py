@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+
+from finetune_kit.distributed import dist_info, per_rank_batch, sample_seed, shard_indices
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageModeWarning", "list_images", "load_rgb", "split_train_val",
            "RandomCropDataset", "EpochPositions", "SeededCrops", "build_loaders",
@@ -154,8 +156,6 @@ class EpochPositions(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, *, draws: Optional[int] = None) -> None:
-        from finetune_kit.distributed import dist_info
-
         info = dist_info()
         self.n, self.batch_size, self.seed, self.draws = int(n), int(batch_size), int(seed), draws
         self.rank, self.world = info.rank, info.world_size
@@ -166,7 +166,7 @@ class EpochPositions(torch.utils.data.Sampler):
         self.epoch = int(epoch)
 
     def _order(self) -> list[int]:
-        from finetune_kit.tasks.classification.setup import epoch_seed
+        from finetune_kit.tasks.classification.setup import epoch_seed  # local: classification.setup imports timm (start-up time)
 
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = (torch.randint(self.n, (self.draws,), generator=g) if self.draws is not None
@@ -199,8 +199,6 @@ class SeededCrops(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-        from finetune_kit.distributed import sample_seed
-
         epoch, pos, index = item
         seed = sample_seed(self.seed, epoch, pos)
         with torch.random.fork_rng(devices=[]):
@@ -216,19 +214,15 @@ def set_loader_epoch(loader: Any, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
-def _distributed_loaders(cfg: Any, train_ds: Dataset, val_ds: Dataset) -> tuple[Any, Any]:
+def _distributed_loaders(cfg: Any, seed: int, train_ds: Dataset, val_ds: Dataset) -> tuple[Any, Any]:
     """The torchrun loaders: per-position seeded crops over this rank's share of each epoch (batch
     ``--batch-size / W``), and this rank's shard of the validation images (``sharded = True``:
     :func:`~finetune_kit.tasks.compression.engine.evaluate` sums over the ranks); with fewer
     validation images than ranks every rank validates on all of them."""
-    from torch.utils.data import DataLoader, Subset
-
-    from finetune_kit.distributed import dist_info, per_rank_batch, shard_indices
-
     local = per_rank_batch(cfg.batch_size)
     draws = cfg.steps_per_epoch * cfg.batch_size if cfg.steps_per_epoch is not None else None
-    sampler = EpochPositions(len(train_ds), cfg.batch_size, cfg.seed, draws=draws)
-    train = DataLoader(SeededCrops(train_ds, cfg.seed), batch_size=local, sampler=sampler, num_workers=cfg.num_workers)
+    sampler = EpochPositions(len(train_ds), cfg.batch_size, seed, draws=draws)
+    train = DataLoader(SeededCrops(train_ds, seed), batch_size=local, sampler=sampler, num_workers=cfg.num_workers)
     sharded = len(val_ds) >= dist_info().world_size
     shard = Subset(val_ds, list(shard_indices(len(val_ds)))) if sharded else val_ds
     val = DataLoader(shard, batch_size=max(1, min(local, len(shard))), num_workers=cfg.num_workers)
@@ -236,11 +230,12 @@ def _distributed_loaders(cfg: Any, train_ds: Dataset, val_ds: Dataset) -> tuple[
     return train, val
 
 
-def build_loaders(cfg: Any) -> tuple[Any, Any]:
-    """``(train_loader, val_loader)`` of a compression run config (``compress train`` and ``finetune``).
+def build_loaders(cfg: Any, seed: int) -> tuple[Any, Any]:
+    """``(train_loader, val_loader)`` of the ``data`` section of a compression run config
+    (:class:`~finetune_kit.tasks.compression.run.config.DataConfig`; ``compress train`` and ``finetune``).
 
     Images come from ``cfg.data``; validation images from ``cfg.val_data`` when given, else
-    ``cfg.val_fraction`` of ``cfg.data`` held out with ``cfg.seed`` (:func:`split_train_val`).
+    ``cfg.val_fraction`` of ``cfg.data`` held out with ``seed`` (:func:`split_train_val`).
     Training batches are ``[batch_size, 3, patch_size, patch_size]`` random crops with flips,
     shuffled, or ``steps_per_epoch * batch_size`` crops drawn with replacement when
     ``steps_per_epoch`` is set (an epoch is then that many steps); the last partial batch is
@@ -256,19 +251,15 @@ def build_loaders(cfg: Any) -> tuple[Any, Any]:
         FileNotFoundError / ValueError: from :func:`list_images`, :func:`split_train_val` and
             :class:`RandomCropDataset` (missing folder, too few or too small images).
     """
-    from torch.utils.data import DataLoader, RandomSampler
-
     paths = list_images(cfg.data)
     if cfg.val_data is not None:
         train_paths, val_paths = paths, list_images(cfg.val_data)
     else:
-        train_paths, val_paths = split_train_val(paths, cfg.val_fraction, cfg.seed)
+        train_paths, val_paths = split_train_val(paths, cfg.val_fraction, seed)
     train_ds = RandomCropDataset(train_paths, cfg.patch_size, train=True, cache=cfg.cache_images)
     val_ds = RandomCropDataset(val_paths, cfg.val_patch_size, train=False, cache=cfg.cache_images)
-    from finetune_kit.distributed import dist_info
-
     if dist_info().launched:
-        return _distributed_loaders(cfg, train_ds, val_ds)
+        return _distributed_loaders(cfg, seed, train_ds, val_ds)
     sampler = None
     if cfg.steps_per_epoch is not None:
         sampler = RandomSampler(train_ds, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size)

@@ -22,14 +22,15 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from finetune_kit.distributed import DDPTracker, broadcast_object, is_main
+from finetune_kit.tasks.compression.engine import is_aux_param
+
 __all__ = ["ddp_model", "main_run_path", "quiet_unless_main"]
 
 
 def ddp_model(model: nn.Module, device: torch.device | str | None = None) -> Any:
     """The :class:`~finetune_kit.distributed.DDPTracker` of a codec (``.model()`` gives the module
     to train this epoch: ``model`` itself in a plain run)."""
-    from finetune_kit.distributed import DDPTracker
-    from finetune_kit.tasks.compression.engine import is_aux_param
 
     ignore = [n for n, _ in model.named_parameters() if is_aux_param(n)]
     return DDPTracker(model, device, ignore=ignore, broadcast_buffers=False)
@@ -37,7 +38,6 @@ def ddp_model(model: nn.Module, device: torch.device | str | None = None) -> Any
 
 def main_run_path(make: Callable[[], Path]) -> Path:
     """``make()`` on rank 0 (it creates the folder), broadcast to every rank; ``make()`` when alone."""
-    from finetune_kit.distributed import broadcast_object, is_main
 
     return Path(broadcast_object(str(make()) if is_main() else None))
 
@@ -45,7 +45,6 @@ def main_run_path(make: Callable[[], Path]) -> Path:
 @contextlib.contextmanager
 def quiet_unless_main() -> Iterator[None]:
     """Swallow the block's stdout on ranks other than 0 (rank 0 prints for the job)."""
-    from finetune_kit.distributed import is_main
 
     if is_main():
         yield

@@ -1,13 +1,12 @@
-"""The training engine shared by ``compress train`` and ``compress finetune``.
+"""The training engine of the compression run (``compress train`` and ``compress finetune``).
 
 One optimizer split (:func:`split_aux_groups`, :func:`build_optimizers`), one training step
 (:func:`train_step`), one epoch loop (:func:`train_one_epoch`) and one validation
-(:func:`evaluate`). What differs between the commands is the *objective* handed to them:
-:class:`RDObjective` (the plain R-D loss of
-:class:`~finetune_kit.tasks.compression.losses.RateDistortionLoss` with a global gradient-norm
-clip, CompressAI's example trainer) or
-:class:`~finetune_kit.tasks.compression.finetune.objective.FinetuneObjective` (hierarchical
-tasks, balanced weights with their RNG replay, per-group clipping). An objective provides
+(:func:`evaluate`), driven by an *objective*: the run's
+:class:`~finetune_kit.tasks.compression.objectives.objective.RunObjective` (R-D terms, hierarchical
+tasks, balanced weights with their RNG replay, per-group clipping), or :class:`RDObjective` (the
+plain R-D loss of :class:`~finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss`
+with a global gradient-norm clip, CompressAI's example trainer; benchmarks and small loops). An objective provides
 ``begin_step(model, x)``, ``compute(model, x) -> (loss, values)``, ``clip(optimizer, model)``,
 ``end_step(model, x)``, ``evaluation()`` (a context manager), ``validation_values(out, x)``,
 ``mse_key`` and ``lr_flag``.
@@ -27,10 +26,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from finetune_kit.distributed import all_reduce_sums, dist_info, is_distributed
-from finetune_kit.tasks.compression.losses import RateDistortionLoss
 from finetune_kit.tasks.compression.models.training_noise import per_sample_noise
+from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
 
 __all__ = ["AUX_GROUP", "is_aux_param", "split_aux_groups", "build_optimizers", "RDObjective", "as_objective",
            "psnr_from_mse", "train_step", "train_one_epoch", "evaluate"]
@@ -89,7 +89,7 @@ class RDObjective:
     """The plain objective: ``criterion(model(x), x)["loss"]`` with a global gradient-norm clip.
 
     Args:
-        criterion: a :class:`~finetune_kit.tasks.compression.losses.RateDistortionLoss` (or any
+        criterion: a :class:`~finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss` (or any
             callable ``(out, x) -> dict`` with ``loss`` and ``mse_loss``).
         clip_max_norm: L2 limit of the gradient over all parameters (paper 1.0; 0 disables).
     """
@@ -208,7 +208,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
 
     Args:
         loss_fn: an objective (see the module docstring) or a criterion such as
-            :class:`~finetune_kit.tasks.compression.losses.RateDistortionLoss`, wrapped in
+            :class:`~finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss`, wrapped in
             :class:`RDObjective` with ``clip_max_norm`` (0 disables; ignored for objectives).
         max_steps: stop after this many steps (default: the whole loader).
         progress: show a tqdm bar. description: its label.
@@ -226,7 +226,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
     Raises:
         FloatingPointError: the loss became NaN/inf (names the step; lower the lr).
     """
-    from tqdm.auto import tqdm
 
     objective = as_objective(loss_fn, clip_max_norm)
     # no gradient carried over from the previous epoch (or the aux step): a resumed run starts with

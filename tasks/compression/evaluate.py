@@ -27,11 +27,18 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from finetune_kit.tasks.compression.models.hpcm.model import pad_to_multiple
-from finetune_kit.tasks.compression.padding import PAD_MODES, crop_centred, pad_centred
+from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.runs.run_dir import environment_info, to_jsonable
+from finetune_kit.tasks.compression.checkpoints import checkpoint_model_name, load_model
+from finetune_kit.tasks.compression.config import DEFAULT_ANCHORS
+from finetune_kit.tasks.compression.data import list_images, load_rgb, to_tensor
 from finetune_kit.tasks.compression.metrics import MS_SSIM_MIN_SIDE, bpp_per_scale, ms_ssim, psnr, to_8bit
+from finetune_kit.tasks.compression.models.hpcm.model import pad_to_multiple
 from finetune_kit.tasks.compression.models.zoo import pad_multiple
+from finetune_kit.tasks.compression.padding import PAD_MODES, crop_centred, pad_centred
+from finetune_kit.tasks.compression.rd_curves import bd_metrics, load_anchors, plot_rd
 
 __all__ = ["evaluate_image", "evaluate_model", "run_eval", "nan_mean"]
 
@@ -118,9 +125,6 @@ def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = 
     Means skip NaN values; images whose MS-SSIM is undefined (a side under 161 px) are named in
     one ``UserWarning``.
     """
-    from tqdm.auto import tqdm
-
-    from finetune_kit.tasks.compression.data import load_rgb, to_tensor
 
     model.eval()
     model.update(force=True)
@@ -154,12 +158,6 @@ def run_eval(cfg: "EvalConfig", *, pad: Optional[str] = None) -> dict[str, Any]:
     Raises:
         ValueError: the anchor curve is not in the anchors file.
     """
-    from finetune_kit.runs.checkpoint import atomic_write_text
-    from finetune_kit.runs.run_dir import environment_info, to_jsonable
-    from finetune_kit.tasks.compression.checkpoints import checkpoint_model_name, load_model
-    from finetune_kit.tasks.compression.config import DEFAULT_ANCHORS
-    from finetune_kit.tasks.compression.data import list_images
-    from finetune_kit.tasks.compression.rd_curves import bd_metrics, load_anchors, plot_rd
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -9,6 +9,7 @@ import math
 from typing import Any, Mapping
 
 import torch
+from pytorch_msssim import ms_ssim as _ms_ssim
 from torch import Tensor
 
 __all__ = ["bits", "bpp_per_scale", "psnr", "ms_ssim", "to_8bit", "MS_SSIM_MIN_SIDE"]
@@ -82,6 +83,5 @@ def ms_ssim(a: Tensor, b: Tensor) -> float:
     """
     if min(a.shape[-2:]) < MS_SSIM_MIN_SIDE:
         return float("nan")
-    from pytorch_msssim import ms_ssim as _ms_ssim
 
     return float(_ms_ssim(a.float(), b.float(), data_range=1.0).item())

@@ -76,7 +76,7 @@ def bd_metrics(anchor: Optional[Curve], test: Curve, *, method: str = "akima",
     if len(pts) < 2:
         res["reason"] = "BD needs at least 2 R-D points (one checkpoint per lambda); got 1"
         return res
-    import bjontegaard as bd
+    import bjontegaard as bd  # local: loads scipy, only for BD metrics (start-up time)
 
     r, d = [p[0] for p in pts], [p[1] for p in pts]
     a_lo, a_hi = min(anchor["psnr-rgb"]), max(anchor["psnr-rgb"])
@@ -101,7 +101,7 @@ def bd_metrics(anchor: Optional[Curve], test: Curve, *, method: str = "akima",
 def plot_rd(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], path: str | Path, *,
             title: str = "Rate-distortion", bd: Optional[Mapping[str, Any]] = None) -> Path:
     """Write :func:`rd_figure` to ``path`` (PNG, the legend outside the axes) and return ``path``."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: drawn figures only (start-up time)
 
     fig = rd_figure(curves, anchors, title=title, bd=bd)
     path = Path(path)
@@ -120,10 +120,10 @@ def rd_figure(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], *, titl
     undefined" with no overlap). The legend sits outside the axes, right of them, so it never
     covers a curve; the x axis spans our points (at least 0-1 bpp).
     """
-    import matplotlib
+    import matplotlib  # local: matplotlib loads only when a figure is drawn (start-up time)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: drawn figures only (start-up time)
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for name, c in anchors.items():

@@ -158,13 +158,11 @@ TASKS = REPO / "tasks"
 AREAS = {"classification": ("finetune_kit.tasks.classification",),
          "compression": ("finetune_kit.tasks.compression",),
          "commands": ("finetune_kit.tasks.cli", "finetune_kit.tasks.cli_options")}
-_IN_REWRITE = pytest.mark.xfail(reason="fixed on branch h23a/h23b", strict=False)
 
 
-def _areas(*in_rewrite: str) -> list:
-    """The areas as test parameters, those named marked as being rewritten on another branch."""
-    return [pytest.param(a, id=a, marks=[_IN_REWRITE] if a in in_rewrite else [])
-            for a in ("tasks", *AREAS)]
+def _areas() -> list:
+    """The areas as test parameters."""
+    return [pytest.param(a, id=a) for a in ("tasks", *AREAS)]
 
 
 def _task_modules() -> dict[str, Path]:
@@ -348,7 +346,7 @@ def _report(title: str, offenders: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("area", _areas("compression"))
+@pytest.mark.parametrize("area", _areas())
 def test_task_imports_form_no_cycle(area):
     """No import cycle among tasks/ modules, counting imports inside functions (a lazy import
     hides a cycle from Python, not from a reader). A cycle belongs to the area of its first module."""
@@ -357,7 +355,7 @@ def test_task_imports_form_no_cycle(area):
         "code below both modules:\n" + "\n".join("  " + " -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("area", _areas("classification", "compression", "commands"))
+@pytest.mark.parametrize("area", _areas())
 def test_tasks_import_no_private_name_across_modules(area):
     """A name starting with ``_`` is its module's own: another module neither imports it nor
     reaches it through the module (make it public, or move the caller next to it)."""
@@ -367,7 +365,7 @@ def test_tasks_import_no_private_name_across_modules(area):
     assert not offenders, _report(f"private names imported across modules in tasks/ ({area})", offenders)
 
 
-@pytest.mark.parametrize("area", _areas("classification", "compression"))
+@pytest.mark.parametrize("area", _areas())
 def test_local_imports_in_task_modules_say_why(area):
     """Outside the command-line layer (:func:`_is_cli_module`), imports are at module level; an
     import inside a function needs a comment on its line or right above saying why (a heavy

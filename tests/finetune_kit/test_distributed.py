@@ -63,7 +63,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     D.init_distributed("cpu")
-    from finetune_kit.tasks.compression.finetune.balanced import BalancedRD
+    from finetune_kit.tasks.compression.objectives.balanced import BalancedRD
 
     bal = BalancedRD(["a", "b"])
     torch.manual_seed(rank)  # different losses on each rank

@@ -13,15 +13,11 @@ import pytest
 import typer.main
 
 from finetune_kit.tasks.cli import app
-from finetune_kit.tasks.cli_options import ALIASES
 from finetune_kit.tasks.config_base import config_options
 
 # typer may bring its own copy of click, so commands and options are recognised by duck typing
 
 _DASHED = re.compile(r"--[a-z0-9]+(?:-[a-z0-9]+)*")
-#: commands whose options another branch of issue 23 generates from config fields
-_OTHER_BRANCH = {"compress train", "compress eval", "compress finetune", "compress convert-official",
-                 "compress compare", "analyze", "sweep"}
 
 
 def _commands(group, prefix: str = ""):
@@ -60,7 +56,7 @@ def _dialect_errors(cmd) -> list[str]:
             continue
         idea = first[2:].replace("-", "_")
         required = {first} | ({"--" + idea} if "_" in idea else set())
-        declared = aliases.get(param.name, ()) if generated else ALIASES.get(idea, ())
+        declared = aliases.get(param.name, ()) if generated else ()
         allowed = required | set(declared)
         missing = required - set(names)
         extra = set(names) - allowed
@@ -85,13 +81,7 @@ def test_every_option_is_in_the_dialect(path):
     assert not _dialect_errors(_ALL[path])
 
 
-def _marks(path: str):
-    if path in _OTHER_BRANCH:
-        return [pytest.mark.xfail(reason="converted on branch h23b/h23c", strict=False)]
-    return []
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=_marks(p)) for p in sorted(_ALL)])
+@pytest.mark.parametrize("path", sorted(_ALL))
 def test_every_option_comes_from_a_config_field(path):
     """Each option of each command is a config field (the adapter says which), except ``--config``."""
     cmd = _ALL[path]
@@ -151,8 +141,8 @@ def _params(path: str) -> set[str]:
 ])
 def test_every_config_field_has_an_option(path, fields):
     from finetune_kit.tasks.classification.config import RECORDED_FIELDS, ClassificationConfig
-    from finetune_kit.tasks.compression.config import EvalConfig, TrainConfig
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+    from finetune_kit.tasks.compression.config import EvalConfig
+    from finetune_kit.tasks.compression.run.config import FinetuneConfig, TrainConfig
 
     models = {"classification": (ClassificationConfig,), "train": (TrainConfig,),
               "finetune": (FinetuneConfig,), "eval": (EvalConfig,)}[fields]

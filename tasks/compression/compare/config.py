@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
-
-from finetune_kit.tasks.config_base import ConfigSection
+from pydantic import Field, field_validator, model_validator
 
 from finetune_kit.tasks.compression.compare.workflows import WORKFLOWS
 from finetune_kit.tasks.compression.config import absolute_path, check_device, require_image_folder
+from finetune_kit.tasks.config_base import ConfigSection
 
 __all__ = ["CompareConfig"]
 
@@ -30,33 +29,63 @@ class CompareConfig(ConfigSection):
             multiple of ``epochs``, an unknown workflow, a bad device.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    checkpoint: Path = Field(description="Base checkpoint (.pt or run folder) every fine-tune starts from.")
+    lambdas: list[float] = Field(min_length=1, description="Target lambda(s), e.g. 0.0035,0.013; two or more give "
+                                                           "BD-rates.", json_schema_extra={"aliases": ["--lambda"],
+                                                                                           "cli": "text"})
+    steps: int = Field(ge=1, description="Optimizer steps per workflow (the same budget for all; a multiple of "
+                                         "--epochs).")
+    data: Path = Field(description="Training images, e.g. ../shared/data/photos-train.",
+                       json_schema_extra={"aliases": ["-d", "--dataset"]})
+    eval_data: Path = Field(description="Evaluation images (real bitstreams), e.g. ../shared/data/kodak.")
+    epochs: int = Field(5, ge=1, description="Epochs the budget is cut into (validation after each).",
+                        json_schema_extra={"aliases": ["-e"]})
+    eval_limit: Optional[int] = Field(None, ge=1, description="Evaluate only the first N images, sorted by name; "
+                                                              "unset: all.")
+    val_data: Optional[Path] = Field(None, description="Validation folder; unset: hold out --val-fraction of --data.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction of --data.")
+    val_max_batches: Optional[int] = Field(None, ge=1, description="Validate on at most this many batches.")
+    batch_size: int = Field(8, ge=1, description="Images per batch.", json_schema_extra={"aliases": ["-b"]})
+    patch_size: int = Field(256, ge=64, description="Training crop side, px, multiple of 16.")
+    learning_rate: float = Field(1e-4, gt=0, description="Base LR of the fine-tunes (groups get it x their multiplier).",
+                                 json_schema_extra={"aliases": ["--lr"]})
+    scratch_learning_rate: float = Field(1e-4, gt=0, description="LR of the from-scratch run.")
+    workflows: list[str] = Field(default_factory=lambda: list(WORKFLOWS),
+                                 description=f"Subset, comma-separated: {','.join(WORKFLOWS)}.",
+                                 json_schema_extra={"cli": "text"})
+    output_dir: Path = Field(Path("runs/compression-compare"), description="Parent of the comparison folder.",
+                             json_schema_extra={"aliases": ["--output", "-o"]})
+    name: Optional[str] = Field(None, description="Comparison folder name; unset: compare-MODEL.")
+    resume: Optional[Path] = Field(None, description="Comparison folder to continue (its config.json; finished cells "
+                                                     "kept).")
+    anchors: Optional[Path] = Field(None, description="Anchors JSON drawn on the plot; unset: the shipped kodak_rd.json.")
+    seed: int = Field(0, description="Random seed (the same for every workflow).")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads.",
+                                   json_schema_extra={"aliases": ["--num-threads", "--num_threads"]})
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.",
+                             json_schema_extra={"aliases": ["--workers", "-n"]})
+    device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
+    wandb: Literal["offline", "disabled", "online"] = Field("disabled", description="Weights & Biases mode of the "
+                                                                                    "fine-tunes.")
+    progress: bool = Field(True, description="Per-epoch lines of each fine-tune.")
 
-    checkpoint: Path
-    lambdas: list[float] = Field(min_length=1)
-    steps: int = Field(ge=1)
-    data: Path
-    eval_data: Path
-    epochs: int = Field(5, ge=1)
-    eval_limit: Optional[int] = Field(None, ge=1)
-    val_data: Optional[Path] = None
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    val_max_batches: Optional[int] = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    patch_size: int = Field(256, ge=64)
-    learning_rate: float = Field(1e-4, gt=0)
-    scratch_learning_rate: float = Field(1e-4, gt=0)
-    workflows: list[str] = Field(default_factory=lambda: list(WORKFLOWS))
-    output_dir: Path = Path("runs/compression-compare")
-    name: Optional[str] = None
-    resume: Optional[Path] = None
-    anchors: Optional[Path] = None
-    seed: int = 0
-    threads: Optional[int] = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
-    device: str = "cpu"
-    wandb: Literal["offline", "disabled", "online"] = "disabled"
-    progress: bool = True
+    @model_validator(mode="before")
+    @classmethod
+    def _cuda(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cuda"):
+            data = {**data, "device": "cuda"}
+        return data
+
+    @field_validator("lambdas", "workflows", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        """``0.0035,0.013`` (or a list of such strings) -> a list."""
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            v = [x for item in v for x in (str(item).replace(",", " ").split() if isinstance(item, str) else [item])]
+        return v
 
     @field_validator("checkpoint")
     @classmethod

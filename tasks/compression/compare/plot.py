@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from finetune_kit.tasks.compression.config import DEFAULT_ANCHORS
+from finetune_kit.tasks.compression.rd_curves import load_anchors
+
 __all__ = ["plot_compare"]
 
 _MARKERS = {"finetune-all": "o", "wf1-basic": "s", "wf2-hierarchical": "^", "wf3-balanced": "D", "scratch": "x"}
@@ -13,13 +16,10 @@ _MARKERS = {"finetune-all": "o", "wf1-basic": "s", "wf2-hierarchical": "^", "wf3
 def plot_compare(cfg: Any, state: Mapping, path: str | Path, *, anchors_path: Path | None = None) -> Path:
     """PSNR-RGB (dB) against real bpp; anchors from ``cfg.anchors`` (default: the shipped Kodak
     file). The axes span our points and the anchors below 1 bpp. Returns ``path``."""
-    import matplotlib
+    import matplotlib  # local: matplotlib loads only when a figure is drawn (start-up time)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from finetune_kit.tasks.compression.config import DEFAULT_ANCHORS
-    from finetune_kit.tasks.compression.rd_curves import load_anchors
+    import matplotlib.pyplot as plt  # local: drawn figures only (start-up time)
 
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     ours = []

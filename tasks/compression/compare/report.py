@@ -21,6 +21,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.runs.run_dir import to_jsonable
+from finetune_kit.tasks.compression.compare.plot import plot_compare
+from finetune_kit.tasks.compression.rd_curves import bd_metrics
+
 __all__ = ["rd_cost", "table_rows", "bd_rates", "write_report", "COLUMNS"]
 
 COLUMNS = [("lambda", "lambda"), ("workflow", "workflow"), ("rd_cost", "R-D cost"), ("rd_vs_a", "vs (a) %"),
@@ -92,7 +97,6 @@ def _monotone(c: Mapping[str, list]) -> bool:
 def _bd(ref: Mapping, cur: Mapping, method: str) -> dict[str, Any]:
     """BD-rate of ``cur`` against ``ref``; undefined (with the reason) when a curve's PSNR does not
     rise with its rate (BD integrates rate over PSNR, which needs a monotone curve)."""
-    from finetune_kit.tasks.compression.rd_curves import bd_metrics
 
     bad = [n for n, c in (("finetune-all", ref), ("this workflow", cur)) if not _monotone(c)]
     if bad:
@@ -135,9 +139,6 @@ def _fmt(v: Any) -> str:
 def write_report(folder: str | Path, cfg: Any, state: Mapping, *, final: bool = False) -> str:
     """Write ``comparison.md``, ``comparison.csv``, ``bd.json``, ``comparison.json`` and ``rd.png``
     (atomically) from ``state`` (:func:`~.runner.load_state`); returns the markdown."""
-    from finetune_kit.runs.checkpoint import atomic_write_text
-    from finetune_kit.runs.run_dir import to_jsonable
-    from finetune_kit.tasks.compression.compare.plot import plot_compare
 
     folder = Path(folder)
     rows = table_rows(cfg, state)

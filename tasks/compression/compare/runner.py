@@ -25,8 +25,21 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
+
+from finetune_kit.runs.checkpoint import atomic_write_text, load_checkpoint
+from finetune_kit.runs.run_dir import RunDir, new_run_dir, to_jsonable
+from finetune_kit.runs.status import recorded_status
+from finetune_kit.tasks.classification.memory import PeakMemory
+from finetune_kit.tasks.compression.checkpoints import checkpoint_model_name, default_checkpoint, load_model
 from finetune_kit.tasks.compression.compare.config import CompareConfig
+from finetune_kit.tasks.compression.compare.report import write_report
 from finetune_kit.tasks.compression.compare.workflows import workflow_options
+from finetune_kit.tasks.compression.data import list_images
+from finetune_kit.tasks.compression.evaluate import evaluate_model
+from finetune_kit.tasks.compression.run.config import FinetuneConfig
+from finetune_kit.tasks.compression.run.loop import run as run_compression
+from finetune_kit.tasks.compression.run.source import FromScratchWarning
 
 __all__ = ["run_compare", "finetune_config", "evaluate_checkpoint", "load_state"]
 
@@ -42,19 +55,14 @@ def load_state(folder: Path) -> dict[str, Any]:
 
 
 def _save_state(folder: Path, state: dict) -> None:
-    from finetune_kit.runs.checkpoint import atomic_write_text
-    from finetune_kit.runs.run_dir import to_jsonable
-
     atomic_write_text(json.dumps(to_jsonable(state), indent=1), Path(folder) / "cells.json")
 
 
 def finetune_config(cfg: CompareConfig, lmbda: float, workflow: str, folder: Path, model_name: str,
                     resume: Optional[Path] = None):
-    """The :class:`~finetune_kit.tasks.compression.finetune.config.FinetuneConfig` of one cell: the
+    """The :class:`~finetune_kit.tasks.compression.run.config.FinetuneConfig` of one cell: the
     shared budget, data, split and seed, the workflow's options (:func:`.workflows.workflow_options`);
     ``scratch`` has no checkpoint and ``scratch_learning_rate``."""
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-
     scratch = workflow == "scratch"
     common = dict(data=cfg.data, val_data=cfg.val_data, val_fraction=cfg.val_fraction,
                   val_max_batches=cfg.val_max_batches, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
@@ -70,12 +78,6 @@ def finetune_config(cfg: CompareConfig, lmbda: float, workflow: str, folder: Pat
 def evaluate_checkpoint(path: str | Path, cfg: CompareConfig, model_name: Optional[str] = None) -> dict[str, Any]:
     """Real-bitstream evaluation of checkpoint ``path`` on the comparison's evaluation images:
     ``{"mean": {...}, "per_image": {name: {"bpp", "estimated_bpp", "psnr-rgb", "ms-ssim-rgb"}}, "seconds"}``."""
-    import torch
-
-    from finetune_kit.tasks.compression.checkpoints import load_model
-    from finetune_kit.tasks.compression.data import list_images
-    from finetune_kit.tasks.compression.evaluate import evaluate_model
-
     paths = list_images(cfg.eval_data)[: cfg.eval_limit]
     model, _ = load_model(path, model_name)
     model.to(torch.device(cfg.device))
@@ -97,13 +99,6 @@ def _interrupted_run(folder: Path, lmbda: float, workflow: str) -> Optional[Path
 
 def _train_cell(cfg: CompareConfig, lmbda: float, workflow: str, folder: Path, model_name: str) -> dict[str, Any]:
     """Run one cell's fine-tune (continuing an interrupted one); returns its training numbers."""
-    import torch
-
-    from finetune_kit.runs.run_dir import RunDir
-    from finetune_kit.runs.status import recorded_status
-    from finetune_kit.tasks.classification.memory import PeakMemory
-    from finetune_kit.tasks.compression.finetune.run import FromScratchWarning, finetune
-
     previous = _interrupted_run(folder, lmbda, workflow)
     done = previous is not None and recorded_status(previous)[0] == "completed" and (previous / "metrics.json").is_file()
     if done:
@@ -114,7 +109,7 @@ def _train_cell(cfg: CompareConfig, lmbda: float, workflow: str, folder: Path, m
             warnings.simplefilter("ignore", FromScratchWarning)  # "scratch" is from scratch on purpose
             with PeakMemory(torch.device(cfg.device)) as mem:
                 t0 = time.perf_counter()
-                final = finetune(fcfg)
+                final = run_compression(fcfg)
                 wall = time.perf_counter() - t0
         numbers = {"wall_s": wall, "peak_memory_mb": mem.peak_mb, "training_memory_mb": mem.increase_mb,
                    "resumed": str(previous) if previous else None}
@@ -135,15 +130,8 @@ def run_compare(cfg: CompareConfig, *, echo: Callable[[str], None] = print) -> d
 
     Raises:
         ValueError: a checkpoint without a model name, another failure of a fine-tune
-            (:func:`finetune_kit.tasks.compression.finetune.run.finetune`).
+            (:func:`finetune_kit.tasks.compression.run.loop.run`).
     """
-    import torch
-
-    from finetune_kit.runs.checkpoint import load_checkpoint
-    from finetune_kit.runs.run_dir import RunDir, new_run_dir
-    from finetune_kit.tasks.compression.checkpoints import checkpoint_model_name, default_checkpoint
-    from finetune_kit.tasks.compression.compare.report import write_report
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt = load_checkpoint(default_checkpoint(cfg.checkpoint))

@@ -29,17 +29,19 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from finetune_kit.keys import KeyMatcher
 from finetune_kit.layer_groups import LayerGroups
 from finetune_kit.param_groups import parse_multipliers
 from finetune_kit.tasks.compression.engine import AUX_GROUP, split_aux_groups  # the one aux split (re-exported)
+from finetune_kit.tasks.compression.finetune.config import DEFAULT_LR_MULTS
 
 __all__ = ["DEFAULT_LR_MULTS", "ENTROPY_FREEZE_PATTERNS", "AUX_GROUP", "LayerLRConfig", "LRTableRow",
            "group_keys_to_patterns", "split_aux_groups", "lr_table", "print_lr_table", "clip_grad_norms"]
 
-#: the guides' layer-wise LR multipliers
-DEFAULT_LR_MULTS = "g_a:1.0,g_s:1.0,h_a:0.5,h_s:0.5,context:0.1"
+
 #: what ``--freeze_entropy`` freezes (regexes searched in parameter names): the entropy
 #: bottleneck (density model + quantiles) and the Gaussian conditional, top-level or inside a
 #: CompressAI latent codec (ELIC: ``latent_codec.hyper.entropy_bottleneck``)
@@ -179,8 +181,6 @@ def lr_table(optimizer: torch.optim.Optimizer, *, base_lr: float | None = None,
 def print_lr_table(rows: Sequence[LRTableRow], title: str = "layer-wise learning rates", console=None,
                    caption: str | None = None) -> None:
     """Print ``rows`` as a rich table (group, key, LR, mult, weight decay, frozen, params, group clip)."""
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title, caption=caption)
     for col in ("group", "LR key", "LR", "mult", "weight decay", "frozen", "params", "group clip"):

@@ -10,26 +10,33 @@ cheng2020 N=128; ELIC N=192, M=320); pass ``N=``/``M=`` to change them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
+from compressai.registry import MODELS
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "build_model", "pad_multiple"]
+from finetune_kit.tasks.compression.config import HPCM_PRESETS, MODEL_NAMES
 
-_COMPRESSAI: dict[str, tuple[str, dict[str, int]]] = {
-    "bmshj2018-hyperprior": ("ScaleHyperprior", {"N": 128, "M": 192}),
-    "mbt2018-mean": ("MeanScaleHyperprior", {"N": 128, "M": 192}),
-    "cheng2020-anchor": ("Cheng2020Anchor", {"N": 128}),
-    "elic2022-chandelier": ("Elic2022Chandelier", {"N": 192, "M": 320}),
+__all__ = ["build_model", "pad_multiple"]
+
+#: CompressAI architectures with their low-rate sizes (built through ``compressai.registry.MODELS``)
+_COMPRESSAI: dict[str, dict[str, int]] = {
+    "bmshj2018-hyperprior": {"N": 128, "M": 192},
+    "mbt2018-mean": {"N": 128, "M": 192},
+    "cheng2020-anchor": {"N": 128},
+    "elic2022-chandelier": {"N": 192, "M": 320},
 }
-_HPCM = ("hpcm-tiny", "hpcm-small", "hpcm-base", "hpcm-large")
-
-#: every name :func:`build_model` accepts
-MODEL_NAMES: tuple[str, ...] = _HPCM + tuple(_COMPRESSAI)
+_HPCM = HPCM_PRESETS
+if set(MODEL_NAMES) != set(_HPCM) | set(_COMPRESSAI):  # one list of names, declared with the options
+    raise ImportError("MODEL_NAMES (tasks/compression/config.py) and the zoo's models differ: update both")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the compression model ``name`` with random weights.
+    """Build the compression model ``name`` with random weights, read back from CompressAI's registry.
+
+    The HPCM presets are registered in ``compressai.registry.MODELS`` by the models package
+    (:mod:`finetune_kit.tasks.compression.models`, imported before this module); CompressAI
+    registers its own architectures.
 
     Args:
         name: one of :data:`MODEL_NAMES`.
@@ -42,19 +49,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: unknown name, or keyword arguments given for an HPCM preset.
     """
-    if name in _HPCM:
-        if kwargs:
-            raise ValueError(f"{name} takes no options ({sorted(kwargs)} given): pick another preset instead")
-        from finetune_kit.tasks.compression.models.hpcm.model import HPCM
-
-        return HPCM(name)
-    if name in _COMPRESSAI:
-        import compressai.models as cm
-
-        cls_name, defaults = _COMPRESSAI[name]
-        cls: Callable[..., nn.Module] = getattr(cm, cls_name)
-        return cls(**{**defaults, **kwargs})
-    raise ValueError(f"unknown compression model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown compression model {name!r}: use one of {', '.join(MODEL_NAMES)}")
+    if name in _HPCM and kwargs:
+        raise ValueError(f"{name} takes no options ({sorted(kwargs)} given): pick another preset instead")
+    return MODELS[name](**{**_COMPRESSAI.get(name, {}), **kwargs})
 
 
 def pad_multiple(model: nn.Module) -> int:

@@ -192,13 +192,13 @@ def test_compression_run_is_loaded(tmp_path):
     assert len(res.completed) == 2
     lam = res.resolve_param("lambda")
     assert sorted(res.completed[lam]) == [0.0018, 0.0067]
-    assert res.resolve_metric("val_loss") == "final.val_loss"  # final metrics come first
-    assert res.resolve_metric("val_bpp_loss") == "final.val_bpp_loss"
-    assert res.completed["best.val_loss"].notna().all()  # per-epoch best, lower is better
+    assert res.resolve_metric("val_rd") == "final.val_rd"  # final metrics come first
+    assert res.resolve_metric("val_bpp") == "final.val_bpp"
+    assert res.completed["best.val_rd"].notna().all()  # per-epoch best, lower is better
     assert res.completed["best.val_psnr"].notna().all()
     for _, row in res.completed.iterrows():
         hist = [json.loads(line) for line in (Path(row["path"]) / "metrics.jsonl").read_text().splitlines()]
-        assert row["best.val_loss"] == pytest.approx(min(h["val_loss"] for h in hist))
+        assert row["best.val_rd"] == pytest.approx(min(h["val_rd"] for h in hist))
         assert all(COMPRESSION_TRAIN.metric in h for h in hist)
         assert recorded_command(row["path"]) == "compress train"  # what rerun reads
 

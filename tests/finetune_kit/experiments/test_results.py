@@ -244,3 +244,17 @@ def test_discover_compare_folders_at_any_nesting(tmp_path):
     res = load_runs(a, metric_modes=MODES)
     ranked = res.completed.sort_values("final.test.auroc", ascending=False)
     assert list(ranked["config.ft_strategy"]) == ["progressive", "full", "gradual", "linear"]
+
+
+def test_old_metric_names_are_read_in_todays_columns(tmp_path):
+    """A run folder written before a task renamed its metrics (``compress train``'s ``val_loss``, now
+    ``val_rd``) lands in the same columns as a new one, so no run drops out of a ranking."""
+    from finetune_kit.tasks.compression.profile import OLD_METRIC_NAMES
+
+    make_run(tmp_path, "old", {"lmbda": 0.01}, [{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": 1.5}],
+             final={"val_loss": 1.5, "val_bpp_loss": 0.3})
+    make_run(tmp_path, "new", {"lmbda": 0.01}, [{"epoch": 1, "val_rd": 1.2}], final={"val_rd": 1.2, "val_bpp": 0.4})
+    df = load_runs(tmp_path, metric_modes={"val_rd": "min"}, metric_renames=OLD_METRIC_NAMES).df.set_index("run")
+    assert df.loc["old", "final.val_rd"] == 1.5 and df.loc["new", "final.val_rd"] == 1.2
+    assert df.loc["old", "final.val_bpp"] == 0.3 and df.loc["old", "best.val_rd"] == 1.5
+    assert "final.val_loss" not in df.columns

@@ -54,7 +54,8 @@ def trained_tiny(photos):
 
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.compression.data import RandomCropDataset, list_images
-    from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers, train_one_epoch
+    from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
+    from finetune_kit.tasks.compression.engine import build_optimizers, train_one_epoch
     from finetune_kit.tasks.compression.models.zoo import build_model
 
     seed_everything(0)
@@ -62,7 +63,7 @@ def trained_tiny(photos):
     loader = DataLoader(ds, batch_size=8, sampler=RandomSampler(ds, replacement=True, num_samples=8 * 120))
     model = build_model("hpcm-tiny")
     opt, aux = build_optimizers(model, lr=5e-4, aux_lr=1e-3)
-    train_one_epoch(model, loader, opt, aux, RateDistortion(0.0483), clip_max_norm=1.0)
+    train_one_epoch(model, loader, opt, aux, RateDistortionLoss(0.0483), clip_max_norm=1.0)
     model.eval()
     model.update(force=True)
     return model
@@ -71,8 +72,8 @@ def trained_tiny(photos):
 @pytest.fixture(scope="session")
 def tiny_base_checkpoint(few_photos, tmp_path_factory) -> Path:
     """A ``compress train`` checkpoint of hpcm-tiny (2 steps of 2 x 64 px crops at lambda 0.0067, a few s)."""
-    from finetune_kit.tasks.compression.config import TrainConfig
-    from finetune_kit.tasks.compression.training import train
+    from finetune_kit.tasks.compression.run.config import TrainConfig
+    from finetune_kit.tasks.compression.run.loop import run as train
 
     out = tmp_path_factory.mktemp("tiny_base")
     final = train(TrainConfig(data=few_photos, model="hpcm-tiny", epochs=1, steps_per_epoch=2, batch_size=2,

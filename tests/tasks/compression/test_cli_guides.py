@@ -107,10 +107,10 @@ def test_rerun_and_config_reproduce_train_and_finetune(base_run, few_photos, tmp
 
 
 def test_model_names_are_normalised(few_photos):
-    from finetune_kit.tasks.compression.config import TrainConfig
+    from finetune_kit.tasks.compression.run.config import TrainConfig
 
     for spelling in ("hpcm_base", "HPCM-Base", " hpcm-base "):
-        assert TrainConfig(data=few_photos, model=spelling).model == "hpcm-base"
+        assert TrainConfig(data=few_photos, model=spelling).source.model == "hpcm-base"
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig(data=few_photos, model="hpcm_huge")
 

@@ -86,7 +86,7 @@ def test_compress_train_two_processes_match_one(trained):
     assert _max_diff(_weights(one)["state_dict"], _weights(two)["state_dict"]) < 1e-5
     _same_history(_history(one), _history(two))
     r0, r1 = rank_results(trained["tmp"] / "p2.json", 2)
-    assert r0["val_loss"] == r1["val_loss"]  # every rank reports the same (all-reduced) validation
+    assert r0["val_rd"] == r1["val_rd"]  # every rank reports the same (all-reduced) validation
 
 
 def test_compress_finetune_two_processes_match_one(trained, images, tmp_path):

@@ -15,7 +15,8 @@ from finetune_kit.runs.checkpoint import atomic_save, load_checkpoint
 from finetune_kit.tasks.compression.checkpoints import load_model, to_cpu_state
 from finetune_kit.tasks.compression.data import RandomCropDataset, list_images
 from finetune_kit.tasks.compression.evaluate import evaluate_image
-from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers, train_one_epoch
+from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
+from finetune_kit.tasks.compression.engine import build_optimizers, train_one_epoch
 from finetune_kit.tasks.compression.models.zoo import build_model
 
 NO_CUDA = "no CUDA device on this machine (the cuda case runs on a GPU machine)"
@@ -29,7 +30,7 @@ def test_train_steps_and_bit_exact_coding_on_device(device, photos, kodak_images
     opt, aux = build_optimizers(model, lr=5e-4)
     loader = DataLoader(RandomCropDataset(list_images(photos)[:4], 128), batch_size=2)  # CPU batches
     before = model.g_a[0].weight.detach().clone()
-    res = train_one_epoch(model, loader, opt, aux, RateDistortion(0.0483), clip_max_norm=1.0)
+    res = train_one_epoch(model, loader, opt, aux, RateDistortionLoss(0.0483), clip_max_norm=1.0)
     assert res["steps"] == 2 and model.g_a[0].weight.device.type == device
     assert not torch.equal(before, model.g_a[0].weight)
     model.eval()
@@ -50,8 +51,8 @@ def test_finetune_and_eval_commands_on_device(device, photos, kodak, tmp_path):
     from typer.testing import CliRunner
 
     from finetune_kit.tasks.cli import app
-    from finetune_kit.tasks.compression.finetune.run import finetune
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+    from finetune_kit.tasks.compression.run.loop import run as finetune
+    from finetune_kit.tasks.compression.run.config import FinetuneConfig
 
     cfg = FinetuneConfig(data=photos, output_dir=tmp_path, model="hpcm-tiny", epochs=1, steps_per_epoch=2, batch_size=2,
                          patch_size=128, val_fraction=0.1, val_max_batches=1, wandb="disabled", progress=False,
@@ -79,7 +80,7 @@ def test_finetune_and_eval_commands_on_device(device, photos, kodak, tmp_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_balanced_replay_sees_the_same_quantization_noise(device):
-    from finetune_kit.tasks.compression.finetune.objective import replay_rng, rng_snapshot
+    from finetune_kit.tasks.compression.objectives.objective import replay_rng, rng_snapshot
 
     torch.manual_seed(0)
     model = build_model("hpcm-tiny").to(device).train()
@@ -96,7 +97,8 @@ def test_balanced_replay_sees_the_same_quantization_noise(device):
 
 
 def test_device_options_are_validated_at_the_edge(photos, tmp_path):
-    from finetune_kit.tasks.compression.config import EvalConfig, TrainConfig, check_device
+    from finetune_kit.tasks.compression.config import EvalConfig, check_device
+    from finetune_kit.tasks.compression.run.config import TrainConfig
 
     assert check_device("cpu") == "cpu"
     for bad in ("gpu", "cuda:x", "cuda:-1", "CPU"):

@@ -50,7 +50,8 @@ def test_bad_anchors_file(tmp_path):
 
 def test_eval_cli_two_lambdas_on_kodak(trained_tiny, photos, kodak, anchors_file, tmp_path):
     from finetune_kit.tasks.compression.data import RandomCropDataset, list_images
-    from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers, train_one_epoch
+    from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
+    from finetune_kit.tasks.compression.engine import build_optimizers, train_one_epoch
     from finetune_kit.tasks.compression.models.zoo import build_model
 
     a = tmp_path / "a.pt"
@@ -62,7 +63,7 @@ def test_eval_cli_two_lambdas_on_kodak(trained_tiny, photos, kodak, anchors_file
     opt, aux = build_optimizers(low, lr=5e-4)
     ds = RandomCropDataset(list_images(photos)[:8], 128)
     train_one_epoch(low, DataLoader(ds, batch_size=8, sampler=RandomSampler(ds, True, 8 * 15)), opt, aux,
-                    RateDistortion(0.0018))
+                    RateDistortionLoss(0.0018))
     b = tmp_path / "b.pt"
     atomic_save({"state_dict": low.state_dict(), "model": "hpcm-tiny",
                  "config": {"model": "hpcm-tiny", "lmbda": 0.0018}}, b)

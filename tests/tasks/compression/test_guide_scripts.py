@@ -54,7 +54,8 @@ def test_balanced_from_scratch_and_the_dispatcher(tiny_base_checkpoint, few_phot
                "--output-dir", str(tmp_path / "scratch"))
     run = Path(res.stdout.split("run folder: ")[1].split()[0])
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["use_balanced"] and cfg["lr"] == 1e-4 and cfg["gamma_strategy"] == "hpcm" and "checkpoint" not in cfg
+    assert cfg["use_balanced"] and cfg["learning_rate"] == 1e-4 and cfg["gamma_strategy"] == "hpcm"
+    assert cfg["checkpoint"] is None and cfg["command"] == "train"  # compress train: the run without a source
     res = _run("bash", str(SCRIPTS / "run_finetune.sh"), "standard", str(tiny_base_checkpoint), str(few_photos), *TINY,
                "--output-dir", str(tmp_path / "std"))
     assert json.loads((Path(res.stdout.split("run folder: ")[1].split()[0]) / "config.json").read_text())["freeze_entropy"]

@@ -42,4 +42,4 @@ def test_eval_command_with_centred_padding(kodak, tmp_path):
     assert json.loads((out / "results.json").read_text())["pad"] == "centred"
     r = CliRunner().invoke(app, ["compress", "eval", str(ck), "--data", str(kodak), "--limit", "1", "--pad", "middle",
                                  "--output", str(out), "--no-progress"])
-    assert r.exit_code == 2 and "pad" in r.output and "'edge' or 'centred'" in r.output, r.output
+    assert r.exit_code == 2 and "--pad" in r.output and "'edge'" in r.output and "'centred'" in r.output, r.output

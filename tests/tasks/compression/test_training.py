@@ -1,4 +1,4 @@
-"""Training building blocks, the train command, checkpoints and --resume."""
+"""Training building blocks, the train command (the one run without a source), checkpoints and --resume."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,13 @@ from typer.testing import CliRunner
 
 from finetune_kit.runs.checkpoint import load_checkpoint
 from finetune_kit.tasks.cli import app
-from finetune_kit.tasks.compression.config import PAPER_LAMBDAS, TrainConfig
+from finetune_kit.tasks.compression.config import PAPER_LAMBDAS
 from finetune_kit.tasks.compression.data import RandomCropDataset, list_images
-from finetune_kit.tasks.compression.training import RateDistortion, build_optimizers, evaluate, train, train_one_epoch
+from finetune_kit.tasks.compression.engine import build_optimizers, evaluate, train_one_epoch
 from finetune_kit.tasks.compression.models.zoo import build_model
+from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss as RateDistortion
+from finetune_kit.tasks.compression.run.config import FinetuneConfig, TrainConfig
+from finetune_kit.tasks.compression.run.loop import run as train
 
 
 def test_train_one_epoch_and_evaluate_report_per_scale_rates(photos):
@@ -93,7 +96,7 @@ def test_resume_with_other_lambda_is_refused(photos, tmp_path):
     cfg = TrainConfig(data=photos, output_dir=tmp_path, name="a", epochs=1, steps_per_epoch=1, batch_size=2,
                       patch_size=128, wandb="disabled", progress=False)
     final = train(cfg)
-    other = cfg.model_copy(update={"lmbda": 0.0483, "resume": final["checkpoint"], "epochs": 2})
+    other = TrainConfig.model_validate({**cfg.flat(), "lmbda": 0.0483, "resume": final["checkpoint"], "epochs": 2})
     with pytest.raises(ValueError, match="lmbda=0.0067"):
         train(other)
 
@@ -115,8 +118,6 @@ def test_interrupt_and_failure_inside_an_epoch_are_recorded(photos, tmp_path, mo
     """Ctrl-C inside a training step leaves status ``interrupted``; any other exception ``failed``
     (both commands, through run_lifecycle)."""
     from finetune_kit.tasks.compression import engine
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-    from finetune_kit.tasks.compression.finetune.run import finetune
 
     def boom(*args, **kwargs):
         raise exc("stopped in the step")
@@ -126,7 +127,7 @@ def test_interrupt_and_failure_inside_an_epoch_are_recorded(photos, tmp_path, mo
                       patch_size=128, wandb="disabled", progress=False)
     ft = FinetuneConfig(data=photos, output_dir=tmp_path / "f", model="hpcm-tiny", epochs=1, steps_per_epoch=1,
                         batch_size=2, patch_size=128, val_fraction=0.2, wandb="disabled", progress=False)
-    for run in (lambda: train(cfg), lambda: finetune(ft)):
+    for run in (lambda: train(cfg), lambda: train(ft)):
         with pytest.raises(exc), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the fine-tune's from-scratch warning
             run()
@@ -140,7 +141,7 @@ def test_interrupt_and_failure_inside_an_epoch_are_recorded(photos, tmp_path, mo
 def test_models_without_quantiles_train_without_an_aux_optimizer():
     """HPCM with the paper's mean-scale z model has no aux loss: no aux optimizer, steps still train."""
     from finetune_kit.tasks.compression.engine import RDObjective, build_optimizers, train_step
-    from finetune_kit.tasks.compression.losses import RateDistortionLoss
+    from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
     from finetune_kit.tasks.compression.models.hpcm.model import HPCM
 
     torch.manual_seed(0)

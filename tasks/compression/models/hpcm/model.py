@@ -30,22 +30,20 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.models import CompressionModel
+from compressai.models.base import get_scale_table
+from compressai.ops import quantize_ste
 from torch import Tensor
 
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from finetune_kit.tasks.compression.models.training_noise import EntropyBottleneck, GaussianConditional
-from compressai.models import CompressionModel
-from compressai.ops import quantize_ste
-
 from finetune_kit.tasks.compression.models.hpcm.context import HPCMContext
-from finetune_kit.tasks.compression.models.hpcm.entropy_models import (
-    GeneralizedGaussianConditional,
-    MeanScaleHyperLatent,
-    paper_scale_table,
-)
+from finetune_kit.tasks.compression.models.hpcm.entropy_models import (GeneralizedGaussianConditional,
+                                                                       MeanScaleHyperLatent, paper_scale_table)
+from finetune_kit.tasks.compression.models.hpcm.layers import (analysis_transform, hyper_analysis, hyper_synthesis,
+                                                               synthesis_transform)
 from finetune_kit.tasks.compression.models.hpcm.paper_schedule import PaperSchedule
-from finetune_kit.tasks.compression.models.hpcm.layers import analysis_transform, hyper_analysis, hyper_synthesis, synthesis_transform
-from finetune_kit.tasks.compression.models.hpcm.schedule import SCALE_STEPS, CodingSchedule
+from finetune_kit.tasks.compression.models.hpcm.schedule import CodingSchedule, SCALE_STEPS
+from finetune_kit.tasks.compression.models.training_noise import EntropyBottleneck, GaussianConditional
 
 __all__ = ["HPCMPreset", "PRESETS", "GROUP_MATCHER", "HPCM", "HPCMTiny", "HPCMSmall", "HPCMBase", "HPCMLarge",
            "PRESET_CLASSES", "pad_to_multiple", "SCHEDULES", "Y_ENTROPY_MODELS", "Z_ENTROPY_MODELS"]
@@ -215,7 +213,6 @@ class HPCM(CompressionModel):
             if isinstance(self.gaussian_conditional, GeneralizedGaussianConditional):
                 scale_table = paper_scale_table()
             else:
-                from compressai.models.base import get_scale_table
 
                 scale_table = get_scale_table(0.11, 256, self.SCALE_TABLE_LEVELS)
         updated = super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)

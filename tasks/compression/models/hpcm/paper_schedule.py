@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from finetune_kit.tasks.compression.models.hpcm.schedule import CodingSchedule, _Grids
+from finetune_kit.tasks.compression.models.hpcm.schedule import CodingSchedule, StepGrids
 
 __all__ = ["PaperSchedule", "S2_OFFSET", "S1_OFFSET", "S1_FIRST", "S2_ORDER", "S3_ORDER", "S2_HYPER_SKIP"]
 
@@ -124,7 +124,7 @@ class PaperSchedule(CodingSchedule):
             self._fill_cache[key] = (torch.stack(src).to(device), torch.stack(dst).to(device))
         return self._fill_cache[key]
 
-    def s2_hyper(self, params: Tensor, hyper_s2: Tensor, ids: _Grids) -> Tensor:
+    def s2_hyper(self, params: Tensor, hyper_s2: Tensor, ids: StepGrids) -> Tensor:
         """The official s2 hyperprior fill: ``[B, 2M, H, W] -> [B, 2M, H/2, W/2]`` (see the module doc)."""
         B, C, H, W = params.shape
         src, dst = self._fill_index(H, W, params.device)

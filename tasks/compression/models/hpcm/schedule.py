@@ -45,7 +45,7 @@ def _order(anchor: int, g: int) -> list[int]:
 
 
 @dataclass
-class _Grids:
+class StepGrids:
     s1: Tensor  # step ids [M, H/4, W/4] (long)
     s2: Tensor  # [M, H/2, W/2]
     s3: Tensor  # [M, H, W]
@@ -71,7 +71,7 @@ class CodingSchedule:
         self.k2 = torch.tensor([_S2_OFFSET[int(i) % 8] for i in g])
         self.k1 = torch.tensor([_S1_OFFSET[int(i) % 8] for i in g])
         self.parity = torch.tensor([_PARITY[int(i) % 8] for i in g])
-        self._cache: dict[tuple, _Grids] = {}
+        self._cache: dict[tuple, StepGrids] = {}
 
     # -- moving between grids ----------------------------------------------------------
     def _index(self, channels: int, k: Tensor, device) -> Tensor:
@@ -108,7 +108,7 @@ class CodingSchedule:
         return self.up(x, self.k2)
 
     # -- step ids ----------------------------------------------------------------------
-    def step_ids(self, height: int, width: int, device=None) -> _Grids:
+    def step_ids(self, height: int, width: int, device=None) -> StepGrids:
         """Step id (0..10) of every element of y, on the s1, s2 and full (s3) grids.
 
         Args:
@@ -126,7 +126,7 @@ class CodingSchedule:
                 raise AssertionError(f"schedule {self.name!r} left a position of y uncoded")
             s2_ids = self.to_s2(ids.unsqueeze(0))[0]
             s1_ids = self.to_s1(s2_ids.unsqueeze(0))[0]
-            self._cache[key] = _Grids(s1=s1_ids.to(device), s2=s2_ids.to(device), s3=ids.to(device))
+            self._cache[key] = StepGrids(s1=s1_ids.to(device), s2=s2_ids.to(device), s3=ids.to(device))
         return self._cache[key]
 
     def _full_ids(self, height: int, width: int) -> Tensor:
@@ -177,7 +177,7 @@ class CodingSchedule:
                 return step - steps[0] - (1 if steps[0] == 0 else 0)
         raise ValueError(f"step {step} is not one of the 11 HPCM coding steps")
 
-    def s2_hyper(self, params: Tensor, hyper_s2: Tensor, ids: "_Grids") -> Tensor:
+    def s2_hyper(self, params: Tensor, hyper_s2: Tensor, ids: "StepGrids") -> Tensor:
         """Hyperprior values ``[B, 2M, H/2, W/2]`` added to the carried context entering s2.
 
         Args:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-from finetune_kit.tasks.compression.finetune.run import finetune
+from finetune_kit.tasks.compression.run.config import FinetuneConfig
+from finetune_kit.tasks.compression.run.loop import run as finetune
 
 
 def test_metrics_record_unfreezing_lrs_and_task_weights(tiny_base_checkpoint, few_photos, tmp_path):

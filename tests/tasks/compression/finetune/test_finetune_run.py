@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune_kit.runs.checkpoint import atomic_save, load_checkpoint
-from finetune_kit.tasks.compression.finetune.config import OptionWarning
+from finetune_kit.tasks.compression.run.config import OptionWarning
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def base_ckpt(tmp_path_factory):
 
 
 def _cfg(data, out, **kw):
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+    from finetune_kit.tasks.compression.run.config import FinetuneConfig
 
     base = dict(data=data, output_dir=out, epochs=2, steps_per_epoch=2, batch_size=2, patch_size=128,
                 val_fraction=0.2, val_max_batches=1, wandb="disabled", progress=False, threads=1, seed=0)
@@ -34,7 +34,7 @@ def _cfg(data, out, **kw):
 
 
 def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_path, capsys):
-    from finetune_kit.tasks.compression.finetune.run import finetune
+    from finetune_kit.tasks.compression.run.loop import run as finetune
 
     opts = dict(checkpoint=base_ckpt, lmbda=0.013, learning_rate=1e-4, use_hierarchical=True, use_balanced=True,
                 adaptive_gamma=True, gamma_strategy="hierarchical", scale_early_stopping=True,
@@ -89,7 +89,7 @@ def test_hierarchical_balanced_progressive_and_resume(photos, base_ckpt, tmp_pat
 
 
 def test_resume_from_an_earlier_checkpoint_drops_the_later_trajectory(photos, base_ckpt, tmp_path):
-    from finetune_kit.tasks.compression.finetune.run import finetune
+    from finetune_kit.tasks.compression.run.loop import run as finetune
 
     res = finetune(_cfg(photos, tmp_path, checkpoint=base_ckpt, epochs=3, steps_per_epoch=1, keep_last=3, keep_best=1))
     run = res["run_dir"]
@@ -109,13 +109,13 @@ def test_resume_from_an_earlier_checkpoint_drops_the_later_trajectory(photos, ba
 
 
 def test_option_warnings_and_gamma_strategy_implies_a_schedule(photos):
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig, OptionWarning
+    from finetune_kit.tasks.compression.run.config import FinetuneConfig, OptionWarning
 
     def cfg(**kw):
         return FinetuneConfig(data=photos, **kw)
 
     with pytest.warns(OptionWarning, match="--gamma_final 0.001 is ignored with a constant gamma"):
-        assert cfg(use_balanced=True, gamma=0.003, gamma_final=0.001).resolved_gamma_strategy == "constant"
+        assert cfg(use_balanced=True, gamma=0.003, gamma_final=0.001).gamma_strategy == "constant"
     with pytest.warns(OptionWarning, match="--gamma, --gamma_strategy only act on the balanced optimizer"):
         cfg(gamma=0.003, gamma_strategy="cosine")
     with pytest.warns(OptionWarning, match="epoch\\(s\\) 200 are >= --epochs 150"):
@@ -125,15 +125,16 @@ def test_option_warnings_and_gamma_strategy_implies_a_schedule(photos):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the guides' workflow 3 as written: no warning
         guide = cfg(use_balanced=True, adaptive_gamma=True, gamma_strategy="hpcm", gamma=0.003, gamma_final=0.001)
-        assert guide.resolved_gamma_strategy == "hpcm"
-        assert cfg(use_balanced=True, gamma_strategy="cosine", gamma_final=0.001).resolved_gamma_strategy == "cosine"
-        assert cfg(use_balanced=True, use_hierarchical=True, adaptive_gamma=True).resolved_gamma_strategy == "hierarchical"
+        assert guide.gamma_strategy == "hpcm"
+        assert cfg(use_balanced=True, gamma_strategy="cosine", gamma_final=0.001).gamma_strategy == "cosine"
+        assert cfg(use_balanced=True, use_hierarchical=True, adaptive_gamma=True).gamma_strategy == "hierarchical"
     with pytest.raises(ValueError, match="comma-separated epochs"):
         cfg(progressive_unfreeze=True, unfreeze_schedule="a,b")
 
 
 def test_from_scratch_warns_and_two_task_balanced(photos, tmp_path):
-    from finetune_kit.tasks.compression.finetune.run import FromScratchWarning, finetune
+    from finetune_kit.tasks.compression.run.loop import run as finetune
+    from finetune_kit.tasks.compression.run.source import FromScratchWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

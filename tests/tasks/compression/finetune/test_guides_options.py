@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from finetune_kit.tasks.compression.finetune.config import FinetuneConfig, OptionWarning
-from finetune_kit.tasks.compression.finetune.gamma_schedules import gamma_at, scale_gammas_at
+from finetune_kit.tasks.compression.run.config import FinetuneConfig, OptionWarning
+from finetune_kit.tasks.compression.objectives.gamma_schedules import gamma_at, scale_gammas_at
 
 
 def _grads(objective, model, x) -> torch.Tensor:
@@ -22,7 +22,10 @@ def _grads(objective, model, x) -> torch.Tensor:
 
 def test_hierarchical_without_balanced_changes_the_gradients(photos):
     from finetune_kit.tasks.compression.data import list_images, load_rgb, to_tensor
-    from finetune_kit.tasks.compression.finetune.objective import FinetuneObjective
+    from finetune_kit.tasks.compression.objectives.objective import RunObjective
+
+    def objective(hier_section):
+        return RunObjective(0.013, True, hier_section, hier_cfg.balanced, epochs=10)
     from finetune_kit.tasks.compression.models.zoo import build_model
 
     torch.manual_seed(0)
@@ -32,15 +35,15 @@ def test_hierarchical_without_balanced_changes_the_gradients(photos):
         warnings.simplefilter("always")
         hier_cfg = FinetuneConfig(data=photos, use_hierarchical=True)  # default: --scale_modulation guides
     assert any("scale_modulation guides" in str(w.message) for w in caught if w.category is OptionWarning)
-    plain = _grads(FinetuneObjective(FinetuneConfig(data=photos), 0.013, True), model, x)
-    hier_obj = FinetuneObjective(hier_cfg, 0.013, True)
+    plain = _grads(objective(FinetuneConfig(data=photos).hierarchical), model, x)
+    hier_obj = objective(hier_cfg.hierarchical)
     assert hier_obj.modulation == {"s1": 1.2, "s2": 1.05, "s3": 0.75}
     hier = _grads(hier_obj, model, x)
     cos = float(torch.nn.functional.cosine_similarity(plain, hier, dim=0))
     assert cos < 0.9999, "per-scale weights must change the gradient's direction, not only its length"
     # uniform modulation: the tasks sum to the plain loss, so the gradients are the plain ones
-    same = FinetuneConfig.model_construct(**{**hier_cfg.__dict__, "scale_modulation": "uniform"})
-    assert torch.allclose(_grads(FinetuneObjective(same, 0.013, True), model, x), plain, rtol=1e-4, atol=1e-6)
+    same = hier_cfg.hierarchical.model_copy(update={"scale_modulation": "uniform"})
+    assert torch.allclose(_grads(objective(same), model, x), plain, rtol=1e-4, atol=1e-6)
 
 
 def test_hierarchical_with_equal_weights_and_no_balancing_is_an_error(photos):
@@ -72,7 +75,7 @@ def test_guides_gamma_schedules():
 def test_adaptive_window_and_threshold_are_the_gamma_options(photos):
     cfg = FinetuneConfig(data=photos, use_balanced=True, gamma_strategy="adaptive", adaptive_window=3,
                          adaptive_threshold=0.01)
-    assert (cfg.gamma_window, cfg.gamma_threshold) == (3, 0.01)
+    assert (cfg.balanced.gamma_window, cfg.balanced.gamma_threshold) == (3, 0.01)
 
 
 def test_compress_train_balanced_with_step_epochs_as_the_guides_write_them(few_photos, tmp_path):
@@ -94,6 +97,10 @@ def test_compress_train_balanced_with_step_epochs_as_the_guides_write_them(few_p
     assert all(abs(r["task_weight/distortion"] + r["task_weight/rate"] - 1) < 1e-6 for r in recs)
     assert recs[0]["task_weight/distortion"] == 0.5 and recs[-1]["task_weight/distortion"] != 0.5
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    assert ckpt["balanced"]["steps"] == 3  # the balanced state rides in the checkpoint (resume)
-    bad = CliRunner().invoke(app, ["compress", "train", "--data", str(few_photos), "--gamma_strategy", "step"])
-    assert bad.exit_code == 2 and "add --use_balanced" in bad.output
+    assert ckpt["finetune"]["balanced"]["steps"] == 3  # the balanced state rides in the checkpoint (resume)
+    # a gamma option without --use_balanced: one WARNING line (as in compress finetune), the run goes on
+    bad = CliRunner().invoke(app, ["compress", "train", "--data", str(few_photos), "--gamma_strategy", "step",
+                                   "--epochs", "1", "--steps-per-epoch", "1", "-b", "2", "--patch-size", "64",
+                                   "--val-fraction", "0.2", "--wandb", "disabled", "--no-progress",
+                                   "--output-dir", str(tmp_path / "w")])
+    assert bad.exit_code == 0 and "WARNING: --gamma_strategy only act on the balanced optimizer" in bad.output

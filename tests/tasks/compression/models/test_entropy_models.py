@@ -102,14 +102,15 @@ def test_real_bitstreams_bit_exact_and_within_1pc_after_short_training(photos, k
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.compression.data import RandomCropDataset, list_images
     from finetune_kit.tasks.compression.evaluate import evaluate_image
-    from finetune_kit.tasks.compression.training import RateDistortion, train_one_epoch
+    from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
+    from finetune_kit.tasks.compression.engine import train_one_epoch
 
     seed_everything(0)
     ds = RandomCropDataset(list_images(photos)[:20], 128)
     loader = DataLoader(ds, batch_size=8, sampler=RandomSampler(ds, replacement=True, num_samples=8 * 100))
     model = HPCM("hpcm-tiny", **PAPER)
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)  # no aux optimizer: the z model has no quantiles
-    train_one_epoch(model, loader, opt, None, RateDistortion(0.0483), clip_max_norm=1.0)
+    train_one_epoch(model, loader, opt, None, RateDistortionLoss(0.0483), clip_max_norm=1.0)
     model.eval()
     model.update(force=True)
     for x in kodak_images:

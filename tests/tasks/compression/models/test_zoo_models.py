@@ -54,7 +54,7 @@ def test_zoo_model_groups_partition_parameters(name, sizes, context_prefixes):
 
 
 def test_progressive_stages_skip_a_missing_context_group():
-    from finetune_kit.tasks.compression.finetune.run import _stages
+    from finetune_kit.tasks.compression.finetune.optimizers import progressive_stages as _stages
 
     groups = resolve_layer_groups(build_model("bmshj2018-hyperprior", N=16, M=24))
     stages = _stages(groups, progressive=True)
@@ -71,8 +71,8 @@ def test_progressive_stages_skip_a_missing_context_group():
 def test_finetune_step_on_cheng2020(photos, tmp_path, capsys):
     """The model of the bug report: its context modules were in no layer group."""
     from finetune_kit.runs.checkpoint import atomic_save
-    from finetune_kit.tasks.compression.finetune.run import finetune
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
+    from finetune_kit.tasks.compression.run.loop import run as finetune
+    from finetune_kit.tasks.compression.run.config import FinetuneConfig
 
     torch.manual_seed(0)
     before = build_model("cheng2020-anchor").state_dict()

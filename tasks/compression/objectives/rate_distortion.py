@@ -9,6 +9,9 @@ distortion weight (``lmbda * 255^2`` or ``lmbda``) is computed here only
 ``compress finetune`` split the :class:`RDComponents` of :meth:`RateDistortionLoss.components`
 instead of recomputing them. Rates are estimated from the likelihoods, in bits per pixel of
 the original image (bpp), per HPCM coding scale when the model reports ``y_scale_masks``.
+
+The criterion is registered in CompressAI's registry as :data:`CRITERION_NAME`
+(``compressai.registry.CRITERIONS["RateDistortionLoss_finetune_kit"](lmbda=0.013)`` builds it).
 """
 from __future__ import annotations
 
@@ -16,13 +19,19 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch.nn.functional as F
+from compressai.registry import register_criterion
+from pytorch_msssim import ms_ssim
 from torch import Tensor, nn
 
 from finetune_kit.tasks.compression.metrics import bpp_per_scale
 
-__all__ = ["RDComponents", "RateDistortionLoss", "METRICS"]
+__all__ = ["RDComponents", "RateDistortionLoss", "METRICS", "CRITERION_NAME"]
 
 METRICS = ("mse", "ms-ssim")
+
+#: the key of :class:`RateDistortionLoss` in ``compressai.registry.CRITERIONS`` (CompressAI's own
+#: ``RateDistortionLoss`` keeps its key)
+CRITERION_NAME = "RateDistortionLoss_finetune_kit"
 
 
 @dataclass
@@ -54,6 +63,7 @@ class RDComponents:
         return self.weighted_mse + self.bpp["total"]
 
 
+@register_criterion(CRITERION_NAME)
 class RateDistortionLoss(nn.Module):
     """Rate-distortion loss with measured per-scale rates (after ``compressai.losses.RateDistortionLoss``).
 
@@ -107,8 +117,6 @@ class RateDistortionLoss(nn.Module):
             res["mse_loss"] = c.mse
             res["loss"] = c.rd
         else:
-            from pytorch_msssim import ms_ssim
-
             res["ms_ssim_loss"] = ms_ssim(out["x_hat"], x, data_range=1)
             res["loss"] = self.distortion_weight * (1 - res["ms_ssim_loss"]) + c.bpp["total"]
             res["mse_loss"] = F.mse_loss(out["x_hat"].detach(), x)

@@ -1,4 +1,4 @@
-"""Gamma schedules for the balanced R-D optimizer (:mod:`finetune_kit.tasks.compression.finetune.balanced`).
+"""Gamma schedules for the balanced R-D optimizer (:mod:`finetune_kit.tasks.compression.objectives.balanced`).
 
 ``gamma`` is the decay that pulls the task logits back to equal weights: large gamma keeps the
 R-D weighting near the plain ``lambda * D + R``; small gamma lets the weights adapt. Each
@@ -44,11 +44,12 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from finetune_kit.tasks.compression.objectives.balanced import DEFAULT_SCALE_GAMMAS
+from finetune_kit.tasks.compression.objectives.config import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
+
 __all__ = ["GAMMA_STRATEGIES", "SCALE_GAMMA_STRATEGIES", "gamma_at", "scale_gammas_at",
            "linear", "cosine", "step", "adaptive", "hpcm", "hpcm_guides"]
 
-GAMMA_STRATEGIES = ("constant", "linear", "cosine", "step", "adaptive", "hpcm", "hpcm-guides")
-SCALE_GAMMA_STRATEGIES = ("fixed", "linear", "cosine", "adaptive", "hierarchical", "hierarchical-guides")
 
 
 def _t(epoch: int, epochs: int) -> float:
@@ -178,8 +179,6 @@ def scale_gammas_at(strategy: str, epoch: int, *, epochs: int, starts: Mapping[s
     Raises:
         ValueError: unknown strategy.
     """
-    from finetune_kit.tasks.compression.finetune.balanced import DEFAULT_SCALE_GAMMAS
-
     s0 = {**DEFAULT_SCALE_GAMMAS, **dict(starts or {})}
     out = {}
     for i, s in enumerate(("s1", "s2", "s3")):

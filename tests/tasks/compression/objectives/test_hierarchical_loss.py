@@ -1,10 +1,10 @@
-"""Measured / fixed / adaptive decompositions (finetune_kit.tasks.compression.finetune.hierarchical_loss)."""
+"""Measured / fixed / adaptive decompositions (finetune_kit.tasks.compression.objectives.hierarchical)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from finetune_kit.tasks.compression.finetune.hierarchical_loss import (HierarchicalRDLoss, haar_band_energies,
+from finetune_kit.tasks.compression.objectives.hierarchical import (HierarchicalRDLoss, haar_band_energies,
                                                  laplacian_band_energies)
 
 

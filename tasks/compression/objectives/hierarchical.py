@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from finetune_kit.tasks.compression.losses import RDComponents, RateDistortionLoss
+from finetune_kit.distributed import all_reduce_mean
+from finetune_kit.tasks.compression.objectives.config import SCALES
+from finetune_kit.tasks.compression.objectives.rate_distortion import RDComponents, RateDistortionLoss
 
 __all__ = ["DECOMPOSITIONS", "FIXED_DIST_RATIOS", "FIXED_RATE_RATIOS", "RDTerms", "HierarchicalRDLoss",
            "haar_band_energies", "laplacian_band_energies"]
@@ -48,7 +50,7 @@ __all__ = ["DECOMPOSITIONS", "FIXED_DIST_RATIOS", "FIXED_RATE_RATIOS", "RDTerms"
 DECOMPOSITIONS = ("measured", "fixed", "adaptive")
 FIXED_DIST_RATIOS = (0.40, 0.35, 0.25)  # s1, s2, s3 (the guides)
 FIXED_RATE_RATIOS = (0.30, 0.40, 0.30)
-SCALES = ("s1", "s2", "s3")
+
 
 
 def _pad_even(x: Tensor) -> Tensor:
@@ -166,7 +168,7 @@ class HierarchicalRDLoss(torch.nn.Module):
         """Tasks of one batch: ``out`` is the model's forward output, ``x`` the input ``[B, 3, H, W]``.
 
         The tasks split the terms of :meth:`RateDistortionLoss.components
-        <finetune_kit.tasks.compression.losses.RateDistortionLoss.components>` (pass them as
+        <finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss.components>` (pass them as
         ``components`` when already measured); distortion tasks are in ``lambda * 255^2 * MSE`` units.
 
         Raises:
@@ -202,8 +204,6 @@ class HierarchicalRDLoss(torch.nn.Module):
         """One step of ``logits -= ratio_lr * d CE(share, softmax(logits)) / d logits`` (= softmax - share)."""
         if not self.training:
             return
-        from finetune_kit.distributed import all_reduce_mean
-
         dist, rate = all_reduce_mean(dist), all_reduce_mean(rate)  # DDP: the global batch's shares on every rank
         for logits, values in ((self.dist_logits, dist), (self.rate_logits, rate)):
             total = values.sum()

@@ -1,17 +1,18 @@
-"""The loss side of ``compress finetune``: R-D terms, per-scale tasks, balanced weights, gamma, validation.
+"""The objective of a compression run: R-D terms, per-scale tasks, balanced weights, gamma, validation.
 
-:class:`FinetuneObjective` turns a forward output into the loss to back-propagate:
-``lambda * 255^2 * MSE + bpp`` by default; per-scale tasks with ``--use_hierarchical``
-(:mod:`finetune_kit.tasks.compression.finetune.hierarchical_loss`), weighted by the balanced optimizer with
-``--use_balanced`` (:mod:`finetune_kit.tasks.compression.finetune.balanced`) whose gamma follows
-:mod:`finetune_kit.tasks.compression.finetune.gamma_schedules`. It is the *objective* of the shared
+:class:`RunObjective` turns a forward output into the loss to back-propagate, for ``compress
+train`` and ``compress finetune`` alike: ``lambda * 255^2 * MSE + bpp`` (or ``lambda * (1 -
+MS-SSIM) + bpp``) by default; per-scale tasks with ``--use-hierarchical``
+(:mod:`finetune_kit.tasks.compression.objectives.hierarchical`), weighted by the balanced optimizer with
+``--use-balanced`` (:mod:`finetune_kit.tasks.compression.objectives.balanced`) whose gamma follows
+:mod:`finetune_kit.tasks.compression.objectives.gamma_schedules`. It is the *objective* of the shared
 engine (:mod:`finetune_kit.tasks.compression.engine`): :func:`~finetune_kit.tasks.compression.engine.train_step`
-calls :meth:`FinetuneObjective.begin_step` (RNG snapshot), :meth:`~FinetuneObjective.compute`,
-:meth:`~FinetuneObjective.clip` (per-group then global clipping) and :meth:`~FinetuneObjective.end_step`
+calls :meth:`RunObjective.begin_step` (RNG snapshot), :meth:`~RunObjective.compute`,
+:meth:`~RunObjective.clip` (per-group then global clipping) and :meth:`~RunObjective.end_step`
 (the balanced weight update on the same batch, same noise), and
-:func:`~finetune_kit.tasks.compression.engine.evaluate` its :meth:`~FinetuneObjective.validation_values`.
+:func:`~finetune_kit.tasks.compression.engine.evaluate` its :meth:`~RunObjective.validation_values`.
 The R-D terms and ``lambda * 255^2`` come from
-:class:`~finetune_kit.tasks.compression.losses.RateDistortionLoss`.
+:class:`~finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss`.
 
 Devices: the tensors of a step live on the model's device; the balanced optimizer's small
 state (task logits, Adam moments) stays on the CPU, which keeps checkpoints portable.
@@ -21,14 +22,22 @@ the CPU or on a CUDA device (CompressAI draws that noise on the device of the la
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
-from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-from finetune_kit.tasks.compression.losses import RateDistortionLoss
+from finetune_kit.param_groups import parse_multipliers
+from finetune_kit.tasks.compression.finetune.lr_manager import clip_grad_norms
+from finetune_kit.tasks.compression.objectives.balanced import (DEFAULT_SCALE_GAMMAS, BalancedRD,
+                                                                HierarchicalBalancedRD, scale_of_task)
+from finetune_kit.tasks.compression.objectives.config import (GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES, BalancedSection,
+                                                              HierarchicalSection, resolve_scale_modulation,
+                                                              resolved_gamma_strategy)
+from finetune_kit.tasks.compression.objectives.gamma_schedules import gamma_at, scale_gammas_at
+from finetune_kit.tasks.compression.objectives.hierarchical import HierarchicalRDLoss, RDTerms
+from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
 
-__all__ = ["FinetuneObjective", "rng_snapshot", "replay_rng", "train_objective"]
+__all__ = ["RunObjective", "rng_snapshot", "replay_rng"]
 
 
 def rng_snapshot(device: torch.device) -> torch.Tensor:
@@ -50,15 +59,17 @@ def replay_rng(device: torch.device, state: torch.Tensor) -> Iterator[None]:
         yield
 
 
-class FinetuneObjective:
-    """Terms, task dict, combined loss, balanced weights and gamma of one fine-tune (an engine objective).
+class RunObjective:
+    """Terms, task dict, combined loss, balanced weights and gamma of one run (an engine objective).
 
     Args:
-        cfg: the run's options (``use_hierarchical``, ``use_balanced``, gammas, ``clip_map``,
-            ``clip_max_norm`` ...).
         lmbda: the R-D trade-off of ``lmbda * 255^2 * MSE + bpp``.
         has_scales: whether the model reports per-scale rates (HPCM's ``y_scale_masks``);
             enables the per-scale validation costs.
+        hierarchical, balanced: the two objective sections of the run's config.
+        epochs: the run's length (the gamma schedules span it).
+        clip_max_norm: global gradient-norm limit (0 disables). clip_map: per-group limits (``"context:0.5"``).
+        metric: ``mse`` or ``ms-ssim`` (the plain loss only; the tasks split ``lambda*255^2*MSE + bpp``).
 
     Raises:
         ValueError: ``lmbda <= 0`` (from the criterion), bad gamma or modulation options.
@@ -67,31 +78,31 @@ class FinetuneObjective:
     mse_key = "mse"
     lr_flag = "--learning-rate"
 
-    def __init__(self, cfg: FinetuneConfig, lmbda: float, has_scales: bool) -> None:
-        from finetune_kit.param_groups import parse_multipliers
-        from finetune_kit.tasks.compression.finetune.config import resolve_scale_modulation
-        from finetune_kit.tasks.compression.finetune.balanced import DEFAULT_SCALE_GAMMAS, BalancedRD, HierarchicalBalancedRD
-        from finetune_kit.tasks.compression.finetune.hierarchical_loss import HierarchicalRDLoss
-
-        self.cfg, self.lmbda = cfg, lmbda
-        self.criterion = RateDistortionLoss(lmbda)
+    def __init__(self, lmbda: float, has_scales: bool, hierarchical: HierarchicalSection, balanced: BalancedSection, *,
+                 epochs: int, clip_max_norm: float = 1.0, clip_map: Optional[str] = None, metric: str = "mse") -> None:
+        self.lmbda, self.hcfg, self.bcfg, self.epochs = lmbda, hierarchical, balanced, epochs
+        self.clip_max_norm, self.clip_map = clip_max_norm, clip_map
+        self.gamma_strategy = resolved_gamma_strategy(balanced, hierarchical.use_hierarchical)
+        self.criterion = RateDistortionLoss(lmbda, metric)
         self._rng: torch.Tensor | None = None
         self.monitor = HierarchicalRDLoss(lmbda) if has_scales else None  # measured per-scale costs (validation)
-        self.hier = (HierarchicalRDLoss(lmbda, decomposition=cfg.decomposition, pyramid=cfg.pyramid,
-                                        levels=cfg.pyramid_levels) if cfg.use_hierarchical else None)
-        self.modulation = resolve_scale_modulation(cfg.scale_modulation, cfg.use_hierarchical, cfg.use_balanced)
-        self.scale_starts = {**DEFAULT_SCALE_GAMMAS, **parse_multipliers(cfg.scale_gammas)}
-        if cfg.use_hierarchical and cfg.gamma is not None and not cfg.scale_gammas:
-            ratio = cfg.gamma / DEFAULT_SCALE_GAMMAS["s1"]  # --gamma sets s1; s2, s3 keep their proportions
+        self.hier = (HierarchicalRDLoss(lmbda, decomposition=hierarchical.decomposition, pyramid=hierarchical.pyramid,
+                                        levels=hierarchical.pyramid_levels) if hierarchical.use_hierarchical else None)
+        self.modulation = resolve_scale_modulation(hierarchical.scale_modulation, hierarchical.use_hierarchical,
+                                                   balanced.use_balanced)
+        self.scale_starts = {**DEFAULT_SCALE_GAMMAS, **parse_multipliers(balanced.scale_gammas)}
+        if hierarchical.use_hierarchical and balanced.gamma is not None and not balanced.scale_gammas:
+            ratio = balanced.gamma / DEFAULT_SCALE_GAMMAS["s1"]  # --gamma sets s1; s2, s3 keep their proportions
             self.scale_starts = {s: g * ratio for s, g in DEFAULT_SCALE_GAMMAS.items()}
         self.balanced = None
-        if cfg.use_balanced:
+        if balanced.use_balanced:
             if self.hier is not None:
                 self.balanced = HierarchicalBalancedRD(self.hier.task_names, scale_gammas=self.scale_starts,
-                                                       scale_modulation=self.modulation, w_lr=cfg.w_lr)
+                                                       scale_modulation=self.modulation, w_lr=balanced.w_lr)
             else:
-                self.balanced = BalancedRD(["distortion", "rate"], gamma=cfg.gamma if cfg.gamma is not None else 0.001,
-                                           w_lr=cfg.w_lr)
+                self.balanced = BalancedRD(["distortion", "rate"],
+                                           gamma=balanced.gamma if balanced.gamma is not None else 0.001,
+                                           w_lr=balanced.w_lr)
 
     @contextlib.contextmanager
     def frozen_split(self):
@@ -110,22 +121,20 @@ class FinetuneObjective:
         """``(RDTerms, task dict)`` for one batch ``x [B, 3, H, W]`` (tensors on ``x``'s device).
 
         Without the hierarchical loss the tasks are ``distortion`` (``lambda * 255^2 * MSE``) and
-        ``rate`` (bpp), the two terms of :meth:`RateDistortionLoss.components`.
+        ``rate`` (bpp), the two terms of :meth:`RateDistortionLoss.components`; with the MS-SSIM
+        metric the R-D cost is ``lambda * (1 - MS-SSIM) + bpp``.
         """
-        from finetune_kit.tasks.compression.finetune.hierarchical_loss import RDTerms
-
         if self.hier is not None:
             t = self.hier(out, x)
             return t, t.tasks
         c = self.criterion.components(out, x)
-        t = RDTerms(tasks={}, mse=c.mse, bpp=c.bpp["total"], rd=c.rd,
+        rd = c.rd if self.criterion.metric == "mse" else self.criterion(out, x)["loss"]
+        t = RDTerms(tasks={}, mse=c.mse, bpp=c.bpp["total"], rd=rd,
                     bpp_scales={n: float(v.detach()) for n, v in c.bpp.items()})
         return t, {"distortion": c.weighted_mse, "rate": c.bpp["total"]}
 
     def loss(self, t, tasks):
         """The loss to back-propagate."""
-        from finetune_kit.tasks.compression.finetune.balanced import scale_of_task
-
         if self.balanced is not None:
             return self.balanced.combine(tasks)
         if self.hier is not None:
@@ -145,9 +154,7 @@ class FinetuneObjective:
 
     def clip(self, optimizer, model) -> dict[str, float]:
         """Per-group (``clip_map``) then global (``clip_max_norm``) clipping; ``{"grad_norm": total norm}``."""
-        from finetune_kit.tasks.compression.finetune.lr_manager import clip_grad_norms
-
-        norms = clip_grad_norms(optimizer.param_groups, clip_map=self.cfg.clip_map, clip_max_norm=self.cfg.clip_max_norm)
+        norms = clip_grad_norms(optimizer.param_groups, clip_map=self.clip_map, clip_max_norm=self.clip_max_norm)
         return {"grad_norm": norms["total"]}
 
     def end_step(self, model, x) -> dict[str, float]:
@@ -177,49 +184,25 @@ class FinetuneObjective:
 
     def set_epoch_gamma(self, epoch: int, history: list[float], scale_hist: dict[str, list[float]]) -> dict[str, float]:
         """Set the balanced optimizer's gamma for ``epoch``; returns it for the log ({} without balancing)."""
-        from finetune_kit.tasks.compression.finetune.gamma_schedules import (GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES,
-                                                                              gamma_at, scale_gammas_at)
-
         if self.balanced is None:
             return {}
-        cfg, strat = self.cfg, self.cfg.resolved_gamma_strategy
+        cfg, strat = self.bcfg, self.gamma_strategy
         opts = {"window": cfg.gamma_window, "threshold": cfg.gamma_threshold} if "adaptive" in strat else {}
         if strat == "step" and getattr(cfg, "step_epochs", None):
             opts = {"step_epochs": list(cfg.step_epochs)}
         if self.hier is None:
             g0 = cfg.gamma if cfg.gamma is not None else 0.001
             name = "constant" if strat == "fixed" else strat
-            g = gamma_at(name, epoch, epochs=cfg.epochs, gamma=g0, gamma_final=cfg.gamma_final, history=history, **opts)
+            g = gamma_at(name, epoch, epochs=self.epochs, gamma=g0, gamma_final=cfg.gamma_final, history=history, **opts)
             self.balanced.set_gamma(g)
             return {"gamma": g}
         s1 = self.scale_starts["s1"]
         ratio = (cfg.gamma_final / s1) if cfg.gamma_final is not None else 0.1
         if strat in SCALE_GAMMA_STRATEGIES:
-            gs = scale_gammas_at(strat, epoch, epochs=cfg.epochs, starts=self.scale_starts, final_ratio=ratio,
+            gs = scale_gammas_at(strat, epoch, epochs=self.epochs, starts=self.scale_starts, final_ratio=ratio,
                                  histories=scale_hist, **opts)
         elif strat in GAMMA_STRATEGIES:  # a single schedule applied to every scale proportionally
-            f = gamma_at(strat, epoch, epochs=cfg.epochs, gamma=1.0, gamma_final=ratio, history=history, **opts)
+            f = gamma_at(strat, epoch, epochs=self.epochs, gamma=1.0, gamma_final=ratio, history=history, **opts)
             gs = {s: g * f for s, g in self.scale_starts.items()}
         self.balanced.set_gamma(gs)
         return {f"gamma_{s}": v for s, v in gs.items()}
-
-
-def train_objective(cfg: Any, model: torch.nn.Module) -> "FinetuneObjective | None":
-    """The balanced objective of a ``compress train`` run (``cfg.use_balanced``), or None.
-
-    ``cfg`` is a :class:`~finetune_kit.tasks.compression.config.TrainConfig`; its balanced and
-    gamma options go through the fine-tune config (:meth:`TrainConfig.balanced_config`), so both
-    commands validate and schedule them the same way. A 64 px probe forward on the model's
-    device tells whether it reports per-scale rates (HPCM). Two tasks: ``distortion``
-    (``lambda * 255^2 * MSE``) and ``rate`` (bpp).
-    """
-    bcfg = cfg.balanced_config()
-    if bcfg is None:
-        return None
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        has_scales = bool(model(torch.rand(1, 3, 64, 64, device=device)).get("y_scale_masks"))
-    model.train(was)
-    return FinetuneObjective(bcfg, cfg.lmbda, has_scales)

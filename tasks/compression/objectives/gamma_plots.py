@@ -1,4 +1,4 @@
-"""Tables and plots of every gamma schedule (:mod:`finetune_kit.tasks.compression.finetune.gamma_schedules`).
+"""Tables and plots of every gamma schedule (:mod:`finetune_kit.tasks.compression.objectives.gamma_schedules`).
 
 Used by ``scripts/plot_gamma_schedules.py`` and ``scripts/test_gamma_scheduler.py``. The
 ``adaptive`` schedules react to a validation history; here they are fed
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES, gamma_at, scale_gammas_at
+from finetune_kit.tasks.compression.objectives.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES, gamma_at, scale_gammas_at
 
 __all__ = ["synthetic_history", "synthetic_scale_histories", "GammaCurves", "gamma_curves", "key_epochs",
            "format_gamma_table", "GammaPlot", "plot_gamma_schedules"]
@@ -111,10 +111,10 @@ def plot_gamma_schedules(out: str | Path, curves: GammaCurves, *, log_scale: boo
 
     Returns the path and the legend labels read back from the figure.
     """
-    import matplotlib
+    import matplotlib  # local: matplotlib loads only when a figure is drawn (start-up time)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: drawn figures only (start-up time)
 
     epochs = range(len(next(iter(curves.single.values()))))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)

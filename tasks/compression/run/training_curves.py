@@ -22,10 +22,10 @@ def plot_training_curves(records: Sequence[Mapping], path: str | Path, *, title:
 
     Returns ``path``, or None when there are no records with an ``epoch``.
     """
-    import matplotlib
+    import matplotlib  # local: matplotlib loads only when a figure is drawn (start-up time)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: drawn figures only (start-up time)
 
     recs = [r for r in records if "epoch" in r]
     if not recs:

@@ -1,9 +1,9 @@
-"""Gamma schedules at key epochs (finetune_kit.tasks.compression.finetune.gamma_schedules)."""
+"""Gamma schedules at key epochs (finetune_kit.tasks.compression.objectives.gamma_schedules)."""
 from __future__ import annotations
 
 import pytest
 
-from finetune_kit.tasks.compression.finetune.gamma_schedules import gamma_at, scale_gammas_at
+from finetune_kit.tasks.compression.objectives.gamma_schedules import gamma_at, scale_gammas_at
 
 E, G0, G1 = 101, 0.01, 0.001
 
@@ -67,8 +67,8 @@ def test_plot_draws_every_schedule_and_the_scripts_are_thin(tmp_path, capsys):
     import sys
     from pathlib import Path
 
-    from finetune_kit.tasks.compression.finetune.gamma_plots import gamma_curves, plot_gamma_schedules
-    from finetune_kit.tasks.compression.finetune.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
+    from finetune_kit.tasks.compression.objectives.gamma_plots import gamma_curves, plot_gamma_schedules
+    from finetune_kit.tasks.compression.objectives.gamma_schedules import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
 
     curves = gamma_curves(60, 0.001, 0.0001)
     plot = plot_gamma_schedules(tmp_path / "g" / "gammas.png", curves)

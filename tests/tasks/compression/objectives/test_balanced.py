@@ -1,4 +1,4 @@
-"""Balanced R-D weight update against a hand-computed two-step example (finetune_kit.tasks.compression.finetune.balanced)."""
+"""Balanced R-D weight update against a hand-computed two-step example (finetune_kit.tasks.compression.objectives.balanced)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from finetune_kit.tasks.compression.finetune.balanced import BalancedRD, HierarchicalBalancedRD, scale_of_task
+from finetune_kit.tasks.compression.objectives.balanced import BalancedRD, HierarchicalBalancedRD, scale_of_task
 
 
 def _adam(g, m, v, t, lr=0.025, b1=0.9, b2=0.999, eps=1e-8):

@@ -2,7 +2,7 @@
 ``compress finetune`` options (``scripts/analyze_model_layers.py``).
 
 The optimizer groups are built exactly as a fine-tune builds them
-(:func:`finetune_kit.tasks.compression.finetune.build._optimizers`: the ``hpcm`` layer preset, the
+(:func:`finetune_kit.tasks.compression.finetune.optimizers.layer_optimizers`: the ``hpcm`` layer preset, the
 LR multipliers, ``--freeze_entropy``, ``--freeze_pattern``, progressive stages), then the strategy
 is applied at ``epoch`` (0-based; with ``--progressive_unfreeze`` later stages are frozen until
 their epoch). Every parameter is reported under its module at ``depth`` (``g_a``, ``g_a.0`` ...).
@@ -13,6 +13,14 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from finetune_kit.runs.checkpoint import load_checkpoint
+from finetune_kit.tasks.compression.checkpoints import checkpoint_model_name, default_checkpoint, load_weights
+from finetune_kit.tasks.compression.finetune.config import LayerLRSection, UnfreezeSection
+from finetune_kit.tasks.compression.finetune.lr_manager import lr_table
+from finetune_kit.tasks.compression.finetune.optimizers import layer_optimizers
+from finetune_kit.tasks.compression.models.zoo import build_model
+from finetune_kit.tasks.compression.run.config import OptimSection
 
 __all__ = ["ModuleRow", "analyze_layers", "format_rows"]
 
@@ -37,25 +45,14 @@ class ModuleRow:
 def analyze_layers(model_name: Optional[str] = None, checkpoint: Optional[Path] = None, *, depth: int = 1,
                    epoch: int = 0, **options: Any) -> tuple[list[ModuleRow], list]:
     """``(module rows, lr_table rows)`` of ``model_name`` (or the model of ``checkpoint``, whose weights
-    are loaded) under fine-tune ``options`` (``FinetuneConfig`` field names: ``learning_rate``,
+    are loaded) under fine-tune ``options`` (``FinetuneConfig`` leaf names of the ``optim``, ``layer_lr`` and ``unfreeze`` sections: ``learning_rate``,
     ``lr_mults``, ``context_lr_ratio``, ``freeze_entropy``, ``progressive_unfreeze`` ...).
 
     Raises:
         ValueError: neither a model name nor a checkpoint; a model the ``hpcm`` preset cannot group.
     """
-    import torch
-
-    from finetune_kit.tasks.compression.checkpoints import checkpoint_model_name, load_weights
-    from finetune_kit.tasks.compression.finetune.build import _optimizers
-    from finetune_kit.tasks.compression.finetune.config import FinetuneConfig
-    from finetune_kit.tasks.compression.finetune.lr_manager import lr_table
-    from finetune_kit.tasks.compression.models.zoo import build_model
-
     ckpt = None
     if checkpoint is not None:
-        from finetune_kit.runs.checkpoint import load_checkpoint
-        from finetune_kit.tasks.compression.checkpoints import default_checkpoint
-
         ckpt = load_checkpoint(default_checkpoint(checkpoint))
         model_name = model_name or checkpoint_model_name(ckpt)
     if not model_name:
@@ -63,10 +60,13 @@ def analyze_layers(model_name: Optional[str] = None, checkpoint: Optional[Path] 
     model = build_model(model_name)
     if ckpt is not None:
         load_weights(model, ckpt, model_name=model_name)
-    cfg = FinetuneConfig.model_construct(**options)
-    strategy, optimizer, _, aux = _optimizers(cfg, model, model_name)
+    llr = LayerLRSection(**{k: v for k, v in options.items() if k in LayerLRSection.model_fields})
+    unf = UnfreezeSection(**{k: v for k, v in options.items() if k in UnfreezeSection.model_fields})
+    optim = OptimSection(**{k: v for k, v in options.items() if k in OptimSection.model_fields})
+    strategy, optimizer, _, aux = layer_optimizers(model, model_name, llr, unf, learning_rate=optim.learning_rate,
+                                                   aux_lr=optim.aux_lr, clip_max_norm=optim.clip_max_norm)
     strategy.apply(optimizer, epoch)
-    base = cfg.learning_rate
+    base = optim.learning_rate
     info: dict[int, tuple[str, float]] = {}
     for g in optimizer.param_groups:
         scale = float(g.get("lr_scale", 1.0))
@@ -74,7 +74,7 @@ def analyze_layers(model_name: Optional[str] = None, checkpoint: Optional[Path] 
             lr = 0.0 if (not p.requires_grad or scale == 0.0) else base * scale
             info[id(p)] = (g.get("group_name", "?"), lr)
     for p in aux:
-        info[id(p)] = ("quantiles (aux loss)", cfg.aux_lr if p.requires_grad else 0.0)
+        info[id(p)] = ("quantiles (aux loss)", optim.aux_lr if p.requires_grad else 0.0)
     rows: "OrderedDict[str, dict]" = OrderedDict()
     for name, p in model.named_parameters():
         key = ".".join(name.split(".")[:depth]) if "." in name else name
@@ -87,8 +87,7 @@ def analyze_layers(model_name: Optional[str] = None, checkpoint: Optional[Path] 
             r["groups"].append(group)
     out = [ModuleRow(k, r["params"], ",".join(r["groups"]), min(r["lrs"]), max(r["lrs"]), r["frozen"])
            for k, r in rows.items()]
-    table = lr_table(optimizer, base_lr=None, aux_params=aux, aux_lr=cfg.aux_lr)
-    del torch
+    table = lr_table(optimizer, base_lr=None, aux_params=aux, aux_lr=optim.aux_lr)
     return out, table
 
 
