@@ -77,3 +77,11 @@ photos_train_dir = _shared(DATA / "photos-train", "50 natural photographs for co
 anchors_file = _shared(DATA / "anchors" / "kodak_rd.json", "published R-D points on Kodak")
 mobilenetv2_weights = _shared(WEIGHTS / "mobilenetv2_100.in1k_int8dequant.pth",
                               "ImageNet MobileNetV2 weights for timm (BatchNorm folded: identity statistics)")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_trust(monkeypatch):
+    """``finetune-kit --trust-pickled-weights`` sets ``FINETUNE_KIT_TRUST_PICKLED_WEIGHTS`` for its
+    process; a command invoked in-process (typer's CliRunner) must not leave it on for later tests."""
+    monkeypatch.delenv("FINETUNE_KIT_TRUST_PICKLED_WEIGHTS", raising=False)
+    yield

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -131,7 +131,7 @@ def analyze_runs(runs_dir: str | os.PathLike, *, metric: str | None = None, mode
                  stale_after_min: float = STALE_AFTER_S / 60, storage: str | None = None,
                  study_name: str | None = None, metric_candidates: Sequence[str] = (),
                  curve_candidates: Sequence[str] = (), metric_modes: dict[str, str] | None = None,
-                 metric_renames: dict[str, str] | None = None) -> AnalysisResult:
+                 metric_renames: Sequence[tuple[Sequence[str], Mapping[str, str]]] = ()) -> AnalysisResult:
     """Rank the runs under ``runs_dir``, draw heatmaps, a comparison and curves, recommend
     settings and write ``report.md`` and ``runs.csv`` (see ``docs/analysis.md``).
 
@@ -152,7 +152,7 @@ def analyze_runs(runs_dir: str | os.PathLike, *, metric: str | None = None, mode
             cannot be checked is reported crashed. Default 30.
         storage / study_name: the Optuna storage and study of a sweep folder (default: its
             ``optuna.db``, the only study or the one named like the folder).
-        metric_candidates / curve_candidates / metric_modes: what the tasks declare
+        metric_candidates / curve_candidates / metric_modes / metric_renames: what the tasks declare
             (:mod:`finetune_kit.experiments.profiles`).
 
     Returns:

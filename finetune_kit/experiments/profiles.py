@@ -51,7 +51,10 @@ class TaskProfile:
             ``analyze``/``sweep`` ask for ``--mode``. Default none.
         metric_renames: older names of this task's metrics -> today's (``{"val_loss": "val_rd"}``), so
             ``analyze`` reads run folders written by earlier versions in the same columns
-            (:func:`metric_renames`). Default none.
+            (:func:`metric_renames`); applied only to runs whose ``config.json`` holds every key of
+            ``config_keys``. Default none.
+        config_keys: ``config.json`` keys that mark this task's runs (``("lmbda",)``), for
+            ``metric_renames``. Default none.
         description: one line for help texts. Default empty.
 
     Raises:
@@ -69,6 +72,7 @@ class TaskProfile:
     fallback_metrics: tuple[str, ...] = ()
     metric_modes: Mapping[str, str] = field(default_factory=dict)
     metric_renames: Mapping[str, str] = field(default_factory=dict)
+    config_keys: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -139,17 +143,21 @@ def curve_candidates(profiles: Iterable[TaskProfile]) -> tuple[str, ...]:
     return _unique(epoch_key(p.metric) for p in profiles)
 
 
-def metric_renames(profiles: Iterable[TaskProfile]) -> dict[str, str]:
-    """Every old -> new metric name the profiles declare (:attr:`TaskProfile.metric_renames`), merged.
+def metric_renames(profiles: Iterable[TaskProfile]) -> list[tuple[tuple[str, ...], dict[str, str]]]:
+    """``[(config keys, {old: new}), ...]``: the metric renames each profile declares
+    (:attr:`TaskProfile.metric_renames`) with the ``config.json`` keys that mark its runs, for
+    :func:`~finetune_kit.experiments.results.load_runs`.
 
     Raises:
-        ValueError: two profiles rename one old name differently.
+        ValueError: a profile renames metrics but names no ``config_keys`` (the renames would reach
+            every task's runs).
     """
-    out: dict[str, str] = {}
+    out = []
     for p in profiles:
-        for old, new in p.metric_renames.items():
-            if out.setdefault(old, new) != new:
-                raise ValueError(f"task profiles rename {old!r} differently ({out[old]} and {new})")
+        if p.metric_renames:
+            if not p.config_keys:
+                raise ValueError(f"task profile {p.name!r} renames metrics but names no config_keys marking its runs")
+            out.append((tuple(p.config_keys), dict(p.metric_renames)))
     return out
 
 

@@ -46,7 +46,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -185,7 +185,7 @@ class Results:
 def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
              now: float | None = None, stale_after_s: float = STALE_AFTER_S,
              metric_modes: Mapping[str, str] | None = None,
-             metric_renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+             metric_renames: Sequence[tuple[Sequence[str], Mapping[str, str]]] = ()) -> dict[str, Any]:
     """One run folder as a flat dict (one DataFrame row; columns as in the module docstring).
 
     ``path`` is a finetune-kit run folder (its ``wandb/`` runs' summaries are merged into
@@ -194,8 +194,10 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
     without one). ``root`` names the run (``run`` column, relative path; default: the
     parent). ``now``/``stale_after_s``: see :func:`run_status`. ``metric_modes``: metric
     directions handed in by the tasks (see :func:`metric_mode`; default none), used for the
-    ``best.*`` columns. ``metric_renames``: older metric names -> today's (the tasks' profiles
-    declare them), applied to ``metrics.jsonl`` and ``metrics.json`` keys; a record holding both
+    ``best.*`` columns. ``metric_renames``: ``[(config keys, {old: new}), ...]``, older metric names
+    -> today's (the tasks' profiles declare them,
+    :func:`~finetune_kit.experiments.profiles.metric_renames`), applied to the ``metrics.jsonl`` and
+    ``metrics.json`` keys of a run whose ``config.json`` holds all those keys; a record holding both
     spellings keeps today's value. Unreadable files do not raise; they make the status ``incomplete``
     and are named in ``reason``.
     """
@@ -238,9 +240,10 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
     if notes:
         reason = "; ".join(([reason] if reason else []) + notes)
     row["status"], row["reason"] = status, reason
-    if metric_renames:
-        history = [rename_metrics(r, metric_renames) for r in history]
-        final = rename_metrics(final, metric_renames) if isinstance(final, Mapping) else final
+    for keys, renames in metric_renames:
+        if isinstance(config, Mapping) and all(k in config for k in keys):
+            history = [rename_metrics(r, renames) for r in history]
+            final = rename_metrics(final, renames) if isinstance(final, Mapping) else final
     row["epochs"] = len(history)
     for k, v in flatten(config or {}).items():
         row[f"config.{k}"] = v
@@ -310,7 +313,7 @@ def _checkpoint_columns(path: Path) -> dict[str, Any]:
 def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
               runs: Iterable[str | os.PathLike] | None = None,
               metric_modes: Mapping[str, str] | None = None,
-              metric_renames: Mapping[str, str] | None = None) -> Results:
+              metric_renames: Sequence[tuple[Sequence[str], Mapping[str, str]]] = ()) -> Results:
     """Load every run folder under ``root`` (see :func:`discover_runs`) into :class:`Results`.
 
     Args:
@@ -321,7 +324,7 @@ def load_runs(root: str | os.PathLike, *, stale_after_s: float = STALE_AFTER_S,
         metric_modes: metric directions handed in by the tasks, ``{name: "max" | "min"}``
             (e.g. :func:`~finetune_kit.experiments.profiles.metric_directions` of the task
             profiles); they decide ``best.*`` where a name's words do not. Default none.
-        metric_renames: older metric names -> today's (e.g.
+        metric_renames: ``[(config keys, {old: new}), ...]`` (see :func:`load_run`; e.g.
             :func:`~finetune_kit.experiments.profiles.metric_renames` of the task profiles). Default none.
 
     Raises:

@@ -44,7 +44,7 @@ def _profile(command: str, description: str) -> TaskProfile:
     return TaskProfile(name=f"compression-{command}", command=("compress", command), output_flag="--output-dir",
                        name_flag="--name", metric="val_rd", mode="min",
                        fallback_metrics=("val_loss", "val_psnr", "psnr", "loss"), metric_modes=METRIC_MODES,
-                       metric_renames=OLD_METRIC_NAMES,
+                       metric_renames=OLD_METRIC_NAMES, config_keys=("lmbda",),
                        description=f"{description} (finetune-kit compress {command})")
 
 

@@ -100,7 +100,7 @@ def test_sweep_cli_for_compression_finetune_defaults_and_flags(tmp_path, monkeyp
     cfg = seen["cfg"]
     assert (cfg.metric, cfg.mode, cfg.prune_metric) == ("val_rd", "min", "val_rd")  # what the task logs
     argvs = [to_flags({"use_balanced": u, "progress": False}, cfg.task_cli) for u in cfg.space.grid()["use_balanced"]]
-    assert argvs == [["--use_balanced", "--no-progress"], ["--no-progress"]]
+    assert argvs == [["--use_balanced", "--no-progress"], ["--no-use-balanced", "--no-progress"]]
     for argv in argvs:  # the real command accepts them
         cfg.task_cli.make_context("finetune", list(argv))
 

@@ -254,7 +254,10 @@ def test_old_metric_names_are_read_in_todays_columns(tmp_path):
     make_run(tmp_path, "old", {"lmbda": 0.01}, [{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": 1.5}],
              final={"val_loss": 1.5, "val_bpp_loss": 0.3})
     make_run(tmp_path, "new", {"lmbda": 0.01}, [{"epoch": 1, "val_rd": 1.2}], final={"val_rd": 1.2, "val_bpp": 0.4})
-    df = load_runs(tmp_path, metric_modes={"val_rd": "min"}, metric_renames=OLD_METRIC_NAMES).df.set_index("run")
+    df = load_runs(tmp_path, metric_modes={"val_rd": "min"}, metric_renames=[(("lmbda",), OLD_METRIC_NAMES)]).df.set_index("run")
     assert df.loc["old", "final.val_rd"] == 1.5 and df.loc["new", "final.val_rd"] == 1.2
     assert df.loc["old", "final.val_bpp"] == 0.3 and df.loc["old", "best.val_rd"] == 1.5
     assert "final.val_loss" not in df.columns
+    make_run(tmp_path, "classify", {"ft_strategy": "full"}, [{"epoch": 1, "val_loss": 0.7}], final={"val_loss": 0.7})
+    df = load_runs(tmp_path, metric_renames=[(("lmbda",), OLD_METRIC_NAMES)]).df.set_index("run")
+    assert df.loc["classify", "final.val_loss"] == 0.7  # another task's val_loss is not renamed

@@ -68,7 +68,8 @@ def test_flags_parse_with_the_real_task_commands():
     finetune = _task_command("compress", "finetune")
     argv = to_flags({"use_balanced": False, "adaptive_gamma": True, "progress": False, "gamma": 0.004,
                      "learning_rate": 1e-5}, finetune)
-    assert argv == ["--adaptive_gamma", "--no-progress", "--gamma", "0.004", "--learning_rate", "1e-05"]
+    assert argv == ["--no-use-balanced", "--adaptive_gamma", "--no-progress", "--gamma", "0.004", "--learning_rate",
+                    "1e-05"]
     params = finetune.make_context("finetune", list(argv)).params
     assert (params["use_balanced"], params["adaptive_gamma"], params["progress"]) == (False, True, False)
     assert params["gamma"] == 0.004 and params["learning_rate"] == 1e-5
