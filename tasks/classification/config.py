@@ -13,6 +13,8 @@ from typing import Any, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from finetune_kit.tasks.classification.forgetting_config import ForgettingConfig
+
 __all__ = ["ClassificationConfig", "DataConfig", "ConfigError", "STRATEGY_FIELDS", "RECORDED_FIELDS",
            "parse_strategy_kwargs"]
 
@@ -198,6 +200,8 @@ class ClassificationConfig(BaseModel):
     wandb_project: str = "finetune-kit"
     progress: bool = True
     stop_after_epoch: Optional[int] = Field(None, ge=0)
+    # forgetting measures, WiSE-FT and L2-SP (issue 25)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
 
     @field_validator("custom_weights_path", "output_dir")
     @classmethod

@@ -110,7 +110,9 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     class_names = ck["class_names"]
     model, _ = build_model(cfg.model_name, len(class_names), pretrained=False, drop_rate=cfg.drop_rate,
                            img_size=cfg.img_size)
-    model.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])
+    from finetune_kit.tasks.classification.forgetting_run import load_run_weights
+
+    model = load_run_weights(model, cfg, ck["ema"] if ck.get("ema") is not None else ck["model"])  # LoRA: merged
     model.to(device).eval()
     temperature = 1.0
     if (run.path / "metrics.json").is_file():

@@ -184,6 +184,7 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
     from finetune_kit.seeding import seed_everything
     from finetune_kit.tasks.classification.engine import softmax, train_one_epoch, val_loss
     from finetune_kit.tasks.classification.feature_cache import head_forward
+    from finetune_kit.tasks.classification.forgetting_run import epoch_terms
     from finetune_kit.tasks.classification.metrics import classification_metrics
 
     cfg, model, strategy, opt = state.cfg, state.model, state.strategy, state.opt
@@ -213,6 +214,7 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
               "trainable_params": trainable, "trainable_fraction": trainable / state.total_params,
               "epoch_time_s": stats.seconds, "train_images_per_s": stats.images_per_s,
               "global_step": state.global_step, "feature_cache": use_cache}
+    record.update(epoch_terms(state))  # L2-SP terms, with forgetting.l2_sp
     events += strategy.on_validation_end(epoch, record[opt.monitor], opt.optimizer)
     record["unfrozen"] = [e.record() for e in events]
     return record

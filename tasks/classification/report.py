@@ -98,7 +98,11 @@ def report(state: TrainingRun) -> dict:
     from finetune_kit.tasks.classification.report_extras import ood_and_reference
 
     result.update(ood_and_reference(state, logits))
+    from finetune_kit.tasks.classification.forgetting_run import finish_forgetting, measure_forgetting
+
+    result.update(measure_forgetting(state))
     state.run.write_json("metrics.json", result)
+    result = finish_forgetting(state, result)  # external data and WiSE-FT read the written run
     state.logger.summary({f"test_{k}": v for k, v in rep["test"].items() if isinstance(v, float)})
     t = rep["test"]
     if t:

@@ -75,11 +75,13 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
         ``failed`` with the message (``interrupted`` for Ctrl-C).
     """
     from finetune_kit.runs.lifecycle import run_lifecycle
+    from finetune_kit.tasks.classification.forgetting_run import start_forgetting
     from finetune_kit.tasks.classification.loop import restore, train_epochs
     from finetune_kit.tasks.classification.report import report
     from finetune_kit.tasks.classification.setup import build, start_run
 
     state = start_run(build(cfg, resume=resume, image_cache=image_cache, console=console))
+    start_forgetting(state)  # pretrained weights and source head kept before any step; L2-SP in the loss
     with run_lifecycle(state.run, state.logger) as outcome:
         if resume:
             restore(state)
