@@ -17,6 +17,7 @@ from finetune_kit.tasks.launch import LaunchingGroup
 
 from finetune_kit.tasks import experiments_cli
 from finetune_kit.tasks.classification import cli as classification
+from finetune_kit.tasks.classification import wise_ft_cli
 from finetune_kit.tasks.compression import cli as compression
 from finetune_kit.tasks.compression.finetune import cli as compression_finetune
 
@@ -178,6 +179,7 @@ def rerun_cmd(
 
 
 classification.register(app)
+wise_ft_cli.register(app)
 compression_finetune.register(compression.app)
 app.add_typer(compression.app, name="compress", help="Train, fine-tune and evaluate learned image compression models.")
 experiments_cli.register(app)

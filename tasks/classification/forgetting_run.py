@@ -252,7 +252,7 @@ def load_run_weights(model: nn.Module, cfg, state_dict: dict) -> nn.Module:
     if any(".lora_A." in k for k in state_dict):
         from finetune_kit.tasks.classification.setup import build_strategy
 
-        model = build_strategy(cfg).prepare_model(model)
+        model = build_strategy(cfg.for_strategy(cfg.ft_strategy)).prepare_model(model)
         model.load_state_dict(state_dict)
         return merge_adapters(model)
     model.load_state_dict(state_dict)

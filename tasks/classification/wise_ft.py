@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from finetune_kit.forgetting import interpolate_weights
 from finetune_kit.strategies.lora import merge_adapters
@@ -79,7 +78,7 @@ def run_wise_ft(run_path: str | Path, *, alphas: Sequence[float] | None = None, 
     """
     from rich.console import Console
 
-    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.runs.checkpoint import atomic_save, load_checkpoint
     from finetune_kit.runs.run_dir import RunDir
     from finetune_kit.tasks.classification.bootstrap import bootstrap_metrics
     from finetune_kit.tasks.classification.config import ClassificationConfig
@@ -100,6 +99,7 @@ def run_wise_ft(run_path: str | Path, *, alphas: Sequence[float] | None = None, 
     if not (run.path / "config.json").is_file() or not (run.checkpoints / "best.pt").is_file():
         raise FileNotFoundError(f"wise-ft {run.path}: no config.json or checkpoints/best.pt; pass a finished run folder")
     cfg = ClassificationConfig.model_validate(run.read_json("config.json"))
+    cfg = cfg.for_strategy(cfg.ft_strategy)  # the saved named options of other strategies back to defaults
     err = _no_source_error(run.path, cfg)
     if err is not None:
         raise err
@@ -143,7 +143,8 @@ def run_wise_ft(run_path: str | Path, *, alphas: Sequence[float] | None = None, 
     out.start(out_cfg, inputs={"data": cfg.data.data, "weights": cfg.custom_weights_path})
     shutil.copy(run.path / "split.csv", out.path / "split.csv")
     weights = interpolate_weights(theta_0, theta_ft, a)
-    torch.save({"epoch": ck.get("epoch", 0), "epoch_base": 1, "global_step": ck.get("global_step", 0),
+    out.checkpoints.mkdir(parents=True, exist_ok=True)
+    atomic_save({"epoch": ck.get("epoch", 0), "epoch_base": 1, "global_step": ck.get("global_step", 0),
                 "model": weights, "ema": None, "class_names": ck["class_names"], "config": out_cfg.model_dump(),
                 "wise_ft": {"alpha": a, "source_run": str(run.path)}}, out.checkpoints / "best.pt")
     vy = np.asarray([s.label for s in state.data.val])
