@@ -185,7 +185,7 @@ def measure_forgetting(state) -> dict:
     new_head = {n for g in groups.head for n in g.param_names}  # the run's new head has no pretrained value
     out["drift"] = relative_drift(ft, {k: v for k, v in fs.w0.items() if k not in new_head}, groups)
     if state.run.enabled:
-        out["drift_figure"] = str(plot_drift(out["drift"], state.run.path / "drift.png", title=cfg.tag))
+        out["drift_figure"] = plot_drift(out["drift"], state.run.path / "drift.png", title=cfg.tag).name
     out["seconds"] = time.perf_counter() - t0
     r = out["retention"]
     agree = (f"top-1 agreement {r['top1_agreement']:.3f}, KL {r['kl']:.4f} nats under the pretrained "

@@ -1,0 +1,175 @@
+"""Forgetting in real runs (issue 25): measures, WiSE-FT, L2-SP and LoRA on the real ImageNet MobileNetV2
+and real ACRIMA images (skipped with the reason when ../shared is absent)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests.tasks.classification.conftest import small_config
+
+
+def _cfg(acrima_flat, tmp_path, weights_file, **kw):
+    base = dict(model_name="mobilenetv2_100", custom_weights_path=str(weights_file), label_preset="acrima",
+                img_size=64, num_epochs=1, batch_size=8, split_seed=0)
+    return small_config(acrima_flat, tmp_path, **{**base, **kw})
+
+
+def _run(cfg):
+    from finetune_kit.tasks.classification.train import run_training
+
+    return run_training(cfg)
+
+
+@pytest.fixture(scope="module")
+def linear_run(acrima_flat, tmp_path_factory, weights_file):
+    return _run(_cfg(acrima_flat, tmp_path_factory.mktemp("lin"), weights_file, ft_strategy="linear"))
+
+
+@pytest.fixture(scope="module")
+def full_run(acrima_flat, tmp_path_factory, weights_file):
+    return _run(_cfg(acrima_flat, tmp_path_factory.mktemp("full"), weights_file, ft_strategy="full",
+                     learning_rate=3e-3, num_epochs=2))
+
+
+def test_linear_probe_keeps_everything(linear_run):
+    """The probe's backbone is untouched: retention 1.0, KL 0, CKA 1.0 and zero drift."""
+    f = linear_run["forgetting"]
+    r = f["retention"]
+    assert r["source_head"] and r["source_classes"] == 1000 and r["n_reference"] == 50
+    assert r["top1_agreement"] == 1.0
+    assert r["kl"] == pytest.approx(0.0, abs=1e-9)
+    assert r["reference_cka"] == pytest.approx(1.0, abs=1e-9) and f["val_cka"] == pytest.approx(1.0, abs=1e-9)
+    assert "stem" in f["drift"] and "head" not in f["drift"]  # the new head has no pretrained value
+    assert max(f["drift"].values()) == 0.0
+    assert (Path(linear_run["run_dir"]) / f["drift_figure"]).is_file()
+
+
+def test_full_fine_tuning_moves_the_backbone(full_run, linear_run):
+    f = full_run["forgetting"]
+    assert f["retention"]["top1_agreement"] < 1.0 and f["retention"]["kl"] > 0.0
+    assert max(v for k, v in f["drift"].items() if k != "head") > 1e-3
+    assert 0 < f["seconds"] < 60  # a fixed cost (reference set + validation, twice); see docs/classification.md
+
+
+def test_wise_ft_endpoints_reproduce_probe_and_fine_tuned_run(full_run, linear_run, tmp_path):
+    """alpha = 1 gives the fine-tuned run's logits exactly; alpha = 0 the exact linear probe's
+    predictions (the same probe, solved on the same split's features)."""
+    from finetune_kit.tasks.classification.evaluate import load_trained
+    from finetune_kit.tasks.classification.wise_ft import run_wise_ft
+
+    res = run_wise_ft(full_run["run_dir"], alphas=[0.0, 0.5, 1.0], output=tmp_path / "wise")
+    ft = np.load(Path(full_run["run_dir"]) / "logits.npz")
+    assert np.array_equal(res["test_logits"][1.0], ft["test_logits"])
+    assert np.array_equal(res["val_logits"][1.0], ft["val_logits"])
+    lp = np.load(Path(linear_run["run_dir"]) / "logits.npz")
+    np.testing.assert_allclose(res["test_logits"][0.0], lp["test_logits"], atol=1e-4)
+    assert [g["alpha"] for g in res["grid"]] == [0.0, 0.5, 1.0]
+    assert res["grid"][0]["retention"]["top1_agreement"] == 1.0
+    assert res["alpha"] in (0.0, 0.5, 1.0)
+    m = json.loads((tmp_path / "wise" / "metrics.json").read_text())
+    assert m["wise_ft"]["alpha"] == res["alpha"] and m["calibration"]["method"]
+    assert (tmp_path / "wise" / "frontier.png").is_file()
+    model, cfg, classes, _, _ = load_trained(tmp_path / "wise")  # a run like any other
+    assert classes == m["class_names"]
+
+
+def test_wise_ft_bad_input(linear_run, acrima_flat, tmp_path):
+    from finetune_kit.tasks.classification.train import run_training
+    from finetune_kit.tasks.classification.wise_ft import run_wise_ft
+
+    with pytest.raises(ValueError, match=r"alpha 1.5 is outside \[0, 1\]"):
+        run_wise_ft(linear_run["run_dir"], alphas=[0.0, 1.5])
+    with pytest.raises(ValidationError, match=r"alpha -0.1 is outside \[0, 1\]"):
+        small_config(acrima_flat, tmp_path, forgetting={"wise_ft_alphas": [-0.1, 1.0]})
+    scratch = run_training(small_config(acrima_flat, tmp_path, ft_strategy="linear", label_preset="acrima"))
+    with pytest.raises(ValueError, match="no pretrained model") as exc:
+        run_wise_ft(scratch["run_dir"])
+    assert "\n" not in str(exc.value)
+    # a run from random weights has no source head: the output says so
+    assert scratch["forgetting"]["retention"]["source_head"] is False
+    assert "no source head" in scratch["forgetting"]["retention"]["note"]
+
+
+def test_reference_folder_without_images_is_one_line(acrima_flat, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    with pytest.raises(ValidationError, match="holds no image") as exc:
+        small_config(acrima_flat, tmp_path, forgetting={"reference_data": str(tmp_path / "empty")})
+    assert len(exc.value.errors()) == 1 and "\n" not in exc.value.errors()[0]["msg"]
+    with pytest.raises(ValidationError, match="ALPHA"):
+        small_config(acrima_flat, tmp_path, forgetting={"l2_sp": "big"})
+
+
+@pytest.mark.slow
+def test_l2sp_with_a_huge_alpha_keeps_the_backbone_near_w0(acrima_flat, tmp_path, weights_file):
+    """Adam normalises the step, so the backbone moves ~lr per step either way; with a huge alpha the
+    penalty's pull back to w0 dominates and the drift stays at that scale instead of growing."""
+    spec = dict(ft_strategy="full", learning_rate=3e-3, num_epochs=3, batch_size=4)
+    free = _run(_cfg(acrima_flat, tmp_path / "free", weights_file, **spec))
+    res = _run(_cfg(acrima_flat, tmp_path / "sp", weights_file, forgetting={"l2_sp": "1e6,0.01"}, **spec))
+    drift = max(res["forgetting"]["drift"].values())
+    free_drift = max(free["forgetting"]["drift"].values())
+    assert drift < 0.01 and drift < 0.5 * free_drift, (drift, free_drift)
+    hist = [json.loads(x) for x in (Path(res["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert all("l2_sp_backbone" in h and "l2_sp_head" in h for h in hist)
+    assert not any("l2_sp_backbone" in json.loads(x) for x in (Path(free["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_lora_trainable_count_and_merge(acrima_flat, tmp_path, weights_file):
+    """LoRA's trainable count is peft's plus the head; the merged model (what predict/evaluate load)
+    gives the unmerged model's logits within 1e-4."""
+    import timm
+    from peft import LoraConfig, get_peft_model
+
+    from finetune_kit.runs.checkpoint import load_checkpoint
+    from finetune_kit.strategy import get_strategy
+    from finetune_kit.tasks.classification.evaluate import load_trained
+
+    res = _run(_cfg(acrima_flat, tmp_path, weights_file, ft_strategy="lora", learning_rate=3e-3,
+                    strategy_kwargs={"lora_rank": 4}))
+    run = Path(res["run_dir"])
+    strategy = get_strategy("lora", lora_rank=4)
+    model = strategy.prepare_model(timm.create_model("mobilenetv2_100", num_classes=2))
+    ref = timm.create_model("mobilenetv2_100", num_classes=2)
+    peft_model = get_peft_model(ref, LoraConfig(r=4, lora_alpha=8, target_modules=strategy.lora_config(ref).target_modules))
+    adapters, _ = peft_model.get_nb_trainable_parameters()
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    trainable = round(res["trainable_fraction_final"] * res["total_params"])
+    assert trainable == adapters + head
+    ck = load_checkpoint(run / "checkpoints" / "best.pt")
+    model.load_state_dict(ck["model"])
+    model.eval()
+    merged = load_trained(run)[0]
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(merged(x).numpy(), model(x).numpy(), atol=1e-4)
+    assert res["forgetting"]["retention"]["top1_agreement"] > 0
+
+
+def test_lora_targets_matching_nothing_is_one_line():
+    import timm
+
+    from finetune_kit.strategy import get_strategy
+
+    with pytest.raises(ValueError, match="match no Linear/Conv2d module") as exc:
+        get_strategy("lora", lora_targets="nosuchlayer").prepare_model(timm.create_model("mobilenetv2_100", num_classes=2))
+    assert "\n" not in str(exc.value)
+
+
+def test_packaged_reference_set():
+    from finetune_kit.tasks.classification.forgetting_config import default_reference_dir, reference_images
+
+    files = reference_images(None)
+    assert len(files) >= 36 and all(f.suffix == ".jpg" for f in files)
+    from PIL import Image
+
+    assert max(max(Image.open(f).size) for f in files) <= 160
+    readme = (default_reference_dir() / "README.md").read_text()
+    assert "CC0" in readme and "public domain" in readme
