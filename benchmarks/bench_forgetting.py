@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--l2-sp", default="0.01,0.01")
     ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA's learning rate (adapters need a larger one)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--output-dir", default="runs/forgetting")
     ap.add_argument("--num-threads", type=int, default=1)
@@ -63,9 +64,13 @@ def main() -> None:
     name = Path(args.weights).name.split(".")[0]
     base = ClassificationConfig(data=data, model_name=name, custom_weights_path=args.weights, img_size=args.img_size,
                                 num_epochs=args.epochs, batch_size=32, num_threads=args.num_threads, wandb="disabled",
-                                progress=False, output_dir=args.output_dir, experiment_tag=f"{args.data}-{name}")
+                                progress=False, output_dir=args.output_dir, experiment_tag=f"{args.data}-{name}",
+                                # the settings of docs/classification.md's ACRIMA comparison
+                                learning_rate=3e-4, head_lr_mult=10.0, warmup_epochs=0.5, gradual_patience=1,
+                                unfreeze_schedule="1,2", unfreeze_warmup_epochs=1)
     per = {"linear": {"learning_rate": 5e-3}, "full": {"forgetting": {"wise_ft": True}},
-           "llrd": {"forgetting": {"l2_sp": args.l2_sp}}, "lora": {"strategy_kwargs": {"lora_rank": args.lora_rank}}}
+           "llrd": {"forgetting": {"l2_sp": args.l2_sp}},
+           "lora": {"strategy_kwargs": {"lora_rank": args.lora_rank}, "learning_rate": args.lora_lr}}
     strategies = args.strategies.split(",")
     res = run_comparison(base, strategies, args.output_dir, per_strategy={k: v for k, v in per.items() if k in strategies},
                          title=f"{args.data}, {name}, {args.img_size} px, {args.epochs} epochs "

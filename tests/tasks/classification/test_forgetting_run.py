@@ -173,3 +173,28 @@ def test_packaged_reference_set():
     assert max(max(Image.open(f).size) for f in files) <= 160
     readme = (default_reference_dir() / "README.md").read_text()
     assert "CC0" in readme and "public domain" in readme
+
+
+@pytest.mark.slow
+def test_two_process_lora_matches_one_process(tmp_path):
+    """DDP LoRA (2 gloo processes x batch B/2) equals 1 process x batch B: adapters and head within 1e-5."""
+    from finetune_kit.tasks.classification.train import run_training
+    from tests.torchrun_helpers import fundus_folder, rank_results, torchrun
+
+    spec = dict(ft_strategy="lora", strategy_kwargs={"lora_rank": 2, "lora_targets": "conv2"}, num_epochs=2,
+                batch_size=4, bn_stats="frozen", augment="none", drop_rate=0.0, img_size=32, feature_cache=False,
+                learning_rate=3e-3)
+    data = fundus_folder(tmp_path / "images")
+    torch.set_num_threads(1)
+    one = run_training(small_config(data, tmp_path / "one", run_dir=str(tmp_path / "one" / "r"), **spec))
+    proc = torchrun("classify", {"data": str(data), "output_dir": str(tmp_path / "two"),
+                                 "run_dir": str(tmp_path / "two" / "r"), **spec}, tmp_path / "out.json", 2)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    r0, _ = rank_results(tmp_path / "out.json", 2)
+    a = torch.load(tmp_path / "one" / "r" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "two" / "r" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert any(".lora_A." in k for k in a) and a.keys() == b.keys()
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-5
+    assert one["test"]["auroc"] == pytest.approx(r0["test"]["auroc"])
+    assert one["trainable_fraction_final"] == pytest.approx(r0["trainable_fraction_final"])
+    assert one["trainable_fraction_final"] < 0.5
