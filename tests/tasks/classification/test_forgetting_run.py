@@ -198,3 +198,33 @@ def test_two_process_lora_matches_one_process(tmp_path):
     assert one["test"]["auroc"] == pytest.approx(r0["test"]["auroc"])
     assert one["trainable_fraction_final"] == pytest.approx(r0["trainable_fraction_final"])
     assert one["trainable_fraction_final"] < 0.5
+
+
+def test_wise_ft_command_one_line_errors(finished_run, tmp_path):
+    """``finetune-kit wise-ft`` on a run from random weights, or with an alpha outside [0, 1]: one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from finetune_kit.tasks.cli import app
+
+    for args, words in (([str(finished_run)], "no pretrained model"),
+                        ([str(finished_run), "--alphas", "0,2"], "outside [0, 1]"),
+                        ([str(tmp_path)], "pass a finished run folder")):
+        res = CliRunner().invoke(app, ["wise-ft", *args])
+        assert res.exit_code == 2, res.output
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and words in errors[0], res.output
+
+
+def test_forgetting_section_from_a_config_file(tmp_path):
+    """The ``forgetting`` section is read from ``--config FILE`` (its typer options are generated from the
+    fields by the options adapter of issue 23)."""
+    from finetune_kit.tasks.classification.cli import build_config
+    from finetune_kit.tasks.classification.config_files import classification_file_values
+
+    path = tmp_path / "run.yaml"
+    path.write_text("ft_strategy: lora\nstrategy_kwargs: {lora_rank: 4}\n"
+                    "forgetting: {l2_sp: '0.1,0.01', wise_ft: true, wise_ft_alphas: [0, 0.5, 1]}\n")
+    cfg = build_config(**classification_file_values(path))
+    assert cfg.forgetting.l2_sp_values == (0.1, 0.01) and cfg.forgetting.wise_ft
+    assert cfg.forgetting.wise_ft_alphas == [0.0, 0.5, 1.0] and cfg.strategy_options() == {"lora_rank": 4}
+    assert cfg.forgetting.reference_data is None and cfg.forgetting.measure
