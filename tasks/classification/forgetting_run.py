@@ -31,6 +31,10 @@ __all__ = ["ForgettingState", "start_forgetting", "epoch_terms", "measure_forget
            "source_head", "reference_loader", "penultimate", "plot_drift"]
 
 
+#: decoded reference images per (folder, cache size), kept for the process
+_REFERENCE_CACHE: dict = {}
+
+
 @dataclass
 class ForgettingState:
     """What a run keeps from its start: ``w0`` (the pretrained state dict, merged view, on the CPU),
@@ -115,7 +119,10 @@ def reference_loader(folder: str | None, tf, batch_size: int = 64):
     from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
     paths = [str(p) for p in reference_images(folder)]
-    cache = ImageCache(tf.cache_size)
+    key = (str(folder), tf.cache_size)
+    cache = _REFERENCE_CACHE.get(key)
+    if cache is None:  # decoded once per process (compare: every strategy measures on the same images)
+        cache = _REFERENCE_CACHE[key] = ImageCache(tf.cache_size)
     skipped = set(cache.load(paths, skip_corrupt=True))
     paths = [p for p in paths if p not in skipped]
     ds = CachedImageDataset(cache, paths, [0] * len(paths), tf.eval)
