@@ -194,7 +194,9 @@ def test_two_process_lora_matches_one_process(tmp_path):
     a = torch.load(tmp_path / "one" / "r" / "checkpoints" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "two" / "r" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert any(".lora_A." in k for k in a) and a.keys() == b.keys()
-    assert all(a[k].abs().sum() > 0 for k in a if ".lora_B." in k)  # the adapters trained (B starts at 0)
+    # the stem's adapter trained (B starts at 0; the blocks' conv1 sit in residual branches that timm's
+    # zero-initialised bn2 silences in a random ResNet, so theirs get no gradient)
+    assert a["conv1.lora_B.default.weight"].abs().sum() > 0
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-5
     assert one["test"]["auroc"] == pytest.approx(r0["test"]["auroc"])
     assert one["trainable_fraction_final"] == pytest.approx(r0["trainable_fraction_final"])
