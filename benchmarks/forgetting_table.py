@@ -1,10 +1,11 @@
 """The compact forgetting table of a ``compare`` folder (docs/classification.md, issue 25).
 
-    python benchmarks/forgetting_table.py COMPARE_FOLDER
+    python benchmarks/forgetting_table.py COMPARE_FOLDER [FIGURE.png]
 
 Columns: test AUROC [95 % CI], source retention (top-1 agreement, KL under the pretrained head),
 CKA (reference set, validation), the largest per-group weight drift, trainable fraction, wall time;
 ``llrd`` (the alias of ``full`` that bench_forgetting.py runs with L2-SP) is labelled ``full + L2-SP``.
+With ``FIGURE.png``, also the folder's forgetting frontier drawn there with those labels.
 """
 from __future__ import annotations
 
@@ -31,5 +32,17 @@ def main(folder: str) -> str:
     return "\n".join(lines)
 
 
+def frontier(folder: str, out: str) -> None:
+    """Draw the comparison's frontier (validation AUROC vs retention; WiSE-FT curves) into ``out``."""
+    from finetune_kit.tasks.classification.forgetting_compare import plot_compare_frontier
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    results = {("full + L2-SP" if s == "llrd" else s): json.loads((Path(folder) / s / "metrics.json").read_text())
+               for s in cfg["strategies"]}
+    plot_compare_frontier(results, out, title=cfg["base"].get("experiment_tag") or "")
+
+
 if __name__ == "__main__":
     print(main(sys.argv[1]))
+    if len(sys.argv) > 2:
+        frontier(sys.argv[1], sys.argv[2])

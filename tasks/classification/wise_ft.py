@@ -179,7 +179,7 @@ def plot_frontier(curves: dict[str, Sequence[dict]], points: dict[str, tuple[flo
     from finetune_kit.tasks.classification.plots import _plt, _save
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xlabel = "source retention: top-1 agreement with the pretrained model"
     for name, rows in curves.items():
         xs = [r["retention"].get("top1_agreement", r["retention"].get("reference_cka")) for r in rows]
@@ -194,6 +194,6 @@ def plot_frontier(curves: dict[str, Sequence[dict]], points: dict[str, tuple[flo
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("forgetting frontier (WiSE-FT alpha annotated)" + (f" - {title}" if title else ""), fontsize=9)
     return _save(fig, Path(path))
