@@ -27,7 +27,8 @@ def _run(cfg):
 
 @pytest.fixture(scope="module")
 def linear_run(acrima_flat, tmp_path_factory, weights_file):
-    return _run(_cfg(acrima_flat, tmp_path_factory.mktemp("lin"), weights_file, ft_strategy="linear"))
+    return _run(_cfg(acrima_flat, tmp_path_factory.mktemp("lin"), weights_file, ft_strategy="linear",
+                     forgetting={"external_data": str(acrima_flat)}))
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,11 @@ def test_linear_probe_keeps_everything(linear_run):
     assert "stem" in f["drift"] and "head" not in f["drift"]  # the new head has no pretrained value
     assert max(f["drift"].values()) == 0.0
     assert (Path(linear_run["run_dir"]) / f["drift_figure"]).is_file()
+    # external data: evaluated at the end with the test metrics and the run's calibrator
+    ext = linear_run["external"]
+    assert ext["n_images"] == 24 and 0.0 <= ext["metrics"]["auroc"] <= 1.0
+    saved = json.loads((Path(linear_run["run_dir"]) / "metrics.json").read_text())
+    assert saved["external"] == ext and (Path(linear_run["run_dir"]) / "eval-external" / "metrics.json").is_file()
 
 
 def test_full_fine_tuning_moves_the_backbone(full_run, linear_run):
@@ -231,3 +237,20 @@ def test_forgetting_section_from_a_config_file(tmp_path):
     assert cfg.forgetting.l2_sp_values == (0.1, 0.01) and cfg.forgetting.wise_ft
     assert cfg.forgetting.wise_ft_alphas == [0.0, 0.5, 1.0] and cfg.strategy_options() == {"lora_rank": 4}
     assert cfg.forgetting.reference_data is None and cfg.forgetting.measure
+
+
+@pytest.mark.slow
+def test_lora_resume_and_predict(acrima_flat, tmp_path, weights_file):
+    """A LoRA run stopped after epoch 1 and resumed equals the uninterrupted run; ``predict`` reads it."""
+    from finetune_kit.tasks.classification.predict import predict_images
+    from finetune_kit.tasks.classification.train import resume_config, run_training
+
+    spec = dict(ft_strategy="lora", learning_rate=3e-3, num_epochs=2, strategy_kwargs={"lora_rank": 2})
+    whole = _run(_cfg(acrima_flat, tmp_path / "a", weights_file, **spec))
+    part = _run(_cfg(acrima_flat, tmp_path / "b", weights_file, stop_after_epoch=1, **spec))
+    assert part["status"] == "interrupted"
+    resumed = run_training(resume_config(part["run_dir"]), resume=True)
+    assert resumed["test"] == whole["test"] and resumed["forgetting"]["retention"] == whole["forgetting"]["retention"]
+    images = sorted(str(p) for p in acrima_flat.iterdir())[:3]
+    out = predict_images(whole["run_dir"], images, output=tmp_path / "pred.csv")
+    assert len(out.read_text().splitlines()) == 4  # header + 3 rows, from the merged model
