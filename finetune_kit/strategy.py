@@ -137,6 +137,11 @@ class FineTuneStrategy:
         """Called after validation with the monitored metric. Returns what it unfroze."""
         return []
 
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Called once by the run on the freshly built model, before the layer groups and the optimizer
+        are made; returns the model to train. Default: ``model`` unchanged (``lora`` injects adapters)."""
+        return model
+
     def on_head_probed(self) -> None:
         """Called once, before epoch 0, when the run has solved the head as an exact linear probe.
         Default: nothing (``gradual`` skips its head-only stage)."""

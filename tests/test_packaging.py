@@ -67,6 +67,10 @@ def installed(tmp_path_factory) -> Path:
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"finetune_kit"}, f"the wheel claims import names besides finetune_kit: {top}"
     assert "finetune_kit/tasks/compression/anchors/kodak_rd.json" in names
+    # the packaged reference set of the forgetting measures (issue 25), with its sources and licences
+    assert "finetune_kit/tasks/classification/reference_images/README.md" in names
+    assert sum(n.startswith("finetune_kit/tasks/classification/reference_images/") and n.endswith(".jpg")
+               for n in names) == 50
     reqs = tmp / "requirements.txt"
     _run([*uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project", "-o", reqs], cwd=REPO)
     venv = tmp / "venv"

@@ -104,6 +104,12 @@ class StrategyCallback(pl.Callback):
         self._metric: dict[int, float] = {}
 
     # -- what the LightningModule calls ------------------------------------------------
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The strategy's :meth:`~finetune_kit.strategy.FineTuneStrategy.prepare_model` (``lora``: PEFT
+        adapters injected in place); call it on the network in the LightningModule's ``__init__``,
+        before :meth:`param_groups`. Returns the model to train."""
+        return self.strategy.prepare_model(model)
+
     def param_groups(self, model: torch.nn.Module, *, weight_decay: float = 0.05, **group_options: Any) -> list[dict]:
         """All optimizer parameter groups of ``model`` (the network, e.g. ``self.model`` of the
         LightningModule) for the optimizer of ``configure_optimizers``, with ``requires_grad`` and

@@ -2,7 +2,8 @@
 
 Outputs in the comparison folder: ``comparison.md`` and ``comparison.csv`` (test AUROC,
 accuracy, ECE before/after temperature scaling, epochs, wall time, trainable parameter
-fraction, peak memory and the part training added), ``comparison.json``, ``val_auroc.png`` (validation AUROC per epoch
+fraction, peak memory and the part training added; the forgetting columns of
+:mod:`~finetune_kit.tasks.classification.forgetting_compare`), ``comparison.json``, ``frontier.png``, ``val_auroc.png`` (validation AUROC per epoch
 per strategy) and one run folder per strategy.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ from finetune_kit.tasks.classification.config import (
     ClassificationConfig,
 )
 from finetune_kit.tasks.classification.data import discover
+from finetune_kit.tasks.classification.forgetting_compare import (FORGETTING_COLUMNS, forgetting_cells,
+                                                                  plot_compare_frontier, wise_ft_row)
 from finetune_kit.tasks.classification.plots import dataset_label, plot_val_auroc_per_strategy
 from finetune_kit.tasks.classification.train import run_training
 from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
@@ -35,7 +38,7 @@ COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accura
            ("calibration", "calibrator"), ("temperature", "T"),
            ("epochs", "epochs"), ("best_epoch", "best epoch"), ("wall_time_s", "wall time (s)"),
            ("trainable_fraction", "trainable fraction"), ("peak_memory_mb", "peak memory (MiB)"),
-           ("training_memory_mb", "training memory (MiB)")]
+           ("training_memory_mb", "training memory (MiB)")] + FORGETTING_COLUMNS
 
 
 def _row(name: str, m: Mapping) -> dict:
@@ -46,7 +49,7 @@ def _row(name: str, m: Mapping) -> dict:
             "temperature": m.get("temperature"),
             "epochs": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "wall_time_s": m.get("wall_time_s"),
             "trainable_fraction": m.get("trainable_fraction_final"), "peak_memory_mb": m.get("peak_memory_mb"),
-            "training_memory_mb": m.get("peak_memory_increase_mb")}
+            "training_memory_mb": m.get("peak_memory_increase_mb"), **forgetting_cells(m)}
 
 
 def _ci(ci) -> str | None:
@@ -106,6 +109,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
         results[name] = result
         histories[name] = RunDir(folder.path / name).history()
         rows.append(_row(name, result))
+        rows += [r for r in [wise_ft_row(name, result, COLUMNS)] if r is not None]
         ref = reference_row(result)
         if ref is not None and not any(r["strategy"] == ref["strategy"] for r in rows):
             rows.append(ref)
@@ -113,6 +117,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     plot_val_auroc_per_strategy(histories, folder.path / "val_auroc.png",
                                 dataset=dataset_label(base.data.data, base.data.label_preset),
                                 title=f"validation AUROC per epoch ({tag})")
+    plot_compare_frontier(results, folder.path / "frontier.png", title=tag)
     md = _write_tables(folder, rows, title)
     folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": rows,
                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from pydantic import Field, model_validator
 
+from finetune_kit.tasks.classification.forgetting_config import ForgettingConfig
 from finetune_kit.tasks.classification.config_sections import (
     CalibrationConfig, DataConfig, ModelConfig, OptimConfig, OutputConfig, RuntimeConfig, StrategyConfig,
     TransformsConfig, parse_strategy_kwargs)
@@ -54,6 +55,7 @@ class ClassificationConfig(ConfigSection):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, title="Calibration")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, title="Runtime")
     output: OutputConfig = Field(default_factory=OutputConfig, title="Outputs")
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig, title="Forgetting")
 
     @model_validator(mode="before")
     @classmethod

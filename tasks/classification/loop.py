@@ -36,6 +36,7 @@ from finetune_kit.tasks.classification.engine import (
     val_loss,
 )
 from finetune_kit.tasks.classification.feature_cache import extract_features, head_forward
+from finetune_kit.tasks.classification.forgetting_run import epoch_terms
 from finetune_kit.tasks.classification.memory import PeakMemory
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.setup import TrainingRun, epoch_seed, image_loader
@@ -213,6 +214,7 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
               "trainable_params": trainable, "trainable_fraction": trainable / state.total_params,
               "epoch_time_s": stats.seconds, "train_images_per_s": stats.images_per_s,
               "global_step": state.global_step, "feature_cache": use_cache}
+    record.update(epoch_terms(state))  # L2-SP terms, with forgetting.l2_sp
     events += strategy.on_validation_end(epoch, record[opt.monitor], opt.optimizer)
     record["unfrozen"] = [e.record() for e in events]
     return record

@@ -21,25 +21,25 @@ from finetune_kit.calibration import expected_calibration_error
 from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
 
 __all__ = ["plot_roc", "plot_reliability", "plot_training_curves", "plot_val_auroc_per_strategy", "roc_figure",
-           "reliability_figure", "training_curves_figure", "val_auroc_figure", "dataset_label"]
+           "reliability_figure", "training_curves_figure", "val_auroc_figure", "dataset_label", "pyplot", "save_figure"]
 
 #: Folder names that say nothing about the data set (its parent names it instead).
 _GENERIC = {"images", "image", "data", "train", "all", "imgs", "raw"}
 
 
-def _plt():
+def pyplot():
     matplotlib.use("Agg")
 
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     tmp.replace(path)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -79,7 +79,7 @@ def roc_figure(labels, probs, *, class_names: Sequence[str] | None = None, title
     """
 
 
-    plt = _plt()
+    plt = pyplot()
     y, p = np.asarray(labels), np.asarray(probs)
     names = _class_names(class_names, p.shape[1])
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -107,7 +107,7 @@ def roc_figure(labels, probs, *, class_names: Sequence[str] | None = None, title
 def plot_roc(labels, probs, path: Path, title: str = "ROC (test)", *, class_names: Sequence[str] | None = None,
              ci: Mapping[int, tuple[float, float] | None] | None = None) -> Path:
     """Write :func:`roc_figure` to ``path`` (PNG); returns ``path``."""
-    return _save(roc_figure(labels, probs, class_names=class_names, title=title, ci=ci), path)
+    return save_figure(roc_figure(labels, probs, class_names=class_names, title=title, ci=ci), path)
 
 
 def _bins(score: np.ndarray, hit: np.ndarray, n_bins: int):
@@ -129,7 +129,7 @@ def reliability_figure(labels, probs_before, probs_after, temperature: float, *,
     the (top-1) ECE over ``n_bins`` equal-width bins (default 15), the metric reported.
     """
 
-    plt = _plt()
+    plt = pyplot()
     y = np.asarray(labels)
     k = np.asarray(probs_before).shape[1]
     names = _class_names(class_names, k)
@@ -169,7 +169,7 @@ def reliability_figure(labels, probs_before, probs_after, temperature: float, *,
 def plot_reliability(labels, probs_before, probs_after, path: Path, temperature: float, n_bins: int = 15, *,
                      class_names: Sequence[str] | None = None) -> Path:
     """Write :func:`reliability_figure` to ``path`` (PNG); returns ``path``."""
-    return _save(reliability_figure(labels, probs_before, probs_after, temperature, n_bins=n_bins,
+    return save_figure(reliability_figure(labels, probs_before, probs_after, temperature, n_bins=n_bins,
                                     class_names=class_names), path)
 
 
@@ -194,7 +194,7 @@ def training_curves_figure(history: Sequence[Mapping], *, run_name: str = "", da
     """Train/val loss and validation AUROC/accuracy per epoch (counted from 1), the unfreeze
     events as labelled vertical lines (the groups unfrozen), titled with ``run_name`` and
     ``dataset`` (see :func:`dataset_label`)."""
-    plt = _plt()
+    plt = pyplot()
 
     ep = [r["epoch"] for r in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -216,13 +216,13 @@ def training_curves_figure(history: Sequence[Mapping], *, run_name: str = "", da
 
 def plot_training_curves(history: Sequence[Mapping], path: Path, *, run_name: str = "", dataset: str = "") -> Path:
     """Write :func:`training_curves_figure` to ``path`` (PNG); returns ``path``."""
-    return _save(training_curves_figure(history, run_name=run_name, dataset=dataset), path)
+    return save_figure(training_curves_figure(history, run_name=run_name, dataset=dataset), path)
 
 
 def val_auroc_figure(histories: Mapping[str, Sequence[Mapping]], *, dataset: str = "", title: str = ""):
     """Validation AUROC per epoch (counted from 1), one line per strategy, each strategy's
     unfreeze events as small markers; the title names ``dataset`` (SYNTHETIC when generated)."""
-    plt = _plt()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, hist in histories.items():
@@ -240,4 +240,4 @@ def val_auroc_figure(histories: Mapping[str, Sequence[Mapping]], *, dataset: str
 def plot_val_auroc_per_strategy(histories: Mapping[str, Sequence[Mapping]], path: Path, *, dataset: str = "",
                                 title: str = "") -> Path:
     """Write :func:`val_auroc_figure` to ``path`` (PNG); returns ``path``."""
-    return _save(val_auroc_figure(histories, dataset=dataset, title=title), path)
+    return save_figure(val_auroc_figure(histories, dataset=dataset, title=title), path)

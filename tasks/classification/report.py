@@ -17,6 +17,8 @@ from finetune_kit.runs.checkpoint import load_checkpoint
 from finetune_kit.tasks.classification.config import resolved_bn_stats
 from finetune_kit.tasks.classification.engine import predict_logits
 from finetune_kit.tasks.classification.evaluate import calibrated_report
+from finetune_kit.tasks.classification.forgetting_report import finish_forgetting
+from finetune_kit.tasks.classification.forgetting_run import measure_forgetting
 from finetune_kit.tasks.classification.loop import predict_sharded
 from finetune_kit.tasks.classification.ood import predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label
@@ -97,7 +99,9 @@ def report(state: TrainingRun) -> dict:
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
 
     result.update(ood_and_reference(state, logits))
+    result.update(measure_forgetting(state))
     state.run.write_json("metrics.json", result)
+    result = finish_forgetting(state, result)  # external data and WiSE-FT read the written run
     state.logger.summary({f"test_{k}": v for k, v in rep["test"].items() if isinstance(v, float)})
     t = rep["test"]
     if t:

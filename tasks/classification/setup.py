@@ -128,6 +128,7 @@ class TrainingRun:
     features: dict = field(default_factory=dict)
     peak_memory: tuple[float, float] | None = None
     ddp: Any = None  # finetune_kit.distributed.DDPTracker: the DDP wrapper, re-made after unfreezing
+    forgetting: Any = None  # forgetting_run.ForgettingState: pretrained weights, source head, L2-SP
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -201,6 +202,7 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
     if weights_report is not None:
         console.print(weights_report.summary())
     strategy = build_strategy(cfg, model)
+    model = strategy.prepare_model(model)  # e.g. LoRA adapters, before the groups and the optimizer
     model.to(device)
     if cfg.model.channels_last:  # as timm's train.py --channels-last
         model.to(memory_format=torch.channels_last)

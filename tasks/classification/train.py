@@ -20,6 +20,7 @@ from finetune_kit.runs.checkpoint import check_checkpoint_folder
 from finetune_kit.runs.lifecycle import run_lifecycle
 from finetune_kit.runs.run_dir import RunDir
 from finetune_kit.tasks.classification.config import ClassificationConfig
+from finetune_kit.tasks.classification.forgetting_run import start_forgetting
 from finetune_kit.tasks.classification.linear_probe import exact_probe_applies, probe_head, solve_run
 from finetune_kit.tasks.classification.loop import restore, train_epochs
 from finetune_kit.tasks.classification.report import report
@@ -89,6 +90,7 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
     """
 
     state = start_run(build(cfg, resume=resume, image_cache=image_cache, console=console))
+    start_forgetting(state)  # pretrained weights and source head kept before any step; L2-SP in the loss
     # killed before its first checkpoint was complete (rank 0 decides under DDP: it alone holds the manager)
     if resume and broadcast_object(state.checkpoints is not None and state.checkpoints.last() is None):
         state.console.print(f"{state.run.path} holds no complete checkpoint (the run stopped during its first "

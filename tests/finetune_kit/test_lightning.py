@@ -134,3 +134,25 @@ def test_callback_refuses_an_optimizer_not_built_from_its_groups():
                         callbacks=[callback])
     with pytest.raises(RuntimeError, match="callback.param_groups"):
         trainer.fit(Plain(callback), train, val)
+
+
+def test_lora_through_the_callback_trains_only_adapters_and_head():
+    """``lora`` under a real Trainer: ``prepare_model`` injects PEFT adapters; after 1 epoch only the
+    adapters and the head moved, every pretrained weight is bit-identical."""
+    # conv1: timm zero-initialises each block's bn2, so adapters on a random ResNet's conv2 get no gradient
+    callback = StrategyCallback("lora", lora_rank=2, lora_targets="conv1")
+
+    class LoraModule(_Module):
+        def __init__(self):
+            super().__init__(callback)
+            self.model = callback.prepare_model(self.model)
+
+    module = LoraModule()
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    train, val = _data()
+    L.Trainer(max_epochs=1, callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu").fit(module, train, val)
+    after = module.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k]) and not k.endswith("num_batches_tracked")}
+    assert moved and all(".lora_" in k or k.startswith("fc.") for k in moved), sorted(moved)[:5]
+    assert any(".lora_B." in k for k in moved) and {"fc.weight", "fc.bias"} <= moved, sorted(moved)

@@ -46,9 +46,9 @@ def _step(model, optimizer, size=64):
 
 
 def test_registry_lists_the_builtin_five_and_rejects_unknown():
-    assert set(list_strategies()) == {"linear", "lp_ft", "gradual", "full", "progressive"}
+    assert set(list_strategies()) == {"linear", "lp_ft", "gradual", "full", "progressive", "lora"}
     assert all(list_strategies().values())
-    with pytest.raises(UnknownStrategyError, match="registered: full, gradual, linear, lp_ft, progressive"):
+    with pytest.raises(UnknownStrategyError, match="registered: full, gradual, linear, lora, lp_ft, progressive"):
         get_strategy("fancy")
     with pytest.raises(TypeError, match="no option 'bogus'"):
         get_strategy("linear", bogus=1)
@@ -89,17 +89,17 @@ def test_plugin_strategy_with_its_own_option():
 
 def test_builtin_strategies_found_through_entry_point_or_composition_root():
     """The core finds the built-ins only through the entry point; without package metadata the
-    composition root (the CLI) still registers the five by importing them."""
+    composition root (the CLI) still registers the six by importing them."""
     import subprocess
     import sys
     from pathlib import Path
 
-    five = "['full', 'gradual', 'linear', 'lp_ft', 'progressive']"
+    six = "['full', 'gradual', 'linear', 'lora', 'lp_ft', 'progressive']"
     via_entry_point = "from finetune_kit.strategy import list_strategies; print(sorted(list_strategies()))"
     without_metadata = ("import importlib.metadata as md; md.entry_points = lambda **kw: []; "
                         "from finetune_kit.tasks.cli import app; app(['strategies'], standalone_mode=False); " + via_entry_point)
     core_alone = "import importlib.metadata as md; md.entry_points = lambda **kw: []; " + via_entry_point
-    for code, expected in ((via_entry_point, five), (without_metadata, five), (core_alone, "[]")):
+    for code, expected in ((via_entry_point, six), (without_metadata, six), (core_alone, "[]")):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parents[2]).stdout
         assert out.strip().splitlines()[-1] == expected, code
