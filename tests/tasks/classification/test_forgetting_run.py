@@ -216,7 +216,7 @@ def test_wise_ft_command_one_line_errors(finished_run, tmp_path):
     from finetune_kit.tasks.cli import app
 
     for args, words in (([str(finished_run)], "no pretrained model"),
-                        ([str(finished_run), "--alphas", "0,2"], "outside [0, 1]"),
+                        ([str(finished_run), "--wise-ft-alphas", "0,2"], "outside [0, 1]"),
                         ([str(tmp_path)], "pass a finished run folder")):
         res = CliRunner().invoke(app, ["wise-ft", *args])
         assert res.exit_code == 2, res.output
