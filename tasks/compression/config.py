@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from finetune_kit.device import resolve_auto_device
 from finetune_kit.tasks.config_base import ConfigSection
 
-__all__ = ["MODEL_NAMES", "HPCM_PRESETS", "PAPER_LAMBDAS", "EvalConfig", "ConvertConfig", "DEFAULT_ANCHORS", "check_device", "check_model_name",
+__all__ = ["CudaFlag", "MODEL_NAMES", "HPCM_PRESETS", "PAPER_LAMBDAS", "EvalConfig", "ConvertConfig", "DEFAULT_ANCHORS", "check_device", "check_model_name",
            "require_image_folder", "normalize_model_name", "absolute_path"]
 
 #: the HPCM presets (:mod:`finetune_kit.tasks.compression.models.hpcm.model`)
@@ -96,7 +96,21 @@ def _aliases(*names: str) -> dict:
     return {"aliases": list(names)}
 
 
-class EvalConfig(ConfigSection):
+class CudaFlag(ConfigSection):
+    """The ``--cuda`` flag of CompressAI's scripts, shared by every compression command's config:
+    ``--cuda`` means ``--device cuda``."""
+
+    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cuda(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cuda"):
+            data = {**data, "device": "cuda"}
+        return data
+
+
+class EvalConfig(CudaFlag):
     """Options of ``finetune-kit compress eval`` (real bitstreams, R-D curve, BD-rate)."""
 
     checkpoints: list[Path] = Field(min_length=1, description="Checkpoint files (one per lambda for an R-D curve).")
@@ -115,18 +129,10 @@ class EvalConfig(ConfigSection):
                                    json_schema_extra=_aliases("--num-threads", "--num_threads"))
     device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N: transforms and "
                                            "context model run there, rANS coding on the CPU.")
-    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
     progress: bool = Field(True, description="Show progress bars and per-checkpoint lines.")
     pad: Literal["edge", "centred"] = Field("edge", description="Padding to the model's side multiple: edge "
                                                                 "(right/bottom, replicate) or centred (zeros, multiple "
                                                                 "of 256: the official HPCM test.py).")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _cuda(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("cuda"):
-            data = {**data, "device": "cuda"}
-        return data
 
     @field_validator("model")
     @classmethod

@@ -7,13 +7,12 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from finetune_kit.tasks.compression.compare.workflows import WORKFLOWS
-from finetune_kit.tasks.compression.config import absolute_path, check_device, require_image_folder
-from finetune_kit.tasks.config_base import ConfigSection
+from finetune_kit.tasks.compression.config import CudaFlag, absolute_path, check_device, require_image_folder
 
 __all__ = ["CompareConfig"]
 
 
-class CompareConfig(ConfigSection):
+class CompareConfig(CudaFlag):
     """Options of ``compress compare`` (see ``docs/compression_finetuning.md``).
 
     Budget: every workflow runs ``steps`` optimizer steps = ``epochs`` epochs of
@@ -65,17 +64,9 @@ class CompareConfig(ConfigSection):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.",
                              json_schema_extra={"aliases": ["--workers", "-n"]})
     device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
     wandb: Literal["offline", "disabled", "online"] = Field("disabled", description="Weights & Biases mode of the "
                                                                                     "fine-tunes.")
     progress: bool = Field(True, description="Per-epoch lines of each fine-tune.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _cuda(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("cuda"):
-            data = {**data, "device": "cuda"}
-        return data
 
     @field_validator("lambdas", "workflows", mode="before")
     @classmethod

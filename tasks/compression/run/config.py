@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from finetune_kit.tasks.compression.config import (PAPER_LAMBDAS, absolute_path, check_device, check_model_name,
-                                                   require_image_folder)
+from finetune_kit.tasks.compression.config import (PAPER_LAMBDAS, CudaFlag, absolute_path, check_device,
+                                                   check_model_name, require_image_folder)
 from finetune_kit.tasks.compression.finetune.config import LayerLRSection, UnfreezeSection
 from finetune_kit.tasks.compression.objectives.config import (SCALE_MODULATION_PRESETS, BalancedSection,
                                                               HierarchicalSection, check_objectives,
@@ -106,7 +106,7 @@ class SourceSection(ConfigSection):
         return absolute_path(v)
 
 
-class RunSection(ConfigSection):
+class RunSection(CudaFlag):
     """The run folder, its length, seed, device and logging."""
 
     output_dir: Path = Field(Path("runs/compression-finetune"), description="Parent of the run folder.",
@@ -119,7 +119,6 @@ class RunSection(ConfigSection):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: torch's choice.",
                                    json_schema_extra=_aliases("--num-threads", "--num_threads"))
     device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-    cuda: bool = Field(False, description="CompressAI's flag: the same as --device cuda.")
     keep_last: int = Field(2, ge=1, description="Most recent checkpoints kept.")
     keep_best: int = Field(1, ge=0, description="Best checkpoints kept, by validation R-D cost.")
     wandb: Literal["offline", "disabled", "online"] = Field("offline", description="Weights & Biases mode.")
@@ -129,13 +128,6 @@ class RunSection(ConfigSection):
     @classmethod
     def _absolute(cls, v: Optional[Path]) -> Optional[Path]:
         return absolute_path(v)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _cuda(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("cuda"):
-            data = {**data, "device": "cuda"}
-        return data
 
     @field_validator("device")
     @classmethod

@@ -225,15 +225,15 @@ def test_wise_ft_command_one_line_errors(finished_run, tmp_path):
 
 
 def test_forgetting_section_from_a_config_file(tmp_path):
-    """The ``forgetting`` section is read from ``--config FILE`` (its typer options are generated from the
-    fields by the options adapter of issue 23)."""
-    from finetune_kit.tasks.classification.cli import build_config
+    """The ``forgetting`` section is read from ``--config FILE`` like any section (its command-line options
+    are generated from the same fields: ``--l2-sp``, ``--wise-ft``, ``--wise-ft-alphas`` ...)."""
+    from finetune_kit.tasks.classification.config import ClassificationConfig
     from finetune_kit.tasks.classification.config_files import classification_file_values
 
     path = tmp_path / "run.yaml"
     path.write_text("ft_strategy: lora\nstrategy_kwargs: {lora_rank: 4}\n"
                     "forgetting: {l2_sp: '0.1,0.01', wise_ft: true, wise_ft_alphas: [0, 0.5, 1]}\n")
-    cfg = build_config(**classification_file_values(path))
+    cfg = ClassificationConfig.model_validate(classification_file_values(path))
     assert cfg.forgetting.l2_sp_values == (0.1, 0.01) and cfg.forgetting.wise_ft
     assert cfg.forgetting.wise_ft_alphas == [0.0, 0.5, 1.0] and cfg.strategy_options() == {"lora_rank": 4}
     assert cfg.forgetting.reference_data is None and cfg.forgetting.measure_forgetting
