@@ -94,11 +94,12 @@ def _check_columns(df: pd.DataFrame, *cols: str | None) -> None:
 
 
 def short_name(col: str | None) -> str:
-    """A column name as shown to people: ``config.`` dropped (``config.learning_rate`` ->
-    ``learning_rate``); other columns unchanged; ``""`` for None."""
+    """A column name as shown to people: a config column by its option name, the section dropped
+    (``config.learning_rate`` and ``config.optim.learning_rate`` -> ``learning_rate``; option names are
+    unique within a task's config); other columns unchanged; ``""`` for None."""
     if col is None:
         return ""
-    return col.split(".", 1)[1] if col.startswith("config.") else col
+    return col.rsplit(".", 1)[1] if col.startswith("config.") else col
 
 
 def sorted_values(values: Sequence[Any]) -> list[Any]:

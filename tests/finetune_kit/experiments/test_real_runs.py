@@ -78,7 +78,9 @@ def test_dataframe_from_real_runs(real_runs):
     res = load_runs(real_runs, stale_after_s=0, metric_modes=MODES)
     done = res.completed
     assert len(done) == 3
-    assert sorted(zip(done["config.ft_strategy"], done["config.learning_rate"])) == sorted(RUNS)
+    strategy, lr = res.resolve_param("ft_strategy"), res.resolve_param("learning_rate")
+    assert (strategy, lr) == ("config.strategy.ft_strategy", "config.optim.learning_rate")  # nested sections
+    assert sorted(zip(done[strategy], done[lr])) == sorted(RUNS)
     col = res.resolve_metric("test_auroc")
     assert col == "final.test.auroc"
     assert done[col].between(0, 1).all()
@@ -89,7 +91,7 @@ def test_dataframe_from_real_runs(real_runs):
         assert row["best.val_auroc"] == pytest.approx(max(h["val_auroc"] for h in hist))
         assert row["epochs"] == len(hist) >= 1
         assert recorded_command(row["path"]) == "classify"  # what rerun reads
-    assert set(res.param_columns()) >= {"config.ft_strategy", "config.learning_rate"}
+    assert set(res.param_columns()) >= {strategy, lr}
 
 
 def test_killed_run_is_reported_crashed(real_runs):
@@ -229,7 +231,7 @@ def test_sweep_of_real_compression_finetune_runs_with_a_boolean_parameter(tmp_pa
     for t in trials:
         cmd = t.user_attrs["command"]
         assert ("--use_balanced" in cmd) is t.params["use_balanced"]
-        assert not any(a.startswith("--no-use") for a in cmd)
+        assert ("--no-use-balanced" in cmd) is not t.params["use_balanced"]  # the generated off form
         config = json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())
         assert config["use_balanced"] is t.params["use_balanced"]
         final = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
