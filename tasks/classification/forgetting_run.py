@@ -45,7 +45,8 @@ _REFERENCE_CACHE: dict = {}
 
 @dataclass
 class ForgettingState:
-    """What a run keeps from its start: ``w0`` (the pretrained state dict, merged view, on the CPU),
+    """What a run keeps from its start: ``w0`` (the pretrained state dict, merged view, on the CPU; empty
+    with ``--no-measure-forgetting``),
     the source head ``(W [K, D], b [K])`` or None, and the L2-SP penalty or None."""
     w0: dict[str, torch.Tensor]
     source: tuple[torch.Tensor, torch.Tensor] | None
@@ -66,7 +67,6 @@ class PenalisedLoss(nn.Module):
 def source_head(cfg) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The classifier of the pretrained weights file that the run's new head replaced: ``(W [K, D],
     b [K])`` float32, or None (no weights file, or a file without its head, or a head of the run's shape)."""
-
     if not cfg.model.custom_weights_path:
         return None
     sd = read_weights_file(cfg.model.custom_weights_path)
@@ -88,8 +88,9 @@ def start_forgetting(state) -> ForgettingState:
         The :class:`ForgettingState`, also set as ``state.forgetting``.
     """
     cfg, model = state.cfg, state.model
-    w0 = {k: v.detach().cpu().clone() for k, v in merged_copy(model).state_dict().items()}
-    fs = ForgettingState(w0=w0, source=source_head(cfg) if cfg.forgetting.measure_forgetting else None)
+    measure = cfg.forgetting.measure_forgetting  # w0 and the source head serve only the measures: no copy without
+    w0 = {k: v.detach().cpu().clone() for k, v in merged_copy(model).state_dict().items()} if measure else {}
+    fs = ForgettingState(w0=w0, source=source_head(cfg) if measure else None)
     sp = cfg.forgetting.l2_sp_values
     if sp is not None:
         reference = {k: v.detach().clone() for k, v in model.named_parameters()}
