@@ -166,8 +166,10 @@ def _predict(values: dict,
         typer.echo(line, err=True)
         output = values.get("output")
         out = predict_images(run_dir, images, output=Path(output) if output else None, device=device,
-                             skip_corrupt=values.get("data", {}).get("skip_corrupt", False))
-        typer.echo(f"predictions written to {out}")
+                             skip_corrupt=values.get("data", {}).get("skip_corrupt", False),
+                             explain=bool(values.get("explain")))
+        typer.echo(f"predictions written to {out}" + (f"; overlays in {out.stem}-explain/" if values.get("explain")
+                                                      else ""))
         if out.with_suffix(".ood.json").is_file():  # the run has an OOD detector
             typer.echo(ood_line(out.with_suffix(".ood.json")))
     except expected_errors() as exc:
@@ -213,7 +215,7 @@ def _commands(app: Optional[typer.Typer]) -> dict[str, Callable[..., Any]]:
         "compare": config_command(app, "compare", ClassificationConfig, CompareOptions, exclude=_RECORDED,
                                   defaults=COMPARE_DEFAULTS, read_file=read)(_compare),
         "predict": config_command(app, "predict", PredictOptions, ClassificationConfig,
-                                  include=("output", "skip_corrupt", "device"))(_predict),
+                                  include=("output", "skip_corrupt", "device", "explain"))(_predict),
         "evaluate": config_command(app, "evaluate", ClassificationConfig, EvaluateOptions, include=_EVALUATE_DATA,
                                    defaults={"data": None}, read_file=_evaluate_file)(_evaluate),
     }

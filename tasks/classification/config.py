@@ -237,6 +237,8 @@ class PredictOptions(ConfigSection):
 
     output: Optional[str] = option_field(None, "CSV to write (default RUN/predictions.csv).", aliases=("-o",),
                                          metavar="PATH")
+    explain: bool = option_field(False, "Also write a Grad-CAM overlay PNG per image (predicted class and its "
+                                 "probability in the name and title) to <CSV stem>-explain/ beside the CSV.")
 
 
 class EvaluateOptions(ConfigSection):

@@ -22,6 +22,7 @@ from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.model import build_model
 from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label, plot_reliability, plot_roc, plot_training_curves
+from finetune_kit.tasks.classification.saliency import write_case_grid
 from finetune_kit.tasks.classification.transforms import (
     CachedImageDataset,
     ImageCache,
@@ -159,7 +160,9 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
     options as training) with the run's fitted calibrator; with the run's ``ood.npz``, also each image's
     ``ood_score`` / ``in_distribution`` and the ``fraction_flagged`` (under ``"ood"``). Writes ``RUN/eval-NAME/metrics.json``,
-    ``roc.png`` and ``reliability.png``; returns the metrics.
+    ``roc.png``, ``reliability.png`` and ``saliency_grid.png`` (Grad-CAM of the most confident correct,
+    most confident wrong and borderline images, :func:`~finetune_kit.tasks.classification.saliency.write_case_grid`);
+    returns the metrics.
 
     Raises:
         DataError / CorruptImageError / FileNotFoundError: bad data or run folder.
@@ -196,5 +199,8 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
                          "ood_score": [float(v) for v in ood["ood_score"]],
                          "in_distribution": [bool(v) for v in ood["in_distribution"]],
                          "paths": [s.path for s in samples]}
+    if len(labels):
+        write_case_grid(model, ds, tf, load_calibrator(run_path, temperature).probs(logits), labels, class_names,
+                        out_dir / "saliency_grid.png", title=f"Grad-CAM of the predicted class - {name}")
     RunDir(out_dir).write_json("metrics.json", result)
     return result

@@ -14,6 +14,7 @@ from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.config import DataConfig
 from finetune_kit.tasks.classification.data import list_images
 from finetune_kit.tasks.classification.evaluate import load_calibrator, load_trained, run_logits
+from finetune_kit.tasks.classification.saliency import explain_images
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
 __all__ = ["predict_images", "expand_inputs", "ood_line"]
@@ -41,12 +42,14 @@ def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> li
 
 
 def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output: str | Path | None = None,
-                   batch_size: int = 32, skip_corrupt: bool = False, device: str = "cpu") -> Path:
+                   batch_size: int = 32, skip_corrupt: bool = False, device: str = "cpu",
+                   explain: bool = False) -> Path:
     """Write ``path,predicted,p_<class>...`` rows (probabilities after the run's calibrator) for every
     image in ``inputs`` to ``output`` (default ``RUN/predictions.csv``); returns the path. With the
     run's OOD detector (``RUN/ood.npz``) each row adds ``ood_score`` (squared Mahalanobis distance)
     and ``in_distribution`` (``true``/``false``), and ``predictions.ood.json`` beside the CSV gives
-    the fraction flagged.
+    the fraction flagged. With ``explain``, a Grad-CAM overlay PNG per image of the predicted class goes
+    to ``<CSV stem>-explain/`` beside the CSV (:func:`~finetune_kit.tasks.classification.saliency.explain_images`).
 
     Raises:
         FileNotFoundError: bad run folder or inputs. CorruptImageError: unreadable image
@@ -72,6 +75,8 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
         w.writerow([p, "CORRUPT"] + [""] * (len(class_names) + (2 if ood else 0)))
     out = Path(output) if output else Path(run_path) / "predictions.csv"
     path = atomic_write_text(buf.getvalue(), out)
+    if explain:
+        explain_images(model, ds, tf, probs, class_names, path.with_name(f"{path.stem}-explain"))
     if ood:
         summary = {"n": len(paths), "fraction_flagged": float(np.mean(~ood["in_distribution"])),
                    "threshold": ood["threshold"], "predictions": str(path)}
