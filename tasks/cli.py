@@ -15,7 +15,7 @@ import typer
 from finetune_kit.runs.run_dir import recorded_command
 from finetune_kit.tasks import experiments_cli
 from finetune_kit.tasks.classification import cli as classification
-from finetune_kit.tasks.classification import wise_ft_cli
+from finetune_kit.tasks.classification import export_cli, wise_ft_cli
 from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
 from finetune_kit.tasks.cli_errors import fail
 from finetune_kit.tasks.cli_options import (config_command, option, parse_assignments, read_config_file,
@@ -208,6 +208,7 @@ def rerun_cmd(values: dict, run_dir: Path = typer.Argument(..., help="A run fold
 
 classification.register(app)
 wise_ft_cli.register(app)
+export_cli.register(app)
 compression_finetune.register(compression.app)
 app.add_typer(compression.app, name="compress", help="Train, fine-tune and evaluate learned image compression models.")
 experiments_cli.register(app)
