@@ -66,8 +66,9 @@ class CalibratedClassifier(nn.Module):
 
     Temperature scaling: ``softmax(z / T)``; vector scaling: ``softmax(w * z + b)``; isotonic
     (binary): ``p1 = interp(softmax(z)[:, 1], x, y)`` written as a sum of clamped ramps
-    ``y0 + sum_i s_i * clamp(p - x_i, 0, x_{i+1} - x_i)`` (exact piecewise-linear interpolation
-    with constant ends, exportable without a search op), then clipped to ``[1e-6, 1 - 1e-6]``.
+    ``y0 + sum_i s_i * clamp(p - x_i, 0, x_{i+1} - x_i)`` plus a step ``(y_{i+1} - y_i) [p > x_i]`` at a
+    repeated knot (exact piecewise-linear interpolation with constant ends, as ``numpy.interp``,
+    exportable without a search op), then clipped to ``[1e-6, 1 - 1e-6]``.
     """
 
     def __init__(self, model: nn.Module, calibrator: Calibrator):
@@ -90,6 +91,7 @@ class CalibratedClassifier(nn.Module):
         self.register_buffer("knots", torch.tensor(x[:-1], dtype=torch.float32))
         self.register_buffer("widths", torch.tensor(widths, dtype=torch.float32))
         self.register_buffer("slopes", torch.tensor(slopes, dtype=torch.float32))
+        self.register_buffer("jumps", torch.tensor(np.where(widths > 0, 0.0, np.diff(y)), dtype=torch.float32))
         self.y0 = float(y[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +100,8 @@ class CalibratedClassifier(nn.Module):
         if self.method != "isotonic":
             return p
         ramps = torch.minimum(torch.clamp(p[:, 1:2] - self.knots, min=0.0), self.widths)
-        p1 = torch.clamp(self.y0 + (ramps * self.slopes).sum(dim=1, keepdim=True), 1e-6, 1 - 1e-6)
+        steps = (p[:, 1:2] > self.knots).float() * self.jumps  # repeated knots: a jump
+        p1 = torch.clamp(self.y0 + (ramps * self.slopes + steps).sum(dim=1, keepdim=True), 1e-6, 1 - 1e-6)
         return torch.cat([1 - p1, p1], dim=1)
 
 
