@@ -101,6 +101,8 @@ class ModelConfig(ConfigSection):
         "auto", "BatchNorm running statistics (auto: frozen with pretrained/custom weights, train for random init).")
     channels_last: bool = option_field(False, "Model and inputs in channels-last memory format (as timm's train.py).")
     compile: bool = option_field(False, "torch.compile the model (as timm's train.py --torchcompile).")
+    grad_checkpointing: bool = option_field(False, "Recompute activations in the backward pass instead of keeping "
+                                            "them (timm set_grad_checkpointing): less memory, ~30 % slower.")
 
     @field_validator("custom_weights_path")
     @classmethod
@@ -193,7 +195,10 @@ class OptimConfig(ConfigSection):
     weight_decay: float = option_field(0.05, "AdamW decoupled weight decay (0 for norms/biases).", ge=0.0)
     warmup_epochs: float = option_field(1.0, "Linear LR warm-up, epochs (then cosine to --min-lr).", ge=0.0)
     min_lr: float = option_field(1e-6, "LR at the end of the cosine decay.", ge=0.0)
-    batch_size: int = option_field(32, "Images per optimizer step.", aliases=("-b",), ge=1)
+    batch_size: int = option_field(32, "Images per forward pass (per optimizer step: times --accum-steps).",
+                                   aliases=("-b",), ge=1)
+    accum_steps: int = option_field(1, "Gradient accumulation: micro-batches of --batch-size per optimizer step "
+                                    "(effective batch = batch size x N; LR schedule in optimizer steps).", ge=1)
     grad_clip: Optional[float] = option_field(1.0, "Max global gradient L2 norm (0: off).", gt=0.0)
     smoothing: float = option_field(0.1, "Label smoothing.", ge=0.0, lt=1.0)
     ema: bool = option_field(False, "Keep an EMA of the weights (timm ModelEmaV3) and evaluate it.")

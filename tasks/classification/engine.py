@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from finetune_kit.tasks.classification.accumulation import micro_batches, sync_context
+
 __all__ = ["EpochStats", "train_one_epoch", "predict_logits", "NonFiniteLossError"]
 
 
@@ -42,7 +44,8 @@ def train_one_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], batches:
                     criterion: nn.Module, optimizer: torch.optim.Optimizer, schedule, global_step: int,
                     amp, scaler, grad_clip: float | None, mixup=None, ema=None, ema_model: nn.Module | None = None,
                     params: list[torch.Tensor] | None = None, on_batch: Callable[[], None] | None = None,
-                    device: torch.device = torch.device("cpu")) -> tuple[EpochStats, int]:
+                    device: torch.device = torch.device("cpu"), accum_steps: int = 1,
+                    no_sync: Callable | None = None) -> tuple[EpochStats, int]:
     """Run one epoch of optimizer steps.
 
     Args:
@@ -56,6 +59,9 @@ def train_one_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], batches:
         mixup: a ``timm.data.Mixup`` (needs even batch sizes) or None.
         ema: a ``timm.utils.ModelEmaV3`` updated after each step (with ``ema_model``) or None.
         params: parameters to clip (default: all of the optimizer's).
+        accum_steps: micro-batches per optimizer step (:mod:`~finetune_kit.tasks.classification.accumulation`);
+            ``global_step`` and the schedule count optimizer steps.
+        no_sync: the DDP wrapper's ``no_sync`` (skips the all-reduce on non-final micro-batches).
 
     Returns:
         ``(EpochStats, global_step after the epoch)``.
@@ -66,21 +72,29 @@ def train_one_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], batches:
     t0 = time.perf_counter()
     total, seen = 0.0, 0
     clip_params = params if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
-    for x, y in batches:
+    for x, y, first, last, group in micro_batches(batches, accum_steps):
         x = prepare(x).to(device, non_blocking=True)
         y = torch.as_tensor(y).to(device)
         target = y
         if mixup is not None:
             x, target = mixup(x, y)
-        schedule.apply(global_step)
-        with amp.autocast():
-            logits = forward(x)
-            loss = criterion(logits.float(), target)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss.item()} at step {global_step}: lower --learning_rate "
-                                     "or keep --grad_clip on")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        if first:
+            schedule.apply(global_step)
+            optimizer.zero_grad(set_to_none=True)
+        with sync_context(no_sync, last):
+            with amp.autocast():
+                logits = forward(x)
+                loss = criterion(logits.float(), target)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"training loss is {loss.item()} at step {global_step}: lower "
+                                         "--learning_rate or keep --grad_clip on")
+            scaler.scale(loss / group).backward()
+        total += float(loss.detach()) * len(y)
+        seen += len(y)
+        if on_batch is not None:
+            on_batch()
+        if not last:
+            continue
         if grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in clip_params if p.grad is not None], grad_clip)
@@ -89,10 +103,6 @@ def train_one_epoch(*, forward: Callable[[torch.Tensor], torch.Tensor], batches:
         if ema is not None:
             ema.update(ema_model, step=global_step)
         global_step += 1
-        total += float(loss.detach()) * len(y)
-        seen += len(y)
-        if on_batch is not None:
-            on_batch()
     return EpochStats(total / max(seen, 1), seen, time.perf_counter() - t0), global_step
 
 

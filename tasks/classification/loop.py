@@ -204,7 +204,7 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
         prepare=_identity if use_cache else prepare_inputs(state), criterion=opt.criterion, optimizer=opt.optimizer,
         schedule=opt.schedule, global_step=state.global_step, amp=state.amp, scaler=opt.scaler,
         grad_clip=cfg.optim.grad_clip, mixup=opt.mixup, ema=state.ema, ema_model=model, device=state.device,
-        on_batch=on_batch)
+        on_batch=on_batch, accum_steps=cfg.optim.accum_steps, no_sync=getattr(forward, "no_sync", None))
     stats = reduce_epoch_stats(stats)  # DDP: mean loss and images/s over every rank's images
     vl, vy = validate(state, use_cache)
     vm = classification_metrics(vy, softmax(vl), vl)

@@ -41,7 +41,8 @@ from finetune_kit.runs.run_dir import RunDir, new_run_dir
 from finetune_kit.schedulers import build_lr_scheduler
 from finetune_kit.seeding import seed_everything
 from finetune_kit.strategy import get_strategy
-from finetune_kit.tasks.classification.config import ClassificationConfig, resolved_bn_stats
+from finetune_kit.tasks.classification.accumulation import optimizer_steps
+from finetune_kit.tasks.classification.config import ClassificationConfig, ConfigError, resolved_bn_stats
 from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
 from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
 from finetune_kit.tasks.classification.model import build_model, head_param_names
@@ -201,6 +202,10 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
                                         img_size=cfg.transforms.img_size)
     if weights_report is not None:
         console.print(weights_report.summary())
+    if m.grad_checkpointing:  # timm: recompute activations block by block in the backward pass
+        if not callable(getattr(model, "set_grad_checkpointing", None)):
+            raise ConfigError(f"--grad-checkpointing: {m.model_name} has no set_grad_checkpointing; drop the option")
+        model.set_grad_checkpointing(True)
     strategy = build_strategy(cfg, model)
     model = strategy.prepare_model(model)  # e.g. LoRA adapters, before the groups and the optimizer
     model.to(device)
@@ -316,7 +321,8 @@ def _build_ema(cfg: ClassificationConfig, model: torch.nn.Module):
 def _build_schedule(cfg: ClassificationConfig, opt: Optimisation):
     """Linear warm-up then cosine to ``--min_lr``, applied per optimizer step."""
 
-    return build_lr_scheduler(opt.optimizer, epochs=cfg.epochs, steps_per_epoch=opt.steps,
+    return build_lr_scheduler(opt.optimizer, epochs=cfg.epochs, steps_per_epoch=optimizer_steps(opt.steps,
+                                                                                                cfg.optim.accum_steps),
                               warmup_epochs=cfg.optim.warmup_epochs, min_lr=cfg.optim.min_lr)
 
 
