@@ -136,7 +136,8 @@ class StrategyConfig(ConfigSection):
     gradual_patience: int = option_field(3, "gradual: epochs without val improvement before the next unfreezing "
                                          "stage.", ge=1)
     llrd_decay: float = option_field(0.9, "full/llrd, lp_ft, gradual: LR factor per layer group of depth (head "
-                                     "gets 1).", gt=0.0, le=1.0)
+                                     "gets 1; RETFound's --layer-decay, 0.65 there).", gt=0.0, le=1.0,
+                                     aliases=("--layer-decay",))
     unfreeze_schedule: str = option_field("2,4", "progressive: completed epochs after which stages 1,2 unfreeze "
                                           "(2,4: stage 1 trains from epoch 3, stage 2 from epoch 5).")
     unfreeze_warmup_epochs: int = option_field(2, "progressive, gradual: LR ramp of newly unfrozen groups, epochs.",

@@ -18,6 +18,7 @@ from finetune_kit.tasks.classification.config import ClassificationConfig
 from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.engine import predict_logits, softmax
 from finetune_kit.tasks.classification.forgetting_run import load_run_weights
+from finetune_kit.tasks.classification.foundation_weights import match_pooling
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.model import build_model
 from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
@@ -119,7 +120,8 @@ def load_trained(run_path: str | Path, device: str = "cpu"):
     class_names = ck["class_names"]
     model, _ = build_model(cfg.model.model_name, len(class_names), pretrained=False, drop_rate=cfg.model.drop_rate,
                            img_size=cfg.transforms.img_size)
-    model = load_run_weights(model, cfg, ck["ema"] if ck.get("ema") is not None else ck["model"])  # LoRA: merged
+    weights = ck["ema"] if ck.get("ema") is not None else ck["model"]
+    model = load_run_weights(match_pooling(model, weights), cfg, weights)  # RETFound fc_norm pooling; LoRA: merged
     model.to(device).eval()
     temperature = 1.0
     if (run.path / "metrics.json").is_file():

@@ -3,7 +3,8 @@
 Weights come from the timm hub (``--pretrained``, needs network) or from a local file
 (``--custom_weights_path``: ``.pth``, ``.pth.tar``, ``.pt``, ``.bin`` or ``.safetensors``;
 a bare state dict or a whole checkpoint with ``state_dict``/``model`` entries; DataParallel
-``module.`` prefixes stripped). The classifier head is re-initialised when its shape differs
+``module.`` prefixes stripped; MAE/RETFound and DINOv2 ViT checkpoints mapped to timm's keys by
+:mod:`~finetune_kit.tasks.classification.foundation_weights`). The classifier head is re-initialised when its shape differs
 (e.g. ImageNet's 1000 classes vs 2). Any other missing, unexpected or mis-shaped key means
 the file belongs to another architecture: an error unless ``allow_partial_weights``.
 """
@@ -20,6 +21,7 @@ from torch import nn
 
 from finetune_kit.runs.checkpoint import extract_state_dict
 from finetune_kit.runs.safe_load import UnsafeWeightsError, safe_torch_load
+from finetune_kit.tasks.classification.foundation_weights import convert_foundation, unwrap_checkpoint
 
 __all__ = ["ModelError", "WeightsReport", "build_model", "load_custom_weights", "read_weights_file", "head_param_names"]
 
@@ -39,6 +41,8 @@ class WeightsReport:
         unexpected: file keys the model lacks (ignored).
         reinitialized: head keys whose shape differed (kept at a fresh initialisation).
         mismatched: non-head keys whose shape differed (only with ``allow_partial``).
+        layout: the checkpoint layout (``timm``, ``mae``, ``dinov2``; see
+            :mod:`~finetune_kit.tasks.classification.foundation_weights`).
     """
 
     path: str
@@ -47,12 +51,13 @@ class WeightsReport:
     unexpected: list[str] = field(default_factory=list)
     reinitialized: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    layout: str = "timm"
 
     def summary(self) -> str:
         """One line: counts, with up to 3 example keys of each kind."""
         def ex(keys: list[str]) -> str:
             return f" ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else ""
-        return (f"weights {self.path}: loaded {self.loaded} tensors; head re-initialised {len(self.reinitialized)}"
+        return (f"weights {self.path} ({self.layout} layout): mapped {self.loaded} tensors; head re-initialised {len(self.reinitialized)}"
                 f"{ex(self.reinitialized)}; missing {len(self.missing)}{ex(self.missing)}; unexpected "
                 f"{len(self.unexpected)}{ex(self.unexpected)}; shape-mismatched {len(self.mismatched)}{ex(self.mismatched)}")
 
@@ -89,7 +94,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"--custom_weights_path {path}: no such file; pass a .pth, .pth.tar or .safetensors file")
     try:
         obj = safe_torch_load(path, map_location="cpu", what="--custom_weights_path")  # no code runs from it
-        return extract_state_dict(obj)
+        return extract_state_dict(unwrap_checkpoint(obj))  # DINOv2: the teacher/student entry
     except UnsafeWeightsError as exc:
         raise ModelError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - one line naming the file and the fix
@@ -105,10 +110,10 @@ def load_custom_weights(model: nn.Module, path: str | Path, *, allow_partial: bo
         ModelError: unreadable file, or backbone keys missing/unexpected/mis-shaped without
             ``allow_partial`` (names counts, example keys and ``--allow-partial-weights``).
     """
-    sd = read_weights_file(path)
-    own = model.state_dict()
     head = head_param_names(model)
-    rep = WeightsReport(str(path))
+    sd, layout = convert_foundation(read_weights_file(path), model, head, str(path))  # MAE/RETFound, DINOv2 ViTs
+    own = model.state_dict()
+    rep = WeightsReport(str(path), layout=layout)
     use: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k in own and k.endswith("pos_embed") and v.ndim == 3 and v.shape != own[k].shape:
