@@ -197,6 +197,26 @@ def copy_images(c, folder_name: str) -> Path:
     return root
 
 
+def unfinished_run(c, status: str) -> str:
+    """A run folder whose ``status.json`` says ``status`` (a run still going, killed or failed)."""
+    run = c.tmp / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text("{}")
+    (run / "status.json").write_text(json.dumps({"status": status, "error": None}))
+    return str(run)
+
+
+def foreign_vit_checkpoint(c) -> str:
+    """A DINOv2 training checkpoint (teacher wrapper, backbone. prefix) of a ViT-Small: for a ViT-Tiny,
+    no backbone tensor has the right shape."""
+    import timm
+
+    sd = timm.create_model("vit_small_patch16_224", num_classes=0).state_dict()
+    path = c.tmp / "dinov2_small.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in {**sd, "mask_token": torch.zeros(1, 384)}.items()}}, path)
+    return str(path)
+
+
 CASES = [
     # -- images: decode to RGB uint8 (H, W, 3), or one line naming the file --------------------
     ("image: truncated JPEG (40 bytes)", lambda c: decode(
@@ -297,6 +317,17 @@ CASES = [
     ("option: classify --val-fraction inf", lambda c: classify(c, "--val-fraction", "inf"), "val"),
     ("option: classify --num-epochs 0", lambda c: classify(c, "--num-epochs", "0"), "epochs"),
     ("option: classify --batch-size -1", lambda c: classify(c, "--batch-size", "-1"), "batch"),
+    ("option: classify --accum-steps 0", lambda c: classify(c, "--accum-steps", "0"), "--accum-steps"),
+    ("option: export --format tflite", lambda c: cli(["export", unfinished_run(c, "completed"), "--format", "tflite"],
+                                                     c.capfd), "'tflite' is not one of 'onnx', 'torchscript'"),
+    ("run folder: export of a running (unfinished) run", lambda c: cli(["export", unfinished_run(c, "running")],
+                                                                      c.capfd), "the run is running, not completed"),
+    ("run folder: export of a failed run", lambda c: cli(["export", unfinished_run(c, "failed")], c.capfd),
+     "the run is failed, not completed"),
+    ("weights: DINOv2 checkpoint of a ViT-Small for a ViT-Tiny", lambda c: cli(
+        ["classify", "--data", str(c.good), "--model_name", "vit_tiny_patch16_224", "--img_size", "32",
+         "--custom-weights-path", foreign_vit_checkpoint(c), "--num_epochs", "1", "--batch_size", "4", "--output_dir",
+         str(c.tmp / "o"), "--num_threads", "1", "--no-progress"], c.capfd), "dinov2 layout maps only 0 of the"),
     ("option: classify --learning-rate abc", lambda c: classify(c, "--learning-rate", "abc"),
      "Invalid value for '--learning-rate'"),
     ("option: bad --layer-patterns regex", lambda c: classify(c, "--ft_strategy", "gradual", "--layer-patterns", "("),
