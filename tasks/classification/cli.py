@@ -168,8 +168,8 @@ def _predict(values: dict,
         out = predict_images(run_dir, images, output=Path(output) if output else None, device=device,
                              skip_corrupt=values.get("data", {}).get("skip_corrupt", False),
                              explain=bool(values.get("explain")))
-        typer.echo(f"predictions written to {out}" + (f"; overlays in {out.stem}-explain/" if values.get("explain")
-                                                      else ""))
+        explained = f"; Grad-CAM overlays in {out.with_name(out.stem + '-explain')}" if values.get("explain") else ""
+        typer.echo(f"predictions written to {out}{explained}")
         if out.with_suffix(".ood.json").is_file():  # the run has an OOD detector
             typer.echo(ood_line(out.with_suffix(".ood.json")))
     except expected_errors() as exc:

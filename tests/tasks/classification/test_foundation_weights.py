@@ -13,7 +13,7 @@ from timm.layers import resample_abs_pos_embed
 
 from finetune_kit.layer_groups import resolve_layer_groups
 from finetune_kit.strategy import get_strategy
-from finetune_kit.tasks.classification.foundation_weights import FoundationWeightsError, detect_layout
+from finetune_kit.tasks.classification.foundation_weights import FoundationWeightsError, detect_layout, match_pooling
 from finetune_kit.tasks.classification.model import build_model, head_param_names, load_custom_weights
 
 NAME = "vit_tiny_patch16_224"
@@ -71,6 +71,10 @@ def test_retfound_finetuned_layout_pools_like_its_source(tmp_path):
     x = torch.randn(2, 3, 224, 224)
     feats = model.forward_features(x)
     torch.testing.assert_close(model.forward_head(feats, pre_logits=True), model.fc_norm(feats[:, 1:].mean(1)))
+    # a run's checkpoint of this model loads back (predict, evaluate, export rebuild it): same pooling
+    again, _ = build_model(NAME, 2)
+    match_pooling(again, model.state_dict()).load_state_dict(model.state_dict())
+    torch.testing.assert_close(again.eval()(x), model.eval()(x))
 
 
 @pytest.mark.parametrize("chunked", [False, True])
