@@ -127,6 +127,9 @@ def _check_images(run_path: Path, tf, n: int) -> tuple[list[str], torch.Tensor]:
     cache = ImageCache(tf.cache_size)
     bad = set(cache.load(paths, skip_corrupt=True))
     paths = [p for p in paths if p not in bad]
+    if not paths:
+        raise ExportError(f"{run_path}/split.csv: no readable test or validation image to check the export against; "
+                          "export a run whose split.csv lists its images")
     ds = CachedImageDataset(cache, paths, [0] * len(paths), tf.eval)
     images = np.stack([ds[i][0] for i in range(len(ds))])
     return paths, normalize_batch(torch.from_numpy(images), tf.mean, tf.std)
@@ -183,7 +186,8 @@ def export_run(run_path: str | Path, fmt: str = "onnx", *, output: str | Path | 
         tolerance: largest allowed absolute difference of the probabilities (0-1 scale).
 
     Raises:
-        ExportError: unfinished/failed run, unknown format, or the check exceeds ``tolerance``.
+        ExportError: unfinished/failed run, unknown format, no test/validation image to check on, or the
+            check exceeds ``tolerance``.
         FileNotFoundError: no ``checkpoints/best.pt``.
     """
     if fmt not in EXPORT_FORMATS:
@@ -196,7 +200,7 @@ def export_run(run_path: str | Path, fmt: str = "onnx", *, output: str | Path | 
     paths, inputs = _check_images(run_path, tf, check_images)
     out = Path(output) if output else run_path / f"model{EXPORT_FORMATS[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = inputs[:2] if len(inputs) else torch.zeros(1, 3, tf.img_size, tf.img_size)
+    example = inputs[:2]
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporters' deprecation notices (torch.jit, TorchScript-based ONNX)
         if fmt == "onnx":

@@ -73,6 +73,7 @@ def test_micro_batch_groups():
         list(micro_batches([], 0))
 
 
+@pytest.mark.slow  # ~25 s: a real training run
 def test_run_counts_optimizer_steps(acrima_flat, tmp_path):
     """A real run with --accum-steps 2 and --grad-checkpointing: global_step = ceil(batches / 2) per epoch."""
     from finetune_kit.tasks.classification.train import run_training
