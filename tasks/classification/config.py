@@ -27,7 +27,7 @@ from finetune_kit.tasks.config_base import ConfigSection, config_options, deep_m
 
 __all__ = ["ClassificationConfig", "DataConfig", "ModelConfig", "TransformsConfig", "StrategyConfig", "OptimConfig",
            "CalibrationConfig", "RuntimeConfig", "OutputConfig", "ConfigError", "STRATEGY_FIELDS",
-           "RECORDED_FIELDS", "parse_strategy_kwargs", "resolved_bn_stats", "ResumeOptions", "CompareOptions",
+           "RECORDED_FIELDS", "ONE_OFF_FIELDS", "parse_strategy_kwargs", "resolved_bn_stats", "ResumeOptions", "CompareOptions",
            "PredictOptions", "EvaluateOptions", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR"]
 
 #: The built-in strategies' options that are also named config fields (``--llrd_decay`` ...), all in
@@ -38,6 +38,9 @@ STRATEGY_FIELDS = ("gradual_patience", "llrd_decay", "unfreeze_schedule", "unfre
 #: Fields a run records about itself in ``config.json`` (not settings): a ``--config`` file or
 #: ``finetune-kit rerun`` drops them, so the new run gets its own folder.
 RECORDED_FIELDS = ("run_dir",)
+#: One-off controls of a single invocation (not settings of the experiment): a ``--config`` file or
+#: ``finetune-kit rerun`` drops them too, so a rerun of a stopped-then-resumed run trains to the end.
+ONE_OFF_FIELDS = ("stop_after_epoch",)
 
 
 class ConfigError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, MutableMapping
 
-from finetune_kit.tasks.classification.config import (RECORDED_FIELDS, STRATEGY_FIELDS, ClassificationConfig,
+from finetune_kit.tasks.classification.config import (ONE_OFF_FIELDS, RECORDED_FIELDS, STRATEGY_FIELDS, ClassificationConfig,
                                                       CompareOptions)
 from finetune_kit.tasks.cli_options import read_config_file
 from finetune_kit.tasks.config_base import flatten
@@ -19,7 +19,8 @@ def classification_file_values(path: str | Path) -> dict[str, Any]:
     A run's ``config.json`` works (nested sections, or the flat keys with a nested ``data`` of
     earlier versions); the keys a run records about itself
     (:data:`~finetune_kit.tasks.classification.config.RECORDED_FIELDS`, e.g. ``run_dir``) are
-    dropped, so the new run gets its own folder. A ``compare`` folder's ``config.json`` (``base``,
+    dropped, so the new run gets its own folder, and so are the one-off controls
+    (:data:`~finetune_kit.tasks.classification.config.ONE_OFF_FIELDS`: ``stop_after_epoch``). A ``compare`` folder's ``config.json`` (``base``,
     ``strategies``, ``per_strategy``) gives the base options plus ``strategies`` and
     ``head_learning_rate``.
 
@@ -36,7 +37,7 @@ def classification_file_values(path: str | Path) -> dict[str, Any]:
             out["head_learning_rate"] = head_lr
         values = out
     values = flatten([ClassificationConfig, CompareOptions], values)
-    for key in RECORDED_FIELDS:
+    for key in (*RECORDED_FIELDS, *ONE_OFF_FIELDS):
         values.pop(key, None)
     return values
 
