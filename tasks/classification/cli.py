@@ -24,8 +24,9 @@ from finetune_kit.tasks.classification.config import (
     EvaluateOptions, PredictOptions, ResumeOptions)
 from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
 from finetune_kit.tasks.cli_errors import fail
-from finetune_kit.tasks.cli_options import CONFIG_OPTION, config_command, deep_merge, given, nest, resolve_device
-from finetune_kit.tasks.launch import handle_launch_options
+from finetune_kit.tasks.cli_options import (CONFIG_OPTION, HELP_VALUES, config_command, deep_merge, given, nest,
+                                            resolve_device)
+from finetune_kit.tasks.launch import LAUNCH_HELP, handle_launch_options
 
 __all__ = ["register", "run_classify", "run_compare", "expected_errors", "classify_app", "compare_app",
            "main_classify", "main_compare"]
@@ -113,6 +114,17 @@ def run_compare(values: Mapping[str, Any], *, console: Optional[Console] = None,
     typer.echo(out["markdown"])
     typer.echo(f"comparison written to {out['folder']}")
     return out
+
+
+def _strategy_names() -> str:
+    """``linear|lp_ft|...`` (aliases in brackets): the registry's strategies, for ``--ft-strategy``'s help."""
+    from finetune_kit.strategy import list_strategies, strategy_aliases  # start-up time: the registry imports torch
+
+    aliases = strategy_aliases()
+    return "|".join(n + "".join(f" (alias {a})" for a, t in aliases.items() if t == n) for n in list_strategies())
+
+
+HELP_VALUES["strategies"] = _strategy_names
 
 
 def _typed(ctx: Any, names: Any) -> set[str]:
@@ -209,9 +221,9 @@ def _commands(app: Optional[typer.Typer]) -> dict[str, Callable[..., Any]]:
     read = classification_file_values
     return {
         "classify": config_command(app, "classify", ClassificationConfig, ResumeOptions, exclude=_RECORDED,
-                                   read_file=read)(_classify),
+                                   read_file=read, epilog=LAUNCH_HELP)(_classify),
         "compare": config_command(app, "compare", ClassificationConfig, CompareOptions, exclude=_RECORDED,
-                                  defaults=COMPARE_DEFAULTS, read_file=read)(_compare),
+                                  defaults=COMPARE_DEFAULTS, read_file=read, epilog=LAUNCH_HELP)(_compare),
         "predict": config_command(app, "predict", PredictOptions, ClassificationConfig,
                                   include=("output", "skip_corrupt", "device"))(_predict),
         "evaluate": config_command(app, "evaluate", ClassificationConfig, EvaluateOptions, include=_EVALUATE_DATA,
