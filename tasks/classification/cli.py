@@ -21,7 +21,7 @@ from rich.console import Console
 from finetune_kit.runs.run_dir import safe_name
 from finetune_kit.tasks.classification.config import (
     COMPARE_DEFAULTS, DEMO_HEAD_LR, DEMO_OVERRIDES, STRATEGY_FIELDS, ClassificationConfig, CompareOptions, DataConfig,
-    EvaluateOptions, PredictOptions, ResumeOptions)
+    EvaluateOptions, OptimConfig, PredictOptions, ResumeOptions, RuntimeConfig)
 from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
 from finetune_kit.tasks.cli_errors import fail
 from finetune_kit.tasks.cli_options import (CONFIG_OPTION, HELP_VALUES, config_command, deep_merge, given, nest,
@@ -174,16 +174,29 @@ def _predict(values: dict,
     try:
         from finetune_kit.tasks.classification.predict import ood_line, predict_images  # start-up time: torch
 
-        device, line = resolve_device(values.get("runtime", {}).get("device", "auto"))
-        typer.echo(line, err=True)
+        device, batch_size = _inference_runtime(values)
         output = values.get("output")
         out = predict_images(run_dir, images, output=Path(output) if output else None, device=device,
-                             skip_corrupt=values.get("data", {}).get("skip_corrupt", False))
+                             skip_corrupt=values.get("data", {}).get("skip_corrupt", False), batch_size=batch_size)
         typer.echo(f"predictions written to {out}")
         if out.with_suffix(".ood.json").is_file():  # the run has an OOD detector
             typer.echo(ood_line(out.with_suffix(".ood.json")))
     except expected_errors() as exc:
         fail(exc)
+
+
+def _inference_runtime(values: dict) -> tuple[str, int]:
+    """``(device, batch_size)`` of ``predict``/``evaluate``: resolves and prints the device, applies
+    ``--num-threads`` (torch CPU threads) and validates both with the run's own fields."""
+    import torch  # start-up time: torch only once the command runs
+
+    runtime = RuntimeConfig.model_validate({k: v for k, v in values.get("runtime", {}).items() if k != "device"})
+    batch_size = OptimConfig.model_validate(values.get("optim", {})).batch_size
+    device, line = resolve_device(values.get("runtime", {}).get("device", "auto"))
+    if runtime.num_threads:
+        torch.set_num_threads(runtime.num_threads)
+    typer.echo(line + (f", {runtime.num_threads} CPU thread(s)" if runtime.num_threads else ""), err=True)
+    return device, batch_size
 
 
 def _evaluate_file(path: Path) -> dict:
@@ -197,13 +210,18 @@ def _evaluate(values: dict, run_dir: Path = typer.Argument(..., help="A finished
     try:
         from finetune_kit.tasks.classification.evaluate import evaluate_run  # start-up time: torch
 
+        from finetune_kit.tasks.classification.evaluation_data import with_run_label_rule  # start-up time: torch
+
         name = EvaluateOptions.model_validate({"name": values.get("name", "external")}).name
-        device, line = resolve_device(values.get("runtime", {}).get("device", "auto"))
-        typer.echo(line, err=True)
         data = values.get("data", {})
         if not data.get("data"):
             raise ValueError("--data: give the labelled images to evaluate on (or a --config file with data)")
-        res = evaluate_run(run_dir, DataConfig.model_validate(data), name=name, device=device)
+        data, note = with_run_label_rule(run_dir, data)
+        data_cfg = DataConfig.model_validate(data)
+        if note:
+            typer.echo(note, err=True)
+        device, batch_size = _inference_runtime(values)
+        res = evaluate_run(run_dir, data_cfg, name=name, device=device, batch_size=batch_size)
         m = res["metrics"]
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "
                    f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to "
@@ -213,7 +231,7 @@ def _evaluate(values: dict, run_dir: Path = typer.Argument(..., help="A finished
 
 
 _EVALUATE_DATA = ("data", "layout", "label_preset", "label_regex", "positive_class", "negative_class", "extensions",
-                  "skip_corrupt", "device", "name")
+                  "skip_corrupt", "device", "name", "num_threads", "batch_size")
 
 
 def _commands(app: Optional[typer.Typer]) -> dict[str, Callable[..., Any]]:
@@ -225,7 +243,7 @@ def _commands(app: Optional[typer.Typer]) -> dict[str, Callable[..., Any]]:
         "compare": config_command(app, "compare", ClassificationConfig, CompareOptions, exclude=_RECORDED,
                                   defaults=COMPARE_DEFAULTS, read_file=read, epilog=LAUNCH_HELP)(_compare),
         "predict": config_command(app, "predict", PredictOptions, ClassificationConfig,
-                                  include=("output", "skip_corrupt", "device"))(_predict),
+                                  include=("output", "skip_corrupt", "device", "num_threads", "batch_size"))(_predict),
         "evaluate": config_command(app, "evaluate", ClassificationConfig, EvaluateOptions, include=_EVALUATE_DATA,
                                    defaults={"data": None}, read_file=_evaluate_file)(_evaluate),
     }

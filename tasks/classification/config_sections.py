@@ -196,7 +196,8 @@ class OptimConfig(ConfigSection):
     weight_decay: float = option_field(0.05, "AdamW decoupled weight decay (0 for norms/biases).", ge=0.0)
     warmup_epochs: float = option_field(1.0, "Linear LR warm-up, epochs (then cosine to --min-lr).", ge=0.0)
     min_lr: float = option_field(1e-6, "LR at the end of the cosine decay.", ge=0.0)
-    batch_size: int = option_field(32, "Images per optimizer step.", aliases=("-b",), ge=1)
+    batch_size: int = option_field(32, "Images per optimizer step (predict, evaluate: per forward pass).",
+                                   aliases=("-b",), ge=1)
     grad_clip: Optional[float] = option_field(1.0, "Max global gradient L2 norm (0: off).", gt=0.0)
     smoothing: float = option_field(0.1, "Label smoothing.", ge=0.0, lt=1.0)
     ema: bool = option_field(False, "Keep an EMA of the weights (timm ModelEmaV3) and evaluate it.")
