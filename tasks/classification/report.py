@@ -25,6 +25,7 @@ from finetune_kit.tasks.classification.plots import dataset_label
 from finetune_kit.tasks.classification.report_extras import ood_and_reference
 from finetune_kit.tasks.classification.setup import TrainingRun, image_loader
 from finetune_kit.tasks.classification.transforms import normalize_batch
+from finetune_kit.tasks.classification.weights_check import constant_outputs_warning, random_init_warning
 
 __all__ = ["report", "predict_best"]
 
@@ -98,6 +99,12 @@ def report(state: TrainingRun) -> dict:
                             seed=cfg.runtime.seed, calibration=cfg.calibration.calibration, **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
 
+    m = cfg.model
+    constant = constant_outputs_warning(logits["val_logits"])
+    if constant:  # the random-init warning was printed when the model was built
+        state.console.print(f"[bold yellow]{constant}[/]")
+    result["warnings"] = [w for w in (random_init_warning(m.model_name, m.pretrained, m.custom_weights_path),
+                                      constant) if w]
     result.update(ood_and_reference(state, logits))
     result.update(measure_forgetting(state))
     state.run.write_json("metrics.json", result)

@@ -46,6 +46,7 @@ from finetune_kit.tasks.classification.data import LabelledImages, discover, rea
 from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
 from finetune_kit.tasks.classification.model import build_model, head_param_names
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
+from finetune_kit.tasks.classification.weights_check import random_init_warning
 
 __all__ = ["RunData", "Optimisation", "TrainingRun", "build", "build_strategy", "start_run", "epoch_seed",
            "image_loader"]
@@ -201,6 +202,8 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
                                         img_size=cfg.transforms.img_size)
     if weights_report is not None:
         console.print(weights_report.summary())
+    if warning := random_init_warning(m.model_name, m.pretrained, m.custom_weights_path):
+        console.print(f"[bold yellow]{warning}[/]")
     strategy = build_strategy(cfg, model)
     model = strategy.prepare_model(model)  # e.g. LoRA adapters, before the groups and the optimizer
     model.to(device)
