@@ -31,7 +31,7 @@ from finetune_kit.tasks.classification.plots import dataset_label, plot_val_auro
 from finetune_kit.tasks.classification.train import run_training
 from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
-__all__ = ["run_comparison", "strategy_configs", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR", "COLUMNS"]
+__all__ = ["run_comparison", "strategy_configs", "strategy_row", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR", "COLUMNS"]
 
 COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accuracy", "test accuracy"),
            ("ece_before", "ECE before"), ("ece_after", "ECE after"), ("ece_after_ci95", "ECE after 95% CI"),
@@ -41,12 +41,16 @@ COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accura
            ("training_memory_mb", "training memory (MiB)")] + FORGETTING_COLUMNS
 
 
-def _row(name: str, m: Mapping) -> dict:
+def strategy_row(name: str, m: Mapping) -> dict:
+    """One strategy's row of the comparison table (:data:`COLUMNS`) from its ``metrics.json`` ``m``. ``T``
+    is the temperature only when the calibrator is temperature scaling (empty for vector, isotonic or none,
+    which have no single temperature)."""
     t = m.get("test", {})
+    method = (m.get("calibration") or {}).get("method")
     return {"strategy": name, "test_auroc": t.get("auroc"), "test_accuracy": t.get("accuracy"),
             "ece_before": t.get("ece"), "ece_after": t.get("ece_calibrated"),
-            "ece_after_ci95": _ci(t.get("ece_calibrated_ci95")), "calibration": (m.get("calibration") or {}).get("method"),
-            "temperature": m.get("temperature"),
+            "ece_after_ci95": _ci(t.get("ece_calibrated_ci95")), "calibration": method,
+            "temperature": m.get("temperature") if method == "temperature" else None,
             "epochs": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "wall_time_s": m.get("wall_time_s"),
             "trainable_fraction": m.get("trainable_fraction_final"), "peak_memory_mb": m.get("peak_memory_mb"),
             "training_memory_mb": m.get("peak_memory_increase_mb"), **forgetting_cells(m)}
@@ -108,7 +112,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
         result = run_training(cfg, image_cache=cache, console=console)
         results[name] = result
         histories[name] = RunDir(folder.path / name).history()
-        rows.append(_row(name, result))
+        rows.append(strategy_row(name, result))
         rows += [r for r in [wise_ft_row(name, result, COLUMNS)] if r is not None]
         ref = reference_row(result)
         if ref is not None and not any(r["strategy"] == ref["strategy"] for r in rows):
