@@ -140,7 +140,7 @@ class Results:
         read as a level (``test_auroc`` -> ``final.test.auroc``), ``best.NAME``, ``last.NAME``,
         ``wandb.summary.NAME``, else a unique column ending in ``.NAME``. The run folder's own files
         come first; the wandb summary is the last resort (runs made with ``--wandb disabled`` have
-        none), and :meth:`fill_from_wandb` completes a ``final.*`` column from it run by run.
+        none); :meth:`fill_from_wandb` completes a ``final.*`` column from it.
 
         Raises:
             KeyError: no such metric; the message lists the available metric columns.
@@ -161,10 +161,8 @@ class Results:
         raise KeyError(f"metric {name!r} not found in {self.root}; available metric columns: {avail}")
 
     def fill_from_wandb(self, metric_col: str) -> int:
-        """Fill the runs without a value in ``metric_col`` (a ``final.*`` column) from the wandb summary
-        of the same metric (``final.test.auroc`` <- ``wandb.summary.test_auroc`` or
-        ``wandb.summary.test.auroc``), in place: a run whose ``metrics.json`` lacks the metric but
-        whose wandb summary has it is ranked too. Returns the number of runs filled (0 for other columns)."""
+        """Fill the runs without a value in ``metric_col`` (a ``final.*`` column) from their wandb summary
+        (``final.test.auroc`` <- ``wandb.summary.test_auroc`` / ``.test.auroc``), in place; returns how many."""
         if not metric_col.startswith("final.") or metric_col not in self.df.columns:
             return 0
         key = metric_col[len("final."):]
@@ -179,9 +177,7 @@ class Results:
     def without_metric(self, metric_col: str) -> pd.DataFrame:
         """Completed runs that hold no number for ``metric_col`` (not ranked; ``analyze`` names them)."""
         done = self.completed
-        if metric_col not in done.columns:
-            return done
-        return done[pd.to_numeric(done[metric_col], errors="coerce").isna()]
+        return done if metric_col not in done.columns else done[pd.to_numeric(done[metric_col], errors="coerce").isna()]
 
     def resolve_param(self, name: str) -> str:
         """Column for a parameter name: exact column, ``config.NAME``, an alias

@@ -22,7 +22,8 @@ from finetune_kit.runs.run_dir import safe_name
 from finetune_kit.tasks.classification.config import (
     COMPARE_DEFAULTS, DEMO_HEAD_LR, DEMO_OVERRIDES, STRATEGY_FIELDS, ClassificationConfig, CompareOptions, DataConfig,
     EvaluateOptions, OptimConfig, PredictOptions, ResumeOptions, RuntimeConfig)
-from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
+from finetune_kit.tasks.classification.config_files import (classification_file_values, drop_foreign_strategy_fields,
+                                                            drop_unused_strategy_fields)
 from finetune_kit.tasks.cli_errors import fail
 from finetune_kit.tasks.cli_options import (CONFIG_OPTION, HELP_VALUES, config_command, deep_merge, given, nest,
                                             resolve_device)
@@ -88,9 +89,10 @@ def run_classify(values: Mapping[str, Any], *, console: Optional[Console] = None
 
 
 def run_compare(values: Mapping[str, Any], *, console: Optional[Console] = None,
-                filled: Optional[dict] = None) -> dict:
+                filled: Optional[dict] = None, resume: Optional[Path] = None) -> dict:
     """Run a comparison from option values (nested or flat, with ``strategies`` as ``"a,b"`` or a list,
-    ``head_learning_rate`` and ``demo`` at the top); prints the table. Returns ``run_comparison``'s result."""
+    ``head_learning_rate`` and ``demo`` at the top); prints the table. ``resume``: finish that comparison
+    folder (``values`` are then its recorded options). Returns ``run_comparison``'s result."""
     from finetune_kit.tasks.classification.compare import run_comparison  # start-up time: torch
     from finetune_kit.tasks.classification.cross_validation import print_cross_validation  # start-up time: torch
 
@@ -108,9 +110,11 @@ def run_compare(values: Mapping[str, Any], *, console: Optional[Console] = None,
         f"{cfg.model.model_name} at {cfg.transforms.img_size} px"
     per_strategy = {"linear": {"learning_rate": options.head_learning_rate}}
     if cfg.data.folds:
+        if resume is not None:
+            raise ValueError(f"--resume {resume}: a cross-validation (--folds) cannot be resumed; run it again")
         return print_cross_validation(cfg, names, per_strategy, console or _console(), title)
     out = run_comparison(cfg, names, cfg.output.output_dir, per_strategy=per_strategy,
-                         console=console or _console(), title=title)
+                         console=console or _console(), title=title, resume=resume)
     typer.echo(out["markdown"])
     typer.echo(f"comparison written to {out['folder']}")
     return out
@@ -153,7 +157,17 @@ def _classify(ctx: typer.Context, values: dict, config: Optional[Path] = CONFIG_
 def _compare(ctx: typer.Context, values: dict, config: Optional[Path] = CONFIG_OPTION) -> None:
     """Run several fine-tuning strategies on the same data and split; write comparison.md/.csv
     and val_auroc.png (validation AUROC per epoch per strategy)."""
+    resume = values.pop("resume", None)
     try:
+        if resume:  # the folder's own config.json holds the options; others typed are ignored, as for classify
+            folder = Path(resume)
+            if not (folder / "comparison.json").is_file():
+                raise FileNotFoundError(f"--resume {folder}: no comparison.json there; pass a folder written by "
+                                        "finetune-kit compare (compare-TAG-...)")
+            typer.echo(f"resuming the comparison in {folder} (its recorded options are used)", err=True)
+            run_compare(drop_unused_strategy_fields(classification_file_values(folder / "config.json")),
+                        resume=folder)
+            return
         filled = {}
         if values.get("demo"):  # fill what neither the command line nor the file gives
             in_file = classification_file_values(config) if config else {}
@@ -240,7 +254,8 @@ def _commands(app: Optional[typer.Typer]) -> dict[str, Callable[..., Any]]:
     return {
         "classify": config_command(app, "classify", ClassificationConfig, ResumeOptions, exclude=_RECORDED,
                                    read_file=read, epilog=LAUNCH_HELP)(_classify),
-        "compare": config_command(app, "compare", ClassificationConfig, CompareOptions, exclude=_RECORDED,
+        "compare": config_command(app, "compare", ClassificationConfig, CompareOptions, ResumeOptions,
+                                  exclude=_RECORDED,
                                   defaults=COMPARE_DEFAULTS, read_file=read, epilog=LAUNCH_HELP)(_compare),
         "predict": config_command(app, "predict", PredictOptions, ClassificationConfig,
                                   include=("output", "skip_corrupt", "device", "num_threads", "batch_size"))(_predict),

@@ -220,10 +220,12 @@ DEMO_HEAD_LR = 3e-2
 
 
 class ResumeOptions(ConfigSection):
-    """``classify --resume RUN``."""
+    """``classify --resume RUN`` and ``compare --resume COMPARE_FOLDER``."""
 
-    resume: Optional[str] = option_field(None, "Continue the interrupted run in this folder (its saved config is "
-                                         "used; other options are ignored).", metavar="RUN")
+    resume: Optional[str] = option_field(None, "Continue the interrupted run in this folder (compare: finish the "
+                                         "comparison folder: completed strategies kept, unfinished ones continued, "
+                                         "missing ones run); its saved config is used, other options are ignored.",
+                                         metavar="RUN")
 
 
 class CompareOptions(ConfigSection):

@@ -10,7 +10,7 @@ from finetune_kit.tasks.classification.config import (ONE_OFF_FIELDS, RECORDED_F
 from finetune_kit.tasks.cli_options import read_config_file
 from finetune_kit.tasks.config_base import flatten
 
-__all__ = ["classification_file_values", "drop_foreign_strategy_fields"]
+__all__ = ["classification_file_values", "drop_foreign_strategy_fields", "drop_unused_strategy_fields"]
 
 
 def classification_file_values(path: str | Path) -> dict[str, Any]:
@@ -53,5 +53,20 @@ def drop_foreign_strategy_fields(values: MutableMapping[str, Any],
     accepted = strategy_options(str(values.get("ft_strategy", "gradual")))
     for key in STRATEGY_FIELDS:
         if key in values and key not in keep and key not in accepted:
+            values.pop(key)
+    return values
+
+
+def drop_unused_strategy_fields(values: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Remove (in place) the named strategy options (``llrd_decay`` ...) that none of a comparison's
+    ``values["strategies"]`` (``"a,b"`` or a list) accepts: a compare folder's ``config.json`` records
+    every one of them, and ``compare`` refuses an option no strategy of it takes."""
+    from finetune_kit.strategy import strategy_options  # start-up time: the registry imports torch
+
+    names = values.get("strategies") or ""
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    accepted = set().union(*(strategy_options(n) for n in names)) if names else set()
+    for key in STRATEGY_FIELDS:
+        if key in values and key not in accepted:
             values.pop(key)
     return values

@@ -125,7 +125,7 @@ class StrategyConfig(ConfigSection):
     ft_strategy: str = option_field("gradual", "Fine-tuning strategy: {strategies} (`finetune-kit strategies` "
                                     "describes each).")
     linear_probe_epochs: int = option_field(10, "Epochs of the linear probe trained by epochs (--linear-probe-solver "
-                                            "epochs); ignored by the default lbfgs solver, which solves it exactly.",
+                                            "epochs); ignored by the lbfgs solver, which solves the probe exactly.",
                                             ge=1)
     linear_probe_solver: Literal["lbfgs", "epochs"] = option_field(
         "lbfgs", "lbfgs: the linear probe solved exactly (L-BFGS logistic regression on cached features, L2 "

@@ -40,7 +40,7 @@ def test_help_lists_every_strategy_and_the_launch_options(command):
         assert f"(alias {alias})" in strategy_help
     assert "lp_ft" in strategy_help
     assert "--nproc N" in text and "--sync-bn" in text
-    assert "ignored by the default lbfgs solver" in text
+    assert "ignored by the lbfgs solver" in text
 
 
 def test_top_level_help_names_the_launch_options():
