@@ -224,7 +224,7 @@ def _evaluate(values: dict, run_dir: Path = typer.Argument(..., help="A finished
     try:
         from finetune_kit.tasks.classification.evaluate import evaluate_run  # start-up time: torch
 
-        from finetune_kit.tasks.classification.evaluation_data import with_run_label_rule  # start-up time: torch
+        from finetune_kit.tasks.classification.evaluation_data import with_run_label_rule  # start-up time: numpy
 
         name = EvaluateOptions.model_validate({"name": values.get("name", "external")}).name
         data = values.get("data", {})

@@ -108,7 +108,7 @@ def test_generated_options_names_types_defaults_and_panels():
     assert opts["learning_rate"].opts == ["--learning-rate", "--learning_rate", "--lr"]
     assert opts["data"].opts == ["--data", "-d", "--dataset"]
     assert opts["feature_cache"].secondary_opts == ["--no-feature-cache", "--no_feature_cache"]
-    assert opts["num_epochs"].default == 8 and opts["learning_rate"].default == 5e-4  # the command's, the field's
+    assert opts["num_epochs"].default == 8 and opts["learning_rate"].default == 1e-3  # the command's, the field's
     assert opts["extensions"].default == "jpg,png"
     assert opts["layer_patterns"].multiple and opts["strategy_kwargs"].multiple
     assert run.__config_options__["learning_rate"] == ("optim", "learning_rate")
