@@ -237,8 +237,10 @@ def _evaluate(values: dict, run_dir: Path = typer.Argument(..., help="A finished
         device, batch_size = _inference_runtime(values)
         res = evaluate_run(run_dir, data_cfg, name=name, device=device, batch_size=batch_size)
         m = res["metrics"]
+        method = (res.get("calibration") or {}).get("method", "none")
+        how = f"T={res['temperature']:.3f}" if method == "temperature" else f"calibrator {method}"
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "
-                   f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to "
+                   f"ECE {m['ece_calibrated']:.4f} ({how}); written to "
                    f"{run_dir}/eval-{safe_name(name)}")
     except expected_errors() as exc:
         fail(exc)

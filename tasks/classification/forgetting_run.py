@@ -220,6 +220,10 @@ def plot_drift(drift: dict[str, float], path: str | Path, *, title: str = "") ->
     ax.set_ylabel("relative L2 drift ||w - w0|| / ||w0||")
     ax.set_xlabel("layer group (stem -> head)")
     ax.set_title("where the model changed" + (f" - {title}" if title else ""), fontsize=10)
+    top = max(drift.values(), default=0.0)
+    ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)  # a drift is never negative
+    if top == 0:
+        ax.text(0.5, 0.5, "no layer changed (frozen backbone)", transform=ax.transAxes, ha="center", va="center")
     return save_figure(fig, Path(path))
 
 

@@ -31,6 +31,8 @@ def test_evaluate_reuses_the_runs_label_rule_and_writes_a_row_per_image(finished
     assert "by the run's rule: --label-preset acrima" in res.output
     assert titles == ["ROC (ACRIMA)"]  # the data set, not "test"
     out = finished_run / "eval-flat"
+    method = json.loads((out / "metrics.json").read_text())["calibration"]["method"]
+    assert ("(T=" if method == "temperature" else f"(calibrator {method})") in res.output  # no T for others
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 24 == json.loads((out / "metrics.json").read_text())["n_images"]
     assert {r["label"] for r in rows} == {"glaucoma", "normal"}
