@@ -54,7 +54,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, *, epochs: int, steps_p
         warmup_epochs: linear warm-up length in epochs (may be fractional; 0 disables).
         min_lr: LR at the end of the cosine (base, before ``lr_scale``).
         warmup_lr_init: LR at step 0 of the warm-up (default ``base_lr / 100``).
-        kind: ``"cosine"`` or ``"constant"`` (after warm-up).
+        kind: ``"cosine"`` or ``"constant"`` (after warm-up). A cosine with at most one step after the
+            warm-up is the constant schedule (the same LRs; no decay is left to do).
 
     Raises:
         ValueError: non-positive ``epochs``/``steps_per_epoch`` or unknown ``kind``.
@@ -67,6 +68,10 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, *, epochs: int, steps_p
     total = epochs * steps_per_epoch
     warmup = int(round(warmup_epochs * steps_per_epoch))
     init = base_lr / 100 if warmup_lr_init is None else warmup_lr_init
+    if kind == "cosine" and total - warmup <= 1:
+        # no step after the warm-up to decay over (a one-epoch run warming up for an epoch, a short probe):
+        # the cosine would hold the base LR, as the constant schedule does, and timm warns it has no effect
+        kind = "constant"
     if kind == "cosine":
         sched = CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1), lr_min=min_lr, warmup_t=warmup,
                                   warmup_lr_init=init, warmup_prefix=True, t_in_epochs=False)

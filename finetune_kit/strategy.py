@@ -48,6 +48,7 @@ __all__ = [
     "register_strategy",
     "get_strategy",
     "list_strategies",
+    "strategy_aliases",
     "strategy_class",
     "UnknownStrategyError",
     "StrategyOptionError",
@@ -339,3 +340,9 @@ def list_strategies() -> dict[str, str]:
     """``{name: one-line description}`` of the registered strategies (aliases not repeated)."""
     _ensure_builtin()
     return {n: c.description for n, c in sorted(_REGISTRY.items())}
+
+
+def strategy_aliases() -> dict[str, str]:
+    """``{alias: registered name}`` (e.g. ``{"llrd": "full"}``)."""
+    _ensure_builtin()
+    return dict(sorted(_ALIASES.items()))

@@ -23,7 +23,7 @@ from finetune_kit.tasks.cli_options import (config_command, option, parse_assign
 from finetune_kit.tasks.compression import cli as compression
 from finetune_kit.tasks.compression.finetune import cli as compression_finetune
 from finetune_kit.tasks.config_base import ConfigSection, option_field
-from finetune_kit.tasks.launch import LaunchingGroup
+from finetune_kit.tasks.launch import LAUNCH_HELP, LaunchingGroup
 
 
 class OneLineErrorsTyper(typer.Typer):
@@ -89,6 +89,7 @@ app = OneLineErrorsTyper(
     "(HPCM on CompressAI) without catastrophic forgetting.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    epilog=LAUNCH_HELP,
     cls=LaunchingGroup,  # --nproc N / --sync-bn anywhere on the line: re-run under torchrun (docs/distributed.md)
 )
 

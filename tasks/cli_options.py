@@ -39,7 +39,7 @@ from finetune_kit.tasks.config_base import (ConfigOption, config_options, deep_m
 
 __all__ = ["option", "dashed", "given", "read_config_file", "parse_assignments",
            "parse_value", "resolve_device", "CONFIG_HELP", "CONFIG_OPTION", "ConfigOption", "config_options",
-           "config_command", "nest", "deep_merge"]
+           "config_command", "nest", "deep_merge", "HELP_VALUES", "filled_help"]
 
 CONFIG_HELP = ("YAML or JSON file of this command's options (keys: option names; a run's config.json "
                "works); options typed on the command line override it.")
@@ -135,6 +135,20 @@ def resolve_device(device: str, cuda: bool = False) -> tuple[str, str]:
 
 # -- the adapter: pydantic fields -> typer options ------------------------------------------------
 
+#: Parts of option help computed when help is shown, not at import: ``{NAME}`` in a field's description
+#: is replaced by ``HELP_VALUES[NAME]()`` (e.g. ``{strategies}``: the registered strategy names, which needs
+#: the registry and so torch; ``finetune-kit --help`` must not wait for it). Tasks register their values.
+HELP_VALUES: dict[str, Callable[[], str]] = {}
+
+
+def filled_help(text: Optional[str]) -> Optional[str]:
+    """``text`` with each ``{NAME}`` of :data:`HELP_VALUES` replaced by its value (other text unchanged)."""
+    for key, value in HELP_VALUES.items():
+        if text and "{" + key + "}" in text:
+            text = text.replace("{" + key + "}", value())
+    return text
+
+
 
 def _options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: Any, console: Any) -> None:
     """typer's panel of options, with every name of an option one a line in a column that never wraps,
@@ -147,6 +161,7 @@ def _options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: A
     table.add_column(overflow="fold", style=rich_utils.STYLE_TYPES)
     table.add_column(ratio=1, overflow="fold")
     for param in params:
+        param.help = filled_help(param.help)
         names = Text("*" if param.required else "", style=rich_utils.STYLE_REQUIRED_SHORT)
         names.append("\n".join(param.opts), style=rich_utils.STYLE_OPTION)
         if param.secondary_opts:

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 
 from finetune_kit.experiments.profiles import (curve_candidates, metric_candidates, metric_directions, metric_renames,
                                                select_profile)
+from finetune_kit.tasks.classification.profile import CLASSIFICATION
+from finetune_kit.tasks.classification.sweep_notes import ignored_lr_note
 from finetune_kit.tasks.cli_errors import fail
 from finetune_kit.tasks.cli_options import config_command, deep_merge, nest
 from finetune_kit.tasks.experiments_config import DEFAULT_TASK, PROFILES, AnalyzeConfig, SweepCommandConfig
@@ -107,6 +109,9 @@ def sweep(ctx: typer.Context, values: dict) -> None:
             trial_timeout_s=execution.trial_timeout * 60 if execution.trial_timeout else None)
     except (SweepError, ValidationError, ValueError, FileNotFoundError) as exc:
         fail(exc)
+    if profile.name == CLASSIFICATION.name and (note := ignored_lr_note(
+            {p.name: (p.choices if p.kind == "choice" else None) for p in params}, sweep_cfg.fixed_args)):
+        typer.echo(note, err=True)
     try:
         trials_done = run_sweep(sweep_cfg, echo=typer.echo)
     except SweepError as exc:

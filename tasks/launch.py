@@ -22,8 +22,12 @@ from typing import Sequence
 import click
 from typer.core import TyperGroup
 
-__all__ = ["split_launch_options", "torchrun_argv", "handle_launch_options", "LaunchingGroup", "LaunchError"]
+__all__ = ["LAUNCH_HELP", "split_launch_options", "torchrun_argv", "handle_launch_options", "LaunchingGroup", "LaunchError"]
 
+#: What ``--help`` of a training command says about the launch options (they are taken off the line before
+#: the command parses it, so they are no typer options of their own).
+LAUNCH_HELP = ("Distributed: --nproc N runs this command on N processes of this machine (torchrun; alias "
+               "--nproc-per-node); --sync-bn turns BatchNorm into SyncBatchNorm under it (docs/distributed.md).")
 NPROC = ("--nproc", "--nproc-per-node", "--nproc_per_node")
 SYNC_BN = ("--sync-bn", "--sync_bn")
 

@@ -299,6 +299,12 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
              else "- seeds: none recorded",
              ""]
     done = _completed(df, metric_col)
+    left_out = len(df) - len(done)
+    if left_out:
+        why = {"without the metric": len(results.without_metric(metric_col)), "unfinished": len(results.incomplete)}
+        lines.insert(lines.index("") if "" in lines else len(lines),
+                     f"- left out of the ranking: {left_out} run(s) ("
+                     + ", ".join(f"{n} {k}" for k, n in why.items() if n) + "; listed at the end)")
     if done.empty:
         lines += [f"No completed run has a value for `{metric_col}`.", ""]
     else:
@@ -336,6 +342,12 @@ def build_report(results: Results, metric_col: str, mode: str, *, group_col: str
             comp = comparison_data(df, metric_col, compare_col, group_col if group_col != compare_col else None)
             lines += [f"## `{metric_col}` against `{short_name(compare_col)}`", "",
                       _md_table(comp, {c: short_name(c) for c in comp.columns})]
+    missing = results.without_metric(metric_col)
+    if len(missing):
+        lines += [f"## Completed runs without `{metric_col}` (not ranked)", "", "| run | reason |", "|---|---|"]
+        lines += [f"| {r} | no value for `{metric_col}` in metrics.json, metrics.jsonl or a wandb summary |"
+                  for r in missing["run"]]
+        lines.append("")
     if results.incomplete:
         lines += ["## Unfinished runs (not ranked)", "", "| run | status | reason |", "|---|---|---|"]
         lines += [f"| {r.run} | {r.status} | {r.reason.replace('|', '/')} |" for r in results.incomplete]

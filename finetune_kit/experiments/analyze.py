@@ -181,6 +181,7 @@ def analyze_runs(runs_dir: str | os.PathLike, *, metric: str | None = None, mode
         maps = [(results.resolve_param(heatmap[0]), results.resolve_param(heatmap[1]))] if heatmap else []
         compare_col = results.resolve_param(compare_param) if compare_param else None
         extra = [results.resolve_metric(a) for a in also]
+        results.fill_from_wandb(metric_col)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise AnalysisError(str(exc.args[0]) if exc.args else str(exc)) from None
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from finetune_kit.experiments.analysis import fmt, short_name
+from finetune_kit.plot_axes import integer_epoch_axis, is_log_scale_param
 
 __all__ = ["draw_heatmap", "plot_comparison", "plot_curves", "plot_heatmap"]
 
@@ -114,8 +115,10 @@ def plot_comparison(comp: pd.DataFrame, param_col: str, path: str | os.PathLike,
     """``metric`` (mean, with ±std error bars where several runs share a point) against one
     parameter, one line per group; ``comp`` comes from :func:`finetune_kit.experiments.analysis.comparison_data`.
 
-    A numeric parameter spanning more than a decade (all positive) gets a log x axis;
-    a categorical one is drawn at evenly spaced positions.
+    A learning-rate-like parameter (:func:`~finetune_kit.plot_axes.is_log_scale_param`: learning rates,
+    weight decay, lambda) or a numeric one spanning more than a decade (all positive) gets a log x axis;
+    a categorical one is drawn at evenly spaced positions. The legend (one entry per group) stands
+    beside the axes, never over the data.
 
     Raises:
         ValueError: ``comp`` is empty.
@@ -134,12 +137,18 @@ def plot_comparison(comp: pd.DataFrame, param_col: str, path: str | os.PathLike,
             np.array([categories.index(str(v)) for v in part[param_col]], dtype=float)
         order = np.argsort(xs)
         std = part["std"].fillna(0).to_numpy()[order]
-        label = f"{short_name(group_col)}={fmt(g)}" if g is not None else None
+        label = fmt(g) if g is not None else None  # the legend's title names the group
         ax.errorbar(xs[order], part["mean"].to_numpy()[order], yerr=std, marker="o", capsize=3, label=label)
     if numeric:
         vals = xs_all.to_numpy(dtype=float)
-        if (vals > 0).all() and vals.max() / vals.min() > 10:
+        if (vals > 0).all() and (is_log_scale_param(param_col) or vals.max() / vals.min() > 10):
             ax.set_xscale("log")
+            ticks = sorted(set(vals))
+            if len(ticks) <= 8:  # each value tried labelled as written (1e-4, 5e-4), no unlabelled points
+                from matplotlib.ticker import NullFormatter  # start-up time: matplotlib loads with a figure
+
+                ax.set_xticks(ticks, [fmt(v) for v in ticks])
+                ax.xaxis.set_minor_formatter(NullFormatter())
     else:
         ax.set_xticks(range(len(categories)), categories)
     ax.set_xlabel(short_name(param_col))
@@ -148,7 +157,8 @@ def plot_comparison(comp: pd.DataFrame, param_col: str, path: str | os.PathLike,
                  fontsize=10)
     ax.grid(alpha=0.3)
     if group_col:
-        ax.legend(fontsize=8)
+        fig.set_size_inches(8.4, 4.2)
+        ax.legend(fontsize=8, title=short_name(group_col), loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
@@ -157,13 +167,15 @@ def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_co
     """Per-epoch curves of ``key`` (a ``metrics.jsonl`` key such as ``val_auroc``) for every
     run in ``df`` (which needs ``path`` and ``run`` columns), coloured by ``group_col``.
 
-    Unfinished runs are drawn dashed. Returns None (and writes nothing) when no run logged ``key``.
+    Unfinished runs are drawn dashed. The legend stands beside the axes: one entry per value of
+    ``group_col`` (the colours) when grouped, else one per run (up to 16 runs; more are not labelled).
+    Epoch ticks are whole numbers. Returns None (and writes nothing) when no run logged ``key``.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     groups = list(dict.fromkeys(df[group_col])) if group_col else [None]
     colors = plt.get_cmap("tab10")
-    drawn = 0
+    drawn, epochs = 0, []
     for _, row in df.iterrows():
         hist = Path(row["path"]) / "metrics.jsonl"
         if not hist.is_file():
@@ -185,18 +197,24 @@ def plot_curves(df: pd.DataFrame, key: str, path: str | os.PathLike, *, group_co
         ax.plot(*zip(*pts), marker=".", color=colors(gi % 10), alpha=0.8,
                 linestyle="-" if row.get("status") == "completed" else "--", label=label)
         drawn += 1
+        epochs += [e for e, _ in pts]
     if not drawn:
         plt.close(fig)
         return None
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_epoch_axis(ax, epochs)
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
     ax.set_title(f"{key} per epoch" + (f" (colour: {short_name(group_col)}; dashed: unfinished)" if group_col else ""),
                  fontsize=10)
     ax.grid(alpha=0.3)
-    if drawn <= 16:
+    if group_col:  # the colours are the groups: one entry each (a legend per run would hide that)
+        from matplotlib.lines import Line2D  # start-up time: matplotlib loads only when a figure is drawn
+
+        fig.set_size_inches(9.0, 4.2)
+        handles = [Line2D([], [], color=colors(i % 10), marker=".") for i in range(len(groups))]
+        ax.legend(handles, [fmt(g) for g in groups], title=short_name(group_col), fontsize=8, title_fontsize=8,
+                  loc="center left", bbox_to_anchor=(1.01, 0.5))
+    elif drawn <= 16:
         fig.set_size_inches(9.0, 4.2)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)

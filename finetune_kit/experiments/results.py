@@ -136,9 +136,11 @@ class Results:
         return [c for c in cols if done[c].astype(str).nunique(dropna=False) > 1]
 
     def resolve_metric(self, name: str) -> str:
-        """Column for a metric name: the exact column, else ``final.NAME``, ``best.NAME``,
-        ``last.NAME``, ``wandb.summary.NAME``, then ``final.`` with one ``_`` read as a level
-        (``test_auroc`` -> ``final.test.auroc``), else a unique column ending in ``.NAME``.
+        """Column for a metric name: the exact column, else ``final.NAME``, ``final.`` with one ``_``
+        read as a level (``test_auroc`` -> ``final.test.auroc``), ``best.NAME``, ``last.NAME``,
+        ``wandb.summary.NAME``, else a unique column ending in ``.NAME``. The run folder's own files
+        come first; the wandb summary is the last resort (runs made with ``--wandb disabled`` have
+        none); :meth:`fill_from_wandb` completes a ``final.*`` column from it.
 
         Raises:
             KeyError: no such metric; the message lists the available metric columns.
@@ -146,8 +148,8 @@ class Results:
         cols = list(self.df.columns)
         # "test_auroc" also matches a nested final metric {"test": {"auroc": ...}} (final.test.auroc)
         dotted = [name[:i] + "." + name[i + 1:] for i, ch in enumerate(name) if ch == "_"]
-        for cand in (name, f"final.{name}", f"best.{name}", f"last.{name}", f"wandb.summary.{name}",
-                     *[f"final.{d}" for d in dotted]):
+        for cand in (name, f"final.{name}", *[f"final.{d}" for d in dotted], f"best.{name}", f"last.{name}",
+                     f"wandb.summary.{name}"):
             if cand in cols:
                 return cand
         suffix = [c for c in self.metric_columns(numeric=False) if c.endswith("." + name)]
@@ -157,6 +159,25 @@ class Results:
         if len(suffix) > 1:
             raise KeyError(f"metric {name!r} is ambiguous ({', '.join(suffix)}): pass the full column name")
         raise KeyError(f"metric {name!r} not found in {self.root}; available metric columns: {avail}")
+
+    def fill_from_wandb(self, metric_col: str) -> int:
+        """Fill the runs without a value in ``metric_col`` (a ``final.*`` column) from their wandb summary
+        (``final.test.auroc`` <- ``wandb.summary.test_auroc`` / ``.test.auroc``), in place; returns how many."""
+        if not metric_col.startswith("final.") or metric_col not in self.df.columns:
+            return 0
+        key = metric_col[len("final."):]
+        filled = 0
+        for col in dict.fromkeys((f"wandb.summary.{key}", f"wandb.summary.{key.replace('.', '_')}")):
+            if col in self.df.columns:
+                take = self.df[metric_col].isna() & pd.to_numeric(self.df[col], errors="coerce").notna()
+                self.df.loc[take, metric_col] = pd.to_numeric(self.df.loc[take, col])
+                filled += int(take.sum())
+        return filled
+
+    def without_metric(self, metric_col: str) -> pd.DataFrame:
+        """Completed runs that hold no number for ``metric_col`` (not ranked; ``analyze`` names them)."""
+        done = self.completed
+        return done if metric_col not in done.columns else done[pd.to_numeric(done[metric_col], errors="coerce").isna()]
 
     def resolve_param(self, name: str) -> str:
         """Column for a parameter name: exact column, ``config.NAME``, an alias

@@ -21,11 +21,13 @@ from rich.console import Console
 from finetune_kit.runs.run_dir import safe_name
 from finetune_kit.tasks.classification.config import (
     COMPARE_DEFAULTS, DEMO_HEAD_LR, DEMO_OVERRIDES, STRATEGY_FIELDS, ClassificationConfig, CompareOptions, DataConfig,
-    EvaluateOptions, PredictOptions, ResumeOptions)
-from finetune_kit.tasks.classification.config_files import classification_file_values, drop_foreign_strategy_fields
+    EvaluateOptions, OptimConfig, PredictOptions, ResumeOptions, RuntimeConfig)
+from finetune_kit.tasks.classification.config_files import (classification_file_values, drop_foreign_strategy_fields,
+                                                            drop_unused_strategy_fields)
 from finetune_kit.tasks.cli_errors import fail
-from finetune_kit.tasks.cli_options import CONFIG_OPTION, config_command, deep_merge, given, nest, resolve_device
-from finetune_kit.tasks.launch import handle_launch_options
+from finetune_kit.tasks.cli_options import (CONFIG_OPTION, HELP_VALUES, config_command, deep_merge, given, nest,
+                                            resolve_device)
+from finetune_kit.tasks.launch import LAUNCH_HELP, handle_launch_options
 
 __all__ = ["register", "run_classify", "run_compare", "expected_errors", "classify_app", "compare_app",
            "main_classify", "main_compare"]
@@ -87,9 +89,10 @@ def run_classify(values: Mapping[str, Any], *, console: Optional[Console] = None
 
 
 def run_compare(values: Mapping[str, Any], *, console: Optional[Console] = None,
-                filled: Optional[dict] = None) -> dict:
+                filled: Optional[dict] = None, resume: Optional[Path] = None) -> dict:
     """Run a comparison from option values (nested or flat, with ``strategies`` as ``"a,b"`` or a list,
-    ``head_learning_rate`` and ``demo`` at the top); prints the table. Returns ``run_comparison``'s result."""
+    ``head_learning_rate`` and ``demo`` at the top); prints the table. ``resume``: finish that comparison
+    folder (``values`` are then its recorded options). Returns ``run_comparison``'s result."""
     from finetune_kit.tasks.classification.compare import run_comparison  # start-up time: torch
     from finetune_kit.tasks.classification.cross_validation import print_cross_validation  # start-up time: torch
 
@@ -107,12 +110,25 @@ def run_compare(values: Mapping[str, Any], *, console: Optional[Console] = None,
         f"{cfg.model.model_name} at {cfg.transforms.img_size} px"
     per_strategy = {"linear": {"learning_rate": options.head_learning_rate}}
     if cfg.data.folds:
+        if resume is not None:
+            raise ValueError(f"--resume {resume}: a cross-validation (--folds) cannot be resumed; run it again")
         return print_cross_validation(cfg, names, per_strategy, console or _console(), title)
     out = run_comparison(cfg, names, cfg.output.output_dir, per_strategy=per_strategy,
-                         console=console or _console(), title=title)
+                         console=console or _console(), title=title, resume=resume)
     typer.echo(out["markdown"])
     typer.echo(f"comparison written to {out['folder']}")
     return out
+
+
+def _strategy_names() -> str:
+    """``linear|lp_ft|...`` (aliases in brackets): the registry's strategies, for ``--ft-strategy``'s help."""
+    from finetune_kit.strategy import list_strategies, strategy_aliases  # start-up time: the registry imports torch
+
+    aliases = strategy_aliases()
+    return "|".join(n + "".join(f" (alias {a})" for a, t in aliases.items() if t == n) for n in list_strategies())
+
+
+HELP_VALUES["strategies"] = _strategy_names
 
 
 def _typed(ctx: Any, names: Any) -> set[str]:
@@ -141,7 +157,17 @@ def _classify(ctx: typer.Context, values: dict, config: Optional[Path] = CONFIG_
 def _compare(ctx: typer.Context, values: dict, config: Optional[Path] = CONFIG_OPTION) -> None:
     """Run several fine-tuning strategies on the same data and split; write comparison.md/.csv
     and val_auroc.png (validation AUROC per epoch per strategy)."""
+    resume = values.pop("resume", None)
     try:
+        if resume:  # the folder's own config.json holds the options; others typed are ignored, as for classify
+            folder = Path(resume)
+            if not (folder / "comparison.json").is_file():
+                raise FileNotFoundError(f"--resume {folder}: no comparison.json there; pass a folder written by "
+                                        "finetune-kit compare (compare-TAG-...)")
+            typer.echo(f"resuming the comparison in {folder} (its recorded options are used)", err=True)
+            run_compare(drop_unused_strategy_fields(classification_file_values(folder / "config.json")),
+                        resume=folder)
+            return
         filled = {}
         if values.get("demo"):  # fill what neither the command line nor the file gives
             in_file = classification_file_values(config) if config else {}
@@ -162,18 +188,31 @@ def _predict(values: dict,
     try:
         from finetune_kit.tasks.classification.predict import ood_line, predict_images  # start-up time: torch
 
-        device, line = resolve_device(values.get("runtime", {}).get("device", "auto"))
-        typer.echo(line, err=True)
+        device, batch_size = _inference_runtime(values)
         output = values.get("output")
         out = predict_images(run_dir, images, output=Path(output) if output else None, device=device,
                              skip_corrupt=values.get("data", {}).get("skip_corrupt", False),
-                             explain=bool(values.get("explain")))
+                             explain=bool(values.get("explain")), batch_size=batch_size)
         explained = f"; Grad-CAM overlays in {out.with_name(out.stem + '-explain')}" if values.get("explain") else ""
         typer.echo(f"predictions written to {out}{explained}")
         if out.with_suffix(".ood.json").is_file():  # the run has an OOD detector
             typer.echo(ood_line(out.with_suffix(".ood.json")))
     except expected_errors() as exc:
         fail(exc)
+
+
+def _inference_runtime(values: dict) -> tuple[str, int]:
+    """``(device, batch_size)`` of ``predict``/``evaluate``: resolves and prints the device, applies
+    ``--num-threads`` (torch CPU threads) and validates both with the run's own fields."""
+    import torch  # start-up time: torch only once the command runs
+
+    runtime = RuntimeConfig.model_validate({k: v for k, v in values.get("runtime", {}).items() if k != "device"})
+    batch_size = OptimConfig.model_validate(values.get("optim", {})).batch_size
+    device, line = resolve_device(values.get("runtime", {}).get("device", "auto"))
+    if runtime.num_threads:
+        torch.set_num_threads(runtime.num_threads)
+    typer.echo(line + (f", {runtime.num_threads} CPU thread(s)" if runtime.num_threads else ""), err=True)
+    return device, batch_size
 
 
 def _evaluate_file(path: Path) -> dict:
@@ -187,23 +226,30 @@ def _evaluate(values: dict, run_dir: Path = typer.Argument(..., help="A finished
     try:
         from finetune_kit.tasks.classification.evaluate import evaluate_run  # start-up time: torch
 
+        from finetune_kit.tasks.classification.evaluation_data import with_run_label_rule  # start-up time: numpy
+
         name = EvaluateOptions.model_validate({"name": values.get("name", "external")}).name
-        device, line = resolve_device(values.get("runtime", {}).get("device", "auto"))
-        typer.echo(line, err=True)
         data = values.get("data", {})
         if not data.get("data"):
             raise ValueError("--data: give the labelled images to evaluate on (or a --config file with data)")
-        res = evaluate_run(run_dir, DataConfig.model_validate(data), name=name, device=device)
+        data, note = with_run_label_rule(run_dir, data)
+        data_cfg = DataConfig.model_validate(data)
+        if note:
+            typer.echo(note, err=True)
+        device, batch_size = _inference_runtime(values)
+        res = evaluate_run(run_dir, data_cfg, name=name, device=device, batch_size=batch_size)
         m = res["metrics"]
+        method = (res.get("calibration") or {}).get("method", "none")
+        how = f"T={res['temperature']:.3f}" if method == "temperature" else f"calibrator {method}"
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "
-                   f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to "
+                   f"ECE {m['ece_calibrated']:.4f} ({how}); written to "
                    f"{run_dir}/eval-{safe_name(name)}")
     except expected_errors() as exc:
         fail(exc)
 
 
 _EVALUATE_DATA = ("data", "layout", "label_preset", "label_regex", "positive_class", "negative_class", "extensions",
-                  "skip_corrupt", "device", "name")
+                  "skip_corrupt", "device", "name", "num_threads", "batch_size")
 
 
 def _commands(app: Optional[typer.Typer]) -> dict[str, Callable[..., Any]]:
@@ -211,11 +257,13 @@ def _commands(app: Optional[typer.Typer]) -> dict[str, Callable[..., Any]]:
     read = classification_file_values
     return {
         "classify": config_command(app, "classify", ClassificationConfig, ResumeOptions, exclude=_RECORDED,
-                                   read_file=read)(_classify),
-        "compare": config_command(app, "compare", ClassificationConfig, CompareOptions, exclude=_RECORDED,
-                                  defaults=COMPARE_DEFAULTS, read_file=read)(_compare),
+                                   read_file=read, epilog=LAUNCH_HELP)(_classify),
+        "compare": config_command(app, "compare", ClassificationConfig, CompareOptions, ResumeOptions,
+                                  exclude=_RECORDED,
+                                  defaults=COMPARE_DEFAULTS, read_file=read, epilog=LAUNCH_HELP)(_compare),
         "predict": config_command(app, "predict", PredictOptions, ClassificationConfig,
-                                  include=("output", "skip_corrupt", "device", "explain"))(_predict),
+                                  include=("output", "skip_corrupt", "device", "num_threads", "batch_size",
+                                           "explain"))(_predict),
         "evaluate": config_command(app, "evaluate", ClassificationConfig, EvaluateOptions, include=_EVALUATE_DATA,
                                    defaults={"data": None}, read_file=_evaluate_file)(_evaluate),
     }

@@ -28,10 +28,10 @@ from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.forgetting_compare import (FORGETTING_COLUMNS, forgetting_cells,
                                                                   plot_compare_frontier, wise_ft_row)
 from finetune_kit.tasks.classification.plots import dataset_label, plot_val_auroc_per_strategy
-from finetune_kit.tasks.classification.train import run_training
+from finetune_kit.tasks.classification.train import resume_config, run_training
 from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
-__all__ = ["run_comparison", "strategy_configs", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR", "COLUMNS"]
+__all__ = ["run_comparison", "resume_strategy", "strategy_configs", "strategy_row", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR", "COLUMNS"]
 
 COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accuracy", "test accuracy"),
            ("ece_before", "ECE before"), ("ece_after", "ECE after"), ("ece_after_ci95", "ECE after 95% CI"),
@@ -41,12 +41,16 @@ COLUMNS = [("strategy", "strategy"), ("test_auroc", "test AUROC"), ("test_accura
            ("training_memory_mb", "training memory (MiB)")] + FORGETTING_COLUMNS
 
 
-def _row(name: str, m: Mapping) -> dict:
+def strategy_row(name: str, m: Mapping) -> dict:
+    """One strategy's row of the comparison table (:data:`COLUMNS`) from its ``metrics.json`` ``m``. ``T``
+    is the temperature only when the calibrator is temperature scaling (empty for vector, isotonic or none,
+    which have no single temperature)."""
     t = m.get("test", {})
+    method = (m.get("calibration") or {}).get("method")
     return {"strategy": name, "test_auroc": t.get("auroc"), "test_accuracy": t.get("accuracy"),
             "ece_before": t.get("ece"), "ece_after": t.get("ece_calibrated"),
-            "ece_after_ci95": _ci(t.get("ece_calibrated_ci95")), "calibration": (m.get("calibration") or {}).get("method"),
-            "temperature": m.get("temperature"),
+            "ece_after_ci95": _ci(t.get("ece_calibrated_ci95")), "calibration": method,
+            "temperature": m.get("temperature") if method == "temperature" else None,
             "epochs": m.get("epochs_run"), "best_epoch": m.get("best_epoch"), "wall_time_s": m.get("wall_time_s"),
             "trainable_fraction": m.get("trainable_fraction_final"), "peak_memory_mb": m.get("peak_memory_mb"),
             "training_memory_mb": m.get("peak_memory_increase_mb"), **forgetting_cells(m)}
@@ -74,13 +78,18 @@ def _fmt(v) -> str:
 
 def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output_dir: str | Path, *,
                    per_strategy: Mapping[str, Mapping] | None = None, console=None, title: str = "",
-                   image_cache=None) -> dict:
+                   image_cache=None, resume: str | Path | None = None) -> dict:
     """Train each of ``strategies`` with ``base`` (plus ``per_strategy[name]`` overrides) on the same
     data and split (same ``split_seed``; decoded images shared in memory).
 
     Each strategy gets only the options it accepts (:func:`strategy_configs`). The first head-only
     run with a logistic-regression reference adds a ``logreg (reference)`` row. ``image_cache``: an
     ``ImageCache`` of decoded images to reuse (cross-validation folds), else one is made.
+
+    ``resume``: an existing comparison folder to finish instead of a new one (``compare --resume``;
+    ``base``, ``strategies`` and ``per_strategy`` as its ``config.json`` records them): a strategy whose
+    run completed is kept as it is, an unfinished one continues from its last checkpoint
+    (:func:`~finetune_kit.tasks.classification.train.resume_config`), one never started runs now.
 
     Returns:
         ``{"folder", "rows", "markdown"}``.
@@ -93,22 +102,24 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
 
     tag = base.output.experiment_tag or base.model.model_name
     configs = strategy_configs(base, strategies, per_strategy)  # bad names or options fail before anything runs
-    folder = RunDir(new_run_dir(output_dir, f"compare-{tag}"))
-    # "kind" and comparison.json mark the folder as a container of runs for `analyze` (run_files.discover_runs)
-    folder.write_json("config.json", {"kind": "comparison", "base": base, "strategies": list(strategies),
-                                      "per_strategy": per_strategy or {}})
-    folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": [],
-                                          "finished": None})
+    folder = RunDir(resume if resume is not None else new_run_dir(output_dir, f"compare-{tag}"))
+    if resume is None:
+        # "kind" and comparison.json mark the folder as a container of runs for `analyze` (run_files.discover_runs)
+        folder.write_json("config.json", {"kind": "comparison", "base": base, "strategies": list(strategies),
+                                          "per_strategy": per_strategy or {}})
+        folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": [],
+                                              "finished": None})
     # decode once, before any strategy's clock starts, and share the images between strategies
     cache = image_cache or ImageCache(cache_size_for(base.model.model_name, base.transforms.img_size))
     cache.load([s.path for s in discover(base.data).samples], skip_corrupt=base.data.skip_corrupt)
     rows, histories, results = [], {}, {}
     for name in strategies:
         cfg = configs[name].replace(run_dir=str(folder.path / name))
-        result = run_training(cfg, image_cache=cache, console=console)
+        result = (resume_strategy(folder.path / name, cache, console) if resume is not None else None) or \
+            run_training(cfg, image_cache=cache, console=console)
         results[name] = result
         histories[name] = RunDir(folder.path / name).history()
-        rows.append(_row(name, result))
+        rows.append(strategy_row(name, result))
         rows += [r for r in [wise_ft_row(name, result, COLUMNS)] if r is not None]
         ref = reference_row(result)
         if ref is not None and not any(r["strategy"] == ref["strategy"] for r in rows):
@@ -122,6 +133,23 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
     folder.write_json("comparison.json", {"kind": "comparison", "strategies": list(strategies), "rows": rows,
                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return {"folder": str(folder.path), "rows": rows, "markdown": md}
+
+
+def resume_strategy(run_path: Path, image_cache=None, console=None) -> dict | None:
+    """Finish one strategy's run of a resumed comparison: its ``metrics.json`` when the run completed,
+    the result of continuing it (:func:`run_training` with ``resume=True``) when it started, None when
+    it never started (the caller runs it)."""
+    run = RunDir(run_path)
+    if not (run.path / "config.json").is_file():
+        return None
+    status = (run.read_json("status.json") or {}).get("status") if (run.path / "status.json").is_file() else None
+    if status == "completed" and (run.path / "metrics.json").is_file():
+        if console is not None:
+            console.print(f"{run.path.name}: completed, kept")
+        return run.read_json("metrics.json")
+    if console is not None:
+        console.print(f"{run.path.name}: {status or 'unfinished'}, continued from its last checkpoint")
+    return run_training(resume_config(run.path), resume=True, image_cache=image_cache, console=console)
 
 
 def strategy_configs(base: ClassificationConfig, strategies: Sequence[str],

@@ -27,7 +27,7 @@ from finetune_kit.tasks.config_base import ConfigSection, config_options, deep_m
 
 __all__ = ["ClassificationConfig", "DataConfig", "ModelConfig", "TransformsConfig", "StrategyConfig", "OptimConfig",
            "CalibrationConfig", "RuntimeConfig", "OutputConfig", "ConfigError", "STRATEGY_FIELDS",
-           "RECORDED_FIELDS", "parse_strategy_kwargs", "resolved_bn_stats", "ResumeOptions", "CompareOptions",
+           "RECORDED_FIELDS", "ONE_OFF_FIELDS", "parse_strategy_kwargs", "resolved_bn_stats", "ResumeOptions", "CompareOptions",
            "PredictOptions", "EvaluateOptions", "COMPARE_DEFAULTS", "DEMO_OVERRIDES", "DEMO_HEAD_LR"]
 
 #: The built-in strategies' options that are also named config fields (``--llrd_decay`` ...), all in
@@ -38,6 +38,9 @@ STRATEGY_FIELDS = ("gradual_patience", "llrd_decay", "unfreeze_schedule", "unfre
 #: Fields a run records about itself in ``config.json`` (not settings): a ``--config`` file or
 #: ``finetune-kit rerun`` drops them, so the new run gets its own folder.
 RECORDED_FIELDS = ("run_dir",)
+#: One-off controls of a single invocation (not settings of the experiment): a ``--config`` file or
+#: ``finetune-kit rerun`` drops them too, so a rerun of a stopped-then-resumed run trains to the end.
+ONE_OFF_FIELDS = ("stop_after_epoch",)
 
 
 class ConfigError(ValueError):
@@ -205,8 +208,9 @@ def resolved_bn_stats(cfg: ClassificationConfig) -> str:
 
 # -- options of one command, not of the run -------------------------------------------------------
 
-#: ``compare``'s own defaults (shorter runs, a lower LR and a faster new head than one ``classify`` run).
-COMPARE_DEFAULTS = {"num_epochs": 8, "learning_rate": 5e-4, "head_lr_mult": 10.0}
+#: ``compare``'s own defaults: shorter runs (several strategies in one command); the LR and head multiplier
+#: are the run defaults, the same as ``classify``'s.
+COMPARE_DEFAULTS = {"num_epochs": 8}
 #: ``compare --demo``: the SYNTHETIC set, a small randomly initialised ResNet-18 at 64 px.
 DEMO_OVERRIDES = dict(model_name="resnet18", img_size=64, num_epochs=10, linear_probe_epochs=20, batch_size=32,
                       learning_rate=3e-3, head_lr_mult=1.0, gradual_patience=1, unfreeze_schedule="2,4",
@@ -216,10 +220,12 @@ DEMO_HEAD_LR = 3e-2
 
 
 class ResumeOptions(ConfigSection):
-    """``classify --resume RUN``."""
+    """``classify --resume RUN`` and ``compare --resume COMPARE_FOLDER``."""
 
-    resume: Optional[str] = option_field(None, "Continue the interrupted run in this folder (its saved config is "
-                                         "used; other options are ignored).", metavar="RUN")
+    resume: Optional[str] = option_field(None, "Continue the interrupted run in this folder (compare: finish the "
+                                         "comparison folder: completed strategies kept, unfinished ones continued, "
+                                         "missing ones run); its saved config is used, other options are ignored.",
+                                         metavar="RUN")
 
 
 class CompareOptions(ConfigSection):

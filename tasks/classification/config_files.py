@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, MutableMapping
 
-from finetune_kit.tasks.classification.config import (RECORDED_FIELDS, STRATEGY_FIELDS, ClassificationConfig,
+from finetune_kit.tasks.classification.config import (ONE_OFF_FIELDS, RECORDED_FIELDS, STRATEGY_FIELDS, ClassificationConfig,
                                                       CompareOptions)
 from finetune_kit.tasks.cli_options import read_config_file
 from finetune_kit.tasks.config_base import flatten
 
-__all__ = ["classification_file_values", "drop_foreign_strategy_fields"]
+__all__ = ["classification_file_values", "drop_foreign_strategy_fields", "drop_unused_strategy_fields"]
 
 
 def classification_file_values(path: str | Path) -> dict[str, Any]:
@@ -19,7 +19,8 @@ def classification_file_values(path: str | Path) -> dict[str, Any]:
     A run's ``config.json`` works (nested sections, or the flat keys with a nested ``data`` of
     earlier versions); the keys a run records about itself
     (:data:`~finetune_kit.tasks.classification.config.RECORDED_FIELDS`, e.g. ``run_dir``) are
-    dropped, so the new run gets its own folder. A ``compare`` folder's ``config.json`` (``base``,
+    dropped, so the new run gets its own folder, and so are the one-off controls
+    (:data:`~finetune_kit.tasks.classification.config.ONE_OFF_FIELDS`: ``stop_after_epoch``). A ``compare`` folder's ``config.json`` (``base``,
     ``strategies``, ``per_strategy``) gives the base options plus ``strategies`` and
     ``head_learning_rate``.
 
@@ -36,7 +37,7 @@ def classification_file_values(path: str | Path) -> dict[str, Any]:
             out["head_learning_rate"] = head_lr
         values = out
     values = flatten([ClassificationConfig, CompareOptions], values)
-    for key in RECORDED_FIELDS:
+    for key in (*RECORDED_FIELDS, *ONE_OFF_FIELDS):
         values.pop(key, None)
     return values
 
@@ -52,5 +53,20 @@ def drop_foreign_strategy_fields(values: MutableMapping[str, Any],
     accepted = strategy_options(str(values.get("ft_strategy", "gradual")))
     for key in STRATEGY_FIELDS:
         if key in values and key not in keep and key not in accepted:
+            values.pop(key)
+    return values
+
+
+def drop_unused_strategy_fields(values: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Remove (in place) the named strategy options (``llrd_decay`` ...) that none of a comparison's
+    ``values["strategies"]`` (``"a,b"`` or a list) accepts: a compare folder's ``config.json`` records
+    every one of them, and ``compare`` refuses an option no strategy of it takes."""
+    from finetune_kit.strategy import strategy_options  # start-up time: the registry imports torch
+
+    names = values.get("strategies") or ""
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    accepted = set().union(*(strategy_options(n) for n in names)) if names else set()
+    for key in STRATEGY_FIELDS:
+        if key in values and key not in accepted:
             values.pop(key)
     return values

@@ -124,10 +124,11 @@ class TransformsConfig(ConfigSection):
 class StrategyConfig(ConfigSection):
     """The fine-tuning strategy and its layer groups."""
 
-    ft_strategy: str = option_field("gradual", "linear|lp_ft|gradual|full (alias llrd)|progressive "
-                                    "(`finetune-kit strategies`).")
-    linear_probe_epochs: int = option_field(10, "Epochs of the linear probe trained by epochs "
-                                            "(--linear-probe-solver epochs).", ge=1)
+    ft_strategy: str = option_field("gradual", "Fine-tuning strategy: {strategies} (`finetune-kit strategies` "
+                                    "describes each).")
+    linear_probe_epochs: int = option_field(10, "Epochs of the linear probe trained by epochs (--linear-probe-solver "
+                                            "epochs); ignored by the lbfgs solver, which solves the probe exactly.",
+                                            ge=1)
     linear_probe_solver: Literal["lbfgs", "epochs"] = option_field(
         "lbfgs", "lbfgs: the linear probe solved exactly (L-BFGS logistic regression on cached features, L2 "
         "strength chosen on validation; no epochs or LR); epochs: trained with AdamW.")
@@ -189,14 +190,16 @@ class OptimConfig(ConfigSection):
     """Optimisation: epochs, AdamW, schedule, regularisation and the best epoch."""
 
     num_epochs: int = option_field(20, "Epochs for lp_ft, gradual, full and progressive.", aliases=("--epochs",), ge=1)
-    learning_rate: float = option_field(1e-3, "Peak AdamW learning rate (per step, after warm-up).",
+    # one default for classify and compare: 5e-4 with a 10x head trained full fine-tuning on ~500 ACRIMA images,
+    # 1e-3 with head x1 broke it (validation AUROC 0.35): a random new head needs a faster LR than the backbone
+    learning_rate: float = option_field(5e-4, "Peak AdamW learning rate (per step, after warm-up).",
                                         aliases=("--lr",), gt=0.0)
-    head_lr_mult: float = option_field(1.0, "LR multiplier of the (new) classifier head when the backbone trains "
+    head_lr_mult: float = option_field(10.0, "LR multiplier of the (new) classifier head when the backbone trains "
                                        "too (not for the linear probe or a probed head: lp_ft, gradual).", gt=0.0)
     weight_decay: float = option_field(0.05, "AdamW decoupled weight decay (0 for norms/biases).", ge=0.0)
     warmup_epochs: float = option_field(1.0, "Linear LR warm-up, epochs (then cosine to --min-lr).", ge=0.0)
     min_lr: float = option_field(1e-6, "LR at the end of the cosine decay.", ge=0.0)
-    batch_size: int = option_field(32, "Images per forward pass (per optimizer step: times --accum-steps).",
+    batch_size: int = option_field(32, "Images per forward pass (training: per micro-batch, times --accum-steps per optimizer step).",
                                    aliases=("-b",), ge=1)
     accum_steps: int = option_field(1, "Gradient accumulation: micro-batches of --batch-size per optimizer step "
                                     "(effective batch = batch size x N; LR schedule in optimizer steps).", ge=1)

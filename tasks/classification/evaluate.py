@@ -17,6 +17,7 @@ from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci, boot
 from finetune_kit.tasks.classification.config import ClassificationConfig
 from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.engine import predict_logits, softmax
+from finetune_kit.tasks.classification.evaluation_data import write_per_image_csv
 from finetune_kit.tasks.classification.forgetting_run import load_run_weights
 from finetune_kit.tasks.classification.foundation_weights import match_pooling
 from finetune_kit.tasks.classification.metrics import classification_metrics
@@ -38,7 +39,7 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
                       test_labels: np.ndarray, history: Sequence[Mapping] = (), temperature: float | None = None,
                       prefix: str = "", class_names: Sequence[str] | None = None, run_name: str = "",
                       dataset: str = "", n_boot: int = 1000, seed: int = 0, calibration: str = "auto",
-                      calibrator=None) -> dict:
+                      calibrator=None, split: str = "test") -> dict:
     """Fit the calibrator on the validation logits ``(Nv, C)`` (``calibration``: ``auto`` = chosen
     on validation by :func:`finetune_kit.calibration.choose_calibrator`, or one method; a given
     ``calibrator`` or ``temperature`` is used as it is), compute test metrics before/after it, and write ``roc.png``, ``reliability.png`` and
@@ -48,7 +49,8 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
     class is missing), from ``n_boot`` (default 1000) stratified bootstrap resamples seeded with
     ``seed`` (:func:`~finetune_kit.tasks.classification.bootstrap.bootstrap_auroc_ci`); the ROC
     legend shows it with the class names (``class_names``) and counts. ``run_name`` and
-    ``dataset`` title the training curves.
+    ``dataset`` title the training curves; ``split`` names the evaluated set in the ROC title
+    (default ``test``; ``evaluate`` gives the data set's name).
 
     ECE before and after calibration get 95 % bootstrap intervals too (``ece_ci95``,
     ``ece_calibrated_ci95``, same resamples).
@@ -90,7 +92,7 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
         out["test"] = test
         roc_ci = {1: ci} if after.shape[1] == 2 else None
         plot_roc(test_labels, after, out_dir / f"{prefix}roc.png", class_names=class_names, ci=roc_ci,
-                 title="ROC (test)" + "".join(f" - {t}" for t in (run_name, dataset) if t))
+                 title=f"ROC ({split})" + "".join(f" - {t}" for t in (run_name, dataset) if t and t != split))
         plot_reliability(test_labels, before, after, out_dir / f"{prefix}reliability.png", temperature,
                          class_names=class_names)
     if history:
@@ -162,9 +164,14 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
     options as training) with the run's fitted calibrator; with the run's ``ood.npz``, also each image's
     ``ood_score`` / ``in_distribution`` and the ``fraction_flagged`` (under ``"ood"``). Writes ``RUN/eval-NAME/metrics.json``,
-    ``roc.png``, ``reliability.png`` and ``saliency_grid.png`` (Grad-CAM of the most confident correct,
-    most confident wrong and borderline images, :func:`~finetune_kit.tasks.classification.saliency.write_case_grid`);
-    returns the metrics.
+    ``predictions.csv`` (one row per image: path, label, calibrated probabilities, decision, OOD
+    columns; :func:`~finetune_kit.tasks.classification.evaluation_data.write_per_image_csv`), ``roc.png``
+    (titled by the data set's name), ``reliability.png`` and ``saliency_grid.png`` (Grad-CAM of the most
+    confident correct, most confident wrong and borderline images,
+    :func:`~finetune_kit.tasks.classification.saliency.write_case_grid`); returns the metrics.
+    ``batch_size``: images per forward pass (default 32).
+
+    The data are found and checked before the model loads, so bad data fails at once.
 
     Raises:
         DataError / CorruptImageError / FileNotFoundError: bad data or run folder.
@@ -172,8 +179,10 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     """
 
 
-    model, cfg, class_names, temperature, tf = load_trained(run_path, device)
+    if not (Path(run_path) / "config.json").is_file():
+        raise FileNotFoundError(f"{run_path}: no config.json; pass a run folder written by finetune-kit classify")
     images = discover(data_cfg)
+    model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     if images.class_names != class_names:  # same classes up to case/order (Glaucoma/ vs glaucoma): relabel
         index = {c.lower(): i for i, c in enumerate(class_names)}
         if sorted(index) != sorted(c.lower() for c in images.class_names):
@@ -190,10 +199,13 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
 
     out_dir = child_path(RunDir(run_path).path, name, what="--name", prefix="eval-")  # stays inside the run
 
+    calibrator = load_calibrator(run_path, temperature)
+    dataset = dataset_label(data_cfg.data, data_cfg.label_preset)
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
-                            test_logits=logits, test_labels=labels, calibrator=load_calibrator(run_path, temperature),
-                            class_names=class_names,
-                            dataset=dataset_label(data_cfg.data, data_cfg.label_preset))
+                            test_logits=logits, test_labels=labels, calibrator=calibrator,
+                            class_names=class_names, dataset=dataset, split=dataset or name)
+    write_per_image_csv(out_dir / "predictions.csv", [s.path for s in samples], labels, calibrator.probs(logits),
+                        class_names, ood)
     result = {"data": data_cfg.model_dump(), "n_images": len(samples), "skipped_corrupt": len(skipped),
               "temperature": temperature, "calibration": rep["calibration"], "metrics": rep["test"]}
     if ood:

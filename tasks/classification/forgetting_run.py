@@ -165,25 +165,35 @@ def measure_forgetting(state) -> dict:
     t0 = time.perf_counter()
     tf, device = state.data.tf, state.device
     ft = merged_copy(state.eval_model)
-    pre = copy.deepcopy(ft)
-    pre.load_state_dict(fs.w0)
-    ref = reference_loader(cfg.forgetting.reference_data, tf)
-    pre_ref, ft_ref = penultimate(pre, ref, tf, device), penultimate(ft, ref, tf, device)
-    out: dict[str, Any] = {"retention": {**retention(pre_ref, ft_ref, fs.source), "n_reference": len(pre_ref),
-                                         "source_head": fs.source is not None}}
+    groups = resolve_layer_groups(ft, **cfg.layer_group_options())
+    new_head = {n for g in groups.head for n in g.param_names}  # the run's new head has no pretrained value
+    now = ft.state_dict()
+    if all(k in now and torch.equal(now[k].detach().cpu(), v.cpu()) for k, v in fs.w0.items() if k not in new_head):
+        # a frozen backbone (linear probe): its features are the pretrained ones, so agreement 1, KL 0 and CKA 1
+        # hold exactly; three passes over the reference and validation images would only confirm it
+        out: dict[str, Any] = {"retention": {"reference_cka": 1.0, "n_reference": 0, "source_head": fs.source is not None,
+                                             "note": "backbone unchanged: exact values, no images passed"},
+                               "val_cka": 1.0}
+        if fs.source is not None:
+            out["retention"].update(top1_agreement=1.0, kl=0.0)
+    else:
+        pre = copy.deepcopy(ft)
+        pre.load_state_dict(fs.w0)
+        ref = reference_loader(cfg.forgetting.reference_data, tf)
+        pre_ref, ft_ref = penultimate(pre, ref, tf, device), penultimate(ft, ref, tf, device)
+        out = {"retention": {**retention(pre_ref, ft_ref, fs.source), "n_reference": len(pre_ref),
+                             "source_head": fs.source is not None}}
+        val = image_loader(state, state.data.val, tf.eval)
+        ft_val = state.features.get("best_val")
+        ft_val = torch.as_tensor(ft_val) if ft_val is not None else penultimate(ft, val, tf, device)
+        out["val_cka"] = linear_cka(penultimate(pre, val, tf, device), ft_val) if len(ft_val) > 1 else None
     if fs.source is not None:
         out["retention"]["source_classes"] = int(fs.source[0].shape[0])
     else:
-        out["retention"]["note"] = ("no source head: the weights carry no classifier of their own (hub weights are "
-                                    "created with the run's head, a file without its head), so top-1 agreement and KL "
-                                    "are not measured")
-
-    val = image_loader(state, state.data.val, tf.eval)
-    ft_val = state.features.get("best_val")
-    ft_val = torch.as_tensor(ft_val) if ft_val is not None else penultimate(ft, val, tf, device)
-    out["val_cka"] = linear_cka(penultimate(pre, val, tf, device), ft_val) if len(ft_val) > 1 else None
-    groups = resolve_layer_groups(ft, **cfg.layer_group_options())
-    new_head = {n for g in groups.head for n in g.param_names}  # the run's new head has no pretrained value
+        out["retention"]["note"] = "; ".join(
+            [n for n in (out["retention"].get("note"),) if n] + [
+                "no source head: the weights carry no classifier of their own (hub weights are created with the run's "
+                "head, a file without its head), so top-1 agreement and KL are not measured"])
     out["drift"] = relative_drift(ft, {k: v for k, v in fs.w0.items() if k not in new_head}, groups)
     if state.run.enabled:
         out["drift_figure"] = plot_drift(out["drift"], state.run.path / "drift.png", title=cfg.tag).name
@@ -191,8 +201,9 @@ def measure_forgetting(state) -> dict:
     r = out["retention"]
     agree = (f"top-1 agreement {r['top1_agreement']:.3f}, KL {r['kl']:.4f} nats under the pretrained "
              f"{r['source_classes']}-class head" if fs.source is not None else "no source head (agreement not measured)")
+    how = "backbone unchanged: exact" if not r["n_reference"] else f"{r['n_reference']} reference images"
     state.console.print(f"forgetting: {agree}; CKA reference {r['reference_cka']:.3f}, validation "
-                        f"{out['val_cka']:.3f} ({r['n_reference']} reference images, {out['seconds']:.1f} s)")
+                        f"{out['val_cka']:.3f} ({how}, {out['seconds']:.1f} s)")
     state.logger.summary({f"forgetting_{k}": v for k, v in {**r, "val_cka": out["val_cka"]}.items()
                           if isinstance(v, float)})
     return {"forgetting": out}
@@ -209,6 +220,10 @@ def plot_drift(drift: dict[str, float], path: str | Path, *, title: str = "") ->
     ax.set_ylabel("relative L2 drift ||w - w0|| / ||w0||")
     ax.set_xlabel("layer group (stem -> head)")
     ax.set_title("where the model changed" + (f" - {title}" if title else ""), fontsize=10)
+    top = max(drift.values(), default=0.0)
+    ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)  # a drift is never negative
+    if top == 0:
+        ax.text(0.5, 0.5, "no layer changed (frozen backbone)", transform=ax.transAxes, ha="center", va="center")
     return save_figure(fig, Path(path))
 
 

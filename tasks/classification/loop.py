@@ -193,6 +193,9 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
     if state.data.tf.random_train:
         state.data.tf.train.set_random_seed(epoch_seed(cfg.runtime.seed, epoch) + rank)
     events = list(strategy.on_epoch_start(epoch, opt.optimizer))
+    for ev in events:  # said before the epoch it applies to
+        state.console.print(f"epoch {epoch + 1}/{cfg.epochs}: unfroze {', '.join(ev.groups)} "
+                            f"({ev.trainable_params:,} trainable parameters from this epoch)")
     strategy.train_mode(model)
     if state.bn_frozen:
         _set_bn_eval(model)
@@ -241,7 +244,9 @@ def end_epoch(state: TrainingRun, record: dict) -> None:
     worst = -math.inf if opt.mode == "max" else math.inf
     if state.run.enabled:  # DDP: rank 0 alone writes checkpoints
         state.checkpoints.save(ck, epoch, metrics={opt.monitor: metric if metric == metric else worst})
-    ev = "; ".join(f"unfroze {', '.join(e['groups'])}" for e in record["unfrozen"])
+    # events of the epoch's start were printed before it; a plateau unfreezes for the next epoch
+    ev = "; ".join(f"unfreezes {', '.join(e['groups'])} from epoch {e['epoch']}" for e in record["unfrozen"]
+                   if e["epoch"] > epoch)
     state.console.print(f"epoch {epoch}/{cfg.epochs} loss {record['train_loss']:.4f} val_loss "
                         f"{record['val_loss']:.4f} val_auroc {record['val_auroc']:.4f} val_acc "
                         f"{record['val_accuracy']:.3f} {record['train_images_per_s']:.1f} img/s"

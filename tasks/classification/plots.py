@@ -14,10 +14,10 @@ from typing import Mapping, Sequence
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from finetune_kit.calibration import expected_calibration_error
+from finetune_kit.plot_axes import integer_epoch_axis
 from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci
 
 __all__ = ["plot_roc", "plot_reliability", "plot_training_curves", "plot_val_auroc_per_strategy", "roc_figure",
@@ -204,8 +204,8 @@ def training_curves_figure(history: Sequence[Mapping], *, run_name: str = "", da
     a2.plot(ep, [r.get("val_auroc") for r in history], "o-", label="validation AUROC")
     a2.plot(ep, [r.get("val_accuracy") for r in history], "o-", label="validation accuracy")
     a2.set(xlabel="epoch", ylabel="validation AUROC / accuracy")
-    for a in (a1, a2):
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for a in (a1, a2):  # whole epochs, also for a one-epoch run (the exact linear probe)
+        integer_epoch_axis(a, ep)
     _unfreeze_lines((a1, a2), history)
     for a in (a1, a2):  # below the axes: the curves and the unfreeze labels stay uncovered
         a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
@@ -224,7 +224,7 @@ def val_auroc_figure(histories: Mapping[str, Sequence[Mapping]], *, dataset: str
     unfreeze events as small markers; the title names ``dataset`` (SYNTHETIC when generated)."""
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     for name, hist in histories.items():
         line, = ax.plot([r["epoch"] for r in hist], [r.get("val_auroc") for r in hist], "o-", label=name)
         for r in hist:
@@ -232,8 +232,10 @@ def val_auroc_figure(histories: Mapping[str, Sequence[Mapping]], *, dataset: str
                 ax.axvline(float(ev.get("epoch", r["epoch"])) - 0.5, color=line.get_color(), ls=":", lw=0.8)
     head = title or "validation AUROC per epoch"
     ax.set(xlabel="epoch", ylabel="validation AUROC", title=f"{head} - {dataset}" if dataset else head)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(title="strategy (dotted: unfreeze)", fontsize=8, title_fontsize=8, loc="best")
+    integer_epoch_axis(ax, [r["epoch"] for hist in histories.values() for r in hist])
+    # beside the axes: a legend inside would cover the curves of some strategy
+    ax.legend(title="strategy (dotted: unfreeze)", fontsize=8, title_fontsize=8, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
     return fig
 
 

@@ -12,19 +12,20 @@ import time
 
 import numpy as np
 
-from finetune_kit.distributed import broadcast_module, broadcast_object, is_distributed
+from finetune_kit.distributed import broadcast_module, broadcast_object, gather_shards, is_distributed, shard_indices
 from finetune_kit.runs.checkpoint import load_checkpoint
 from finetune_kit.tasks.classification.config import resolved_bn_stats
 from finetune_kit.tasks.classification.engine import predict_logits
 from finetune_kit.tasks.classification.evaluate import calibrated_report
 from finetune_kit.tasks.classification.forgetting_report import finish_forgetting
 from finetune_kit.tasks.classification.forgetting_run import measure_forgetting
-from finetune_kit.tasks.classification.loop import predict_sharded
+from finetune_kit.tasks.classification.loop import predict_sharded, prepare_inputs
 from finetune_kit.tasks.classification.ood import predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label
 from finetune_kit.tasks.classification.report_extras import ood_and_reference
 from finetune_kit.tasks.classification.setup import TrainingRun, image_loader
 from finetune_kit.tasks.classification.transforms import normalize_batch
+from finetune_kit.tasks.classification.weights_check import constant_outputs_warning, random_init_warning
 
 __all__ = ["report", "predict_best"]
 
@@ -49,8 +50,14 @@ def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
         broadcast_module(model)
         ck = broadcast_object({k: v for k, v in ck.items() if k in ("epoch", "global_step")} if ck else None)
         model.eval()
-        vl, vy = predict_sharded(state, model, state.data.val)
-        tl, ty = predict_sharded(state, model, state.data.test)
+        if _has_features(model) and (state.cfg.calibration.ood or state.strategy.head_only):
+            # the OOD detector and the logistic reference need features: each rank predicts its share, all gathered
+            vl, state.features["best_val"], vy = _sharded_with_features(state, model, state.data.val)
+            tl, state.features["best_test"], ty = _sharded_with_features(state, model, state.data.test)
+            state.features["best_train"] = _sharded_with_features(state, model, state.data.train)[1:]
+        else:
+            vl, vy = predict_sharded(state, model, state.data.val)
+            tl, ty = predict_sharded(state, model, state.data.test)
         logits = {"val_logits": vl, "val_labels": vy, "test_logits": tl, "test_labels": ty}
         if state.run.enabled:
             np.savez(state.run.path / "logits.npz", **logits)
@@ -61,7 +68,7 @@ def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
     model.load_state_dict(ck["ema"] if state.ema is not None else ck["model"])
     model.eval()
     prepare = lambda x: normalize_batch(x, tf.mean, tf.std)  # noqa: E731
-    if callable(getattr(model, "forward_head", None)) and callable(getattr(model, "get_classifier", None)):
+    if _has_features(model):
 
         vl, vf, vy = predict_with_features(model, image_loader(state, state.data.val, tf.eval), prepare, state.amp,
                                            state.device)
@@ -74,6 +81,20 @@ def predict_best(state: TrainingRun) -> tuple[dict, dict[str, np.ndarray]]:
     logits = {"val_logits": vl, "val_labels": vy, "test_logits": tl, "test_labels": ty}
     np.savez(state.run.path / "logits.npz", **logits)
     return ck, logits
+
+
+def _has_features(model) -> bool:
+    """Whether ``model`` gives pooled features (a timm model: ``forward_head`` and ``get_classifier``)."""
+    return callable(getattr(model, "forward_head", None)) and callable(getattr(model, "get_classifier", None))
+
+
+def _sharded_with_features(state: TrainingRun, model, samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits ``(N, C)``, features ``(N, D)`` and labels ``(N,)`` of ``samples`` in order; under DDP each rank
+    predicts its share (:func:`~finetune_kit.distributed.shard_indices`) and every rank gets all of them."""
+    part = [samples[i] for i in shard_indices(len(samples))]
+    out = predict_with_features(model, image_loader(state, part, state.data.tf.eval), prepare_inputs(state),
+                                state.amp, state.device)
+    return tuple(gather_shards(a, len(samples)) for a in out)
 
 
 def report(state: TrainingRun) -> dict:
@@ -98,6 +119,12 @@ def report(state: TrainingRun) -> dict:
                             seed=cfg.runtime.seed, calibration=cfg.calibration.calibration, **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
 
+    m = cfg.model
+    constant = constant_outputs_warning(logits["val_logits"])
+    if constant:  # the random-init warning was printed when the model was built
+        state.console.print(f"[bold yellow]{constant}[/]")
+    result["warnings"] = [w for w in (random_init_warning(m.model_name, m.pretrained, m.custom_weights_path),
+                                      constant) if w]
     result.update(ood_and_reference(state, logits))
     result.update(measure_forgetting(state))
     state.run.write_json("metrics.json", result)

@@ -16,8 +16,11 @@ __all__ = ["ood_and_reference"]
 
 def _train_features(state) -> tuple[np.ndarray, np.ndarray]:
     """Training-split features of the evaluated module (best epoch loaded): the cache when the
-    backbone never trained, else one eval-mode pass."""
+    backbone never trained, else one eval-mode pass; under DDP the features every rank gathered
+    (:func:`~finetune_kit.tasks.classification.report.predict_best`)."""
 
+    if "best_train" in state.features:
+        return state.features["best_train"]
     if state.strategy.head_only and "train" in state.features:
         f, y = state.features["train"]
     else:

@@ -47,6 +47,7 @@ from finetune_kit.tasks.classification.data import LabelledImages, discover, rea
 from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
 from finetune_kit.tasks.classification.model import build_model, head_param_names
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
+from finetune_kit.tasks.classification.weights_check import random_init_warning
 
 __all__ = ["RunData", "Optimisation", "TrainingRun", "build", "build_strategy", "start_run", "epoch_seed",
            "image_loader"]
@@ -206,6 +207,8 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
         if not callable(getattr(model, "set_grad_checkpointing", None)):
             raise ConfigError(f"--grad-checkpointing: {m.model_name} has no set_grad_checkpointing; drop the option")
         model.set_grad_checkpointing(True)
+    if warning := random_init_warning(m.model_name, m.pretrained, m.custom_weights_path):
+        console.print(f"[bold yellow]{warning}[/]")
     strategy = build_strategy(cfg, model)
     model = strategy.prepare_model(model)  # e.g. LoRA adapters, before the groups and the optimizer
     model.to(device)

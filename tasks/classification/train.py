@@ -103,5 +103,8 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
         stopped = _train(state, resume, train_epochs)
         if stopped is not None:
             outcome.stop(f"stopped after epoch {stopped}")
+            state.console.print(f"stopped after epoch {stopped} of {cfg.epochs} (--stop-after-epoch "
+                                f"{cfg.runtime.stop_after_epoch}): continue with finetune-kit classify --resume "
+                                f"{state.run.path}")
             return {"status": "interrupted", "run_dir": str(state.run.path), "epoch": stopped}
         return report(state)

@@ -395,6 +395,11 @@ CASES = [
     ("run folder: classify --resume with checkpoints/ a link", lambda c: cli(
         ["classify", "--resume", str(symlink(c.tmp / "run" / "checkpoints", c.victim / "checkpoints").parent)],
         c.capfd), "is a symbolic link"),
+    ("run folder: compare --resume of a folder that is no comparison", lambda c: cli(
+        ["compare", "--resume", str(run_folder(c.tmp, [{"file": "epoch_0001.pt", "epoch": 0}]))], c.capfd),
+     "no comparison.json there"),
+    ("run folder: evaluate a folder that is no run", lambda c: cli(
+        ["evaluate", str(c.tmp), "--data", str(c.tmp)], c.capfd), "no config.json"),
     ("run folder: compress train --resume with a forged index", lambda c: compress(
         c, "train", "--resume", str(run_folder(c.tmp, [{"file": str(c.victim / "v4.txt"), "epoch": 99}]))),
      "is not a bare file name"),

@@ -53,6 +53,23 @@ def test_two_processes_match_one_process(tmp_path):
     assert one["test"]["auroc"] == pytest.approx(r0["test"]["auroc"])
     # rank 0 alone wrote the run folder
     assert not list((tmp_path / "two").glob("*-2026*")) and (tmp_path / "two" / "r" / "metrics.json").is_file()
+    # the OOD detector is fitted on the features every rank gathered: the one-process detector
+    assert (tmp_path / "two" / "r" / "ood.npz").is_file()
+    assert r0["ood"]["threshold"] == pytest.approx(one["ood"]["threshold"], rel=1e-3)
+    assert r0["ood"]["test_fraction_flagged"] == one["ood"]["test_fraction_flagged"]
+
+
+@pytest.mark.slow
+def test_two_process_linear_probe_has_the_logistic_reference_and_ood(tmp_path):
+    data = fundus_folder(tmp_path / "images")
+    spec = dict(SPEC, ft_strategy="linear")
+    spec.pop("gradual_patience")
+    proc = torchrun("classify", {"data": str(data), "output_dir": str(tmp_path / "two"),
+                                 "run_dir": str(tmp_path / "two" / "r"), **spec}, tmp_path / "out.json", 2)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    r0, _ = rank_results(tmp_path / "out.json", 2)
+    assert 0.0 <= r0["reference_logreg"]["test_auroc"] <= 1.0 and "ood" in r0
+    assert (tmp_path / "two" / "r" / "ood.npz").is_file()
 
 
 @pytest.mark.slow
