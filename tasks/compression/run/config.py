@@ -260,6 +260,9 @@ class RunConfig(ConfigSection):
         if bal.step_epochs and strat != "step":
             warnings.warn(f"--step_epochs only act on --gamma_strategy step (in effect: {strat}): "
                           "add --gamma_strategy step", OptionWarning, stacklevel=2)
+        if "gamma_decay" in given and strat != "step":
+            warnings.warn(f"--gamma_decay only acts on --gamma_strategy step (in effect: {strat}): "
+                          "add --gamma_strategy step", OptionWarning, stacklevel=2)
         if hier.use_hierarchical and not bal.use_balanced and hier.scale_modulation is None:
             warnings.warn("--use_hierarchical without --use_balanced: applying --scale_modulation guides "
                           f"({SCALE_MODULATION_PRESETS['guides']}) so the per-scale tasks change the gradient; pass "
