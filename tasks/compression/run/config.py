@@ -31,6 +31,7 @@ from finetune_kit.tasks.compression.finetune.config import LayerLRSection, Unfre
 from finetune_kit.tasks.compression.objectives.config import (SCALE_MODULATION_PRESETS, BalancedSection,
                                                               HierarchicalSection, check_objectives,
                                                               resolved_gamma_strategy)
+from finetune_kit.tasks.compression.run.workflow_name import workflow_tag
 from finetune_kit.tasks.cli_options import nest
 from finetune_kit.tasks.config_base import ConfigSection
 
@@ -116,7 +117,8 @@ class RunSection(CudaFlag):
     epochs: int = Field(500, ge=1, description="Epochs (passes over the images, or --steps-per-epoch batches).",
                         json_schema_extra=_aliases("--num-epochs", "--num_epochs", "-e"))
     seed: int = Field(0, description="Random seed.")
-    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: torch's choice.",
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: the free cores (CPUs minus the "
+                                                                   "load average, at least 1).",
                                    json_schema_extra=_aliases("--num-threads", "--num_threads"))
     device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
     keep_last: int = Field(2, ge=1, description="Most recent checkpoints kept.")
@@ -243,8 +245,9 @@ class RunConfig(ConfigSection):
         return resolved_gamma_strategy(self.balanced, self.hierarchical.use_hierarchical)
 
     def default_run_name(self, model_name: str, lmbda: float) -> str:
-        """The run folder's name when ``--name`` is not given (a timestamp is appended)."""
-        return f"{model_name}-finetune-lambda{lmbda:g}"
+        """The run folder's name when ``--name`` is not given (a timestamp is appended):
+        ``MODEL-finetune-WORKFLOW-lambdaL``, WORKFLOW from :func:`workflow_tag` (e.g. ``balanced-hpcm``)."""
+        return f"{model_name}-finetune-{workflow_tag(self)}-lambda{lmbda:g}"
 
     def flat(self) -> dict[str, Any]:
         """The config as flat leaf keys (JSON types), as run folders record it."""
