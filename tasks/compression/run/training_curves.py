@@ -72,10 +72,10 @@ def training_curves_figure(records: Sequence[Mapping], *, title: str = ""):
     _legend_outside(ax)
     ax.set_title(title or "training curves")
     ax = axes[1]
-    for k in lr_keys:
+    for i, k in enumerate(lr_keys):  # groups often share an LR: line styles keep each one visible
         pts = [(r["epoch"], r[k]) for r in recs if r.get(k)]
         if pts:
-            ax.plot(*zip(*pts), ".-", label=k[3:])
+            ax.plot(*zip(*pts), marker=".", ls=("-", "--", "-.", ":")[i % 4], lw=2.5 - 0.4 * (i % 4), label=k[3:])
     if lr_keys:
         ax.set_yscale("log")
         _legend_outside(ax)

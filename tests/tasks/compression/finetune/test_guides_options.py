@@ -129,9 +129,22 @@ def test_compress_train_balanced_with_step_epochs_as_the_guides_write_them(few_p
     assert recs[0]["task_weight/distortion"] == 0.5 and recs[-1]["task_weight/distortion"] != 0.5
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["finetune"]["balanced"]["steps"] == 3  # the balanced state rides in the checkpoint (resume)
+    assert (run / "training_curves.png").stat().st_size > 10_000  # compress train draws its curves too
     # a gamma option without --use_balanced: one WARNING line (as in compress finetune), the run goes on
     bad = CliRunner().invoke(app, ["compress", "train", "--data", str(few_photos), "--gamma_strategy", "step",
                                    "--epochs", "1", "--steps-per-epoch", "1", "-b", "2", "--patch-size", "64",
                                    "--val-fraction", "0.2", "--wandb", "disabled", "--no-progress",
                                    "--output-dir", str(tmp_path / "w")])
     assert bad.exit_code == 0 and "WARNING: --gamma_strategy only act on the balanced optimizer" in bad.output
+
+
+def test_workflow_2_as_documented_gives_no_warning(photos):
+    """README/docs workflow 2 carries --scale_modulation guides, so it validates without a WARNING line;
+    the same line without it warns (the hierarchical loss alone would change nothing)."""
+    wf2 = dict(data=photos, epochs=500, use_hierarchical=True, scale_early_stopping=True, early_stopping_patience=50,
+               progressive_unfreeze=True, unfreeze_schedule="100,200")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OptionWarning)
+        FinetuneConfig(**wf2, scale_modulation="guides")
+    with pytest.warns(OptionWarning, match="applying --scale_modulation guides"):
+        FinetuneConfig(**wf2)
