@@ -224,7 +224,7 @@ def run_eval(cfg: "EvalConfig", *, pad: Optional[str] = None) -> dict[str, Any]:
            for fam, c in curves.items()}
     bd = next(iter(bds.values())) if len(bds) == 1 else {"anchor": cfg.anchor, "families": bds}
     atomic_write_text(json.dumps(to_jsonable(bd), indent=2), out_dir / "bd.json")
-    plot_rd(curves, anchors, out_dir / "rd.png", title=f"{name} on {Path(cfg.data).name} ({len(paths)} images)",
+    plot_rd(curves, anchors, out_dir / "rd.png", title=f"{name} on {Path(cfg.data).name} ({len(paths)} image{'s' * (len(paths) != 1)})",
             bd=bds)
     results["bd"] = bd
     results["plot"] = str(out_dir / "rd.png")

@@ -112,7 +112,7 @@ def plot_rd(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], path: str
 
 
 #: colour and marker of our curves, in order (anchors take matplotlib's default cycle)
-_OURS = (("black", "o"), ("tab:red", "s"), ("tab:purple", "^"), ("tab:brown", "D"), ("tab:pink", "v"))
+_OURS = (("black", "o"), ("darkred", "s"), ("navy", "^"), ("darkgreen", "D"), ("saddlebrown", "v"))
 
 
 def rd_figure(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], *, title: str = "Rate-distortion",
@@ -134,7 +134,7 @@ def rd_figure(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], *, titl
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for name, c in anchors.items():
         style = "--" if "paper" in name.lower() or "hpcm" in name.lower() else "-"
-        ax.plot(c["bpp"], c["psnr-rgb"], style, lw=1, alpha=0.7, label=name)
+        ax.plot(c["bpp"], c["psnr-rgb"], style, lw=1, alpha=0.55, label=name)
     per_curve = bd if bd and "anchor" not in bd else {name: bd for name in curves}
     for k, (name, c) in enumerate(curves.items()):
         pts = sorted(zip(c["bpp"], c["psnr-rgb"]))
@@ -145,7 +145,7 @@ def rd_figure(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], *, titl
         elif b and "overlap" in str(b.get("reason", "")):
             label += f"\n(BD undefined vs {b['anchor']}: no PSNR overlap)"
         colour, marker = _OURS[k % len(_OURS)]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=marker, lw=2, color=colour, label=label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=marker, ms=7, lw=2.2, color=colour, label=label)
     all_bpp = [b for c in list(curves.values()) for b in c["bpp"]]
     if all_bpp:
         ax.set_xlim(0, max(1.0, max(all_bpp) * 1.1))

@@ -88,15 +88,12 @@ def test_checkpoint_family_separates_a_base_from_its_fine_tune():
     assert checkpoint_family(tuned, "hpcm-tiny") == "hpcm-tiny fine-tuned (balanced-hpcm)"
 
 
-def test_eval_of_a_base_and_a_fine_tuned_checkpoint_draws_two_curves(trained_tiny, kodak_crops, anchors_file,
+def test_eval_of_a_base_and_a_fine_tuned_checkpoint_draws_two_curves(tiny_base_checkpoint, kodak_crops, anchors_file,
                                                                         tmp_path):
-    sd = trained_tiny.state_dict()
-    paths = []
-    for name, cfg in (("base", {"command": "train", "lmbda": 0.0483}),
-                      ("tuned", {"command": "finetune", "checkpoint": "base.pt", "lmbda": 0.013,
-                                 "freeze_entropy": True, "context_lr_ratio": 0.1})):
-        paths.append(atomic_save({"state_dict": sd, "model": "hpcm-tiny", "config": {"model": "hpcm-tiny", **cfg}},
-                                 tmp_path / f"{name}.pt"))
+    base = torch.load(tiny_base_checkpoint, weights_only=False)  # written by compress train
+    tuned = {**base, "config": {**base["config"], "command": "finetune", "checkpoint": str(tiny_base_checkpoint),
+                                "lmbda": 0.013, "freeze_entropy": True, "context_lr_ratio": 0.1}}
+    paths = [tiny_base_checkpoint, atomic_save(tuned, tmp_path / "tuned.pt")]
     out = tmp_path / "eval"
     r = CliRunner().invoke(app, ["compress", "eval", *map(str, paths), "--data", str(kodak_crops), "--limit", "1",
                                  "--output", str(out), "--anchors", str(anchors_file), "--no-progress",
