@@ -344,8 +344,10 @@ class TrainConfig(RunConfig):
     layer_lr: TrainLayerLRSection = Field(default_factory=TrainLayerLRSection)
 
     def default_run_name(self, model_name: str, lmbda: float) -> str:
-        """``MODEL-METRIC-lambdaL`` (a timestamp is appended)."""
-        return f"{model_name}-{self.source.metric}-lambda{lmbda:g}"
+        """``MODEL-METRIC-lambdaL``, or ``MODEL-METRIC-WORKFLOW-lambdaL`` when the objective is not the
+        plain one (e.g. ``balanced-step``, :func:`workflow_tag`); a timestamp is appended."""
+        tag = workflow_tag(self)
+        return f"{model_name}-{self.source.metric}{'' if tag == 'all' else '-' + tag}-lambda{lmbda:g}"
 
     @field_validator("source")
     @classmethod

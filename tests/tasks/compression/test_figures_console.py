@@ -16,7 +16,7 @@ from finetune_kit.tasks.compression import threads as threads_mod
 from finetune_kit.tasks.compression.curve_names import checkpoint_family
 from finetune_kit.tasks.compression.progress_bar import ProgressBar
 from finetune_kit.tasks.compression.rd_curves import rd_figure
-from finetune_kit.tasks.compression.run.config import FinetuneConfig
+from finetune_kit.tasks.compression.run.config import FinetuneConfig, TrainConfig
 from finetune_kit.tasks.compression.run.training_curves import training_curves_figure
 
 
@@ -35,6 +35,9 @@ def test_the_three_workflows_get_distinct_run_names(photos):
     assert names == ["hpcm-tiny-finetune-frozen-entropy-ctx0.1-lambda0.013",
                      "hpcm-tiny-finetune-hierarchical-scale-es-progressive-lambda0.013",
                      "hpcm-tiny-finetune-balanced-hpcm-lambda0.013"]
+    assert TrainConfig(data=photos).default_run_name("hpcm-tiny", 0.0067) == "hpcm-tiny-mse-lambda0.0067"
+    assert (TrainConfig(data=photos, use_balanced=True, gamma_strategy="step").default_run_name("hpcm-tiny", 0.0067)
+            == "hpcm-tiny-mse-balanced-step-lambda0.0067")
 
 
 def test_training_curves_integer_epochs_legends_off_the_data_gamma_in_its_own_panel():
