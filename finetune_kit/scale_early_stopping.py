@@ -195,29 +195,43 @@ class ScaleEarlyStopping:
         data = {"scales": self.scales, "best": self.best(), "history": self.history}
         return atomic_write_text(json.dumps(data, indent=2, default=str), Path(path))
 
-    def plot(self, path: str | Path, ylabel: str = "validation R-D cost") -> Path:
-        """Draw each scale's value per epoch, its best epoch (dot) and stop epoch (cross). Returns the path."""
-        import matplotlib
+    def figure(self, ylabel: str = "validation R-D cost"):
+        """One panel per scale (shared epoch axis, each its own y range, so a small s2/s3 cost is
+        not squashed under s1's): the scale's value per epoch, its best epoch (dot) and stop epoch
+        (dotted line). Returns the matplotlib Figure."""
+        import matplotlib  # local: matplotlib loads only when a figure is drawn (start-up time)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # local: drawn figures only (start-up time)
+        from matplotlib.ticker import MaxNLocator  # local: as above
 
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for s in self.scales:
+        scales = [s for s in self.scales if any(h["values"].get(s) is not None for h in self.history)] or self.scales
+        fig, axes = plt.subplots(len(scales), 1, figsize=(7, 1.9 * len(scales) + 0.8), sharex=True, squeeze=False)
+        for ax, s, colour in zip(axes[:, 0], scales, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
             pts = [(h["epoch"], h["values"][s]) for h in self.history if h["values"].get(s) is not None]
-            if not pts:
-                continue
-            line, = ax.plot(*zip(*pts), label=s)
+            if pts:
+                ax.plot(*zip(*pts), ".-", color=colour)
             es = self.stoppers[s]
             if es.best is not None:
-                ax.plot([es.best_epoch], [es.best], "o", color=line.get_color())
+                ax.plot([es.best_epoch], [es.best], "o", color=colour)
             if self.stopped[s] is not None:
-                ax.axvline(self.stopped[s], color=line.get_color(), ls=":", lw=1)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title("per-scale convergence (dot: best, dotted: stopped)")
-        ax.legend()
+                ax.axvline(self.stopped[s], color=colour, ls=":", lw=1)
+            stop = f", stopped at {self.stopped[s]}" if self.stopped[s] is not None else ""
+            best = f"best {es.best:.4g} at epoch {es.best_epoch}" if es.best is not None else "no value yet"
+            ax.set_title(f"{s}: {best}{stop}", fontsize=8, loc="left")
+            ax.set_ylabel(s)
+            ax.grid(alpha=0.3)
+        axes[-1, 0].set_xlabel("epoch")
+        axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(f"per-scale convergence: {ylabel} (dot: best, dotted: stopped)", fontsize=10)
         fig.tight_layout()
+        return fig
+
+    def plot(self, path: str | Path, ylabel: str = "validation R-D cost") -> Path:
+        """Write :meth:`figure` to ``path`` (PNG). Returns the path."""
+        import matplotlib.pyplot as plt  # local: drawn figures only (start-up time)
+
+        fig = self.figure(ylabel)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)

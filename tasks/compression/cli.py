@@ -176,10 +176,12 @@ def eval_cmd(ctx: typer.Context, values: dict,
         res = run_eval(cfg, pad=cfg.pad)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail_run(exc)
-    bd = res["bd"]
-    bd_txt = (f"BD-rate {bd['bd_rate']:+.2f} %, BD-PSNR {bd['bd_psnr']:+.3f} dB vs {bd['anchor']}"
-              if bd.get("bd_rate") is not None else f"BD-rate vs {bd['anchor']}: n/a ({bd.get('reason')})")
-    typer.echo(f"{bd_txt}\nresults: {Path(cfg.output) / 'results.json'}\nplot: {res['plot']}")
+    bds = res["bd"].get("families") or {"": res["bd"]}
+    for family, bd in bds.items():
+        bd_txt = (f"BD-rate {bd['bd_rate']:+.2f} %, BD-PSNR {bd['bd_psnr']:+.3f} dB vs {bd['anchor']}"
+                  if bd.get("bd_rate") is not None else f"BD-rate vs {bd['anchor']}: n/a ({bd.get('reason')})")
+        typer.echo(f"{family}: {bd_txt}" if family else bd_txt)
+    typer.echo(f"results: {Path(cfg.output) / 'results.json'}\nplot: {res['plot']}")
 
 
 @config_command(app, "convert-official", ConvertConfig, help="Convert an official HPCM checkpoint for "

@@ -125,7 +125,8 @@ class EvalConfig(CudaFlag):
     anchor: str = Field("VTM", description="Anchor curve for BD-rate / BD-PSNR.")
     bd_method: Literal["akima", "pchip", "cubic"] = Field("akima", description="BD interpolation.")
     name: Optional[str] = Field(None, description="Curve name in the JSON and plot; unset: the model name.")
-    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: torch's choice.",
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: the free cores (CPUs minus the "
+                                                                   "load average, at least 1).",
                                    json_schema_extra=_aliases("--num-threads", "--num_threads"))
     device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N: transforms and "
                                            "context model run there, rANS coding on the CPU.")

@@ -26,11 +26,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from finetune_kit.distributed import all_reduce_sums, dist_info, is_distributed
 from finetune_kit.tasks.compression.models.training_noise import per_sample_noise
 from finetune_kit.tasks.compression.objectives.rate_distortion import RateDistortionLoss
+from finetune_kit.tasks.compression.progress_bar import ProgressBar
 
 __all__ = ["AUX_GROUP", "is_aux_param", "split_aux_groups", "build_optimizers", "RDObjective", "as_objective",
            "psnr_from_mse", "train_step", "train_one_epoch", "evaluate"]
@@ -211,7 +211,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
             :class:`~finetune_kit.tasks.compression.objectives.rate_distortion.RateDistortionLoss`, wrapped in
             :class:`RDObjective` with ``clip_max_norm`` (0 disables; ignored for objectives).
         max_steps: stop after this many steps (default: the whole loader).
-        progress: show a tqdm bar. description: its label.
+        progress: show a progress bar (rich; drawn only on a terminal). description: its label.
         on_step: called as ``on_step(steps_done, values)`` after each step.
         before_step: called as ``before_step(i)`` (index in the epoch) before each step, e.g. to set LRs.
         train_mode: puts the model in training mode (default ``model.train()``; fine-tuning keeps
@@ -241,7 +241,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
     # itself opens an extra iterator, which draws sampler/worker seeds from the RNG, so the random
     # crops of a run would depend on --progress.
     batches = iter(loader)
-    bar = tqdm(batches, total=total, desc=description, leave=False, dynamic_ncols=True) if progress else batches
+    bar = ProgressBar(batches, total=total, description=description) if progress else batches
     for batch in bar:
         if max_steps is not None and steps >= max_steps:
             break
@@ -260,6 +260,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Tensor], optimizer: torch
                             **({"bpp": f"{float(values['bpp_loss']):.3f}"} if "bpp_loss" in values else {}))
         if on_step is not None:
             on_step(steps, values)
+    if progress:
+        bar.close()  # after a max_steps break
     res = avg.result()
     res.update(steps=steps, images=int(round(all_reduce_sums({"n": avg.n})["n"])), seconds=time.perf_counter() - t0)
     return res

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,18 +28,20 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.runs.run_dir import environment_info, to_jsonable
 from finetune_kit.tasks.compression.checkpoints import checkpoint_model_name, load_model
 from finetune_kit.tasks.compression.config import DEFAULT_ANCHORS
+from finetune_kit.tasks.compression.curve_names import checkpoint_family, group_by_family
 from finetune_kit.tasks.compression.data import list_images, load_rgb, to_tensor
 from finetune_kit.tasks.compression.metrics import MS_SSIM_MIN_SIDE, bpp_per_scale, ms_ssim, psnr, to_8bit
 from finetune_kit.tasks.compression.models.hpcm.model import pad_to_multiple
 from finetune_kit.tasks.compression.models.zoo import pad_multiple
 from finetune_kit.tasks.compression.padding import PAD_MODES, crop_centred, pad_centred
+from finetune_kit.tasks.compression.progress_bar import ProgressBar
 from finetune_kit.tasks.compression.rd_curves import bd_metrics, load_anchors, plot_rd
+from finetune_kit.tasks.compression.threads import apply_threads
 
 __all__ = ["evaluate_image", "evaluate_model", "run_eval", "nan_mean"]
 
@@ -129,7 +132,7 @@ def evaluate_model(model: nn.Module, paths: Sequence[Path], *, progress: bool = 
     model.eval()
     model.update(force=True)
     per_image: dict[str, dict[str, Any]] = {}
-    for p in tqdm(paths, disable=not progress, desc="images", leave=False):
+    for p in ProgressBar(paths, description="images", enabled=progress):
         x = to_tensor(load_rgb(p)).unsqueeze(0)
         per_image[Path(p).name] = evaluate_image(model, x, pad=pad)
     keys = [k for k, v in next(iter(per_image.values())).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -152,15 +155,18 @@ def run_eval(cfg: "EvalConfig", *, pad: Optional[str] = None) -> dict[str, Any]:
 
     Writes to ``cfg.output``: ``results.json`` (CompressAI-style, one value per checkpoint,
     sorted by rate), ``per_image.json``, ``rd.png`` and ``bd.json`` (BD-rate/BD-PSNR against
-    ``cfg.anchor`` when anchors are available and there are enough points). Returns the
-    combined dict.
+    ``cfg.anchor`` when anchors are available and there are enough points). Checkpoints of
+    different model families (a base and its fine-tune: :mod:`.curve_names`) are separate curves
+    in ``rd.png``, each with its own BD numbers; ``bd.json`` is then ``{"anchor", "families":
+    {curve: bd}}`` (one family: the bd dict itself). Returns the combined dict.
 
     Raises:
         ValueError: the anchor curve is not in the anchors file.
     """
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    _, note = apply_threads(cfg.threads)
+    if note:
+        print(note, file=sys.stderr)
     device = torch.device(getattr(cfg, "device", "cpu"))
     pad = pad or getattr(cfg, "pad", None) or "edge"
     if pad not in PAD_MODES:
@@ -180,10 +186,12 @@ def run_eval(cfg: "EvalConfig", *, pad: Optional[str] = None) -> dict[str, Any]:
     for ckpt_path in cfg.checkpoints:
         model, ckpt = load_model(ckpt_path, cfg.model)
         model.to(device)
-        names.add(cfg.model or checkpoint_model_name(ckpt))
+        model_name = cfg.model or checkpoint_model_name(ckpt)
+        names.add(model_name)
         res = evaluate_model(model, paths, progress=cfg.progress, pad=pad)
         lmbda = (ckpt.get("config") or {}).get("lmbda")
-        points.append({"checkpoint": str(ckpt_path), "lmbda": lmbda, **res})
+        points.append({"checkpoint": str(ckpt_path), "lmbda": lmbda,
+                       "family": checkpoint_family(ckpt, model_name or "model"), **res})
         if cfg.progress:
             m = res["mean"]
             print(f"{ckpt_path}: {m['bpp']:.4f} bpp (estimated {m['estimated_bpp']:.4f}), "
@@ -198,6 +206,7 @@ def run_eval(cfg: "EvalConfig", *, pad: Optional[str] = None) -> dict[str, Any]:
         "checkpoints": [p["checkpoint"] for p in points],
         "lmbda": [p["lmbda"] for p in points],
         "y_hat_exact": [p["mean"].get("y_hat_exact") for p in points],
+        "family": [p["family"] for p in points],
         "images": [Path(p).name for p in paths],
         "pad": pad,
         "environment": environment_info(),
@@ -205,12 +214,18 @@ def run_eval(cfg: "EvalConfig", *, pad: Optional[str] = None) -> dict[str, Any]:
     atomic_write_text(json.dumps(to_jsonable(results), indent=2), out_dir / "results.json")
     atomic_write_text(json.dumps(to_jsonable({p["checkpoint"]: p["per_image"] for p in points}), indent=2),
                       out_dir / "per_image.json")
-    ours = {"bpp": results["results"]["bpp"], "psnr-rgb": results["results"]["psnr-rgb"]}
-    bd = bd_metrics(anchors.get(cfg.anchor), ours, method=cfg.bd_method, anchor_name=cfg.anchor) if anchors else \
-        {"anchor": cfg.anchor, "bd_rate": None, "bd_psnr": None, "reason": "no anchors file"}
+    families = group_by_family(results["family"])
+    if len(families) == 1 and cfg.name:  # one curve: --name names it
+        families = {name: families[results["family"][0]]}
+    curves = {fam: {k: [results["results"][k][i] for i in idx] for k in ("bpp", "psnr-rgb")}
+              for fam, idx in families.items()}
+    bds = {fam: bd_metrics(anchors.get(cfg.anchor), c, method=cfg.bd_method, anchor_name=cfg.anchor) if anchors else
+           {"anchor": cfg.anchor, "bd_rate": None, "bd_psnr": None, "reason": "no anchors file"}
+           for fam, c in curves.items()}
+    bd = next(iter(bds.values())) if len(bds) == 1 else {"anchor": cfg.anchor, "families": bds}
     atomic_write_text(json.dumps(to_jsonable(bd), indent=2), out_dir / "bd.json")
-    plot_rd({name: ours}, anchors, out_dir / "rd.png",
-            title=f"{name} on {Path(cfg.data).name} ({len(paths)} images)", bd=bd)
+    plot_rd(curves, anchors, out_dir / "rd.png", title=f"{name} on {Path(cfg.data).name} ({len(paths)} image{'s' * (len(paths) != 1)})",
+            bd=bds)
     results["bd"] = bd
     results["plot"] = str(out_dir / "rd.png")
     return results

@@ -111,12 +111,18 @@ def plot_rd(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], path: str
     return path
 
 
+#: colour and marker of our curves, in order (anchors take matplotlib's default cycle)
+_OURS = (("black", "o"), ("darkred", "s"), ("navy", "^"), ("darkgreen", "D"), ("saddlebrown", "v"))
+
+
 def rd_figure(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], *, title: str = "Rate-distortion",
               bd: Optional[Mapping[str, Any]] = None):
-    """PSNR-RGB (dB) against rate (bpp) for ``curves`` (solid, markers) over ``anchors`` (thin
-    lines); returns the matplotlib Figure.
+    """PSNR-RGB (dB) against rate (bpp) for ``curves`` (one solid line with markers each, its own
+    colour: a base model and its fine-tune are two curves) over ``anchors`` (thin lines); returns
+    the matplotlib Figure.
 
-    The BD-rate/BD-PSNR from ``bd`` (see :func:`bd_metrics`) goes into the legend ("BD
+    ``bd``: one :func:`bd_metrics` result for every curve (a dict with ``"anchor"``), or
+    ``{curve name: result}``; the BD-rate/BD-PSNR goes into that curve's legend entry ("BD
     undefined" with no overlap). The legend sits outside the axes, right of them, so it never
     covers a curve; the x axis spans our points (at least 0-1 bpp).
     """
@@ -128,16 +134,18 @@ def rd_figure(curves: Mapping[str, Curve], anchors: Mapping[str, Curve], *, titl
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for name, c in anchors.items():
         style = "--" if "paper" in name.lower() or "hpcm" in name.lower() else "-"
-        ax.plot(c["bpp"], c["psnr-rgb"], style, lw=1, alpha=0.7, label=name)
-    for name, c in curves.items():
+        ax.plot(c["bpp"], c["psnr-rgb"], style, lw=1, alpha=0.55, label=name)
+    per_curve = bd if bd and "anchor" not in bd else {name: bd for name in curves}
+    for k, (name, c) in enumerate(curves.items()):
         pts = sorted(zip(c["bpp"], c["psnr-rgb"]))
-        label = name
-        if bd and bd.get("bd_rate") is not None:
-            psnr = f", BD-PSNR {bd['bd_psnr']:+.2f} dB" if bd.get("bd_psnr") is not None else ""
-            label += f"\n(BD-rate {bd['bd_rate']:+.1f} %{psnr} vs {bd['anchor']})"
-        elif bd and "overlap" in str(bd.get("reason", "")):
-            label += f"\n(BD undefined vs {bd['anchor']}: no PSNR overlap)"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", lw=2, color="black", label=label)
+        label, b = name, per_curve.get(name)
+        if b and b.get("bd_rate") is not None:
+            psnr = f", BD-PSNR {b['bd_psnr']:+.2f} dB" if b.get("bd_psnr") is not None else ""
+            label += f"\n(BD-rate {b['bd_rate']:+.1f} %{psnr} vs {b['anchor']})"
+        elif b and "overlap" in str(b.get("reason", "")):
+            label += f"\n(BD undefined vs {b['anchor']}: no PSNR overlap)"
+        colour, marker = _OURS[k % len(_OURS)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=marker, ms=7, lw=2.2, color=colour, label=label)
     all_bpp = [b for c in list(curves.values()) for b in c["bpp"]]
     if all_bpp:
         ax.set_xlim(0, max(1.0, max(all_bpp) * 1.1))

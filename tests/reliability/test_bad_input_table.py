@@ -338,6 +338,8 @@ CASES = [
     ("option: compress train --lambda nan", lambda c: compress(c, "train", "--lambda", "nan"), "lmbda"),
     ("option: compress finetune --learning-rate inf", lambda c: compress(c, "finetune", "--learning-rate", "inf"),
      "not a finite number"),
+    ("option: compress train --gamma-decay 0", lambda c: compress(c, "train", "--use-balanced", "--gamma-strategy",
+                                                                  "step", "--gamma-decay", "0"), "gamma_decay"),
     ("config: classify --config with an unknown key", lambda c: classify(
         c, "--config", config_file(c, "learning_rat: 0.1\n")), "learning_rat"),
     ("config: classify --config YAML syntax error", lambda c: classify(

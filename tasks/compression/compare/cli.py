@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from finetune_kit.tasks.cli_errors import fail, fail_run
 from finetune_kit.tasks.cli_options import CONFIG_OPTION, config_command, given, nest, resolve_device
 from finetune_kit.tasks.compression.compare.config import CompareConfig
+from finetune_kit.tasks.compression.console_warnings import one_line_warnings
 
 __all__ = ["register"]
 
@@ -47,7 +48,8 @@ def register(app: typer.Typer) -> None:
         except ValidationError as exc:
             fail(exc)
         try:
-            res = run_compare(cfg, echo=typer.echo)
+            with one_line_warnings():  # e.g. a workflow's option warning: one line, no source path
+                res = run_compare(cfg, echo=typer.echo)
         except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
             fail_run(exc)
         typer.echo(res["markdown"])

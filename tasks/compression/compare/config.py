@@ -59,7 +59,8 @@ class CompareConfig(CudaFlag):
                                                      "kept).")
     anchors: Optional[Path] = Field(None, description="Anchors JSON drawn on the plot; unset: the shipped kodak_rd.json.")
     seed: int = Field(0, description="Random seed (the same for every workflow).")
-    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads.",
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: the free cores (CPUs minus the "
+                                                                   "load average, at least 1).",
                                    json_schema_extra={"aliases": ["--num-threads", "--num_threads"]})
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.",
                              json_schema_extra={"aliases": ["--workers", "-n"]})

@@ -40,6 +40,7 @@ from finetune_kit.tasks.compression.evaluate import evaluate_model
 from finetune_kit.tasks.compression.run.config import FinetuneConfig
 from finetune_kit.tasks.compression.run.loop import run as run_compression
 from finetune_kit.tasks.compression.run.source import FromScratchWarning
+from finetune_kit.tasks.compression.threads import apply_threads
 
 __all__ = ["run_compare", "finetune_config", "evaluate_checkpoint", "load_state"]
 
@@ -132,8 +133,10 @@ def run_compare(cfg: CompareConfig, *, echo: Callable[[str], None] = print) -> d
         ValueError: a checkpoint without a model name, another failure of a fine-tune
             (:func:`finetune_kit.tasks.compression.run.loop.run`).
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads, note = apply_threads(cfg.threads)
+    if note:
+        echo(note)
+    cfg = cfg.model_copy(update={"threads": threads})  # every workflow trains with the same threads
     ckpt = load_checkpoint(default_checkpoint(cfg.checkpoint))
     model_name = checkpoint_model_name(ckpt)
     if model_name is None:

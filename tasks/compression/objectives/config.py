@@ -109,6 +109,8 @@ class BalancedSection(ConfigSection):
     step_epochs: list[int] = Field(default_factory=list, description="step gamma: halve gamma at exactly these "
                                                                      "epochs, e.g. --step_epochs 1000 2000 (or 1000,2000).",
                                      json_schema_extra={"cli": "text"})
+    gamma_decay: float = Field(0.5, gt=0, description="step gamma: factor applied at each step (at --step-epochs, "
+                                                      "else every quarter of the run).")
 
     @field_validator("gamma_strategy")
     @classmethod

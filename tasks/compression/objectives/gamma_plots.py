@@ -87,12 +87,13 @@ def key_epochs(epochs: int) -> list[int]:
 
 def format_gamma_table(curves: GammaCurves, epochs: Sequence[int]) -> str:
     """A text table of every schedule's gamma at ``epochs`` (one row per schedule and scale)."""
+    w = 2 + max(len(s) + 3 for s in [*curves.single, *curves.per_scale])  # the longest "name:s1"
     head = "".join(f"{'ep ' + str(e):>12}" for e in epochs)
-    lines = [f"{'strategy':<18}{head}"]
-    lines += [f"{s:<18}" + "".join(f"{v[e]:>12.3e}" for e in epochs) for s, v in curves.single.items()]
+    lines = [f"{'strategy':<{w}}{head}"]
+    lines += [f"{s:<{w}}" + "".join(f"{v[e]:>12.3e}" for e in epochs) for s, v in curves.single.items()]
     lines.append("per scale (hierarchical variant)")
     for s, scales in curves.per_scale.items():
-        lines += [f"{s + ':' + sc:<18}" + "".join(f"{scales[sc][e]:>12.3e}" for e in epochs) for sc in SCALES]
+        lines += [f"{s + ':' + sc:<{w}}" + "".join(f"{scales[sc][e]:>12.3e}" for e in epochs) for sc in SCALES]
     return "\n".join(lines)
 
 
@@ -132,13 +133,15 @@ def plot_gamma_schedules(out: str | Path, curves: GammaCurves, *, log_scale: boo
             if log_scale:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
-        leg1, leg2 = ax1.legend(fontsize=8), ax2.legend(fontsize=6, ncol=3)
-        fig.text(0.01, 0.01, "adaptive: fed a synthetic validation curve (plateau at 40 %; per scale 30/40/50 %)",
-                 fontsize=7, color="0.4")
+        # legends below the axes: they cover no curve
+        leg1 = ax1.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        leg2 = ax2.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        fig.suptitle("adaptive: fed a synthetic validation curve (plateau at 40 %; per scale 30/40/50 %)",
+                     fontsize=7, color="0.4", y=0.995)
         fig.tight_layout()
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
         return GammaPlot(path, [t.get_text() for t in leg1.get_texts()], [t.get_text() for t in leg2.get_texts()])
     finally:
         plt.close(fig)

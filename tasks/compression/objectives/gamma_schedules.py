@@ -10,19 +10,21 @@ Single gamma (``--gamma_strategy``), from ``gamma`` (start) to ``gamma_final`` o
 - ``constant``: ``gamma``.
 - ``linear``: ``gamma + (gamma_final - gamma) * t``, ``t = epoch / (epochs - 1)``.
 - ``cosine``: ``gamma_final + (gamma - gamma_final) * (1 + cos(pi t)) / 2``.
-- ``step``: ``gamma * step_factor ** floor(epoch / step_every)``, never past ``gamma_final``
-  (defaults: ``step_every = max(1, epochs // 4)``, ``step_factor = 0.5``); with ``step_epochs``
-  (the guides' ``--step_epochs 1000 2000``) gamma is multiplied by ``step_factor`` exactly at those
-  epochs instead: ``gamma * step_factor ** #{m in step_epochs: epoch >= m}`` (``epoch`` 0-based, so
-  ``m`` = the number of completed epochs after which the decay applies), never past ``gamma_final``.
+- ``step``: ``gamma * gamma_decay ** floor(epoch / step_every)``, never past ``gamma_final``
+  (defaults: ``step_every = max(1, epochs // 4)``, ``gamma_decay = 0.5``, the guides' default);
+  with ``step_epochs`` (the guides' ``step_epochs=[1000, 2000]``) gamma is multiplied by
+  ``gamma_decay`` exactly at those epochs instead:
+  ``gamma * gamma_decay ** #{m in step_epochs: epoch >= m}`` (``epoch`` 0-based, so ``m`` = the
+  number of completed epochs after which the decay applies), never past ``gamma_final``.
 - ``adaptive``: start at ``gamma``; whenever the monitored metric (lower is better) has not
   improved by a relative ``threshold`` (default 0.001 = 0.1 %) over the last ``window`` epochs
   (default 5), multiply gamma by ``adaptive_factor`` (default 0.5) towards ``gamma_final``, then
   wait ``window`` epochs before the next change. (Plateau-based; the guides give no numbers,
   these are ours.)
-- ``hpcm`` (the guides' three phases; boundaries are ours): epochs ``[0, 0.2 E)`` hold ``gamma``
-  (stabilize the weights while fine-tuning starts), ``[0.2 E, 0.7 E)`` decay cosine-wise to
-  ``gamma_final`` (let the weights adapt), ``[0.7 E, E)`` hold ``gamma_final`` (converge).
+- ``hpcm`` (ours, the guides' three phases with our boundaries): epochs ``[0, 0.2 E)`` hold
+  ``gamma`` (stabilize the weights while fine-tuning starts), ``[0.2 E, 0.7 E)`` decay cosine-wise
+  to ``gamma_final`` (let the weights adapt), ``[0.7 E, E)`` hold ``gamma_final`` (converge).
+- ``hpcm-guides``: the Phase 2 guide's formulas exactly (:mod:`.guides_gamma`).
 
 Per scale (``s1``/``s2``/``s3``, hierarchical variant), each scale from its default
 (0.008 / 0.006 / 0.004) to ``start * gamma_final / gamma`` (the same end ratio as the single schedule):
@@ -32,12 +34,8 @@ Per scale (``s1``/``s2``/``s3``, hierarchical variant), each scale from its defa
 - ``hierarchical``: coarse to fine, following HPCM's coding order: s1 anneals (cosine) over the
   first third of the run, s2 over the first two thirds, s3 over the whole run. Once a scale's
   weights are free (low gamma) they stay free: the weight targets never jump.
-- ``hierarchical-guides`` (the phase-3 guide's phases): the run is cut in thirds; in third ``k``
-  the emphasised scale (s1, then s2, then s3) has its low gamma (``start * final_ratio``: its task
-  weights adapt) while the other two hold their start gamma (pulled to equal weights). So s1 is
-  emphasised early and s3 late, as the guide says, but a scale is pulled back after its phase,
-  which makes the gammas (and the weight targets) jump at the phase boundaries; that is why the
-  smooth ``hierarchical`` is the default.
+- ``hierarchical-guides``: the Phase 3 guide's four phases exactly (:mod:`.guides_gamma`; its
+  two unspecified transitions interpolated linearly).
 """
 from __future__ import annotations
 
@@ -46,9 +44,11 @@ from typing import Mapping, Sequence
 
 from finetune_kit.tasks.compression.objectives.balanced import DEFAULT_SCALE_GAMMAS
 from finetune_kit.tasks.compression.objectives.config import GAMMA_STRATEGIES, SCALE_GAMMA_STRATEGIES
+from finetune_kit.tasks.compression.objectives.guides_gamma import hierarchical_guides, hpcm_guides
 
 __all__ = ["GAMMA_STRATEGIES", "SCALE_GAMMA_STRATEGIES", "gamma_at", "scale_gammas_at",
-           "linear", "cosine", "step", "adaptive", "hpcm", "hpcm_guides"]
+           "linear", "cosine", "step", "adaptive", "hpcm", "hpcm_guides",
+           "hierarchical_guides"]
 
 
 
@@ -67,21 +67,24 @@ def cosine(epoch: int, epochs: int, start: float, final: float) -> float:
 
 
 def step(epoch: int, epochs: int, start: float, final: float, *, step_every: int | None = None,
-         step_factor: float = 0.5, step_epochs: Sequence[int] | None = None) -> float:
-    """``start * step_factor ** floor(epoch / step_every)``, clamped at ``final``; with
-    ``step_epochs`` (0-based epoch indices, e.g. ``(1000, 2000)``) one decay at each of them
-    instead (``step_every`` is then ignored).
+         gamma_decay: float = 0.5, step_epochs: Sequence[int] | None = None) -> float:
+    """``start * gamma_decay ** floor(epoch / step_every)``, clamped at ``final``; with
+    ``step_epochs`` (0-based epoch indices, e.g. ``(1000, 2000)``) one decay by ``gamma_decay`` at
+    each of them instead (``step_every`` is then ignored). ``gamma_decay`` default 0.5 (the
+    guides' ``AdaptiveGammaScheduler(strategy='step', step_epochs=[1000, 2000], gamma_decay=0.5)``).
 
     Raises:
-        ValueError: a ``step_epochs`` entry below 1.
+        ValueError: a ``step_epochs`` entry below 1; ``gamma_decay`` not > 0.
     """
+    if gamma_decay <= 0:
+        raise ValueError(f"gamma_decay={gamma_decay}: give a factor > 0, e.g. 0.5")
     if step_epochs:
         if min(step_epochs) < 1:
             raise ValueError(f"step_epochs={list(step_epochs)}: give epoch numbers >= 1")
-        value = start * step_factor ** sum(1 for m in step_epochs if epoch >= m)
+        value = start * gamma_decay ** sum(1 for m in step_epochs if epoch >= m)
         return max(value, final) if final <= start else min(value, final)
     every = step_every or max(1, epochs // 4)
-    value = start * step_factor ** (epoch // every)
+    value = start * gamma_decay ** (epoch // every)
     return max(value, final) if final <= start else min(value, final)
 
 
@@ -120,16 +123,6 @@ def hpcm(epoch: int, epochs: int, start: float, final: float, *, phases: tuple[f
     return cosine(epoch - a, b - a + 1, start, final)
 
 
-def hpcm_guides(epoch: int, epochs: int, start: float, final: float, *, warmup: float = 0.1,
-                phases: tuple[float, float] = (0.2, 0.7)) -> float:
-    """The guides' ``hpcm`` schedule with its warm-up rise: linear from ``final`` to ``start`` over
-    the first ``warmup * epochs`` epochs, then :func:`hpcm`."""
-    w = int(round(warmup * epochs))
-    if epoch < w:
-        return final + (start - final) * epoch / w
-    return hpcm(epoch, epochs, start, final, phases=phases)
-
-
 def gamma_at(strategy: str, epoch: int, *, epochs: int, gamma: float = 0.001, gamma_final: float | None = None,
              history: Sequence[float] = (), **options) -> float:
     """Gamma of ``strategy`` at ``epoch`` (see the module docstring).
@@ -139,8 +132,9 @@ def gamma_at(strategy: str, epoch: int, *, epochs: int, gamma: float = 0.001, ga
         epochs: run length in epochs.
         gamma: start value (reference 0.001). gamma_final: end value (default ``gamma / 10``).
         history: validation metric per finished epoch (``adaptive`` only).
-        options: ``step_every``, ``step_factor`` (step); ``window``, ``threshold``, ``factor``
-            (adaptive); ``phases`` (hpcm).
+        options: ``step_every``, ``gamma_decay``, ``step_epochs`` (step); ``window``, ``threshold``,
+            ``factor`` (adaptive); ``phases`` (hpcm). ``hpcm-guides`` takes none and ignores
+            ``gamma_final`` (the guide's values are multiples of ``gamma``).
 
     Raises:
         ValueError: unknown strategy or a negative gamma.
@@ -161,7 +155,7 @@ def gamma_at(strategy: str, epoch: int, *, epochs: int, gamma: float = 0.001, ga
     if strategy == "hpcm":
         return hpcm(epoch, epochs, gamma, final, **options)
     if strategy == "hpcm-guides":
-        return hpcm_guides(epoch, epochs, gamma, final, **options)
+        return hpcm_guides(epoch, epochs, gamma)
     raise ValueError(f"unknown gamma strategy {strategy!r}: use one of {', '.join(GAMMA_STRATEGIES)}")
 
 
@@ -173,13 +167,16 @@ def scale_gammas_at(strategy: str, epoch: int, *, epochs: int, starts: Mapping[s
     Args:
         strategy: one of :data:`SCALE_GAMMA_STRATEGIES`.
         starts: start gamma per scale (default 0.008 / 0.006 / 0.004).
-        final_ratio: end value = ``start * final_ratio`` (CLI: ``gamma_final / gamma``). Default 0.1.
+        final_ratio: end value = ``start * final_ratio`` (CLI: ``gamma_final / gamma``). Default 0.1;
+            not used by ``hierarchical-guides`` (the guide's multipliers).
         histories: per-scale validation metric per finished epoch (``adaptive``).
 
     Raises:
         ValueError: unknown strategy.
     """
     s0 = {**DEFAULT_SCALE_GAMMAS, **dict(starts or {})}
+    if strategy == "hierarchical-guides":
+        return hierarchical_guides(epoch, epochs, {s: s0[s] for s in ("s1", "s2", "s3")})
     out = {}
     for i, s in enumerate(("s1", "s2", "s3")):
         start, final = s0[s], s0[s] * final_ratio
@@ -192,9 +189,6 @@ def scale_gammas_at(strategy: str, epoch: int, *, epochs: int, starts: Mapping[s
         elif strategy == "hierarchical":
             span = max(1, int(round(epochs * (i + 1) / 3)))
             out[s] = cosine(min(epoch, span - 1), span, start, final) if epoch < span else final
-        elif strategy == "hierarchical-guides":
-            phase = min(2, epoch * 3 // max(1, epochs))  # 0, 1, 2: the third of the run
-            out[s] = final if phase == i else start
         else:
             raise ValueError(f"unknown per-scale gamma strategy {strategy!r}: use one of {', '.join(SCALE_GAMMA_STRATEGIES)}")
     return out

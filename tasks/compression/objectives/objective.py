@@ -188,8 +188,8 @@ class RunObjective:
             return {}
         cfg, strat = self.bcfg, self.gamma_strategy
         opts = {"window": cfg.gamma_window, "threshold": cfg.gamma_threshold} if "adaptive" in strat else {}
-        if strat == "step" and getattr(cfg, "step_epochs", None):
-            opts = {"step_epochs": list(cfg.step_epochs)}
+        if strat == "step":
+            opts = {"gamma_decay": cfg.gamma_decay, "step_epochs": list(cfg.step_epochs) or None}
         if self.hier is None:
             g0 = cfg.gamma if cfg.gamma is not None else 0.001
             name = "constant" if strat == "fixed" else strat

@@ -31,6 +31,7 @@ from finetune_kit.tasks.compression.finetune.config import LayerLRSection, Unfre
 from finetune_kit.tasks.compression.objectives.config import (SCALE_MODULATION_PRESETS, BalancedSection,
                                                               HierarchicalSection, check_objectives,
                                                               resolved_gamma_strategy)
+from finetune_kit.tasks.compression.run.workflow_name import workflow_tag
 from finetune_kit.tasks.cli_options import nest
 from finetune_kit.tasks.config_base import ConfigSection
 
@@ -116,7 +117,8 @@ class RunSection(CudaFlag):
     epochs: int = Field(500, ge=1, description="Epochs (passes over the images, or --steps-per-epoch batches).",
                         json_schema_extra=_aliases("--num-epochs", "--num_epochs", "-e"))
     seed: int = Field(0, description="Random seed.")
-    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: torch's choice.",
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; unset: the free cores (CPUs minus the "
+                                                                   "load average, at least 1).",
                                    json_schema_extra=_aliases("--num-threads", "--num_threads"))
     device: str = Field("cpu", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
     keep_last: int = Field(2, ge=1, description="Most recent checkpoints kept.")
@@ -243,8 +245,9 @@ class RunConfig(ConfigSection):
         return resolved_gamma_strategy(self.balanced, self.hierarchical.use_hierarchical)
 
     def default_run_name(self, model_name: str, lmbda: float) -> str:
-        """The run folder's name when ``--name`` is not given (a timestamp is appended)."""
-        return f"{model_name}-finetune-lambda{lmbda:g}"
+        """The run folder's name when ``--name`` is not given (a timestamp is appended):
+        ``MODEL-finetune-WORKFLOW-lambdaL``, WORKFLOW from :func:`workflow_tag` (e.g. ``balanced-hpcm``)."""
+        return f"{model_name}-finetune-{workflow_tag(self)}-lambda{lmbda:g}"
 
     def flat(self) -> dict[str, Any]:
         """The config as flat leaf keys (JSON types), as run folders record it."""
@@ -259,6 +262,9 @@ class RunConfig(ConfigSection):
         strat = self.gamma_strategy
         if bal.step_epochs and strat != "step":
             warnings.warn(f"--step_epochs only act on --gamma_strategy step (in effect: {strat}): "
+                          "add --gamma_strategy step", OptionWarning, stacklevel=2)
+        if "gamma_decay" in given and strat != "step":
+            warnings.warn(f"--gamma_decay only acts on --gamma_strategy step (in effect: {strat}): "
                           "add --gamma_strategy step", OptionWarning, stacklevel=2)
         if hier.use_hierarchical and not bal.use_balanced and hier.scale_modulation is None:
             warnings.warn("--use_hierarchical without --use_balanced: applying --scale_modulation guides "
@@ -338,8 +344,10 @@ class TrainConfig(RunConfig):
     layer_lr: TrainLayerLRSection = Field(default_factory=TrainLayerLRSection)
 
     def default_run_name(self, model_name: str, lmbda: float) -> str:
-        """``MODEL-METRIC-lambdaL`` (a timestamp is appended)."""
-        return f"{model_name}-{self.source.metric}-lambda{lmbda:g}"
+        """``MODEL-METRIC-lambdaL``, or ``MODEL-METRIC-WORKFLOW-lambdaL`` when the objective is not the
+        plain one (e.g. ``balanced-step``, :func:`workflow_tag`); a timestamp is appended."""
+        tag = workflow_tag(self)
+        return f"{model_name}-{self.source.metric}{'' if tag == 'all' else '-' + tag}-lambda{lmbda:g}"
 
     @field_validator("source")
     @classmethod

@@ -20,8 +20,6 @@ import os
 import time
 from typing import Any
 
-import torch
-
 from finetune_kit.distributed import broadcast_object, distributed_run, is_main
 from finetune_kit.runs.checkpoint import hold_folder
 from finetune_kit.runs.lifecycle import run_lifecycle
@@ -36,6 +34,7 @@ from finetune_kit.tasks.compression.run.report import checkpoint_state, epoch_lo
 from finetune_kit.tasks.compression.run.resume import restore
 from finetune_kit.tasks.compression.run.source import resolve_source
 from finetune_kit.tasks.compression.run.training_curves import plot_training_curves
+from finetune_kit.tasks.compression.threads import apply_threads
 
 __all__ = ["run"]
 
@@ -86,10 +85,11 @@ def _epoch(cfg: RunConfig, parts: RunParts, loaders: tuple, epoch: int, progress
 
 def _run(cfg: RunConfig) -> dict[str, Any]:
     """:func:`run`'s body, inside the process group when torchrun started the run."""
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    _, threads_note = apply_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
     src = resolve_source(cfg)
+    if threads_note and is_main():
+        print(threads_note)
     # a second --resume of this run is refused before it rewrites the folder's files (held to the end)
     held = cfg.run.resume is not None and is_main() and (src.run_path / "checkpoints").is_dir()
     lock = hold_folder(src.run_path / "checkpoints") if held else None

@@ -61,6 +61,9 @@ def test_every_workflow_same_budget_real_bitstreams(comparison):
         assert "one R-D point" in d["vs_base"]["reason"]
     assert "BD-rate" in (folder / "comparison.md").read_text() and (folder / "rd.png").stat().st_size > 10_000
     assert "partial" not in (folder / "comparison.md").read_text()
+    # 2 epochs leave workflow 2's second unfreeze stage past the end: one console line, no source path
+    assert "WARNING: --unfreeze_schedule 1,2" in output
+    assert "OptionWarning" not in output and "config.py:" not in output
 
 
 def test_resume_keeps_finished_cells(comparison):

@@ -61,15 +61,46 @@ def test_step_epochs_decay_at_exactly_the_given_epochs():
 
 
 def test_guides_gamma_schedules():
-    rise = [gamma_at("hpcm-guides", e, epochs=100, gamma=0.003, gamma_final=0.001) for e in range(100)]
-    assert rise[0] == pytest.approx(0.001) and rise[10] == pytest.approx(0.003)
-    assert all(b > a for a, b in zip(rise[:10], rise[1:11]))  # the warm-up rise
-    assert gamma_at("hpcm", 0, epochs=100, gamma=0.003, gamma_final=0.001) == pytest.approx(0.003)  # ours: none
-    assert rise[25:] == [gamma_at("hpcm", e, epochs=100, gamma=0.003, gamma_final=0.001) for e in range(25, 100)]
-    low = {s: g * 0.1 for s, g in {"s1": 0.008, "s2": 0.006, "s3": 0.004}.items()}
-    for epoch, emphasised in ((0, "s1"), (50, "s2"), (99, "s3")):
-        gs = scale_gammas_at("hierarchical-guides", epoch, epochs=100, final_ratio=0.1)
-        assert [s for s in gs if gs[s] == pytest.approx(low[s])] == [emphasised]
+    """hpcm-guides and hierarchical-guides are the guides' formulas at the guides' epochs (3000-epoch run)."""
+    g = {e: gamma_at("hpcm-guides", e, epochs=3000, gamma=0.006) for e in (0, 150, 300, 1150, 1999, 2000, 2500, 3000)}
+    assert g[0] == pytest.approx(0.006) and g[150] == pytest.approx(0.006 * 1.1)
+    assert g[300] == pytest.approx(0.0072) and g[1150] == pytest.approx(0.0072 * 0.75)
+    assert g[1999] == pytest.approx(0.0036, rel=1e-3)  # end of the scaling phase
+    assert g[2000] == pytest.approx(0.0042) and g[2500] == pytest.approx(0.0042 * 0.85)  # the guide's jump, kept
+    assert g[3000] == pytest.approx(0.00294)
+    # the Phase 3 guide, per scale from 0.008 / 0.006 / 0.004
+    hg = {e: scale_gammas_at("hierarchical-guides", e, epochs=3000) for e in (0, 299, 300, 900, 1500, 2000, 2500, 2999)}
+    for e in (0, 299):
+        assert hg[e] == pytest.approx({"s1": 0.0096, "s2": 0.0048, "s3": 0.0024})
+    assert hg[900] == pytest.approx({"s1": 0.0088, "s2": 0.0054, "s3": 0.0032})  # s1 falls, s2 and s3 rise
+    assert hg[1500] == pytest.approx({"s1": 0.008, "s2": 0.006, "s3": 0.004})
+    assert hg[2000] == pytest.approx({"s1": 0.0068, "s2": 0.0054, "s3": 0.0046})  # converging
+    for e in (2500, 2999):
+        assert hg[e] == pytest.approx({"s1": 0.0056, "s2": 0.0048, "s3": 0.0052})  # s3 x1.3, s1 x0.7, s2 x0.8
+    spread = [max(v.values()) - min(v.values()) for v in (hg[0], hg[1500], hg[2500])]
+    assert spread == sorted(spread, reverse=True)
+    # ours stay ours: hpcm holds gamma in its first phase, hierarchical starts at each scale's start gamma
+    assert gamma_at("hpcm", 0, epochs=3000, gamma=0.006) == gamma_at("hpcm", 500, epochs=3000, gamma=0.006) == 0.006
+    assert scale_gammas_at("hierarchical", 0, epochs=3000) == pytest.approx({"s1": 0.008, "s2": 0.006, "s3": 0.004})
+
+
+def test_step_gamma_decay_in_python_and_as_an_option(photos):
+    """The guides' AdaptiveGammaScheduler(strategy='step', step_epochs=[1000, 2000], gamma_decay=0.5) and
+    --gamma-decay 0.3 on the command line reach the balanced optimizer."""
+    from finetune_kit.tasks.compression.objectives.objective import RunObjective
+
+    g = [gamma_at("step", e, epochs=3000, gamma=0.004, gamma_final=1e-6, step_epochs=[1000, 2000], gamma_decay=0.3)
+         for e in (999, 1000, 2000)]
+    assert g == pytest.approx([0.004, 0.0012, 0.00036])
+    with pytest.raises(ValueError, match="gamma_decay=0"):
+        gamma_at("step", 1, epochs=10, gamma_decay=0)
+    cfg = FinetuneConfig(data=photos, use_balanced=True, gamma_strategy="step", gamma=0.004, gamma_final=1e-6,
+                         step_epochs="1000 2000", gamma_decay=0.3)
+    assert FinetuneConfig(data=photos).balanced.gamma_decay == 0.5
+    obj = RunObjective(0.013, True, cfg.hierarchical, cfg.balanced, epochs=3000)
+    assert obj.set_epoch_gamma(2000, [], {}) == pytest.approx({"gamma": 0.00036})
+    with pytest.warns(OptionWarning, match="--gamma_decay only acts on --gamma_strategy step"):
+        FinetuneConfig(data=photos, use_balanced=True, gamma_decay=0.3)
 
 
 def test_adaptive_window_and_threshold_are_the_gamma_options(photos):
@@ -98,9 +129,22 @@ def test_compress_train_balanced_with_step_epochs_as_the_guides_write_them(few_p
     assert recs[0]["task_weight/distortion"] == 0.5 and recs[-1]["task_weight/distortion"] != 0.5
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["finetune"]["balanced"]["steps"] == 3  # the balanced state rides in the checkpoint (resume)
+    assert (run / "training_curves.png").stat().st_size > 10_000  # compress train draws its curves too
     # a gamma option without --use_balanced: one WARNING line (as in compress finetune), the run goes on
     bad = CliRunner().invoke(app, ["compress", "train", "--data", str(few_photos), "--gamma_strategy", "step",
                                    "--epochs", "1", "--steps-per-epoch", "1", "-b", "2", "--patch-size", "64",
                                    "--val-fraction", "0.2", "--wandb", "disabled", "--no-progress",
                                    "--output-dir", str(tmp_path / "w")])
     assert bad.exit_code == 0 and "WARNING: --gamma_strategy only act on the balanced optimizer" in bad.output
+
+
+def test_workflow_2_as_documented_gives_no_warning(photos):
+    """README/docs workflow 2 carries --scale_modulation guides, so it validates without a WARNING line;
+    the same line without it warns (the hierarchical loss alone would change nothing)."""
+    wf2 = dict(data=photos, epochs=500, use_hierarchical=True, scale_early_stopping=True, early_stopping_patience=50,
+               progressive_unfreeze=True, unfreeze_schedule="100,200")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OptionWarning)
+        FinetuneConfig(**wf2, scale_modulation="guides")
+    with pytest.warns(OptionWarning, match="applying --scale_modulation guides"):
+        FinetuneConfig(**wf2)
