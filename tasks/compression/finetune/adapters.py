@@ -31,9 +31,10 @@ from typing import Any, Mapping, Optional
 from torch import Tensor, nn
 
 from finetune_kit.tasks.compression.finetune.adaptation_config import ADAPTER_KINDS
+from finetune_kit.tasks.compression.models.zoo import build_model
 
 
-__all__ = ["ConvAdapter", "attach_adapters", "attach_recorded_adapters", "adapter_parameters",
+__all__ = ["ConvAdapter", "attach_adapters", "check_adapter_targets", "attach_recorded_adapters", "adapter_parameters",
            "adapter_bits", "adapter_summary", "adapter_freeze_patterns", "ADAPTER_PARAMS", "ADAPTER_KINDS"]
 
 #: regex (``re.search``) of the parameters that train when adapters are attached
@@ -117,6 +118,22 @@ def attach_adapters(model: nn.Module, kind: str, rank: int = 8, targets: str = "
         conv.conv_adapter = ConvAdapter(conv.out_channels, rank).to(conv.weight.device)
         conv.register_forward_hook(conv.conv_adapter.hook)
     return found
+
+
+def check_adapter_targets(model_name: str, kind: str, targets: str) -> list[str]:
+    """The modules of ``model_name`` that ``kind`` adapters under ``targets`` would attach to, found on
+    a freshly built model, so a run refuses bad targets before it starts (exit 2, no run folder).
+    ``kind="none"``: ``[]``.
+
+    Raises:
+        ValueError: as :func:`attach_adapters`.
+    """
+    if kind == "none":
+        return []
+    model = build_model(model_name)
+    if kind == "lora":
+        return _target_modules(model, targets, (nn.Conv2d,), "Conv2d")
+    return _target_modules(model, targets, (nn.Conv2d, nn.ConvTranspose2d), "Conv2d/ConvTranspose2d")
 
 
 def attach_recorded_adapters(model: nn.Module, config: Optional[Mapping[str, Any]]) -> list[str]:
