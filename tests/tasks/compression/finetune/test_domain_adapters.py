@@ -122,3 +122,28 @@ def test_adapter_target_errors_are_one_line(kind, targets, model_name, message):
     with pytest.raises(ValueError, match=message) as exc:
         attach_adapters(build_model(model_name), kind, 4, targets)
     assert "\n" not in str(exc.value)
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[4] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_domain_adaptation_table_script(tiny_base_checkpoint, fundus, kodak_crops, tmp_path):
+    rows = _script("domain_adaptation").main([
+        "--base", str(tiny_base_checkpoint), "--target", str(fundus), "--source", str(kodak_crops), "--source-limit",
+        "1", "--val-fraction", "0.25", "--workflows", "decoder-only,lora", "--steps", "2", "--batch-size", "2",
+        "--patch-size", "64", "--lr", "1e-3", "--rank", "2", "--threads", "1", "--output", str(tmp_path)])
+    by = {r["workflow"]: r for r in rows}
+    assert by["lora"]["adapter_bits"] > 0 and by["decoder-only"]["adapter_bits"] == 0
+    assert by["lora"]["trainable_params"] * 32 == by["lora"]["adapter_bits"]
+    assert by["decoder-only"]["trainable_params"] > by["lora"]["trainable_params"]
+    for r in rows:  # the same base, so the same "before" on both domains
+        assert r["source_base_bpp"] == rows[0]["source_base_bpp"]
+    assert {p.name for p in tmp_path.iterdir()} >= {"domain_adaptation.csv", "domain_adaptation.md", "domain_rd.png"}
