@@ -147,3 +147,14 @@ def test_domain_adaptation_table_script(tiny_base_checkpoint, fundus, kodak_crop
     for r in rows:  # the same base, so the same "before" on both domains
         assert r["source_base_bpp"] == rows[0]["source_base_bpp"]
     assert {p.name for p in tmp_path.iterdir()} >= {"domain_adaptation.csv", "domain_adaptation.md", "domain_rd.png"}
+
+
+def test_base_recipe_script_trains_and_reports_speed_and_rd(few_photos, kodak_crops, tmp_path):
+    res = _script("train_base").main([
+        "--device", "cpu", "--threads", "1", "--model", "hpcm-tiny", "--steps", "2", "--epochs", "2",
+        "--batch-size", "2", "--patch-size", "64", "--data", str(few_photos), "--kodak", str(kodak_crops),
+        "--kodak-images", "1", "--output", str(tmp_path)])
+    assert res["steps"] == 2 and res["steps_per_s"] > 0 and res["y_hat_exact"]
+    assert res["kodak_images"] == 1 and res["kodak_bpp"] > 0
+    assert res["gap_db_vs_bmshj2018"] > 3  # two steps from random weights are far below the published model
+    assert (Path(res["checkpoint"]).parents[1] / "base_result.json").is_file()
