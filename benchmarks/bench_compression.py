@@ -119,13 +119,16 @@ def bench_training(ours, base, paths, args) -> tuple[list[float], list[float], l
 
 
 def profile_step(runner, paths, args, top: int = 12) -> str:
-    """The ``top`` operators by CPU self time of two training steps of ``runner`` (torch.profiler)."""
+    """The ``top`` operators by CPU self time of two training steps of ``runner`` (torch.profiler),
+    then the ``top`` (operator, input shapes) pairs."""
     from torch.profiler import ProfilerActivity, profile
 
     loader = _loader(paths, args.patch_size, args.batch_size, 2, 99)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         runner.steps(loader)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=top)
+    return f"{by_op}\n(by input shapes)\n{by_shape}"
 
 
 def step_gflop(model, args) -> float:
