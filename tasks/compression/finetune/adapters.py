@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from finetune_kit.tasks.compression.finetune.adaptation_config import ADAPTER_KINDS
 from finetune_kit.tasks.compression.models.zoo import build_model
 
-
 __all__ = ["ConvAdapter", "attach_adapters", "check_adapter_targets", "attach_recorded_adapters", "adapter_parameters",
            "adapter_bits", "adapter_summary", "adapter_freeze_patterns", "ADAPTER_PARAMS", "ADAPTER_KINDS"]
 
@@ -43,7 +42,7 @@ ADAPTER_PARAMS = r"\.(?:lora_[AB]|conv_adapter)\."
 
 class ConvAdapter(nn.Module):
     """Residual 1x1 bottleneck ``y + up(down(y))`` on a convolution's output (conv adapter of arXiv
-    2409.11111, Sec. 4: channel-wise re-allocation of the features).
+    2409.11111: channel-wise re-allocation of the features).
 
     Args:
         channels: C, the output channels of the convolution it follows.
