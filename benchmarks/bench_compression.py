@@ -18,7 +18,9 @@ Usage (from the repository root)::
 The two models alternate in ``--rounds`` rounds (>= 5) of ``steps / rounds`` steps each, so both
 see the same machine load; printed: the median step time over all timed steps, and the spread
 (min-max of the per-round medians). ``--profile`` adds the top operators of one step of each
-(torch.profiler, CPU self time). Prints results; nothing is asserted.
+(torch.profiler, CPU self time); ``--flops`` the GFLOP of a training step of each (torch's flop
+counter) and the GFLOP/s each reached, which tells a gap of work from a gap of efficiency.
+Prints results; nothing is asserted.
 """
 from __future__ import annotations
 
@@ -117,13 +119,33 @@ def bench_training(ours, base, paths, args) -> tuple[list[float], list[float], l
 
 
 def profile_step(runner, paths, args, top: int = 12) -> str:
-    """The ``top`` operators by CPU self time of two training steps of ``runner`` (torch.profiler)."""
+    """The ``top`` operators by CPU self time of two training steps of ``runner`` (torch.profiler),
+    then the ``top`` (operator, input shapes) pairs."""
     from torch.profiler import ProfilerActivity, profile
 
     loader = _loader(paths, args.patch_size, args.batch_size, 2, 99)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         runner.steps(loader)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=top)
+    return f"{by_op}\n(by input shapes)\n{by_shape}"
+
+
+def step_gflop(model, args) -> float:
+    """GFLOP of one training step (forward, R-D loss, backward) of ``model`` on a batch of
+    ``batch_size x 3 x patch x patch`` (torch.utils.flop_counter: convolutions, matmuls, attention)."""
+    from compressai.losses import RateDistortionLoss
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.train()
+    x = torch.rand(args.batch_size, 3, args.patch_size, args.patch_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        RateDistortionLoss(lmbda=args.lmbda)(model(x), x)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return counter.get_total_flops() / 1e9
 
 
 def _baseline_kwargs(args) -> dict:
@@ -166,6 +188,8 @@ def main() -> None:
     p.add_argument("--baseline-n", type=int, default=None, help="N of the baseline (ELIC default 48)")
     p.add_argument("--baseline-m", type=int, default=None, help="M of the baseline (ELIC default 136)")
     p.add_argument("--profile", action="store_true", help="print the top operators of a step of each model")
+    p.add_argument("--flops", action="store_true", help="print the GFLOP of one training step of each model and "
+                                                        "the GFLOP/s each reached")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=128)
@@ -199,6 +223,10 @@ def main() -> None:
           f"{min(r_b) * 1000:.0f}-{max(r_b) * 1000:.0f} ms (plain loop)")
     ratios = [x / y for x, y in zip(r_a, r_b)]
     print(f"ratio ours / CompressAI: {t_ours / t_base:.2f}x (per round {min(ratios):.2f}-{max(ratios):.2f}x)")
+    if args.flops:
+        for name, m, t in ((args.model, ours, t_ours), (label, base, t_base)):
+            g = step_gflop(m, args)
+            print(f"flops {name:>30}: {g:.1f} GFLOP per training step, {g / t:.1f} GFLOP/s at the median step time")
     if args.profile:
         print(f"\n--- {args.model}: top operators of 2 steps (CPU self time) ---")
         print(profile_step(OursRunner(ours, args), paths, args))

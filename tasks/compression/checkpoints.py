@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from finetune_kit.runs.checkpoint import extract_state_dict, load_checkpoint, load_resume_checkpoint
+from finetune_kit.tasks.compression.finetune.adapters import attach_recorded_adapters
 from finetune_kit.tasks.compression.models.zoo import build_model
 
 __all__ = ["CheckpointMismatchError", "load_weights", "load_model", "checkpoint_model_name", "ENTROPY_BUFFERS",
@@ -125,6 +126,7 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None) -> tup
     if name is None:
         raise ValueError(f"{path} records no model name (a bare state dict?): pass --model, e.g. --model hpcm-tiny")
     model = build_model(name)
+    attach_recorded_adapters(model, ckpt.get("config"))  # a run with --adapter: its adapters, then its weights
     load_weights(model, ckpt, model_name=name)
     return model.eval(), ckpt
 

@@ -335,6 +335,12 @@ CASES = [
     ("option: compress train --lambda inf", lambda c: compress(c, "train", "--lambda", "inf"), "not a finite number"),
     ("option: compress train --learning-rate inf", lambda c: compress(c, "train", "--learning-rate", "inf"),
      "not a finite number"),
+    ("option: compress train --source-data folder with no images", lambda c: compress(
+        c, "train", "--source-data", str(c.tmp)), "source_data: no images in"),
+    ("option: compress train --adapter-targets that match no module", lambda c: compress(
+        c, "train", "--adapter", "conv", "--adapter-targets", "decoder"), "has no such module"),
+    ("option: compress train --adapter lora on a model without Conv2d in g_s", lambda c: compress(
+        c, "train", "--model", "bmshj2018-hyperprior", "--adapter", "lora"), "no Conv2d"),
     ("option: compress train --lambda nan", lambda c: compress(c, "train", "--lambda", "nan"), "lmbda"),
     ("option: compress finetune --learning-rate inf", lambda c: compress(c, "finetune", "--learning-rate", "inf"),
      "not a finite number"),

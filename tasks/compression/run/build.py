@@ -27,6 +27,7 @@ from finetune_kit.scale_early_stopping import ScaleEarlyStopping
 from finetune_kit.schedulers import StepwiseLR, build_lr_scheduler
 from finetune_kit.tasks.compression.checkpoints import default_checkpoint, load_weights
 from finetune_kit.tasks.compression.distributed import ddp_model
+from finetune_kit.tasks.compression.finetune.adapters import adapter_freeze_patterns, attach_adapters
 from finetune_kit.tasks.compression.finetune.discriminative_lr import DiscriminativeLR
 from finetune_kit.tasks.compression.finetune.optimizers import layer_optimizers
 from finetune_kit.tasks.compression.models.zoo import build_model
@@ -117,6 +118,10 @@ def _load_model(cfg: RunConfig, src: Source, device: torch.device) -> tuple[torc
     model = build_model(src.model_name)
     if src.source is not None:
         load_weights(model, src.source, model_name=src.model_name)
+    ad = cfg.adapter
+    attached = attach_adapters(model, ad.adapter, ad.adapter_rank, ad.adapter_targets)
+    if attached and is_main():
+        print(f"adapters: {ad.adapter} rank {ad.adapter_rank} on {len(attached)} modules under {ad.adapter_targets}")
     model.to(device)
     hier, scale_es = cfg.hierarchical, cfg.early_stop.scale_early_stopping
     probe = cfg.measure_scales or hier.use_hierarchical or cfg.balanced.use_balanced or scale_es
@@ -150,7 +155,8 @@ def build_parts(cfg: RunConfig, src: Source, rd: RunDir, steps_per_epoch: int) -
     """
     device = local_device(cfg.run.device)  # torchrun: cuda -> cuda:LOCAL_RANK
     model, has_scales = _load_model(cfg, src, device)
-    strategy, optimizer, aux_opt, aux = layer_optimizers(model, src.model_name, cfg.layer_lr, cfg.unfreeze,
+    llr = adapter_freeze_patterns(cfg.layer_lr, cfg.adapter.adapter)  # adapters: every other weight frozen
+    strategy, optimizer, aux_opt, aux = layer_optimizers(model, src.model_name, llr, cfg.unfreeze,
                                                          learning_rate=cfg.optim.learning_rate,
                                                          aux_lr=cfg.optim.aux_lr, clip_max_norm=cfg.optim.clip_max_norm)
     ses, es = _early_stoppers(cfg, src.run_path)

@@ -27,6 +27,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from finetune_kit.tasks.compression.config import (PAPER_LAMBDAS, CudaFlag, absolute_path, check_device,
                                                    check_model_name, require_image_folder)
+from finetune_kit.tasks.compression.finetune.adaptation_config import AdapterSection, DomainSection
 from finetune_kit.tasks.compression.finetune.config import LayerLRSection, UnfreezeSection
 from finetune_kit.tasks.compression.objectives.config import (SCALE_MODULATION_PRESETS, BalancedSection,
                                                               HierarchicalSection, check_objectives,
@@ -178,7 +179,8 @@ class EarlyStopSection(ConfigSection):
 
 
 #: section name -> section class of :class:`RunConfig` (the order of ``config.json`` and of the help)
-SECTIONS = ("source", "data", "run", "optim", "layer_lr", "unfreeze", "hierarchical", "balanced", "early_stop")
+SECTIONS = ("source", "data", "run", "optim", "layer_lr", "unfreeze", "hierarchical", "balanced", "early_stop",
+            "adapter", "domain")
 
 
 class RunConfig(ConfigSection):
@@ -208,6 +210,8 @@ class RunConfig(ConfigSection):
     hierarchical: HierarchicalSection = Field(default_factory=HierarchicalSection)
     balanced: BalancedSection = Field(default_factory=BalancedSection)
     early_stop: EarlyStopSection = Field(default_factory=EarlyStopSection)
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    domain: DomainSection = Field(default_factory=DomainSection)
 
     @model_validator(mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from finetune_kit.distributed import broadcast_object, distributed_run, is_main
@@ -27,6 +28,7 @@ from finetune_kit.runs.logger import RunLogger
 from finetune_kit.seeding import seed_everything
 from finetune_kit.tasks.compression.data import build_loaders
 from finetune_kit.tasks.compression.distributed import quiet_unless_main
+from finetune_kit.tasks.compression.finetune.domain import domain_lines, evaluate_domains
 from finetune_kit.tasks.compression.run.build import RunParts, build_parts, build_run
 from finetune_kit.tasks.compression.run.config import RunConfig
 from finetune_kit.tasks.compression.run.fit import Progress, early_stop_step, fit_one_epoch, validate
@@ -129,6 +131,10 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
         best = broadcast_object(str(parts.manager.best() or parts.manager.last()) if parts.manager else None)
         final.update(run_dir=str(src.run_path), best_checkpoint=best,
                      wall_seconds=time.perf_counter() - t_run, lmbda=src.lmbda, notes=src.notes)
+        if cfg.domain.source_data is not None and is_main():  # target held-out + source, real bitstreams
+            final["domain"] = evaluate_domains(cfg, src.run_path, cfg.source.checkpoint, Path(best), src.lmbda,
+                                               parts.model)
+            print("\n".join(domain_lines(final["domain"])))
         rd.write_json("metrics.json", final)
         if is_main():
             plot_training_curves(rd.history(), src.run_path / "training_curves.png", title=src.run_path.name)

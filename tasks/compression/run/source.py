@@ -20,6 +20,7 @@ from finetune_kit.runs.run_dir import new_run_dir
 from finetune_kit.tasks.compression.checkpoints import (checkpoint_model_name, default_checkpoint, run_folder_of,
                                                          started_without_checkpoint)
 from finetune_kit.tasks.compression.distributed import main_run_path
+from finetune_kit.tasks.compression.finetune.adapters import check_adapter_targets
 from finetune_kit.tasks.compression.run.config import RunConfig
 
 __all__ = ["DEFAULT_LAMBDA", "DEFAULT_MODEL", "FromScratchWarning", "Source", "resolve_source"]
@@ -104,7 +105,7 @@ def resolve_source(cfg: RunConfig) -> Source:
 
     Raises:
         ValueError: a checkpoint that records no model name (pass ``--model``); a resumed run of
-            another model, lambda or metric.
+            another model, lambda or metric; ``--adapter-targets`` that fit no module of the model.
     """
     resume, run_path = _resumed(cfg) if cfg.run.resume is not None else (None, None)
     if resume is not None:
@@ -116,6 +117,7 @@ def resolve_source(cfg: RunConfig) -> Source:
     if source is not None and src_lmbda is not None and not math.isclose(src_lmbda, lmbda):
         notes.append(f"checkpoint trained at lambda={src_lmbda:g}; fine-tuning to lambda={lmbda:g}: optimizer, LR "
                      "schedule and epoch counter start fresh")
+    check_adapter_targets(model_name, cfg.adapter.adapter, cfg.adapter.adapter_targets)  # before the run folder
     if run_path is None:
         name = cfg.run.name or cfg.default_run_name(model_name, lmbda)
         run_path = main_run_path(lambda: new_run_dir(cfg.run.output_dir, name))
