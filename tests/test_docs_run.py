@@ -217,7 +217,14 @@ def _documented_runs() -> list[tuple[str, str]]:
     return [(where, line) for where, line in _command_lines() if not _skip_reason(line)]
 
 
-@pytest.mark.parametrize("line", [pytest.param(line, id=where) for where, line in _documented_runs()])
+def _run_id(i: int, where: str, line: str) -> str:
+    """``README.md-03-compare``: file, position, the command's words (no spaces, for ``-k``)."""
+    words = [w for w in _words(line)[1:3] if not w.startswith("-")] or ["classify"]
+    return f"{where.split(':')[0]}-{i:02d}-{'-'.join(words[:2] if words[0] == 'compress' else words[:1])}"
+
+
+@pytest.mark.parametrize("line", [pytest.param(line, id=_run_id(i, where, line))
+                                  for i, (where, line) in enumerate(_documented_runs())])
 def test_documented_command_runs(line, place):
     words = _words(line)
     target = classify_app() if words[0].endswith("train_classification.py") else app
