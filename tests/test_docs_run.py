@@ -117,7 +117,7 @@ def place(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs_run")
     acrima = sorted((DATA / "acrima/images").iterdir())
     g, n = [p for p in acrima if "_g_" in p.name][:10], [p for p in acrima if "_g_" not in p.name][:10]
-    fundus = [p for c in ("normal", "dme", "npdr", "pdr") for p in sorted((DATA / "fundus-dr" / c).iterdir())[:6]]
+    fundus = [p for c in ("normal", "dme", "npdr", "pdr") for p in sorted((DATA / "fundus-dr" / c).iterdir())[:15]]
     places = {
         "acrima": _small_copy(g + n, root / "acrima", 96),
         "fundus": _small_copy(fundus, root / "fundus", 96, keep_tree=DATA / "fundus-dr"),
