@@ -225,7 +225,8 @@ def _run_id(i: int, where: str, line: str) -> str:
 
 @pytest.mark.parametrize("line", [pytest.param(line, id=_run_id(i, where, line))
                                   for i, (where, line) in enumerate(_documented_runs())])
-def test_documented_command_runs(line, place):
+def test_documented_command_runs(line, place, monkeypatch):
+    monkeypatch.chdir(place["root"])  # default output folders (runs/...) land in the temporary root
     words = _words(line)
     target = classify_app() if words[0].endswith("train_classification.py") else app
     args = words[1:]
