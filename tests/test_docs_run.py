@@ -152,8 +152,11 @@ def _invoke(target, args: list[str]):
     return result
 
 
-def _swap(word: str, places: dict, command: str) -> str:
-    """A documented path -> its fixture; other paths that do not exist -> a folder under the temporary root."""
+def _swap(word: str, places: dict, command: str) -> str | list[str]:
+    """A documented path -> its fixture; a glob that matches what an earlier command wrote -> the
+    matches (as the shell expands it); other paths that do not exist -> a folder under the temporary root."""
+    if "*" in word and glob.glob(word):
+        return sorted(glob.glob(word))
     for doc, key in _SHARED.items():
         if word == doc or word.rstrip("/") == doc.rstrip("/"):
             return str(places[key])
@@ -180,7 +183,8 @@ def _swap_all(words: list[str], places: dict, command: str) -> list[str]:
         if i and words[i - 1] in _OUTPUTS:
             out.append(str(places["root"] / "out" / re.sub(r"[^\w.-]+", "_", w.strip("/"))))
         else:
-            out.append(_swap(w, places, command))
+            new = _swap(w, places, command)
+            out += new if isinstance(new, list) else [new]
     return out
 
 
