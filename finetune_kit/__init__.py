@@ -16,14 +16,18 @@ The names a notebook user needs, importable from the top::
     ece = fk.expected_calibration_error(probs, labels)   # 15 equal-width bins
 
     result = fk.run_training(fk.ClassificationConfig(data=fk.DataConfig(data="images/")))
+    run = fk.load_run(result["run_dir"])                 # a finished run, for inference
+    table = run.predict(["new_images/"])                 # DataFrame: path, predicted, p_<class>, OOD flags
+    probs = run.predict_tensor(x)                        # (B, 3, S, S) in [0, 1] -> (B, C) probabilities
+    metrics = run.evaluate("external_set/")              # labelled folder, read with the run's label rule
     codec = fk.build_compression_model("hpcm-base")      # CompressAI model, 68.5 M parameters
 
 Importing this package has no side effects and imports nothing heavy: every name is loaded
 on first use (PEP 562). The library (``finetune_kit`` proper) knows no task and no command
 line; ``finetune_kit.strategies`` holds the built-in strategies and ``finetune_kit.tasks``
 the classification and compression tasks with their command lines. The task names below
-(``run_training``, ``ClassificationConfig``, ``DataConfig``, ``build_compression_model``,
-``HPCM``) are re-exported from there for convenience.
+(``run_training``, ``ClassificationConfig``, ``DataConfig``, ``load_run``, ``Run``,
+``build_compression_model``, ``HPCM``) are re-exported from there for convenience.
 """
 from __future__ import annotations
 
@@ -58,6 +62,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "run_training": ("finetune_kit.tasks.classification.train", "run_training"),
     "ClassificationConfig": ("finetune_kit.tasks.classification.config", "ClassificationConfig"),
     "DataConfig": ("finetune_kit.tasks.classification.config", "DataConfig"),
+    "load_run": ("finetune_kit.tasks.classification.loaded_run", "load_run"),
+    "Run": ("finetune_kit.tasks.classification.loaded_run", "Run"),
     "build_compression_model": ("finetune_kit.tasks.compression.models.zoo", "build_model"),
     "HPCM": ("finetune_kit.tasks.compression.models.hpcm.model", "HPCM"),
 }

@@ -27,6 +27,15 @@ class GroupError(ValueError):
     """A patient id could not be read for an image; the message names the file and the fix."""
 
 
+def _group_regex_mismatch(regex: str, name: str) -> str:
+    """The one-line error for a ``--group-regex`` that does not match the file name ``name``: the fix
+    never repeats the regex that failed, and names the way out for data without patient ids."""
+    example = "'^(\\d+)_' for 1234_left.jpg" if regex != r"^(\d+)_" else "'^([A-Za-z]+\\d+)' for P017_left.jpg"
+    return (f"--group-regex {regex!r} does not match {name}; give a regex whose first group is the patient id in "
+            f"every file name (e.g. {example}), or a CSV with a group column; data without patient ids "
+            "(e.g. ACRIMA): leave --group-regex out, each image is then its own group")
+
+
 def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str | Path | None = None) -> list[str]:
     """One group (patient) id per image path.
 
@@ -52,8 +61,7 @@ def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str |
         for p in paths:
             m = rx.search(Path(p).name)
             if m is None:
-                raise GroupError(f"--group-regex {regex!r} does not match {Path(p).name}; give a regex that finds the "
-                                 "patient id in every file name, e.g. '^(\\d+)_'")
+                raise GroupError(_group_regex_mismatch(regex, Path(p).name))
             out.append(m.group(1) if m.groups() else m.group(0))
         return out
     if csv_path is not None and str(csv_path).lower().endswith(".csv"):

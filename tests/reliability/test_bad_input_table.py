@@ -332,6 +332,10 @@ CASES = [
      "Invalid value for '--learning-rate'"),
     ("option: bad --layer-patterns regex", lambda c: classify(c, "--ft_strategy", "gradual", "--layer-patterns", "("),
      "--layer_patterns '('"),
+    ("option: compare --group-regex that matches no file name", lambda c: cli(
+        ["compare", "--data", str(c.good), "--folds", "2", "--group-regex", r"^(\d+)_", "--strategies", "linear",
+         "--model_name", "resnet18", "--img_size", "32", "--output_dir", str(c.tmp / "o"), "--num_threads", "1"],
+        c.capfd), "leave --group-regex out"),
     ("option: compress train --lambda inf", lambda c: compress(c, "train", "--lambda", "inf"), "not a finite number"),
     ("option: compress train --learning-rate inf", lambda c: compress(c, "train", "--learning-rate", "inf"),
      "not a finite number"),

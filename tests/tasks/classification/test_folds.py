@@ -57,6 +57,10 @@ def test_random_split_would_leak_patients():
 def test_group_regex_and_csv_groups(tmp_path):
     with pytest.raises(GroupError, match="does not match img7.jpg"):
         group_ids(["/x/12_left.jpg", "/x/img7.jpg"], regex=r"^(\d+)_")
+    with pytest.raises(GroupError, match="does not match Im001_ACRIMA.jpg") as err:  # no patient id in ACRIMA names
+        group_ids(["/x/Im001_ACRIMA.jpg"], regex=r"^(\d+)_")
+    fix = str(err.value).split(";", 1)[1]
+    assert r"'^(\d+)_'" not in fix and "leave --group-regex out" in fix  # never suggests the regex that failed
     with pytest.raises(GroupError, match="not a valid regular expression"):
         group_ids(["/x/a.jpg"], regex="(")
     for name in ("a.jpg", "b.jpg", "c.jpg"):
