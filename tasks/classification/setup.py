@@ -208,7 +208,7 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
             raise ConfigError(f"--grad-checkpointing: {m.model_name} has no set_grad_checkpointing; drop the option")
         model.set_grad_checkpointing(True)
     if warning := random_init_warning(m.model_name, m.pretrained, m.custom_weights_path):
-        console.print(f"[bold yellow]{warning}[/]")
+        console.print(f"[bold yellow]{warning}[/]", soft_wrap=True)  # one line in logs
     strategy = build_strategy(cfg, model)
     model = strategy.prepare_model(model)  # e.g. LoRA adapters, before the groups and the optimizer
     model.to(device)

@@ -39,7 +39,7 @@ def cli(args: list[str], capfd) -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     err = capfd.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("device:", "WARNING"))]
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("device:", "threads:", "WARNING"))]
     if code == 0:
         return
     assert "Traceback" not in err, err
