@@ -14,6 +14,7 @@ from finetune_kit.calibration import Calibrator, choose_calibrator, fit_calibrat
 from finetune_kit.runs.checkpoint import load_checkpoint
 from finetune_kit.runs.run_dir import RunDir, child_path
 from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci, bootstrap_metrics
+from finetune_kit.tasks.classification.class_report import class_report
 from finetune_kit.tasks.classification.config import ClassificationConfig
 from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.engine import predict_logits, softmax
@@ -36,7 +37,7 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
                       test_labels: np.ndarray, history: Sequence[Mapping] = (), temperature: float | None = None,
                       prefix: str = "", class_names: Sequence[str] | None = None, run_name: str = "",
                       dataset: str = "", n_boot: int = 1000, seed: int = 0, calibration: str = "auto",
-                      calibrator=None) -> dict:
+                      calibrator=None, ordinal_classes: str | None = None, operating_point: str | None = None) -> dict:
     """Fit the calibrator on the validation logits ``(Nv, C)`` (``calibration``: ``auto`` = chosen
     on validation by :func:`finetune_kit.calibration.choose_calibrator`, or one method; a given
     ``calibrator`` or ``temperature`` is used as it is), compute test metrics before/after it, and write ``roc.png``, ``reliability.png`` and
@@ -50,6 +51,11 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
 
     ECE before and after calibration get 95 % bootstrap intervals too (``ece_ci95``,
     ``ece_calibrated_ci95``, same resamples).
+
+    The class-level report on the calibrated probabilities
+    (:func:`~finetune_kit.tasks.classification.class_report.class_report`: ``per_class`` for K > 2,
+    ``ordinal_kappa`` with ``ordinal_classes``, ``operating_point`` with ``operating_point``
+    chosen on validation, ``confusion.png``) goes into ``test``.
 
     Returns:
         ``{"temperature" (1.0 unless temperature scaling was kept), "calibration" (method, params,
@@ -85,6 +91,11 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
                                                         seed=seed)["ece"]["ci95"]
         ci = bootstrap_auroc_ci(test_labels, after, n_boot=n_boot, seed=seed)
         test["auroc_ci95"] = list(ci) if ci else None
+        test.update(class_report(out_dir, val_labels=val_labels, val_probs=calibrator.probs(val_logits) if len(val_labels)
+                                 else np.zeros((0, after.shape[1])), test_labels=test_labels, test_probs=after,
+                                 class_names=class_names or [str(i) for i in range(after.shape[1])],
+                                 ordinal_classes=ordinal_classes, operating_point=operating_point, n_boot=n_boot,
+                                 seed=seed, prefix=prefix))
         out["test"] = test
         roc_ci = {1: ci} if after.shape[1] == 2 else None
         plot_roc(test_labels, after, out_dir / f"{prefix}roc.png", class_names=class_names, ci=roc_ci,

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.tasks.classification.data import read_csv_table
 
 __all__ = ["group_ids", "fold_splits", "write_fold_csv", "GroupError"]
 
@@ -27,7 +28,8 @@ class GroupError(ValueError):
     """A patient id could not be read for an image; the message names the file and the fix."""
 
 
-def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str | Path | None = None) -> list[str]:
+def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str | Path | None = None,
+              column: str | None = None, path_column: str = "path") -> list[str]:
     """One group (patient) id per image path.
 
     Args:
@@ -36,6 +38,8 @@ def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str |
             match, is the id (``^(\\d+)_`` gives ``1234`` for ``1234_left.jpg``).
         csv_path: a CSV of ``path,label[,split],group`` (``--data labels.csv``); its ``group`` column
             is used when present (relative paths relative to the CSV).
+        column: the CSV's patient-id column (``--group-column``, e.g. ``patient_id``); it must exist.
+            Default: ``group`` when the CSV has one. path_column: the CSV's path column (``--path-column``).
 
     Returns:
         ids in the order of ``paths``; each image its own group when neither is given.
@@ -58,15 +62,15 @@ def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str |
         return out
     if csv_path is not None and str(csv_path).lower().endswith(".csv"):
         base = Path(csv_path).parent
-        with open(csv_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if rows and "group" in rows[0]:
+        rows = read_csv_table(csv_path, {"--group-column": column} if column else None)
+        name = column or "group"
+        if rows and name in rows[0]:
             by_path = {}
             for i, r in enumerate(rows, start=2):
-                g = (r.get("group") or "").strip()
+                g = (r.get(name) or "").strip()
                 if not g:
-                    raise GroupError(f"{csv_path}:{i}: empty group; fill the group column on every row or drop it")
-                p = Path(r["path"].strip())
+                    raise GroupError(f"{csv_path}:{i}: empty {name}; fill the {name} column on every row or drop it")
+                p = Path(r[path_column].strip())
                 by_path[str((p if p.is_absolute() else base / p).resolve())] = g
             return [by_path.get(str(Path(p).resolve()), str(p)) for p in paths]
     return [str(p) for p in paths]

@@ -95,7 +95,9 @@ def report(state: TrainingRun) -> dict:
     cfg = state.cfg
     rep = calibrated_report(state.run.path, history=history, class_names=state.data.images.class_names,
                             run_name=cfg.tag, dataset=dataset_label(cfg.data.data, cfg.data.label_preset),
-                            seed=cfg.runtime.seed, calibration=cfg.calibration.calibration, **logits)
+                            seed=cfg.runtime.seed, calibration=cfg.calibration.calibration,
+                            ordinal_classes=cfg.classes.ordinal_classes, operating_point=cfg.classes.operating_point,
+                            **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
 
     result.update(ood_and_reference(state, logits))
