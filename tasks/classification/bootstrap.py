@@ -66,11 +66,17 @@ def resampled_auroc(labels, probs, idx: np.ndarray) -> np.ndarray:
     Binary ``probs`` (``(N, 2)``): all resamples at once by the Mann-Whitney rank formula
     ``(sum of positive ranks - n1 (n1 + 1) / 2) / (n1 n0)`` with mid-ranks for ties, which equals
     scikit-learn's ``roc_auc_score`` (NaN where a resample lacks a class); about 100x faster than
-    one ``roc_auc_score`` call per resample. Multi-class: ``roc_auc_score`` per resample.
+    one ``roc_auc_score`` call per resample. Multi-class: the mean over the classes of that binary
+    AUROC of the class against the rest, which equals ``roc_auc_score(multi_class="ovr",
+    average="macro")`` (NaN where a resample lacks a class).
     """
     y, p = np.asarray(labels), np.asarray(probs)
-    if p.ndim != 2 or p.shape[1] != 2:
+    if p.ndim != 2:
         return np.array([auroc(y[i], p[i]) for i in idx])
+    if p.shape[1] != 2:  # one-vs-rest macro: the mean over the classes of each class's binary AUROC
+        per_class = [resampled_auroc((y == c).astype(int), np.stack([1 - p[:, c], p[:, c]], 1), idx)
+                     for c in range(p.shape[1])]
+        return np.mean(per_class, axis=0)
     ys, ranks = y[idx] == 1, rankdata(p[:, 1][idx], axis=1)
     n1 = ys.sum(axis=1).astype(float)
     n0 = ys.shape[1] - n1

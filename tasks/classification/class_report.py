@@ -15,7 +15,7 @@ from finetune_kit.tasks.classification.classes_config import parse_operating_poi
 from finetune_kit.tasks.classification.operating_point import OperatingPointError, operating_point_report
 from finetune_kit.tasks.classification.per_class import ordinal_indices, ordinal_kappa, per_class_metrics
 
-__all__ = ["class_report", "plot_confusion", "apply_operating_point", "check_class_options"]
+__all__ = ["class_report", "class_lines", "plot_confusion", "apply_operating_point", "check_class_options"]
 
 
 def plot_confusion(labels, probs, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -60,6 +60,7 @@ def class_report(out_dir: Path, *, val_labels, val_probs, test_labels, test_prob
         out["operating_point"] = operating_point_report(val_labels, val_probs, yt, pt, class_names, kind, target,
                                                         n_boot=n_boot, seed=seed)
     if len(yt):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         plot_confusion(yt, pt, class_names, Path(out_dir) / f"{prefix}confusion.png", title=title)
     return out
 
@@ -91,3 +92,25 @@ def check_class_options(classes_cfg, class_names: Sequence[str], val_labels) -> 
                                           f"has {int(np.sum(y == c))} of {len(y)} validation images; the threshold is "
                                           "chosen on validation, so every class needs validation examples (raise "
                                           "--val-fraction or add images of it)")
+
+
+def class_lines(test: dict) -> list[str]:
+    """Console lines of the class-level report in ``test`` (``metrics.json`` ``test``): per-class
+    AUROC with the macro average, the ordinal kappa, and the operating point's test sensitivity,
+    specificity, PPV and NPV per class with 95 % CIs."""
+    f = lambda d: f"{d['value']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d.get("ci95") else f"{d['value']:.3f}"  # noqa: E731
+    lines = []
+    pc = test.get("per_class")
+    if pc:
+        per = "  ".join(f"{c} {row['auroc']['value']:.3f}" for c, row in pc["classes"].items())
+        lines.append(f"per-class AUROC: {per}  (macro {f(pc['macro']['auroc'])})")
+    if test.get("ordinal_kappa"):
+        k = test["ordinal_kappa"]
+        lines.append(f"quadratic weighted kappa over {','.join(k['classes'])} (n = {k['n']}): {f(k)}")
+    op = test.get("operating_point")
+    if op:
+        lines.append(f"operating point {op['kind']}={op['target']:g} (thresholds chosen on validation), test:")
+        for c, row in op["classes"].items():
+            lines.append(f"  {c}: threshold {row['threshold']:.4f}  " + "  ".join(
+                f"{m} {f(v)}" for m, v in row["test"].items()))
+    return lines

@@ -31,6 +31,7 @@ from finetune_kit.tasks.classification.bootstrap import (
     paired_difference,
 )
 from finetune_kit.tasks.classification.compare import run_comparison, strategy_configs
+from finetune_kit.tasks.classification.cv_classes import class_summary, class_summary_markdown
 from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.folds import fold_splits, group_ids, write_fold_csv
 from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
@@ -93,6 +94,8 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
                                   title=f"{title} fold {i + 1}/{k}", image_cache=cache)
         folds.append(done["folder"])
     summary = summarise(folds, strategies, n_boot=n_boot)
+    summary["classes"] = class_summary(folds, strategies, ordinal=base.classes.ordinal_classes,
+                                       operating_point=base.classes.operating_point, n_boot=n_boot)
     summary.update(folds=k, grouped=len(set(groups)) < len(paths),
                    n_groups=len(set(groups)), n_images=len(paths), wall_time_s=time.perf_counter() - t0)
     md = summary_markdown(summary, title=title)
@@ -183,6 +186,8 @@ def summary_markdown(summary: dict, title: str = "") -> str:
             lines.append(f"| {p['strategy']} vs {p['versus']} | {p['difference']:+.4f} | [{p['ci95'][0]:+.4f}, "
                          f"{p['ci95'][1]:+.4f}] | {p['p_value']:.3f} | {p['fold_mean_difference']:+.4f} ± "
                          f"{p['fold_sd_difference']:.4f} | {p['folds_better']} / {p['folds_worse']} |")
+    if summary.get("classes"):
+        lines += ["", class_summary_markdown(summary["classes"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

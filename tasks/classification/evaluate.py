@@ -21,6 +21,7 @@ from finetune_kit.tasks.classification.engine import predict_logits, softmax
 from finetune_kit.tasks.classification.forgetting_run import load_run_weights
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.model import build_model
+from finetune_kit.tasks.classification.operating_point import operating_point_at
 from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label, plot_reliability, plot_roc, plot_training_curves
 from finetune_kit.tasks.classification.transforms import (
@@ -168,7 +169,8 @@ def run_logits(run_path: str | Path, model, loader, tf, device: str = "cpu") -> 
 def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batch_size: int = 32,
                  device: str = "cpu") -> dict:
     """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
-    options as training) with the run's fitted calibrator; with the run's ``ood.npz``, also each image's
+    options as training) with the run's fitted calibrator (and its operating point's thresholds, when
+    it has one); with the run's ``ood.npz``, also each image's
     ``ood_score`` / ``in_distribution`` and the ``fraction_flagged`` (under ``"ood"``). Writes ``RUN/eval-NAME/metrics.json``,
     ``roc.png`` and ``reliability.png``; returns the metrics.
 
@@ -198,8 +200,13 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
 
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
                             test_logits=logits, test_labels=labels, calibrator=load_calibrator(run_path, temperature),
-                            class_names=class_names,
+                            class_names=class_names, ordinal_classes=cfg.classes.ordinal_classes,
                             dataset=dataset_label(data_cfg.data, data_cfg.label_preset))
+    op = (RunDir(run_path).read_json("metrics.json").get("test") or {}).get("operating_point") \
+        if (RunDir(run_path).path / "metrics.json").is_file() else None
+    if op and len(labels):  # the run's thresholds (chosen on its validation set) applied to this set
+        rep["test"]["operating_point"] = operating_point_at(op, labels, load_calibrator(run_path, temperature).probs(logits),
+                                                            class_names)
     result = {"data": data_cfg.model_dump(), "n_images": len(samples), "skipped_corrupt": len(skipped),
               "temperature": temperature, "calibration": rep["calibration"], "metrics": rep["test"]}
     if ood:

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_curve
 
 from finetune_kit.tasks.classification.bootstrap import bootstrap_ci
 
-__all__ = ["choose_threshold", "decision_metrics", "operating_point_report", "OperatingPointError", "DECISION_METRICS"]
+__all__ = ["choose_threshold", "decision_metrics", "operating_point_report", "operating_point_at", "OperatingPointError", "DECISION_METRICS"]
 
 #: metrics of binary decisions reported at an operating point
 DECISION_METRICS = ("sensitivity", "specificity", "ppv", "npv")
@@ -109,11 +109,30 @@ def operating_point_report(val_labels, val_probs, test_labels, test_probs, class
                                       f"{int(np.sum(yv == c))} of {len(yv)} validation images; every class needs "
                                       "validation examples (raise --val-fraction or add images of it)")
         thr = choose_threshold(yv == c, pv[:, c], kind, target)
-        row = {"threshold": thr, "val": decision_metrics(yv == c, pv[:, c] >= thr), "test": {}}
-        if len(yt):
-            for m in DECISION_METRICS:
-                point, lo, hi = bootstrap_ci(lambda y, s, m=m: decision_metrics(y, s >= thr)[m], yt == c, pt[:, c],
-                                             n_boot=n_boot, seed=seed)
-                row["test"][m] = {"value": point, "ci95": [lo, hi]}
+        row = {"threshold": thr, "val": decision_metrics(yv == c, pv[:, c] >= thr),
+               "test": _test_rows(yt == c, pt[:, c], thr, n_boot, seed) if len(yt) else {}}
         out["classes"][name] = row
+    return out
+
+
+def _test_rows(y, p, thr: float, n_boot: int, seed: int) -> dict:
+    """Test sensitivity, specificity, PPV, NPV of ``p >= thr`` with bootstrap intervals."""
+    out = {}
+    for m in DECISION_METRICS:
+        point, lo, hi = bootstrap_ci(lambda yy, ss, m=m: decision_metrics(yy, ss >= thr)[m], y, p, n_boot=n_boot,
+                                     seed=seed)
+        out[m] = {"value": point, "ci95": [lo, hi]}
+    return out
+
+
+def operating_point_at(operating_point: dict, labels, probs, class_names: Sequence[str], *, n_boot: int = 1000,
+                       seed: int = 0) -> dict:
+    """A run's operating point (the ``operating_point`` dict of its ``metrics.json``: thresholds
+    already chosen on its validation set) applied to new labelled probabilities ``(N, K)``:
+    the same dict with each class's ``test`` metrics recomputed on them (``evaluate``)."""
+    y, p = np.asarray(labels).astype(int), np.asarray(probs)
+    out = {**operating_point, "classes": {}}
+    for name, row in operating_point["classes"].items():
+        c = list(class_names).index(name)
+        out["classes"][name] = {**row, "test": _test_rows(y == c, p[:, c], row["threshold"], n_boot, seed)}
     return out

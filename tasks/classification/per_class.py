@@ -24,7 +24,7 @@ from sklearn.metrics import cohen_kappa_score
 from finetune_kit.tasks.classification.bootstrap import bootstrap_indices, resampled_auroc
 from finetune_kit.tasks.classification.classes_config import parse_class_list
 
-__all__ = ["PER_CLASS_METRICS", "per_class_metrics", "ordinal_kappa", "ordinal_indices", "OrdinalClassError"]
+__all__ = ["PER_CLASS_METRICS", "per_class_metrics", "ordinal_kappa", "quadratic_kappa", "ordinal_indices", "OrdinalClassError"]
 
 #: one-vs-rest metrics per class
 PER_CLASS_METRICS = ("auroc", "sensitivity", "specificity", "ppv", "npv")
@@ -110,6 +110,22 @@ def ordinal_indices(ordinal: str | Sequence[str], class_names: Sequence[str]) ->
     return [list(class_names).index(n) for n in names]
 
 
+def quadratic_kappa(a, b, k: int, idx: np.ndarray) -> np.ndarray:
+    """Quadratic weighted kappa of ranks ``a`` vs ``b`` (``(N,)`` in ``0..k-1``) on each resample
+    ``idx`` ``(B, N)`` at once: ``1 - sum(W O) / sum(W E)`` with ``W_ij = (i - j)^2 / (k - 1)^2``,
+    ``O`` the confusion counts and ``E`` the outer product of its margins over N (Cohen 1968);
+    equal to ``cohen_kappa_score(weights="quadratic")`` (tested), NaN where ``sum(W E) = 0``."""
+    a, b, idx = np.asarray(a), np.asarray(b), np.asarray(idx)
+    n_b, n = idx.shape
+    codes = (a[idx] * k + b[idx]) + np.arange(n_b)[:, None] * k * k
+    o = np.bincount(codes.ravel(), minlength=n_b * k * k).reshape(n_b, k, k).astype(np.float64)
+    e = o.sum(2)[:, :, None] * o.sum(1)[:, None, :] / max(n, 1)
+    w = (np.subtract.outer(np.arange(k), np.arange(k)) ** 2) / max((k - 1) ** 2, 1)
+    num, den = (w * o).sum((1, 2)), (w * e).sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 1 - num / den, np.nan)
+
+
 def ordinal_kappa(labels, probs, class_names: Sequence[str], ordinal: str | Sequence[str], *, n_boot: int = 1000,
                   seed: int = 0) -> dict:
     """Quadratic weighted kappa over the ordinal classes (module docstring) with a bootstrap interval.
@@ -132,12 +148,8 @@ def ordinal_kappa(labels, probs, class_names: Sequence[str], ordinal: str | Sequ
     yp = p[keep][:, order].argmax(axis=1)
     labels_r = list(range(len(order)))
 
-    def kappa(a, b):
-        if len(np.unique(np.r_[a, b])) < 2:
-            return float("nan")
-        return float(cohen_kappa_score(a, b, weights="quadratic", labels=labels_r))
-
-    value = kappa(yt, yp)
-    vals = np.array([kappa(yt[i], yp[i]) for i in bootstrap_indices(yt, n_boot, seed)]) if len(yt) else np.array([])
+    value = float(cohen_kappa_score(yt, yp, weights="quadratic", labels=labels_r)) \
+        if len(np.unique(np.r_[yt, yp])) > 1 else float("nan")
+    vals = quadratic_kappa(yt, yp, len(order), bootstrap_indices(yt, n_boot, seed)) if len(yt) else np.array([])
     return {"classes": [class_names[c] for c in order], "n": int(len(yt)), "value": value, "ci95": _ci(vals),
             "rule": "true class in the list; prediction = most probable listed class; quadratic weights"}

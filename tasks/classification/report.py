@@ -14,6 +14,7 @@ import numpy as np
 
 from finetune_kit.distributed import broadcast_module, broadcast_object, is_distributed
 from finetune_kit.runs.checkpoint import load_checkpoint
+from finetune_kit.tasks.classification.class_report import class_lines
 from finetune_kit.tasks.classification.config import resolved_bn_stats
 from finetune_kit.tasks.classification.engine import predict_logits
 from finetune_kit.tasks.classification.evaluate import calibrated_report
@@ -112,6 +113,8 @@ def report(state: TrainingRun) -> dict:
         state.console.print(f"[bold]test[/]: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  ECE {t['ece']:.4f} "
                             f"-> {t['ece_calibrated']:.4f} ({how})  run folder {state.run.path}")
         state.console.print(f"calibration: {cal.get('reason', cal['method'])}")
+        for line in class_lines(t):
+            state.console.print(line)
     return broadcast_object(result) if is_distributed() else result
 
 
@@ -140,6 +143,8 @@ def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: 
         "weights": dataclasses.asdict(state.weights_report) if state.weights_report else None,
         "unfreeze_events": [e.record() for e in strategy.events], "config": cfg.model_dump(),
     }
+    if state.opt.class_weights is not None:
+        result["class_weights"] = [float(w) for w in state.opt.class_weights]
     if state.resume:
         result["resumed"] = True
     return result
