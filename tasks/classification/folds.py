@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.data import read_csv_table
 
-__all__ = ["group_ids", "fold_splits", "write_fold_csv", "GroupError"]
+__all__ = ["group_ids", "fold_splits", "write_fold_csv", "GroupError", "grouped_split"]
 
 
 class GroupError(ValueError):
@@ -126,3 +126,23 @@ def write_fold_csv(paths: Sequence[str], class_names: Sequence[str], labels: Seq
     for p, y, s, g in zip(paths, labels, splits, groups):
         w.writerow([p, class_names[int(y)], s, g])
     return atomic_write_text(buf.getvalue(), Path(out))
+
+
+def grouped_split(images, groups: Sequence[str], *, val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Assign ``train``/``val``/``test`` in place (``images``: a ``LabelledImages``) with no group in
+    two splits: fold 1 of :func:`fold_splits` with ``k = round(1 / test_fraction)`` folds (test is
+    about ``test_fraction`` of the images), validation carved from the rest. Samples that already
+    carry a split (a CSV ``split`` column) are left as they are.
+
+    Raises:
+        ValueError: ``test_fraction`` 0 (nothing to hold out by group), or a class with fewer groups than folds.
+    """
+    if all(s.split is not None for s in images.samples):
+        return
+    if not test_fraction:
+        raise ValueError("--group-column with --test-fraction 0: a grouped split needs a test share; give "
+                         "--test-fraction 0.2 or drop --group-column")
+    k = max(2, round(1.0 / test_fraction))
+    names = fold_splits(images.labels, groups, k, val_fraction=val_fraction, seed=seed)[0]
+    for s, name in zip(images.samples, names):
+        s.split = str(name)

@@ -45,6 +45,7 @@ from finetune_kit.tasks.classification.class_report import check_class_options
 from finetune_kit.tasks.classification.config import ClassificationConfig, resolved_bn_stats
 from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
 from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
+from finetune_kit.tasks.classification.folds import group_ids, grouped_split
 from finetune_kit.tasks.classification.imbalance import ImbalanceError, balanced_sampler, build_criterion
 from finetune_kit.tasks.classification.model import build_model, head_param_names
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
@@ -274,7 +275,12 @@ def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: 
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} corrupt image(s), e.g. {skipped[0]}[/]")
         images.samples = [s for s in images.samples if s.path not in set(skipped)]
-    if split:
+    if split and cfg.data.group_column and cfg.data.layout in ("auto", "csv") and str(cfg.data.data).endswith(".csv"):
+        groups = group_ids([s.path for s in images.samples], csv_path=cfg.data.data, column=cfg.data.group_column,
+                           path_column=cfg.data.path_column)  # --group-column: no patient in two splits
+        grouped_split(images, groups, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+                      seed=cfg.data.split_seed)
+    elif split:
         stratified_split(images, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
                          seed=cfg.data.split_seed)
     train, val, test = images.subset("train"), images.subset("val"), images.subset("test")

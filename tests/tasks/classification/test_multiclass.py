@@ -102,6 +102,14 @@ def test_grouped_folds_never_split_a_patient():
         group_ids(paths, csv_path=str(LABELS), column="pid")
 
 
+def test_a_single_run_with_group_column_keeps_each_patient_in_one_split(probe_run, subset_csv):
+    pid = {str(Path(r["file"]).resolve()): r["pid"] for r in csv.DictReader(open(subset_csv))}
+    where: dict[str, set] = {}
+    for r in csv.DictReader(open(probe_run / "split.csv")):
+        where.setdefault(pid[r["path"]], set()).add(r["split"])
+    assert all(len(v) == 1 for v in where.values()) and len(where) > 20
+
+
 def test_per_class_metrics_equal_scikit_learn(probe_run):
     m = json.loads((probe_run / "metrics.json").read_text())
     y, p = _calibrated(probe_run, "test")
