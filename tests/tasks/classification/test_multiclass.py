@@ -232,3 +232,16 @@ def test_four_class_run_with_imbalance_options_resumes_to_the_uninterrupted_resu
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN == NaN)
     assert same(full["test"], resumed["test"]) and full["class_weights"] == resumed["class_weights"]
     assert "per_class" in full["test"] and "operating_point" in full["test"]
+
+
+def test_vectorised_bootstraps_equal_scikit_learn_per_resample(probe_run):
+    from finetune_kit.tasks.classification.bootstrap import bootstrap_indices, resampled_auroc
+    from finetune_kit.tasks.classification.per_class import quadratic_kappa
+
+    y, p = _calibrated(probe_run, "test")
+    idx = bootstrap_indices(y, 40, seed=3)
+    expected = [roc_auc_score(y[i], p[i], multi_class="ovr", average="macro") for i in idx]
+    assert np.allclose(resampled_auroc(y, p, idx), expected, atol=1e-12)
+    a, b = y % 3, p[:, :3].argmax(1)
+    kappas = [cohen_kappa_score(a[i], b[i], weights="quadratic", labels=[0, 1, 2]) for i in idx]
+    assert np.allclose(quadratic_kappa(a, b, 3, idx), kappas, atol=1e-12)
