@@ -1,8 +1,8 @@
 """The class-level part of a K-class cross-validation summary, on the pooled out-of-fold test
 predictions (every image is a test image exactly once):
 
-- macro one-vs-rest AUROC with its 95 % bootstrap interval and each class's AUROC
-  (:func:`~finetune_kit.tasks.classification.per_class.per_class_metrics`);
+- macro one-vs-rest AUROC with its 95 % bootstrap interval, each class's AUROC and each class's
+  sensitivity of the argmax decision (:func:`~finetune_kit.tasks.classification.per_class.per_class_metrics`);
 - the quadratic weighted kappa over the ordinal classes (``--ordinal-classes``;
   :func:`~finetune_kit.tasks.classification.per_class.ordinal_kappa`);
 - at the operating point (``--operating-point``): in each fold the threshold of every class is
@@ -44,7 +44,8 @@ def _fold_probs(run_dir: Path) -> dict:
 
 def _row(y, p, class_names, ordinal, n_boot, seed) -> dict:
     pc = per_class_metrics(y, p, class_names, n_boot=n_boot, seed=seed)
-    row = {"macro_auroc": pc["macro"]["auroc"], "auroc": {c: pc["classes"][c]["auroc"] for c in class_names}}
+    row = {"macro_auroc": pc["macro"]["auroc"], "auroc": {c: pc["classes"][c]["auroc"] for c in class_names},
+           "sensitivity": {c: pc["classes"][c]["sensitivity"] for c in class_names}}
     if ordinal:
         row["ordinal_kappa"] = ordinal_kappa(y, p, class_names, ordinal, n_boot=n_boot, seed=seed)
     return row
@@ -100,21 +101,23 @@ def _fmt(d: dict | None, ci: bool = True) -> str:
 
 
 def class_summary_markdown(summary: dict | None, *, focus_class: str | None = None) -> str:
-    """The class-level table: macro AUROC [CI], AUROC per class, ordinal kappa [CI] and the
-    operating point of ``focus_class`` (default: the last class), one row per strategy."""
+    """The class-level table: macro AUROC [CI], AUROC per class, the argmax sensitivity of
+    ``focus_class`` (default: the last class), ordinal kappa [CI] and the operating point of
+    ``focus_class``, one row per strategy."""
     if not summary:
         return ""
     names = summary["class_names"]
     focus = focus_class or names[-1]
     op = summary.get("operating_point")
-    head = ["strategy", "macro AUROC [95 % CI]", *[f"AUROC {c}" for c in names]]
+    head = ["strategy", "macro AUROC [95 % CI]", *[f"AUROC {c}" for c in names], f"{focus} sensitivity (argmax) [CI]"]
     if summary.get("ordinal"):
         head.append(f"kappa ({summary['ordinal']}) [CI]")
     if op:
         head += [f"{focus} sensitivity at {op} [CI]", f"{focus} specificity [CI]"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, row in summary["rows"].items():
-        cells = [name, _fmt(row["macro_auroc"]), *[_fmt(row["auroc"][c], ci=False) for c in names]]
+        cells = [name, _fmt(row["macro_auroc"]), *[_fmt(row["auroc"][c], ci=False) for c in names],
+                 _fmt((row.get("sensitivity") or {}).get(focus))]
         if summary.get("ordinal"):
             cells.append(_fmt(row.get("ordinal_kappa")))
         if op:
