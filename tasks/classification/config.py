@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from pydantic import Field, model_validator
 
+from finetune_kit.tasks.classification.classes_config import ClassesConfig
 from finetune_kit.tasks.classification.forgetting_config import ForgettingConfig
 from finetune_kit.tasks.classification.config_sections import (
     CalibrationConfig, DataConfig, ModelConfig, OptimConfig, OutputConfig, RuntimeConfig, StrategyConfig,
@@ -59,6 +60,7 @@ class ClassificationConfig(ConfigSection):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, title="Runtime")
     output: OutputConfig = Field(default_factory=OutputConfig, title="Outputs")
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig, title="Forgetting")
+    classes: ClassesConfig = Field(default_factory=ClassesConfig, title="Classes")
 
     @model_validator(mode="before")
     @classmethod

@@ -59,6 +59,12 @@ class DataConfig(ConfigSection):
     group_regex: Optional[str] = option_field(None, "Regex finding the patient id in each file name (first group, "
                                               "else the match), e.g. '^(\\d+)_' for 1234_left.jpg: no patient spans "
                                               "two splits.")
+    path_column: str = option_field("path", "CSV: the column holding each image's path (relative to the CSV's "
+                                    "folder).", metavar="NAME")
+    label_column: str = option_field("label", "CSV: the column holding each image's class name.", metavar="NAME")
+    group_column: Optional[str] = option_field(None, "CSV: the column holding the patient id (e.g. patient_id): "
+                                               "no patient spans two splits (default: a 'group' column when "
+                                               "present).", metavar="NAME")
 
     @field_validator("extensions", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from finetune_kit.tasks.classification.bootstrap import (
     paired_difference,
 )
 from finetune_kit.tasks.classification.compare import run_comparison, strategy_configs
+from finetune_kit.tasks.classification.cv_classes import class_summary, class_summary_markdown
 from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.folds import fold_splits, group_ids, write_fold_csv
 from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
@@ -70,7 +71,8 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
     images = discover(base.data)
     paths = [s.path for s in images.samples]
     labels = [s.label for s in images.samples]
-    groups = group_ids(paths, regex=base.data.group_regex, csv_path=base.data.data)
+    groups = group_ids(paths, regex=base.data.group_regex, csv_path=base.data.data, column=base.data.group_column,
+                       path_column=base.data.path_column)
     splits = fold_splits(labels, groups, k, val_fraction=base.data.val_fraction, seed=base.data.split_seed)
     tag = base.output.experiment_tag or base.model.model_name
     run = RunDir(folder) if folder else RunDir(new_run_dir(output_dir, f"cv{k}-{tag}"))
@@ -85,13 +87,16 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
         if done is None:
             csv = write_fold_csv(paths, images.class_names, labels, names, groups, run.path / "folds" / f"fold_{i + 1}.csv")
             data = base.data.model_copy(update={"data": str(csv), "layout": "csv", "label_preset": None,
-                                                "label_regex": None, "folds": None})
+                                                "label_regex": None, "folds": None, "path_column": "path",
+                                                "label_column": "label", "group_column": "group"})
             cfg = base.model_copy(update={"data": data}).replace(experiment_tag=f"{tag}-fold{i + 1}")
             done = run_comparison(cfg, strategies, fold_dir, per_strategy=per_strategy, console=console,
                                   title=f"{title} fold {i + 1}/{k}", image_cache=cache)
         folds.append(done["folder"])
     summary = summarise(folds, strategies, n_boot=n_boot)
-    summary.update(folds=k, grouped=bool(base.data.group_regex) or "group" in str(base.data.data),
+    summary["classes"] = class_summary(folds, strategies, ordinal=base.classes.ordinal_classes,
+                                       operating_point=base.classes.operating_point, n_boot=n_boot)
+    summary.update(folds=k, grouped=len(set(groups)) < len(paths),
                    n_groups=len(set(groups)), n_images=len(paths), wall_time_s=time.perf_counter() - t0)
     md = summary_markdown(summary, title=title)
     run.write_json("cv_summary.json", summary)
@@ -181,6 +186,8 @@ def summary_markdown(summary: dict, title: str = "") -> str:
             lines.append(f"| {p['strategy']} vs {p['versus']} | {p['difference']:+.4f} | [{p['ci95'][0]:+.4f}, "
                          f"{p['ci95'][1]:+.4f}] | {p['p_value']:.3f} | {p['fold_mean_difference']:+.4f} ± "
                          f"{p['fold_sd_difference']:.4f} | {p['folds_better']} / {p['folds_worse']} |")
+    if summary.get("classes"):
+        lines += ["", class_summary_markdown(summary["classes"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,9 @@ Layouts (``DataConfig.layout``):
 - ``imagefolder``: ``DATA/<class>/*.jpg`` (class names sorted; sub-folders searched recursively).
   With exactly the two classes ``normal``/``glaucoma`` (any case) glaucoma is class 1.
 - ``csv``: a CSV with columns ``path,label`` and optionally ``split`` (``train``/``val``/``test``);
-  relative paths are relative to the CSV's folder.
+  relative paths are relative to the CSV's folder. Other column names are given with
+  ``--path-column`` / ``--label-column`` (and ``--group-column`` for the patient id);
+  :func:`read_csv_table` is the one reader.
 - ``regex``: a flat folder whose file names carry the label; a file whose name matches
   ``label_regex`` (``re.search``) is the positive class. Preset ``acrima``: ``_g_`` = glaucoma.
 
@@ -35,7 +37,7 @@ from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.config import DataConfig
 from finetune_kit.tasks.classification.synthetic import ensure_synthetic_dataset
 
-__all__ = ["Sample", "LabelledImages", "DataError", "LABEL_PRESETS", "discover", "stratified_split",
+__all__ = ["Sample", "LabelledImages", "DataError", "LABEL_PRESETS", "discover", "read_csv_table", "stratified_split",
            "write_split", "read_split", "list_images", "check_integrity", "check_disjoint"]
 
 LABEL_PRESETS = {"acrima": r"_g_"}
@@ -123,15 +125,44 @@ def _from_regex(root: Path, cfg: DataConfig) -> LabelledImages:
 MISSING_LABELS = ("", "nan", "na", "n/a", "null", "none")
 
 
-def _from_csv(path: Path, cfg: DataConfig) -> LabelledImages:
+def read_csv_table(path: str | Path, columns: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """The rows of a CSV as dicts (cells stripped of ``None``; a UTF-8 byte-order mark ignored),
+    after checking that every column of ``columns`` exists.
+
+    Args:
+        path: the CSV file. columns: ``{option: column}``, e.g. ``{"--label-column": "label"}``;
+            the option names the fix in the error.
+
+    Returns:
+        one ``{column: cell}`` dict per data row (cells are strings, ``""`` when empty).
+
+    Raises:
+        DataError: not UTF-8, no rows, or a named column missing (one line listing the CSV's columns
+            and the option to change).
+    """
+    path = Path(path)
     try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in csv.DictReader(fh)]
+            reader = csv.DictReader(fh)
+            rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
+            header = list(reader.fieldnames or [])
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DataError(f"{path}: a CSV needs a header with columns path,label (optional split); "
-                        f"found {list(rows[0]) if rows else 'no rows'}")
+    if not rows:
+        raise DataError(f"{path}: the CSV has no rows; a CSV needs a header with columns path,label and one row "
+                        "per image")
+    for option, column in (columns or {}).items():
+        if column not in header:
+            raise DataError(f"{path}: no column {column!r} ({option}); a CSV needs a header with columns path,label "
+                            f"or its own names given with --path-column/--label-column; it has the columns "
+                            f"{', '.join(header)}: pass one of them with {option}")
+    return rows
+
+
+def _from_csv(path: Path, cfg: DataConfig) -> LabelledImages:
+    pc, lc = cfg.path_column, cfg.label_column
+    rows = read_csv_table(path, {"--path-column": pc, "--label-column": lc})
+    rows = [{**r, "path": r[pc], "label": r[lc]} for r in rows]
     labels = [r["label"].strip() for r in rows]
     unlabelled = [i for i, lab in enumerate(labels) if lab.lower() in MISSING_LABELS]
     if unlabelled:

@@ -14,6 +14,7 @@ from finetune_kit.calibration import Calibrator, choose_calibrator, fit_calibrat
 from finetune_kit.runs.checkpoint import load_checkpoint
 from finetune_kit.runs.run_dir import RunDir, child_path
 from finetune_kit.tasks.classification.bootstrap import bootstrap_auroc_ci, bootstrap_metrics
+from finetune_kit.tasks.classification.class_report import class_report
 from finetune_kit.tasks.classification.config import ClassificationConfig
 from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.engine import predict_logits, softmax
@@ -22,6 +23,7 @@ from finetune_kit.tasks.classification.forgetting_run import load_run_weights
 from finetune_kit.tasks.classification.foundation_weights import match_pooling
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.model import build_model
+from finetune_kit.tasks.classification.operating_point import operating_point_at
 from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label, plot_reliability, plot_roc, plot_training_curves
 from finetune_kit.tasks.classification.saliency import write_case_grid
@@ -39,7 +41,8 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
                       test_labels: np.ndarray, history: Sequence[Mapping] = (), temperature: float | None = None,
                       prefix: str = "", class_names: Sequence[str] | None = None, run_name: str = "",
                       dataset: str = "", n_boot: int = 1000, seed: int = 0, calibration: str = "auto",
-                      calibrator=None, split: str = "test") -> dict:
+                      calibrator=None, split: str = "test", ordinal_classes: str | None = None,
+                      operating_point: str | None = None) -> dict:
     """Fit the calibrator on the validation logits ``(Nv, C)`` (``calibration``: ``auto`` = chosen
     on validation by :func:`finetune_kit.calibration.choose_calibrator`, or one method; a given
     ``calibrator`` or ``temperature`` is used as it is), compute test metrics before/after it, and write ``roc.png``, ``reliability.png`` and
@@ -54,6 +57,11 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
 
     ECE before and after calibration get 95 % bootstrap intervals too (``ece_ci95``,
     ``ece_calibrated_ci95``, same resamples).
+
+    The class-level report on the calibrated probabilities
+    (:func:`~finetune_kit.tasks.classification.class_report.class_report`: ``per_class`` for K > 2,
+    ``ordinal_kappa`` with ``ordinal_classes``, ``operating_point`` with ``operating_point``
+    chosen on validation, ``confusion.png``) goes into ``test``.
 
     Returns:
         ``{"temperature" (1.0 unless temperature scaling was kept), "calibration" (method, params,
@@ -89,6 +97,11 @@ def calibrated_report(out_dir: Path, *, val_logits: np.ndarray, val_labels: np.n
                                                         seed=seed)["ece"]["ci95"]
         ci = bootstrap_auroc_ci(test_labels, after, n_boot=n_boot, seed=seed)
         test["auroc_ci95"] = list(ci) if ci else None
+        test.update(class_report(out_dir, val_labels=val_labels, val_probs=calibrator.probs(val_logits) if len(val_labels)
+                                 else np.zeros((0, after.shape[1])), test_labels=test_labels, test_probs=after,
+                                 class_names=class_names or [str(i) for i in range(after.shape[1])],
+                                 ordinal_classes=ordinal_classes, operating_point=operating_point, n_boot=n_boot,
+                                 seed=seed, prefix=prefix))
         out["test"] = test
         roc_ci = {1: ci} if after.shape[1] == 2 else None
         plot_roc(test_labels, after, out_dir / f"{prefix}roc.png", class_names=class_names, ci=roc_ci,
@@ -162,7 +175,8 @@ def run_logits(run_path: str | Path, model, loader, tf, device: str = "cpu") -> 
 def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batch_size: int = 32,
                  device: str = "cpu") -> dict:
     """Evaluate a finished run on every image of ``data_cfg`` (a :class:`DataConfig`; same label
-    options as training) with the run's fitted calibrator; with the run's ``ood.npz``, also each image's
+    options as training) with the run's fitted calibrator (and its operating point's thresholds, when
+    it has one); with the run's ``ood.npz``, also each image's
     ``ood_score`` / ``in_distribution`` and the ``fraction_flagged`` (under ``"ood"``). Writes ``RUN/eval-NAME/metrics.json``,
     ``predictions.csv`` (one row per image: path, label, calibrated probabilities, decision, OOD
     columns; :func:`~finetune_kit.tasks.classification.evaluation_data.write_per_image_csv`), ``roc.png``
@@ -203,9 +217,14 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
     dataset = dataset_label(data_cfg.data, data_cfg.label_preset)
     rep = calibrated_report(out_dir, val_logits=np.zeros((0, len(class_names))), val_labels=np.zeros(0, int),
                             test_logits=logits, test_labels=labels, calibrator=calibrator,
-                            class_names=class_names, dataset=dataset, split=dataset or name)
+                            class_names=class_names, dataset=dataset, split=dataset or name,
+                            ordinal_classes=cfg.classes.ordinal_classes)
     write_per_image_csv(out_dir / "predictions.csv", [s.path for s in samples], labels, calibrator.probs(logits),
                         class_names, ood)
+    op = (RunDir(run_path).read_json("metrics.json").get("test") or {}).get("operating_point") \
+        if (RunDir(run_path).path / "metrics.json").is_file() else None
+    if op and len(labels):  # the run's thresholds (chosen on its validation set) applied to this set
+        rep["test"]["operating_point"] = operating_point_at(op, labels, calibrator.probs(logits), class_names)
     result = {"data": data_cfg.model_dump(), "n_images": len(samples), "skipped_corrupt": len(skipped),
               "temperature": temperature, "calibration": rep["calibration"], "metrics": rep["test"]}
     if ood:

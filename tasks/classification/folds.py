@@ -19,8 +19,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.tasks.classification.data import read_csv_table
 
-__all__ = ["group_ids", "fold_splits", "write_fold_csv", "GroupError"]
+__all__ = ["group_ids", "fold_splits", "write_fold_csv", "GroupError", "grouped_split"]
 
 
 class GroupError(ValueError):
@@ -36,7 +37,8 @@ def _group_regex_mismatch(regex: str, name: str) -> str:
             "(e.g. ACRIMA): leave --group-regex out, each image is then its own group")
 
 
-def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str | Path | None = None) -> list[str]:
+def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str | Path | None = None,
+              column: str | None = None, path_column: str = "path") -> list[str]:
     """One group (patient) id per image path.
 
     Args:
@@ -45,6 +47,8 @@ def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str |
             match, is the id (``^(\\d+)_`` gives ``1234`` for ``1234_left.jpg``).
         csv_path: a CSV of ``path,label[,split],group`` (``--data labels.csv``); its ``group`` column
             is used when present (relative paths relative to the CSV).
+        column: the CSV's patient-id column (``--group-column``, e.g. ``patient_id``); it must exist.
+            Default: ``group`` when the CSV has one. path_column: the CSV's path column (``--path-column``).
 
     Returns:
         ids in the order of ``paths``; each image its own group when neither is given.
@@ -66,15 +70,15 @@ def group_ids(paths: Sequence[str], *, regex: str | None = None, csv_path: str |
         return out
     if csv_path is not None and str(csv_path).lower().endswith(".csv"):
         base = Path(csv_path).parent
-        with open(csv_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if rows and "group" in rows[0]:
+        rows = read_csv_table(csv_path, {"--group-column": column} if column else None)
+        name = column or "group"
+        if rows and name in rows[0]:
             by_path = {}
             for i, r in enumerate(rows, start=2):
-                g = (r.get("group") or "").strip()
+                g = (r.get(name) or "").strip()
                 if not g:
-                    raise GroupError(f"{csv_path}:{i}: empty group; fill the group column on every row or drop it")
-                p = Path(r["path"].strip())
+                    raise GroupError(f"{csv_path}:{i}: empty {name}; fill the {name} column on every row or drop it")
+                p = Path(r[path_column].strip())
                 by_path[str((p if p.is_absolute() else base / p).resolve())] = g
             return [by_path.get(str(Path(p).resolve()), str(p)) for p in paths]
     return [str(p) for p in paths]
@@ -130,3 +134,23 @@ def write_fold_csv(paths: Sequence[str], class_names: Sequence[str], labels: Seq
     for p, y, s, g in zip(paths, labels, splits, groups):
         w.writerow([p, class_names[int(y)], s, g])
     return atomic_write_text(buf.getvalue(), Path(out))
+
+
+def grouped_split(images, groups: Sequence[str], *, val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Assign ``train``/``val``/``test`` in place (``images``: a ``LabelledImages``) with no group in
+    two splits: fold 1 of :func:`fold_splits` with ``k = round(1 / test_fraction)`` folds (test is
+    about ``test_fraction`` of the images), validation carved from the rest. Samples that already
+    carry a split (a CSV ``split`` column) are left as they are.
+
+    Raises:
+        ValueError: ``test_fraction`` 0 (nothing to hold out by group), or a class with fewer groups than folds.
+    """
+    if all(s.split is not None for s in images.samples):
+        return
+    if not test_fraction:
+        raise ValueError("--group-column with --test-fraction 0: a grouped split needs a test share; give "
+                         "--test-fraction 0.2 or drop --group-column")
+    k = max(2, round(1.0 / test_fraction))
+    names = fold_splits(images.labels, groups, k, val_fraction=val_fraction, seed=seed)[0]
+    for s, name in zip(images.samples, names):
+        s.split = str(name)

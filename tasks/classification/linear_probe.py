@@ -68,7 +68,7 @@ def _as_head(clf, mean: np.ndarray, scale: np.ndarray, n_classes: int) -> tuple[
 
 
 def fit_linear_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: int = 2000,
-                     n_classes: int | None = None) -> LinearProbeResult:
+                     n_classes: int | None = None, class_weight=None) -> LinearProbeResult:
     """Solve the linear probe and choose its L2 strength on validation.
 
     Args:
@@ -77,6 +77,8 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: i
         max_iter: L-BFGS iterations per fit (default 2000; a warning-free convergence on ACRIMA
             takes < 200).
         n_classes: number of classes (default: ``max(label) + 1``).
+        class_weight: ``(K,)`` class weights (``--class-weights``) or None: scikit-learn's
+            ``class_weight``, and the validation NLL that chooses ``C`` is weighted the same way.
 
     Returns:
         :class:`LinearProbeResult` (the fit with the lowest validation NLL).
@@ -98,14 +100,17 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: i
     mean, scale = xt.mean(axis=0), xt.std(axis=0)
     scale[scale < 1e-8] = 1.0
     zt, zv = (xt - mean) / scale, (xv - mean) / scale
+    cw = None if class_weight is None else {c: float(w) for c, w in enumerate(class_weight)}
+    sw = None if class_weight is None else np.asarray(class_weight, np.float64)[yv]
     best, rows = None, []
     for c in grid:
-        clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=1e-6)
+        clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=1e-6, class_weight=cw)
         clf.fit(zt, yt)
         w, b = _as_head(clf, mean, scale, k)
         lv = xv @ w.T + b
         p = torch.softmax(torch.from_numpy(lv), 1).numpy()
-        row = {"C": float(c), "val_nll": float(log_loss(yv, p, labels=list(range(k)))), "val_auroc": auroc(yv, p)}
+        row = {"C": float(c), "val_nll": float(log_loss(yv, p, labels=list(range(k)), sample_weight=sw)),
+               "val_auroc": auroc(yv, p)}
         rows.append(row)
         key = (row["val_nll"], -np.nan_to_num(row["val_auroc"]))
         if best is None or key < best[0]:
@@ -115,11 +120,13 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: i
                              grid=rows, seconds=time.perf_counter() - t0)
 
 
-def logistic_reference(train_x, train_y, test_x) -> np.ndarray:
+def logistic_reference(train_x, train_y, test_x, class_weight=None) -> np.ndarray:
     """The simplest reference: scikit-learn ``LogisticRegression()`` with its defaults (C = 1,
-    L-BFGS) on standardised training features; returns test probabilities ``(N, K)``."""
+    L-BFGS) on standardised training features, with ``class_weight`` (``(K,)``, the run's
+    ``--class-weights``) when given; returns test probabilities ``(N, K)``."""
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    cw = None if class_weight is None else {c: float(w) for c, w in enumerate(class_weight)}
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight=cw))
     clf.fit(np.asarray(train_x, np.float64), np.asarray(train_y).astype(int))
     return clf.predict_proba(np.asarray(test_x, np.float64))
 
@@ -151,7 +158,8 @@ def probe_head(state) -> LinearProbeResult:
     """Solve the exact linear probe on the run's frozen-backbone features and load it into the head
     (LP-FT's first step; ``--probe-init``). Prints one line with the chosen ``C``."""
     xt, yt, xv, yv = _features(state)
-    res = fit_linear_probe(xt.numpy(), yt.numpy(), xv.numpy(), yv.numpy(), n_classes=len(state.data.images.class_names))
+    res = fit_linear_probe(xt.numpy(), yt.numpy(), xv.numpy(), yv.numpy(), n_classes=len(state.data.images.class_names),
+                           class_weight=state.opt.class_weights)
     load_into_head(state.model, res)
     if state.ema is not None:
         load_into_head(state.ema.module, res)

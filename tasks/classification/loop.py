@@ -37,6 +37,7 @@ from finetune_kit.tasks.classification.engine import (
 )
 from finetune_kit.tasks.classification.feature_cache import extract_features, head_forward
 from finetune_kit.tasks.classification.forgetting_run import epoch_terms
+from finetune_kit.tasks.classification.imbalance import balanced_sampler
 from finetune_kit.tasks.classification.memory import PeakMemory
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.setup import TrainingRun, epoch_seed, image_loader
@@ -131,6 +132,9 @@ def _train_batches(state: TrainingRun, epoch: int, use_cache: bool):
     if use_cache:
         g = torch.Generator().manual_seed(epoch_seed(state.cfg.runtime.seed, epoch))
         ds = torch.utils.data.TensorDataset(*state.features["train"])
+        if state.cfg.classes.sampler == "balanced":  # --sampler balanced on cached features too
+            sampler = balanced_sampler(state.features["train"][1].numpy(), epoch_seed(state.cfg.runtime.seed, epoch))
+            return torch.utils.data.DataLoader(ds, batch_size=state.cfg.optim.batch_size, sampler=sampler)
         return torch.utils.data.DataLoader(ds, batch_size=state.cfg.optim.batch_size, shuffle=True, generator=g)
     return image_loader(state, state.data.train, state.data.tf.train, epoch=epoch, drop_last=state.opt.mixup is not None)
 

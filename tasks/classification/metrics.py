@@ -11,7 +11,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kapp
 
 from finetune_kit.calibration import expected_calibration_error, nll
 
-__all__ = ["classification_metrics", "auroc"]
+__all__ = ["classification_metrics", "auroc", "one_vs_rest_rates"]
 
 
 def auroc(labels, probs) -> float:
@@ -25,12 +25,25 @@ def auroc(labels, probs) -> float:
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(p.shape[1]))))
 
 
+def one_vs_rest_rates(cm) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class sensitivity ``TP / (TP + FN)`` and specificity ``TN / (TN + FP)`` ``(K,)`` from a
+    confusion matrix ``(K, K)`` (rows: true class), NaN where the denominator is 0."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    fn, fp = cm.sum(1) - tp, cm.sum(0) - tp
+    tn = cm.sum() - tp - fn - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tp / (tp + fn), tn / (tn + fp)
+
+
 def classification_metrics(labels, probs, logits=None, *, n_bins: int = 15) -> dict:
     """Accuracy, balanced accuracy, AUROC, F1, sensitivity, specificity, Cohen's kappa,
     confusion matrix, ECE (``n_bins`` bins) and NLL (from ``logits`` when given).
 
     Binary: positive class = label 1 (glaucoma); F1/sensitivity/specificity for it.
-    Multi-class: macro F1 and macro recall as sensitivity; specificity is omitted (NaN).
+    Multi-class: macro F1; ``sensitivity`` / ``specificity`` are the macro means over the classes
+    of the one-vs-rest rates of the argmax decision, and ``sensitivity_per_class`` /
+    ``specificity_per_class`` list them in class order (NaN for a class absent from ``labels``).
     """
     y, p = np.asarray(labels), np.asarray(probs)
     k = p.shape[1]
@@ -53,7 +66,10 @@ def classification_metrics(labels, probs, logits=None, *, n_bins: int = 15) -> d
     else:
         out["f1"] = float(f1_score(y, pred, average="macro", zero_division=0))
         out["sensitivity"] = float(recall_score(y, pred, average="macro", zero_division=0))
-        out["specificity"] = float("nan")
+        sens, spec = one_vs_rest_rates(cm)
+        out["specificity"] = float(np.nanmean(spec)) if np.isfinite(spec).any() else float("nan")
+        out["sensitivity_per_class"] = [float(v) for v in sens]
+        out["specificity_per_class"] = [float(v) for v in spec]
     if logits is not None:
         out["nll"] = nll(logits, y)
     else:

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from finetune_kit.runs.checkpoint import atomic_write_text
+from finetune_kit.tasks.classification.class_report import apply_operating_point
 from finetune_kit.tasks.classification.config import DataConfig
 from finetune_kit.tasks.classification.data import list_images
 from finetune_kit.tasks.classification.evaluate import load_calibrator, load_trained, run_logits
 from finetune_kit.tasks.classification.saliency import explain_images
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
-__all__ = ["predict_images", "expand_inputs", "ood_line"]
+__all__ = ["predict_images", "expand_inputs", "ood_line", "operating_point_decisions"]
 
 
 def expand_inputs(inputs: Sequence[str | Path], extensions: Sequence[str]) -> list[str]:
@@ -50,6 +51,8 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
     and ``in_distribution`` (``true``/``false``), and ``predictions.ood.json`` beside the CSV gives
     the fraction flagged. With ``explain``, a Grad-CAM overlay PNG per image of the predicted class goes
     to ``<CSV stem>-explain/`` beside the CSV (:func:`~finetune_kit.tasks.classification.saliency.explain_images`).
+    A run trained with ``--operating-point`` adds the ``decision`` column
+    (:func:`operating_point_decisions`).
 
     Raises:
         FileNotFoundError: bad run folder or inputs. CorruptImageError: unreadable image
@@ -65,14 +68,17 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
     ds = CachedImageDataset(cache, paths, [0] * len(paths), tf.eval)
     logits, _, ood = run_logits(run_path, model, torch.utils.data.DataLoader(ds, batch_size=batch_size), tf, device)
     probs = load_calibrator(run_path, temperature).probs(logits) if len(paths) else np.zeros((0, len(class_names)))
+    decisions = operating_point_decisions(run_path, probs, class_names)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "predicted"] + [f"p_{c}" for c in class_names] + (["ood_score", "in_distribution"] if ood else []))
+    w.writerow(["path", "predicted"] + [f"p_{c}" for c in class_names] + (["ood_score", "in_distribution"] if ood else [])
+               + (["decision"] if decisions is not None else []))
     for i, (p, row) in enumerate(zip(paths, probs)):
         extra = [f"{ood['ood_score'][i]:.3f}", str(bool(ood["in_distribution"][i])).lower()] if ood else []
+        extra += [decisions[i]] if decisions is not None else []
         w.writerow([p, class_names[int(row.argmax())]] + [f"{v:.6f}" for v in row] + extra)
     for p in sorted(bad):
-        w.writerow([p, "CORRUPT"] + [""] * (len(class_names) + (2 if ood else 0)))
+        w.writerow([p, "CORRUPT"] + [""] * (len(class_names) + (2 if ood else 0) + (decisions is not None)))
     out = Path(output) if output else Path(run_path) / "predictions.csv"
     path = atomic_write_text(buf.getvalue(), out)
     if explain:
@@ -82,6 +88,22 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
                    "threshold": ood["threshold"], "predictions": str(path)}
         atomic_write_text(json.dumps(summary, indent=2), path.with_suffix(".ood.json"))
     return path
+
+
+def operating_point_decisions(run_path: str | Path, probs: np.ndarray, class_names: Sequence[str]) -> list[str] | None:
+    """The ``decision`` column at the run's operating point (``metrics.json`` ``test.operating_point``,
+    thresholds chosen on validation): binary, the positive class's name when its probability reaches
+    the threshold, else the negative class's; multi-class, the classes whose probability reaches
+    their own one-vs-rest threshold, joined by ``;`` (empty: none). None when the run has no
+    operating point."""
+    m = Path(run_path) / "metrics.json"
+    op = (json.loads(m.read_text()).get("test") or {}).get("operating_point") if m.is_file() else None
+    if not op:
+        return None
+    hits = apply_operating_point(probs, class_names, op)
+    if len(class_names) == 2:
+        return [class_names[1] if h else class_names[0] for h in hits[class_names[1]]]
+    return [";".join(c for c in class_names if c in hits and hits[c][i]) for i in range(len(probs))]
 
 
 def ood_line(summary_json: str | Path) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 
 from finetune_kit.distributed import broadcast_module, broadcast_object, gather_shards, is_distributed, shard_indices
 from finetune_kit.runs.checkpoint import load_checkpoint
+from finetune_kit.tasks.classification.class_report import class_lines
 from finetune_kit.tasks.classification.config import resolved_bn_stats
 from finetune_kit.tasks.classification.engine import predict_logits
 from finetune_kit.tasks.classification.evaluate import calibrated_report
@@ -116,7 +117,9 @@ def report(state: TrainingRun) -> dict:
     cfg = state.cfg
     rep = calibrated_report(state.run.path, history=history, class_names=state.data.images.class_names,
                             run_name=cfg.tag, dataset=dataset_label(cfg.data.data, cfg.data.label_preset),
-                            seed=cfg.runtime.seed, calibration=cfg.calibration.calibration, **logits)
+                            seed=cfg.runtime.seed, calibration=cfg.calibration.calibration,
+                            ordinal_classes=cfg.classes.ordinal_classes, operating_point=cfg.classes.operating_point,
+                            **logits)
     result = _metrics(state, rep, history, best_epoch=int(ck["epoch"]))
 
     m = cfg.model
@@ -137,6 +140,8 @@ def report(state: TrainingRun) -> dict:
         state.console.print(f"[bold]test[/]: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  ECE {t['ece']:.4f} "
                             f"-> {t['ece_calibrated']:.4f} ({how})  run folder {state.run.path}")
         state.console.print(f"calibration: {cal.get('reason', cal['method'])}")
+        for line in class_lines(t):
+            state.console.print(line)
     return broadcast_object(result) if is_distributed() else result
 
 
@@ -165,6 +170,8 @@ def _metrics(state: TrainingRun, rep: dict, history: list[dict], *, best_epoch: 
         "weights": dataclasses.asdict(state.weights_report) if state.weights_report else None,
         "unfreeze_events": [e.record() for e in strategy.events], "config": cfg.model_dump(),
     }
+    if state.opt.class_weights is not None:
+        result["class_weights"] = [float(w) for w in state.opt.class_weights]
     if state.resume:
         result["resumed"] = True
     return result

@@ -53,8 +53,9 @@ def ood_and_reference(state, logits: dict) -> dict:
         state.console.print(f"OOD detector (Mahalanobis on penultimate features): threshold {det.threshold:.1f} "
                             f"(val {det.quantile:.0%} quantile); {flagged:.1%} of test images flagged")
     if state.strategy.head_only and len(ftest) and len(np.unique(yt)) > 1:
-        p = logistic_reference(ft, yt, ftest)
+        p = logistic_reference(ft, yt, ftest, class_weight=state.opt.class_weights)
         ty = logits["test_labels"]
+        np.savez(state.run.path / "reference_logreg.npz", test_probs=p, test_labels=ty)
         out["reference_logreg"] = {"test_auroc": auroc(ty, p), "test_accuracy": float(np.mean(p.argmax(1) == ty)),
                                    "model": "sklearn LogisticRegression() on standardised frozen features"}
     return out

@@ -42,9 +42,12 @@ from finetune_kit.schedulers import build_lr_scheduler
 from finetune_kit.seeding import seed_everything
 from finetune_kit.strategy import get_strategy
 from finetune_kit.tasks.classification.accumulation import optimizer_steps
+from finetune_kit.tasks.classification.class_report import check_class_options
 from finetune_kit.tasks.classification.config import ClassificationConfig, ConfigError, resolved_bn_stats
 from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
 from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
+from finetune_kit.tasks.classification.folds import group_ids, grouped_split
+from finetune_kit.tasks.classification.imbalance import ImbalanceError, balanced_sampler, build_criterion
 from finetune_kit.tasks.classification.model import build_model, head_param_names
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
 from finetune_kit.tasks.classification.weights_check import random_init_warning
@@ -96,6 +99,7 @@ class Optimisation:
     monitor: str
     mode: str
     early: Any = None
+    class_weights: Any = None  # (K,) numpy weights of --class-weights, or None
 
 
 @dataclass
@@ -152,7 +156,9 @@ def image_loader(state: TrainingRun, samples, transform, epoch: int | None = Non
     ds = CachedImageDataset(state.data.cache, [s.path for s in samples], [s.label for s in samples], transform)
     g = torch.Generator().manual_seed(epoch_seed(cfg.runtime.seed, -1 if epoch is None else epoch))
     batch, sampler = cfg.optim.batch_size, None
-    if is_distributed() and epoch is not None:  # DDP: this rank's share of the global batch and of the epoch
+    if epoch is not None and cfg.classes.sampler == "balanced":  # --sampler balanced (one process only)
+        sampler = balanced_sampler([s.label for s in samples], epoch_seed(cfg.runtime.seed, epoch))
+    elif is_distributed() and epoch is not None:  # DDP: this rank's share of the global batch and of the epoch
         batch = per_rank_batch(cfg.optim.batch_size)
         sampler = epoch_sampler(ds, epoch_seed(cfg.runtime.seed, epoch))  # the order one process draws
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=epoch is not None and sampler is None,
@@ -188,6 +194,9 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
     init_distributed(cfg.runtime.device)  # torchrun: open the process group (gloo on CPU, NCCL on CUDA)
     console.quiet = console.quiet or not is_main()
     per_rank_batch(cfg.optim.batch_size)  # the global batch must split over the processes
+    if cfg.classes.sampler == "balanced" and dist_info().world_size > 1:
+        raise ImbalanceError("--sampler balanced runs in one process only; drop --nproc/torchrun or use "
+                             "--class-weights balanced instead")
     device = local_device(cfg.runtime.device)
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
@@ -217,7 +226,9 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
     if cfg.model.compile:  # in place (nn.Module.compile): parameter names and state_dict keys unchanged
         model.compile()
     data = _prepare_data(cfg, images, model, strategy, image_cache, console, split=not resume)
+    check_class_options(cfg.classes, images.class_names, [s.label for s in data.val])
     opt = _build_optimisation(cfg, model, strategy, amp, len(images.class_names))
+    opt.criterion, opt.class_weights = _imbalance_criterion(cfg, data, opt.criterion)
     ema = _build_ema(cfg, model)
     state = TrainingRun(cfg=cfg, resume=resume, console=console, device=device, amp=amp, data=data, model=model,
                         weights_report=weights_report, strategy=strategy, opt=opt, ema=ema, use_feature_cache=False,
@@ -272,7 +283,12 @@ def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: 
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} corrupt image(s), e.g. {skipped[0]}[/]")
         images.samples = [s for s in images.samples if s.path not in set(skipped)]
-    if split:
+    if split and cfg.data.group_column and cfg.data.layout in ("auto", "csv") and str(cfg.data.data).endswith(".csv"):
+        groups = group_ids([s.path for s in images.samples], csv_path=cfg.data.data, column=cfg.data.group_column,
+                           path_column=cfg.data.path_column)  # --group-column: no patient in two splits
+        grouped_split(images, groups, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+                      seed=cfg.data.split_seed)
+    elif split:
         stratified_split(images, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
                          seed=cfg.data.split_seed)
     train, val, test = images.subset("train"), images.subset("val"), images.subset("test")
@@ -311,6 +327,15 @@ def _build_optimisation(cfg, model, strategy, amp, num_classes: int) -> Optimisa
     early = EarlyStopping(patience=patience, mode=mode) if patience else None
     return Optimisation(groups=groups, optimizer=optimizer, schedule=None, scaler=amp.grad_scaler(), criterion=criterion,
                         mixup=mixup, steps=0, monitor=monitor, mode=mode, early=early)
+
+
+def _imbalance_criterion(cfg: ClassificationConfig, data: RunData, criterion):
+    """``--class-weights`` / ``--loss focal``: the weighted (focal) loss on the training labels, else
+    ``criterion`` unchanged; and the class weights (None without them)."""
+    smoothing = 0.0 if cfg.probes_head else cfg.optim.smoothing
+    loss, weights = build_criterion(cfg.classes, [s.label for s in data.train], len(data.images.class_names),
+                                    smoothing=smoothing, class_names=data.images.class_names)
+    return (loss or criterion), weights
 
 
 def _build_ema(cfg: ClassificationConfig, model: torch.nn.Module):

@@ -308,6 +308,19 @@ CASES = [
      "outside the declared classes"),
 
     # -- options and config files: refused before any run folder exists (exit 2) -------------
+    ("csv: --label-column that does not exist", lambda c: classify(
+        c, "--data", str(csv_file(c.tmp, c.good)), "--label-column", "grade"), "no column 'grade' (--label-column)"),
+    ("option: --operating-point outside (0, 1)", lambda c: classify(c, "--operating-point", "sensitivity=90"),
+     "strictly between 0 and 1"),
+    ("option: --ordinal-classes naming an unknown class", lambda c: classify(
+        c, "--ordinal-classes", "normal,severe"), "'severe' is not a class of the data"),
+    ("option: --class-weights with the wrong number of weights", lambda c: classify(c, "--class-weights", "1,2,3"),
+     "3 weights for 2 classes"),
+    ("csv: --operating-point with a class that has no validation image", lambda c: classify(
+        c, "--data", str(csv_file(c.tmp, c.good, header="path,label,split", rows=[
+            f"{p},{cls},{'val' if cls == 'normal' and i == 0 else ('test' if i == 1 else 'train')}"
+            for cls in ("normal", "glaucoma") for i, p in enumerate(sorted((c.good / cls).iterdir()))])),
+        "--operating-point", "sensitivity=0.9"), "class 'glaucoma' has 0 of 1 validation images"),
     ("option: classify --learning-rate inf", lambda c: classify(c, "--learning-rate", "inf"), "not a finite number"),
     ("option: classify --learning_rate nan", lambda c: classify(c, "--learning_rate", "nan"), "--learning"),
     ("option: classify --weight-decay inf", lambda c: classify(c, "--weight-decay", "inf"), "not a finite number"),
