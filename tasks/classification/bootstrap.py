@@ -16,7 +16,7 @@ from finetune_kit.calibration import expected_calibration_error
 from finetune_kit.tasks.classification.metrics import auroc
 
 __all__ = ["METRICS", "metric_value", "bootstrap_indices", "resampled_auroc", "bootstrap_auroc_ci", "bootstrap_metrics",
-           "paired_difference", "mean_sd"]
+           "paired_difference", "mean_sd", "bootstrap_ci"]
 
 #: metrics reported with intervals, by name: ``f(labels (N,), probs (N, C)) -> float``
 METRICS = ("auroc", "accuracy", "sensitivity", "specificity", "ece")
@@ -148,3 +148,28 @@ def mean_sd(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
+
+
+def bootstrap_ci(metric, y_true, scores, *, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float, float]:
+    """``(value, low, high)``: ``metric(y_true, scores)`` and its percentile bootstrap interval
+    (Efron & Tibshirani 1993): ``n_boot`` resamples of the rows with replacement from
+    ``np.random.default_rng(seed)``, the ``alpha / 2`` and ``1 - alpha / 2`` quantiles; resamples
+    where the metric is undefined (NaN, or a ValueError such as one class only) are skipped. The
+    interval is (NaN, NaN) when no resample gives a value."""
+    y, s = np.asarray(y_true), np.asarray(scores)
+    value = float(metric(y, s))
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        try:
+            v = float(metric(y[i], s[i]))
+        except ValueError:
+            continue
+        if np.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return value, float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+    return value, float(lo), float(hi)

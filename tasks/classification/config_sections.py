@@ -59,6 +59,21 @@ class DataConfig(ConfigSection):
     group_regex: Optional[str] = option_field(None, "Regex finding the patient id in each file name (first group, "
                                               "else the match), e.g. '^(\\d+)_' for 1234_left.jpg: no patient spans "
                                               "two splits.")
+    task: Literal["multiclass", "multilabel"] = option_field(
+        "multiclass", "multiclass: one class per image (softmax); multilabel: --label-columns of 0/1/blank (blank = "
+        "not graded, masked out of loss and metrics), sigmoid outputs.")
+    label_columns: Optional[tuple[str, ...]] = option_field(None, "--task multilabel: the CSV's label columns, "
+                                                            "comma-separated (e.g. DME,NPDR,PDR).", cli="text")
+    group_column: Optional[str] = option_field(None, "CSV column of the patient id (e.g. patient_id): no patient "
+                                               "spans two splits or folds.")
+
+    @field_validator("label_columns", mode="before")
+    @classmethod
+    def _label_columns(cls, v):
+        """``"DME,NPDR,PDR"`` -> ``("DME", "NPDR", "PDR")``."""
+        if isinstance(v, str):
+            v = [c.strip() for c in v.split(",") if c.strip()]
+        return tuple(v) if v else None
 
     @field_validator("extensions", mode="before")
     @classmethod
@@ -80,6 +95,8 @@ class DataConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
+        if self.task == "multilabel" and not self.label_columns:
+            raise ValueError("--task multilabel needs --label-columns, e.g. --label-columns DME,NPDR,PDR")
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves "
                              "too little to train: keep their sum below 0.8")
@@ -202,6 +219,10 @@ class OptimConfig(ConfigSection):
         "auroc", "Validation metric choosing the best epoch.")
     early_stopping_patience: int = option_field(0, "Stop after this many epochs without val improvement (0: off).",
                                                 ge=0)
+    loss: Literal["ce", "focal"] = option_field("ce", "ce: cross-entropy (binary for --task multilabel); focal: "
+                                                "focal loss (torchvision sigmoid_focal_loss for multilabel).")
+    class_weights: Optional[str] = option_field(None, "none, balanced (multilabel: per-label pos_weight = negatives/"
+                                                "positives of the graded training entries) or w1,w2,...")
 
     @field_validator("grad_clip", mode="before")
     @classmethod
@@ -216,8 +237,25 @@ class CalibrationConfig(ConfigSection):
     calibration: Literal["auto", "temperature", "vector", "isotonic", "none"] = option_field(
         "auto", "auto: chosen on validation (none, temperature, vector or isotonic), kept only when out-of-fold NLL "
         "improves beyond its bootstrap spread; or one of them.")
+    operating_point: Optional[str] = option_field(None, "Decision threshold chosen on validation per label/class: "
+                                                  "sensitivity=T or specificity=T (default: Youden's J).")
     ood: bool = option_field(True, "Fit a Mahalanobis OOD detector on penultimate features after training "
                              "(RUN/ood.npz; predict/evaluate report ood_score and in_distribution).")
+
+    @field_validator("operating_point")
+    @classmethod
+    def _operating_point(cls, v: Optional[str]) -> Optional[str]:
+        """``sensitivity=T`` or ``specificity=T`` with T in (0, 1)."""
+        if v is None:
+            return v
+        kind, _, value = v.partition("=")
+        try:
+            target = float(value)
+        except ValueError:
+            target = float("nan")
+        if kind.strip() not in ("sensitivity", "specificity") or not 0.0 < target < 1.0:
+            raise ValueError(f"{v!r}: write sensitivity=T or specificity=T with T in (0, 1), e.g. sensitivity=0.90")
+        return f"{kind.strip()}={target:g}"
 
 
 class RuntimeConfig(ConfigSection):

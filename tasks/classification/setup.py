@@ -45,6 +45,9 @@ from finetune_kit.tasks.classification.config import ClassificationConfig, resol
 from finetune_kit.tasks.classification.data import LabelledImages, discover, read_split, stratified_split, write_split
 from finetune_kit.tasks.classification.feature_cache import can_use_feature_cache
 from finetune_kit.tasks.classification.model import build_model, head_param_names
+from finetune_kit.tasks.classification.multilabel_data import is_multilabel, label_values
+from finetune_kit.tasks.classification.multilabel_setup import (multilabel_criterion_and_mixup, read_multilabel_images,
+                                                                split_multilabel, write_run_split)
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
 
 __all__ = ["RunData", "Optimisation", "TrainingRun", "build", "build_strategy", "start_run", "epoch_seed",
@@ -147,7 +150,7 @@ def image_loader(state: TrainingRun, samples, transform, epoch: int | None = Non
 
 
     cfg = state.cfg
-    ds = CachedImageDataset(state.data.cache, [s.path for s in samples], [s.label for s in samples], transform)
+    ds = CachedImageDataset(state.data.cache, [s.path for s in samples], label_values(samples), transform)
     g = torch.Generator().manual_seed(epoch_seed(cfg.runtime.seed, -1 if epoch is None else epoch))
     batch, sampler = cfg.optim.batch_size, None
     if is_distributed() and epoch is not None:  # DDP: this rank's share of the global batch and of the epoch
@@ -210,6 +213,8 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
         model.compile()
     data = _prepare_data(cfg, images, model, strategy, image_cache, console, split=not resume)
     opt = _build_optimisation(cfg, model, strategy, amp, len(images.class_names))
+    if is_multilabel(cfg):  # masked BCE / focal loss; mixup/cutmix off (logged)
+        opt.criterion, opt.mixup = multilabel_criterion_and_mixup(cfg, data.train, console)
     ema = _build_ema(cfg, model)
     state = TrainingRun(cfg=cfg, resume=resume, console=console, device=device, amp=amp, data=data, model=model,
                         weights_report=weights_report, strategy=strategy, opt=opt, ema=ema, use_feature_cache=False,
@@ -244,6 +249,8 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
 def _read_images(cfg: ClassificationConfig, resume: bool):
     """The labelled images: a resumed run's ``split.csv`` (split included), else ``cfg.data``."""
 
+    if is_multilabel(cfg):
+        return read_multilabel_images(cfg, resume)
     if resume:
         samples, class_names = read_split(RunDir(cfg.output.run_dir).path / "split.csv")
         return LabelledImages(samples, class_names, "split.csv")
@@ -264,7 +271,9 @@ def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: 
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} corrupt image(s), e.g. {skipped[0]}[/]")
         images.samples = [s for s in images.samples if s.path not in set(skipped)]
-    if split:
+    if split and is_multilabel(cfg):
+        split_multilabel(cfg, images)
+    elif split:
         stratified_split(images, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
                          seed=cfg.data.split_seed)
     train, val, test = images.subset("train"), images.subset("val"), images.subset("test")
@@ -356,7 +365,7 @@ def start_run(state: TrainingRun) -> TrainingRun:
         run = RunDir(broadcast_object(path), enabled=main)
         cfg = state.cfg = cfg.replace(run_dir=str(run.path))
         if main:
-            write_split(state.data.images, run.path / "split.csv")
+            write_run_split(state.data.images, run.path / "split.csv", write_split)
         run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
                                "weights": cfg.model.custom_weights_path}, command="classify")
     state.run = run
