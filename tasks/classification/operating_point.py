@@ -31,7 +31,7 @@ def choose_threshold(y_true, scores, kind: Literal["sensitivity", "specificity"]
     y, s = np.asarray(y_true).astype(int), np.asarray(scores, np.float64)
     if len(np.unique(y)) < 2:
         raise ValueError("choose_threshold needs both positive and negative examples")
-    fpr, tpr, thr = roc_curve(y, s)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)  # every threshold: the exact highest one
     if kind == "sensitivity":
         i = int(np.argmax(tpr >= target))
     else:
