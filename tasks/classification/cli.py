@@ -192,6 +192,9 @@ def _evaluate(values: dict, run_dir: Path = typer.Argument(..., help="A finished
         if not data.get("data"):
             raise ValueError("--data: give the labelled images to evaluate on (or a --config file with data)")
         res = evaluate_run(run_dir, DataConfig.model_validate(data), name=name, device=device)
+        if "summary" in res:  # a multi-label run: macro and per-label AUROC
+            typer.echo(f"{res['summary']}; written to {run_dir}/eval-{safe_name(name)}")
+            return
         m = res["metrics"]
         typer.echo(f"{res['n_images']} images: AUROC {m['auroc']:.4f} accuracy {m['accuracy']:.4f} "
                    f"ECE {m['ece_calibrated']:.4f} (T={res['temperature']:.3f}); written to "

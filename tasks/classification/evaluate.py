@@ -20,6 +20,7 @@ from finetune_kit.tasks.classification.engine import predict_logits, softmax
 from finetune_kit.tasks.classification.forgetting_run import load_run_weights
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.model import build_model
+from finetune_kit.tasks.classification.multilabel_inference import evaluate_multilabel
 from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label, plot_reliability, plot_roc, plot_training_curves
 from finetune_kit.tasks.classification.transforms import (
@@ -168,6 +169,9 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
 
 
     model, cfg, class_names, temperature, tf = load_trained(run_path, device)
+    if cfg.data.task == "multilabel":  # the run's label columns, per-label temperatures and thresholds
+        return evaluate_multilabel(run_path, (model, cfg, class_names, tf), data_cfg, logits_of=run_logits, name=name,
+                                   batch_size=batch_size, device=device)
     images = discover(data_cfg)
     if images.class_names != class_names:  # same classes up to case/order (Glaucoma/ vs glaucoma): relabel
         index = {c.lower(): i for i, c in enumerate(class_names)}

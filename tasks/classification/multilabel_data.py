@@ -32,7 +32,8 @@ from finetune_kit.tasks.classification.data import (MISSING_LABELS, SPLITS, Data
                                                     check_disjoint)
 
 __all__ = ["MultiLabelSample", "MultiLabelImages", "read_multilabel_csv", "targets_of", "label_values",
-           "grouped_split", "write_multilabel_split", "read_multilabel_split", "is_multilabel", "combination_key"]
+           "grouped_split", "write_multilabel_split", "read_multilabel_split", "is_multilabel", "combination_key",
+           "check_learnable"]
 
 
 @dataclass
@@ -107,8 +108,7 @@ def read_multilabel_csv(path: str | Path, label_columns: Sequence[str], *, group
 
     Raises:
         DataError: a missing column (lists the CSV's columns), a cell other than 0/1/blank (names the
-            column and the row), an empty path or group, a missing image, an image listed twice, or a
-            label column never graded 0 and 1.
+            column and the row), an empty path or group, a missing image, or an image listed twice.
     """
     path = Path(path)
     try:
@@ -146,13 +146,22 @@ def read_multilabel_csv(path: str | Path, label_columns: Sequence[str], *, group
             raise DataError(f"{where}: split {split!r} is not one of train, val, test")
         targets = tuple(_cell(r[c], c, where) for c in label_columns)
         samples.append(MultiLabelSample(str(p), 0, split, targets=targets, group=group))
-    y = targets_of(samples)
-    for j, c in enumerate(label_columns):
+    return _with_combinations(samples, list(label_columns), "csv-multilabel")
+
+
+def check_learnable(images: MultiLabelImages, where: str) -> None:
+    """Every label column of a training set has graded 0 and 1 rows.
+
+    Raises:
+        DataError: names the column and the fix.
+    """
+    y = images.targets
+    for j, c in enumerate(images.class_names):
         graded = y[:, j][~np.isnan(y[:, j])]
         if len(np.unique(graded)) < 2:
-            raise DataError(f"{path}: column {c} has {len(graded)} graded rows, all {graded[0] if len(graded) else '-'}; "
-                            "a label needs both 0 and 1 rows to be learned (drop it from --label-columns)")
-    return _with_combinations(samples, list(label_columns), "csv-multilabel")
+            raise DataError(f"{where}: column {c} has {len(graded)} graded rows, all "
+                            f"{int(graded[0]) if len(graded) else '-'}; a label needs both 0 and 1 rows to be learned "
+                            "(drop it from --label-columns)")
 
 
 def _with_combinations(samples: list[MultiLabelSample], columns: list[str], layout: str) -> MultiLabelImages:

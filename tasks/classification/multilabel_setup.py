@@ -12,7 +12,7 @@ from pathlib import Path
 
 from finetune_kit.runs.run_dir import RunDir
 from finetune_kit.tasks.classification.data import DataError
-from finetune_kit.tasks.classification.multilabel_data import (MultiLabelImages, grouped_split, read_multilabel_csv,
+from finetune_kit.tasks.classification.multilabel_data import (MultiLabelImages, check_learnable, grouped_split, read_multilabel_csv,
                                                                read_multilabel_split, targets_of,
                                                                write_multilabel_split)
 from finetune_kit.tasks.classification.multilabel_loss import multilabel_criterion
@@ -24,15 +24,18 @@ def read_multilabel_images(cfg, resume: bool) -> MultiLabelImages:
     """The run's multi-label images: a resumed run's ``split.csv``, else ``--data`` (a CSV).
 
     Raises:
-        DataError: ``--data`` is not a CSV file, or a bad CSV (see
-            :func:`~finetune_kit.tasks.classification.multilabel_data.read_multilabel_csv`).
+        DataError: ``--data`` is not a CSV file, a bad CSV (see
+            :func:`~finetune_kit.tasks.classification.multilabel_data.read_multilabel_csv`), or a label
+            column without graded 0 and 1 rows.
     """
     if resume:
         return read_multilabel_split(RunDir(cfg.output.run_dir).path / "split.csv", cfg.data.label_columns)
     if not Path(cfg.data.data).is_file():
         raise DataError(f"--data {cfg.data.data}: --task multilabel reads a CSV of path plus the --label-columns "
                         "(0, 1 or blank); pass such a CSV, e.g. ../shared/data/fundus-dr/labels.csv")
-    return read_multilabel_csv(cfg.data.data, cfg.data.label_columns, group_column=cfg.data.group_column)
+    images = read_multilabel_csv(cfg.data.data, cfg.data.label_columns, group_column=cfg.data.group_column)
+    check_learnable(images, cfg.data.data)
+    return images
 
 
 def split_multilabel(cfg, images: MultiLabelImages) -> None:

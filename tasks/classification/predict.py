@@ -14,7 +14,7 @@ from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.config import DataConfig
 from finetune_kit.tasks.classification.data import list_images
 from finetune_kit.tasks.classification.evaluate import load_calibrator, load_trained, run_logits
-from finetune_kit.tasks.classification.multilabel_predict import multilabel_prediction_csv
+from finetune_kit.tasks.classification.multilabel_inference import multilabel_prediction_csv
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
 __all__ = ["predict_images", "expand_inputs", "ood_line"]
