@@ -29,11 +29,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.data import (MISSING_LABELS, SPLITS, DataError, LabelledImages, Sample,
-                                                    check_disjoint)
+                                                    check_disjoint, discover)
 
 __all__ = ["MultiLabelSample", "MultiLabelImages", "read_multilabel_csv", "targets_of", "label_values",
            "grouped_split", "write_multilabel_split", "read_multilabel_split", "is_multilabel", "combination_key",
-           "check_learnable"]
+           "check_learnable", "image_paths"]
 
 
 @dataclass
@@ -62,6 +62,15 @@ def is_multilabel(cfg) -> bool:
     """Whether a :class:`~finetune_kit.tasks.classification.config.ClassificationConfig` asks for
     multi-label data (``--task multilabel``)."""
     return cfg.data.task == "multilabel"
+
+
+def image_paths(cfg) -> list[str]:
+    """The image paths of ``cfg.data`` for either ``--task`` (multi-label: the CSV's path column)."""
+    if is_multilabel(cfg):
+        images = read_multilabel_csv(cfg.data.data, cfg.data.label_columns, group_column=cfg.data.group_column)
+    else:
+        images = discover(cfg.data)
+    return [s.path for s in images.samples]
 
 
 def combination_key(targets: Sequence[float]) -> str:

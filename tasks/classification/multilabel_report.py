@@ -81,6 +81,7 @@ def _ood_and_reference(state: TrainingRun, test_targets: np.ndarray, names: list
         m = multilabel_metrics(test_targets, p, [0.5] * len(names), names, seed=state.cfg.runtime.seed)
         out["reference_logreg"] = {"model": "sklearn LogisticRegression() per label on standardised frozen features "
                                             "(graded rows only)",
+                                   "test_auroc": m["auroc"], "test_accuracy": m["accuracy"],
                                    "test": {"labels": {k: {"auroc": v["auroc"], "ap": v["ap"]}
                                                        for k, v in m["labels"].items()},
                                             "macro": {"auroc": m["macro"]["auroc"], "ap": m["macro"]["ap"]}}}
