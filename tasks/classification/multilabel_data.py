@@ -33,7 +33,7 @@ from finetune_kit.tasks.classification.data import (MISSING_LABELS, SPLITS, Data
 
 __all__ = ["MultiLabelSample", "MultiLabelImages", "read_multilabel_csv", "targets_of", "label_values",
            "grouped_split", "write_multilabel_split", "read_multilabel_split", "is_multilabel", "combination_key",
-           "check_learnable", "image_paths"]
+           "check_learnable", "image_paths", "stratification_labels"]
 
 
 @dataclass
@@ -179,6 +179,21 @@ def _with_combinations(samples: list[MultiLabelSample], columns: list[str], layo
     for s in samples:
         s.label = index[combination_key(s.targets)]
     return MultiLabelImages(samples, columns, layout, combinations=keys)
+
+
+def stratification_labels(images: MultiLabelImages, k: int) -> np.ndarray:
+    """The class that ``k``-fold stratification sees per image ``(N,)``: its label combination, with
+    every combination held by fewer than ``k`` groups pooled into one "rare" class (merged into the
+    largest class when the pool itself has fewer than ``k`` groups), so each class can be in every
+    fold."""
+    y, g = images.labels.copy(), _groups(images)
+    rare = [c for c in np.unique(y) if len(np.unique(g[y == c])) < k]
+    if rare:
+        pool = np.isin(y, rare)
+        y[pool] = -1
+        if len(np.unique(g[pool])) < k:
+            y[pool] = np.bincount(y[~pool]).argmax()
+    return y
 
 
 def _groups(images: MultiLabelImages) -> np.ndarray:

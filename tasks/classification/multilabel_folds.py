@@ -3,8 +3,9 @@
 
 The folds are those of :func:`~finetune_kit.tasks.classification.folds.fold_splits`
 (scikit-learn ``StratifiedGroupKFold``): the class it stratifies on is each image's label
-COMBINATION (``"1,?,?"``, ``"0,1,0"`` ...; ``?`` = not graded), so every fold keeps the mix of
-labels and missing labels as far as the patient groups allow, and no patient is in two splits of a
+COMBINATION (``"1,?,?"``, ``"0,1,0"`` ...; ``?`` = not graded; combinations of fewer than K
+patients pooled, :func:`~finetune_kit.tasks.classification.multilabel_data.stratification_labels`),
+so every fold keeps the mix of labels and missing labels as far as the patient groups allow, and no patient is in two splits of a
 fold. Each fold is written as a multi-label CSV (``path,split,group,<labels>``) and run with
 ``compare``'s :func:`~finetune_kit.tasks.classification.compare.run_comparison`. The summary gives,
 per strategy and label, the test AUROC and AP as mean +- SD over folds and the pooled value of all
@@ -25,7 +26,7 @@ from finetune_kit.tasks.classification.bootstrap import bootstrap_ci, mean_sd
 from finetune_kit.tasks.classification.compare import run_comparison, strategy_configs
 from finetune_kit.tasks.classification.folds import fold_splits
 from finetune_kit.tasks.classification.multilabel_data import (check_learnable, read_multilabel_csv,
-                                                               write_multilabel_split)
+                                                               stratification_labels, write_multilabel_split)
 from finetune_kit.tasks.classification.multilabel_metrics import auroc_score, average_precision, graded, sigmoid
 from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
@@ -49,7 +50,7 @@ def run_multilabel_cross_validation(base, strategies: Sequence[str], output_dir:
         ``{"folder", "summary", "markdown", "wall_time_s"}``.
 
     Raises:
-        DataError: a bad CSV. ValueError: a label combination with fewer patients than folds.
+        DataError: a bad CSV. ValueError: fewer patients than folds.
     """
     t0 = time.perf_counter()
     k = int(base.data.folds)
@@ -57,7 +58,7 @@ def run_multilabel_cross_validation(base, strategies: Sequence[str], output_dir:
     images = read_multilabel_csv(base.data.data, base.data.label_columns, group_column=base.data.group_column)
     check_learnable(images, base.data.data)
     groups = [s.group or s.path for s in images.samples]
-    splits = fold_splits([s.label for s in images.samples], groups, k, val_fraction=base.data.val_fraction,
+    splits = fold_splits(stratification_labels(images, k), groups, k, val_fraction=base.data.val_fraction,
                          seed=base.data.split_seed)
     tag = base.output.experiment_tag or base.model.model_name
     run = RunDir(folder) if folder else RunDir(new_run_dir(output_dir, f"cv{k}-{tag}"))

@@ -165,3 +165,28 @@ def test_multilabel_run_survives_interrupt_and_resume(fundus_csv, tmp_path):
     out = predict_images(resumed["run_dir"], [FUNDUS / "pdr"])
     header = out.read_text().splitlines()[0].split(",")
     assert header[:7] == ["path", "p_DME", "p_NPDR", "p_PDR", "DME", "NPDR", "PDR"]
+
+
+@pytest.mark.slow
+def test_multilabel_folds_keep_patients_whole_and_summarise_per_label(fundus_csv, tmp_path):
+    """``--folds 2 --group-column patient_id`` on a multi-label CSV: no patient in two splits of a
+    fold, every image tested once, and the summary has AUROC/AP per label for the strategy and
+    the logistic-regression reference."""
+    from finetune_kit.tasks.classification.cross_validation import run_cross_validation
+
+    base = small_config(fundus_csv, tmp_path, task="multilabel", label_columns="DME,NPDR,PDR",
+                        group_column="patient_id", folds=2, img_size=48, ft_strategy="linear")
+    out = run_cross_validation(base, ["linear"], tmp_path, n_boot=50)
+    tested = []
+    for f in sorted(Path(out["folder"]).glob("folds/fold_*.csv")):
+        with open(f, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        where: dict[str, set] = {}
+        for r in rows:
+            where.setdefault(r["group"], set()).add(r["split"])
+        assert all(len(v) == 1 for v in where.values())
+        tested += [r["path"] for r in rows if r["split"] == "test"]
+    assert sorted(tested) == sorted({*tested}) and len(tested) == 48
+    row = out["summary"]["strategies"]["linear"]
+    assert set(row) == set(LABELS) and len(row["PDR"]["auroc"]["folds"]) == 2
+    assert "logreg (reference)" in out["summary"]["strategies"] and "| linear |" in out["markdown"]
