@@ -57,8 +57,8 @@ def fit_ovr_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: int 
         :class:`OvrProbeResult`; ``val_nll`` is the masked binary NLL and ``val_auroc`` the macro
         AUROC over labels.
 
-    Raises:
-        ValueError: a label whose graded training rows lack positives or negatives.
+    A label whose graded training rows are all 0 (or all 1), as in a small fold, gets ``w = 0`` and
+    the bias of its smoothed training prevalence ``log((pos + 0.5) / (neg + 0.5))``.
     """
     t0 = time.perf_counter()
     xt, yt = np.asarray(train_x, np.float64), np.asarray(train_y, np.float64)
@@ -66,15 +66,16 @@ def fit_ovr_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: int 
     mean, scale = xt.mean(axis=0), xt.std(axis=0)
     scale[scale < 1e-8] = 1.0
     zt = (xt - mean) / scale
-    for j in range(yt.shape[1]):
-        g = yt[:, j][~np.isnan(yt[:, j])]
-        if len(np.unique(g)) < 2:
-            raise ValueError(f"fit_ovr_probe: label {j} has {len(g)} graded training rows of one value; it needs both")
+    one_valued = [j for j in range(yt.shape[1]) if len(np.unique(yt[:, j][~np.isnan(yt[:, j])])) < 2]
     best, rows = None, []
     for c in grid:
         w, b = np.zeros((yt.shape[1], xt.shape[1])), np.zeros(yt.shape[1])
         for j in range(yt.shape[1]):
             m = ~np.isnan(yt[:, j])
+            if j in one_valued:  # nothing to separate: the smoothed training prevalence, w = 0
+                pos = float(np.sum(yt[m, j] == 1))
+                b[j] = np.log((pos + 0.5) / (m.sum() - pos + 0.5))
+                continue
             clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=1e-6).fit(zt[m], yt[m, j].astype(int))
             w[j] = clf.coef_[0] / scale
             b[j] = clf.intercept_[0] - w[j] @ mean
@@ -91,11 +92,16 @@ def fit_ovr_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: int 
 
 def ovr_reference(train_x, train_y, test_x) -> np.ndarray:
     """scikit-learn ``LogisticRegression()`` defaults (C = 1) on standardised features, one per label,
-    each fitted on that label's graded training rows; returns test probabilities ``(N, L)``."""
+    each fitted on that label's graded training rows (a label of one value there: its smoothed
+    prevalence); returns test probabilities ``(N, L)``."""
     xt, yt = np.asarray(train_x, np.float64), np.asarray(train_y, np.float64)
     out = []
     for j in range(yt.shape[1]):
         m = ~np.isnan(yt[:, j])
+        if len(np.unique(yt[m, j])) < 2:  # one value only: its smoothed prevalence
+            pos = float(np.sum(yt[m, j] == 1))
+            out.append(np.full(len(test_x), (pos + 0.5) / (m.sum() + 1.0)))
+            continue
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(xt[m], yt[m, j].astype(int))
         out.append(clf.predict_proba(np.asarray(test_x, np.float64))[:, 1])
     return np.stack(out, axis=1)
