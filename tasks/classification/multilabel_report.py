@@ -109,7 +109,7 @@ def multilabel_report(state: TrainingRun) -> dict:
                               seed=cfg.runtime.seed)
     result = {"status": "completed", "task": "multilabel", "run_dir": str(state.run.path),
               "model_name": cfg.model.model_name, "ft_strategy": cfg.strategy.ft_strategy, "class_names": names,
-              "best_epoch": int(ck["epoch"]), "epochs_run": len(history), "temperature": 1.0, **rep,
+              "best_epoch": int(ck["epoch"]), "epochs_run": len(history), "temperature": None, **rep,
               "loss": cfg.optim.loss, "class_weights": cfg.optim.class_weights or "none", "mixup": "off (multilabel)",
               "n_images": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},
               "n_patients": {k: len({s.group for s in part}) for k, part in
