@@ -64,8 +64,8 @@ class DataConfig(ConfigSection):
         "not graded, masked out of loss and metrics), sigmoid outputs.")
     label_columns: Optional[tuple[str, ...]] = option_field(None, "--task multilabel: the CSV's label columns, "
                                                             "comma-separated (e.g. DME,NPDR,PDR).", cli="text")
-    group_column: Optional[str] = option_field(None, "CSV column of the patient id (e.g. patient_id): no patient "
-                                               "spans two splits or folds.")
+    group_column: Optional[str] = option_field(None, "--task multilabel: CSV column of the patient id (e.g. "
+                                               "patient_id); no patient spans two splits or folds.")
 
     @field_validator("label_columns", mode="before")
     @classmethod
