@@ -162,7 +162,8 @@ def bootstrap_ci(metric, y_true, scores, *, n_boot: int = 1000, seed: int = 0,
 
     Returns:
         ``(point, low, high)``: the metric on all images and the ``alpha / 2``, ``1 - alpha / 2``
-        quantiles of its finite resampled values (NaN, NaN when none is finite).
+        quantiles of its finite resampled values (a resample where the metric is undefined, NaN or a
+        ValueError such as one class only, is skipped; NaN, NaN when none is finite).
     """
     y, s = np.asarray(y_true), np.asarray(scores)
     point = float(metric(y, s))
@@ -170,12 +171,20 @@ def bootstrap_ci(metric, y_true, scores, *, n_boot: int = 1000, seed: int = 0,
         idx = bootstrap_indices(y, n_boot, seed)
     else:
         idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    vals = np.array([metric(y[i], s[i]) for i in idx], dtype=np.float64)
+    vals = np.array([_value_or_nan(metric, y[i], s[i]) for i in idx], dtype=np.float64)
     vals = vals[np.isfinite(vals)]
     if not len(vals):
         return point, float("nan"), float("nan")
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return point, float(lo), float(hi)
+
+
+def _value_or_nan(metric, y, s) -> float:
+    """``metric(y, s)``, or NaN where it is undefined on a resample (a ValueError such as one class only)."""
+    try:
+        return float(metric(y, s))
+    except ValueError:
+        return float("nan")
 
 
 def mean_sd(values) -> tuple[float, float]:
@@ -184,5 +193,3 @@ def mean_sd(values) -> tuple[float, float]:
     if not len(v):
         return float("nan"), float("nan")
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-
-

@@ -238,6 +238,9 @@ def _evaluate(values: dict, run_dir: Path = typer.Argument(..., help="A finished
             typer.echo(note, err=True)
         device, batch_size = _inference_runtime(values)
         res = evaluate_run(run_dir, data_cfg, name=name, device=device, batch_size=batch_size)
+        if "summary" in res:  # a multi-label run: macro and per-label AUROC
+            typer.echo(f"{res['summary']}; written to {run_dir}/eval-{safe_name(name)}")
+            return
         m = res["metrics"]
         method = (res.get("calibration") or {}).get("method", "none")
         how = f"T={res['temperature']:.3f}" if method == "temperature" else f"calibrator {method}"

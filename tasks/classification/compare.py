@@ -24,7 +24,7 @@ from finetune_kit.tasks.classification.config import (
     STRATEGY_FIELDS,
     ClassificationConfig,
 )
-from finetune_kit.tasks.classification.data import discover
+from finetune_kit.tasks.classification.multilabel_data import image_paths
 from finetune_kit.tasks.classification.forgetting_compare import (FORGETTING_COLUMNS, forgetting_cells,
                                                                   plot_compare_frontier, wise_ft_row)
 from finetune_kit.tasks.classification.plots import dataset_label, plot_val_auroc_per_strategy
@@ -111,7 +111,7 @@ def run_comparison(base: ClassificationConfig, strategies: Sequence[str], output
                                               "finished": None})
     # decode once, before any strategy's clock starts, and share the images between strategies
     cache = image_cache or ImageCache(cache_size_for(base.model.model_name, base.transforms.img_size))
-    cache.load([s.path for s in discover(base.data).samples], skip_corrupt=base.data.skip_corrupt)
+    cache.load(image_paths(base), skip_corrupt=base.data.skip_corrupt)
     rows, histories, results = [], {}, {}
     for name in strategies:
         cfg = configs[name].replace(run_dir=str(folder.path / name))

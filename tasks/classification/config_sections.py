@@ -65,6 +65,19 @@ class DataConfig(ConfigSection):
     group_column: Optional[str] = option_field(None, "CSV: the column holding the patient id (e.g. patient_id): "
                                                "no patient spans two splits (default: a 'group' column when "
                                                "present).", metavar="NAME")
+    task: Literal["multiclass", "multilabel"] = option_field(
+        "multiclass", "multiclass: one class per image (softmax); multilabel: --label-columns of 0/1/blank (blank = "
+        "not graded, masked out of loss and metrics), sigmoid outputs.")
+    label_columns: Optional[tuple[str, ...]] = option_field(None, "--task multilabel: the CSV's label columns, "
+                                                            "comma-separated (e.g. DME,NPDR,PDR).", cli="text")
+
+    @field_validator("label_columns", mode="before")
+    @classmethod
+    def _label_columns(cls, v):
+        """``"DME,NPDR,PDR"`` -> ``("DME", "NPDR", "PDR")``."""
+        if isinstance(v, str):
+            v = [c.strip() for c in v.split(",") if c.strip()]
+        return tuple(v) if v else None
 
     @field_validator("extensions", mode="before")
     @classmethod
@@ -86,6 +99,8 @@ class DataConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
+        if self.task == "multilabel" and not self.label_columns:
+            raise ValueError("--task multilabel needs --label-columns, e.g. --label-columns DME,NPDR,PDR")
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves "
                              "too little to train: keep their sum below 0.8")

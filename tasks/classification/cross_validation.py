@@ -34,6 +34,7 @@ from finetune_kit.tasks.classification.compare import run_comparison, strategy_c
 from finetune_kit.tasks.classification.cv_classes import class_summary, class_summary_markdown
 from finetune_kit.tasks.classification.data import discover
 from finetune_kit.tasks.classification.folds import fold_splits, group_ids, write_fold_csv
+from finetune_kit.tasks.classification.multilabel_folds import run_multilabel_cross_validation
 from finetune_kit.tasks.classification.transforms import ImageCache, cache_size_for
 
 __all__ = ["run_cross_validation", "summarise", "summary_markdown", "print_cross_validation"]
@@ -65,6 +66,9 @@ def run_cross_validation(base, strategies: Sequence[str], output_dir: str | Path
             ``run_comparison`` raises.
     """
 
+    if base.data.task == "multilabel":  # folds stratified on label combinations, per-label summary
+        return run_multilabel_cross_validation(base, strategies, output_dir, per_strategy=per_strategy,
+                                               console=console, title=title, folder=folder, n_boot=n_boot)
     t0 = time.perf_counter()
     k = int(base.data.folds)
     strategy_configs(base, strategies, per_strategy)  # bad names/options fail before anything runs

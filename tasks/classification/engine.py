@@ -19,7 +19,7 @@ from torch import nn
 
 from finetune_kit.tasks.classification.accumulation import micro_batches, sync_context
 
-__all__ = ["EpochStats", "train_one_epoch", "predict_logits", "NonFiniteLossError"]
+__all__ = ["EpochStats", "train_one_epoch", "predict_logits", "NonFiniteLossError", "label_array"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,7 +118,13 @@ def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], batches: Ite
         labels.append(torch.as_tensor(y))
     if not outs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
-    return torch.cat(outs).numpy(), torch.cat(labels).numpy().astype(np.int64)
+    return torch.cat(outs).numpy(), label_array(labels)
+
+
+def label_array(labels: list[torch.Tensor]) -> np.ndarray:
+    """Concatenated batch labels: int64 class indices ``(N,)``, or float32 multi-label targets ``(N, L)``."""
+    y = torch.cat(labels)
+    return y.numpy().astype(np.float32) if y.is_floating_point() else y.numpy().astype(np.int64)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

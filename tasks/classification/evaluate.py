@@ -24,6 +24,7 @@ from finetune_kit.tasks.classification.foundation_weights import match_pooling
 from finetune_kit.tasks.classification.metrics import classification_metrics
 from finetune_kit.tasks.classification.model import build_model
 from finetune_kit.tasks.classification.operating_point import operating_point_at
+from finetune_kit.tasks.classification.multilabel_inference import evaluate_multilabel
 from finetune_kit.tasks.classification.ood import OOD_FILE, MahalanobisOOD, predict_with_features
 from finetune_kit.tasks.classification.plots import dataset_label, plot_reliability, plot_roc, plot_training_curves
 from finetune_kit.tasks.classification.saliency import write_case_grid
@@ -195,6 +196,11 @@ def evaluate_run(run_path: str | Path, data_cfg, *, name: str = "external", batc
 
     if not (Path(run_path) / "config.json").is_file():
         raise FileNotFoundError(f"{run_path}: no config.json; pass a run folder written by finetune-kit classify")
+    if ClassificationConfig.model_validate(RunDir(run_path).read_json("config.json")).data.task == "multilabel":
+        # the run's label columns, per-label temperatures and thresholds
+        model, cfg, class_names, temperature, tf = load_trained(run_path, device)
+        return evaluate_multilabel(run_path, (model, cfg, class_names, tf), data_cfg, logits_of=run_logits, name=name,
+                                   batch_size=batch_size, device=device)
     images = discover(data_cfg)
     model, cfg, class_names, temperature, tf = load_trained(run_path, device)
     if images.class_names != class_names:  # same classes up to case/order (Glaucoma/ vs glaucoma): relabel

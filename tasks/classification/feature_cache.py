@@ -46,7 +46,8 @@ def extract_features(model: nn.Module, batches, prepare: Callable[[torch.Tensor]
             labels.append(torch.as_tensor(y))
     finally:
         model.train(was_training)
-    return torch.cat(feats), torch.cat(labels).long()
+    y = torch.cat(labels)  # class indices, or float multi-label targets (N, L)
+    return torch.cat(feats), (y.float() if y.is_floating_point() else y.long())
 
 
 def head_forward(model: nn.Module, features: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,12 @@ from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from finetune_kit.tasks.classification.engine import softmax, val_loss
-from finetune_kit.tasks.classification.loop import cache_features, end_epoch
+from finetune_kit.tasks.classification.engine import val_loss
+from finetune_kit.tasks.classification.loop import cache_features, end_epoch, validation_record
 from finetune_kit.tasks.classification.memory import PeakMemory
-from finetune_kit.tasks.classification.metrics import auroc, classification_metrics
+from finetune_kit.tasks.classification.metrics import auroc
+from finetune_kit.tasks.classification.multilabel_loss import masked_bce
+from finetune_kit.tasks.classification.multilabel_probe import fit_ovr_probe
 
 __all__ = ["LinearProbeResult", "fit_linear_probe", "logistic_reference", "load_into_head", "probe_head",
            "solve_run", "C_GRID"]
@@ -158,8 +160,11 @@ def probe_head(state) -> LinearProbeResult:
     """Solve the exact linear probe on the run's frozen-backbone features and load it into the head
     (LP-FT's first step; ``--probe-init``). Prints one line with the chosen ``C``."""
     xt, yt, xv, yv = _features(state)
-    res = fit_linear_probe(xt.numpy(), yt.numpy(), xv.numpy(), yv.numpy(), n_classes=len(state.data.images.class_names),
-                           class_weight=state.opt.class_weights)
+    if yt.ndim == 2:  # multi-label targets: one-vs-rest on each label's graded rows
+        res = fit_ovr_probe(xt.numpy(), yt.numpy(), xv.numpy(), yv.numpy())
+    else:
+        res = fit_linear_probe(xt.numpy(), yt.numpy(), xv.numpy(), yv.numpy(),
+                               n_classes=len(state.data.images.class_names), class_weight=state.opt.class_weights)
     load_into_head(state.model, res)
     if state.ema is not None:
         load_into_head(state.ema.module, res)
@@ -179,12 +184,10 @@ def solve_run(state) -> None:
         res = probe_head(state)
         xt, yt, xv, yv = _features(state)
         tl, vl = res.logits(xt.numpy()).astype(np.float32), res.logits(xv.numpy()).astype(np.float32)
-        vm = classification_metrics(yv.numpy(), softmax(vl), vl)
         trainable = state.strategy.trainable_params()
         seconds = time.perf_counter() - t0
-        record = {"epoch": 1, "train_loss": val_loss(tl, yt.numpy()), "val_loss": val_loss(vl, yv.numpy()),
-                  "val_auroc": vm["auroc"], "val_accuracy": vm["accuracy"],
-                  "val_balanced_accuracy": vm["balanced_accuracy"], "val_ece": vm["ece"], "lr": 0.0,
+        train_loss = masked_bce(tl, yt.numpy()) if yt.ndim == 2 else val_loss(tl, yt.numpy())
+        record = {"epoch": 1, "train_loss": train_loss, **validation_record(vl, yv.numpy()), "lr": 0.0,
                   "trainable_params": trainable, "trainable_fraction": trainable / state.total_params,
                   "epoch_time_s": res.seconds, "train_images_per_s": len(yt) / max(seconds, 1e-9),
                   "global_step": 0, "feature_cache": True, "unfrozen": [], "solver": "lbfgs", "C": res.C,

@@ -40,10 +40,12 @@ from finetune_kit.tasks.classification.forgetting_run import epoch_terms
 from finetune_kit.tasks.classification.imbalance import balanced_sampler
 from finetune_kit.tasks.classification.memory import PeakMemory
 from finetune_kit.tasks.classification.metrics import classification_metrics
+from finetune_kit.tasks.classification.multilabel_metrics import multilabel_validation
 from finetune_kit.tasks.classification.setup import TrainingRun, epoch_seed, image_loader
 from finetune_kit.tasks.classification.transforms import normalize_batch
 
-__all__ = ["restore", "fit_one_epoch", "validate", "predict_sharded", "end_epoch", "train_epochs", "prepare_inputs"]
+__all__ = ["restore", "fit_one_epoch", "validate", "predict_sharded", "end_epoch", "train_epochs", "prepare_inputs",
+           "validation_record"]
 
 
 def _identity(x):
@@ -214,10 +216,8 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
         on_batch=on_batch, accum_steps=cfg.optim.accum_steps, no_sync=getattr(forward, "no_sync", None))
     stats = reduce_epoch_stats(stats)  # DDP: mean loss and images/s over every rank's images
     vl, vy = validate(state, use_cache)
-    vm = classification_metrics(vy, softmax(vl), vl)
-    record = {"epoch": epoch + 1, "train_loss": stats.loss, "val_loss": val_loss(vl, vy), "val_auroc": vm["auroc"],
-              "val_accuracy": vm["accuracy"], "val_balanced_accuracy": vm["balanced_accuracy"],
-              "val_ece": vm["ece"], "lr": max(g["lr"] for g in opt.optimizer.param_groups),
+    record = {"epoch": epoch + 1, "train_loss": stats.loss, **validation_record(vl, vy),
+              "lr": max(g["lr"] for g in opt.optimizer.param_groups),
               "trainable_params": trainable, "trainable_fraction": trainable / state.total_params,
               "epoch_time_s": stats.seconds, "train_images_per_s": stats.images_per_s,
               "global_step": state.global_step, "feature_cache": use_cache}
@@ -225,6 +225,16 @@ def fit_one_epoch(state: TrainingRun, epoch: int, on_batch: Callable[[], None] |
     events += strategy.on_validation_end(epoch, record[opt.monitor], opt.optimizer)
     record["unfrozen"] = [e.record() for e in events]
     return record
+
+
+def validation_record(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """``val_loss``, ``val_auroc``, ``val_accuracy``, ``val_balanced_accuracy``, ``val_ece`` of validation
+    logits ``(N, C)`` and labels ``(N,)``, or multi-label targets ``(N, L)`` (graded entries only)."""
+    if labels.ndim == 2:
+        return multilabel_validation(logits, labels)
+    vm = classification_metrics(labels, softmax(logits), logits)
+    return {"val_loss": val_loss(logits, labels), "val_auroc": vm["auroc"], "val_accuracy": vm["accuracy"],
+            "val_balanced_accuracy": vm["balanced_accuracy"], "val_ece": vm["ece"]}
 
 
 def end_epoch(state: TrainingRun, record: dict) -> None:

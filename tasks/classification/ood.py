@@ -21,6 +21,8 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
+from finetune_kit.tasks.classification.engine import label_array
+
 __all__ = ["MahalanobisOOD", "fit_ood", "predict_with_features", "detection_auroc", "OOD_FILE"]
 
 #: the fitted detector in a run folder
@@ -104,7 +106,7 @@ def predict_with_features(model: torch.nn.Module, batches, prepare, amp=None,
         labels.append(torch.as_tensor(y))
     if not logits:
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros((0,), np.int64)
-    return (torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64))
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy(), label_array(labels)
 
 
 def detection_auroc(in_scores, out_scores) -> float:

@@ -15,6 +15,7 @@ from finetune_kit.tasks.classification.class_report import apply_operating_point
 from finetune_kit.tasks.classification.config import DataConfig
 from finetune_kit.tasks.classification.data import list_images
 from finetune_kit.tasks.classification.evaluate import load_calibrator, load_trained, run_logits
+from finetune_kit.tasks.classification.multilabel_inference import multilabel_prediction_csv
 from finetune_kit.tasks.classification.saliency import explain_images
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache
 
@@ -67,6 +68,9 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
     paths = [p for p in paths if p not in bad]
     ds = CachedImageDataset(cache, paths, [0] * len(paths), tf.eval)
     logits, _, ood = run_logits(run_path, model, torch.utils.data.DataLoader(ds, batch_size=batch_size), tf, device)
+    if cfg.data.task == "multilabel":  # one probability and one decision per label
+        text = multilabel_prediction_csv(run_path, paths, logits, class_names, sorted(bad), ood)
+        return _write(text, run_path, output, paths, ood)
     probs = load_calibrator(run_path, temperature).probs(logits) if len(paths) else np.zeros((0, len(class_names)))
     decisions = operating_point_decisions(run_path, probs, class_names)
     buf = io.StringIO()
@@ -79,10 +83,16 @@ def predict_images(run_path: str | Path, inputs: Sequence[str | Path], *, output
         w.writerow([p, class_names[int(row.argmax())]] + [f"{v:.6f}" for v in row] + extra)
     for p in sorted(bad):
         w.writerow([p, "CORRUPT"] + [""] * (len(class_names) + (2 if ood else 0) + (decisions is not None)))
-    out = Path(output) if output else Path(run_path) / "predictions.csv"
-    path = atomic_write_text(buf.getvalue(), out)
+    path = _write(buf.getvalue(), run_path, output, paths, ood)
     if explain:
         explain_images(model, ds, tf, probs, class_names, path.with_name(f"{path.stem}-explain"))
+    return path
+
+
+def _write(text: str, run_path, output, paths: list[str], ood: dict) -> Path:
+    """Write the predictions CSV (default ``RUN/predictions.csv``) and, with OOD, its ``.ood.json``."""
+    out = Path(output) if output else Path(run_path) / "predictions.csv"
+    path = atomic_write_text(text, out)
     if ood:
         summary = {"n": len(paths), "fraction_flagged": float(np.mean(~ood["in_distribution"])),
                    "threshold": ood["threshold"], "predictions": str(path)}

@@ -49,6 +49,9 @@ from finetune_kit.tasks.classification.feature_cache import can_use_feature_cach
 from finetune_kit.tasks.classification.folds import group_ids, grouped_split
 from finetune_kit.tasks.classification.imbalance import ImbalanceError, balanced_sampler, build_criterion
 from finetune_kit.tasks.classification.model import build_model, head_param_names
+from finetune_kit.tasks.classification.multilabel_data import is_multilabel, label_values
+from finetune_kit.tasks.classification.multilabel_setup import (multilabel_criterion_and_mixup, read_multilabel_images,
+                                                                split_multilabel, write_run_split)
 from finetune_kit.tasks.classification.transforms import CachedImageDataset, ImageCache, build_transforms
 from finetune_kit.tasks.classification.weights_check import random_init_warning
 
@@ -153,7 +156,7 @@ def image_loader(state: TrainingRun, samples, transform, epoch: int | None = Non
 
 
     cfg = state.cfg
-    ds = CachedImageDataset(state.data.cache, [s.path for s in samples], [s.label for s in samples], transform)
+    ds = CachedImageDataset(state.data.cache, [s.path for s in samples], label_values(samples), transform)
     g = torch.Generator().manual_seed(epoch_seed(cfg.runtime.seed, -1 if epoch is None else epoch))
     batch, sampler = cfg.optim.batch_size, None
     if epoch is not None and cfg.classes.sampler == "balanced":  # --sampler balanced (one process only)
@@ -226,9 +229,17 @@ def build(cfg: ClassificationConfig, *, resume: bool = False, image_cache=None, 
     if cfg.model.compile:  # in place (nn.Module.compile): parameter names and state_dict keys unchanged
         model.compile()
     data = _prepare_data(cfg, images, model, strategy, image_cache, console, split=not resume)
-    check_class_options(cfg.classes, images.class_names, [s.label for s in data.val])
+    if is_multilabel(cfg):  # the per-class options of a K-class run have no multi-label meaning
+        if cfg.classes.sampler == "balanced" or cfg.classes.ordinal_classes:
+            raise ConfigError("--sampler balanced / --ordinal-classes: K-class options; drop them for --task "
+                              "multilabel (use --class-weights balanced: per-label pos_weight)")
+    else:
+        check_class_options(cfg.classes, images.class_names, [s.label for s in data.val])
     opt = _build_optimisation(cfg, model, strategy, amp, len(images.class_names))
-    opt.criterion, opt.class_weights = _imbalance_criterion(cfg, data, opt.criterion)
+    if is_multilabel(cfg):  # masked BCE / focal loss; mixup/cutmix off (logged)
+        opt.criterion, opt.mixup = multilabel_criterion_and_mixup(cfg, data.train, console)
+    else:
+        opt.criterion, opt.class_weights = _imbalance_criterion(cfg, data, opt.criterion)
     ema = _build_ema(cfg, model)
     state = TrainingRun(cfg=cfg, resume=resume, console=console, device=device, amp=amp, data=data, model=model,
                         weights_report=weights_report, strategy=strategy, opt=opt, ema=ema, use_feature_cache=False,
@@ -263,6 +274,8 @@ def build_strategy(cfg: ClassificationConfig, model: torch.nn.Module | None = No
 def _read_images(cfg: ClassificationConfig, resume: bool):
     """The labelled images: a resumed run's ``split.csv`` (split included), else ``cfg.data``."""
 
+    if is_multilabel(cfg):
+        return read_multilabel_images(cfg, resume)
     if resume:
         samples, class_names = read_split(RunDir(cfg.output.run_dir).path / "split.csv")
         return LabelledImages(samples, class_names, "split.csv")
@@ -283,7 +296,9 @@ def _prepare_data(cfg, images, model, strategy, image_cache, console, *, split: 
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} corrupt image(s), e.g. {skipped[0]}[/]")
         images.samples = [s for s in images.samples if s.path not in set(skipped)]
-    if split and cfg.data.group_column and cfg.data.layout in ("auto", "csv") and str(cfg.data.data).endswith(".csv"):
+    if split and is_multilabel(cfg):
+        split_multilabel(cfg, images)
+    elif split and cfg.data.group_column and cfg.data.layout in ("auto", "csv") and str(cfg.data.data).endswith(".csv"):
         groups = group_ids([s.path for s in images.samples], csv_path=cfg.data.data, column=cfg.data.group_column,
                            path_column=cfg.data.path_column)  # --group-column: no patient in two splits
         grouped_split(images, groups, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
@@ -390,7 +405,7 @@ def start_run(state: TrainingRun) -> TrainingRun:
         run = RunDir(broadcast_object(path), enabled=main)
         cfg = state.cfg = cfg.replace(run_dir=str(run.path))
         if main:
-            write_split(state.data.images, run.path / "split.csv")
+            write_run_split(state.data.images, run.path / "split.csv", write_split)
         run.start(cfg, inputs={"data": cfg.data.data, "split": run.path / "split.csv",
                                "weights": cfg.model.custom_weights_path}, command="classify")
     state.run = run

@@ -23,6 +23,8 @@ from finetune_kit.tasks.classification.config import ClassificationConfig
 from finetune_kit.tasks.classification.forgetting_run import start_forgetting
 from finetune_kit.tasks.classification.linear_probe import exact_probe_applies, probe_head, solve_run
 from finetune_kit.tasks.classification.loop import restore, train_epochs
+from finetune_kit.tasks.classification.multilabel_data import is_multilabel
+from finetune_kit.tasks.classification.multilabel_report import multilabel_report
 from finetune_kit.tasks.classification.report import report
 from finetune_kit.tasks.classification.setup import build, start_run
 
@@ -107,4 +109,4 @@ def run_training(cfg: ClassificationConfig, *, resume: bool = False, image_cache
                                 f"{cfg.runtime.stop_after_epoch}): continue with finetune-kit classify --resume "
                                 f"{state.run.path}")
             return {"status": "interrupted", "run_dir": str(state.run.path), "epoch": stopped}
-        return report(state)
+        return multilabel_report(state) if is_multilabel(state.cfg) else report(state)

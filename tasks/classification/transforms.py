@@ -239,7 +239,9 @@ class CachedImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cache: ImageCache, paths: Sequence[str], labels: Sequence[int], transform) -> None:
-        self.cache, self.paths, self.labels, self.transform = cache, list(paths), [int(v) for v in labels], transform
+        self.cache, self.paths, self.transform = cache, list(paths), transform
+        # class indices, or float target arrays (L,) of multi-label samples (NaN = not graded)
+        self.labels = [v if isinstance(v, np.ndarray) else int(v) for v in labels]
 
     def __len__(self) -> int:
         return len(self.paths)

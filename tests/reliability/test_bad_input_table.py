@@ -217,7 +217,31 @@ def foreign_vit_checkpoint(c) -> str:
     return str(path)
 
 
+def classify_multilabel(c, *extra: str, cells: str = "1,0") -> None:
+    """classify --task multilabel on a CSV of the good images with label columns A,B (the first row's
+    cells are ``cells``)."""
+    paths = [r.split(",")[0] for r in real_rows(c)]
+    rows = [f"{paths[0]},{cells}"] + [f"{p},{i % 2},{(i // 2) % 2}" for i, p in enumerate(paths[1:])]
+    f = csv_file(c.tmp, c.good, rows, header="path,A,B")
+    cli(["classify", "--data", str(f), "--task", "multilabel", "--model_name", "resnet18", "--img_size", "32",
+         "--num_epochs", "1", "--batch_size", "4", "--output_dir", str(c.tmp / "o"), "--num_threads", "1",
+         "--no-progress", *extra], c.capfd)
+
+
 CASES = [
+    ("multilabel: a label column that does not exist", lambda c: classify_multilabel(c, "--label-columns", "A,C"),
+     "no column C; the CSV's columns are path, A, B"),
+    ("multilabel: a label cell other than 0/1/blank", lambda c: classify_multilabel(c, "--label-columns", "A,B",
+                                                                                    cells="2,0"),
+     "labels.csv:2: column A has '2'; a label column holds 0, 1 or blank"),
+    ("multilabel: a label cell that is text", lambda c: classify_multilabel(c, "--label-columns", "A,B", cells="yes,0"),
+     "column A has 'yes'"),
+    ("multilabel: --task multilabel without --label-columns", lambda c: classify_multilabel(c),
+     "--task multilabel needs --label-columns"),
+    ("option: --operating-point outside (0, 1)", lambda c: classify(c, "--operating-point", "sensitivity=1.5"),
+     "sensitivity=T or specificity=T with T in (0, 1)"),
+    ("option: --operating-point of an unknown kind", lambda c: classify(c, "--operating-point", "ppv=0.9"),
+     "sensitivity=T or specificity=T"),
     # -- images: decode to RGB uint8 (H, W, 3), or one line naming the file --------------------
     ("image: truncated JPEG (40 bytes)", lambda c: decode(
         (lambda p: (save(Image.fromarray(rgb(64)), p), p.write_bytes(p.read_bytes()[:40]), p)[2])(c.tmp / "t.jpg")),
