@@ -149,13 +149,14 @@ def paired_difference(labels, probs_a, probs_b, *, metric: str = "auroc", n_boot
 
 
 def bootstrap_ci(metric, y_true, scores, *, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float, float]:
+                 alpha: float = 0.05, stratify: bool = True) -> tuple[float, float, float]:
     """Percentile bootstrap interval of any metric (Efron & Tibshirani 1993, ch. 13).
 
     Args:
         metric: ``metric(y_true, scores) -> float`` (e.g. ``sklearn.metrics.roc_auc_score``).
         y_true: ``(N,)`` labels (resampling is stratified by them, so every resample keeps each
-            class's count) or ``(N, L)`` label rows (plain resampling of the rows).
+            class's count; ``stratify=False``: plain resampling, as for the per-label metrics of a
+            multi-label run) or ``(N, L)`` label rows (plain resampling of the rows).
         scores: ``(N,)`` or ``(N, K)``, resampled with ``y_true``.
         n_boot: resamples (default 1000). seed: ``np.random.default_rng`` seed (default 0).
         alpha: 1 - confidence level (default 0.05: a 95 % interval).
@@ -167,7 +168,7 @@ def bootstrap_ci(metric, y_true, scores, *, n_boot: int = 1000, seed: int = 0,
     """
     y, s = np.asarray(y_true), np.asarray(scores)
     point = float(metric(y, s))
-    if y.ndim == 1:
+    if y.ndim == 1 and stratify:
         idx = bootstrap_indices(y, n_boot, seed)
     else:
         idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))

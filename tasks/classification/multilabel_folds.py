@@ -122,7 +122,7 @@ def summarise_multilabel(fold_folders: Sequence[str | Path], strategies: Sequenc
                 if name in pooled:
                     t = np.concatenate([a for a, _ in pooled[name]])
                     p = np.concatenate([b for _, b in pooled[name]])
-                    v, lo, hi = bootstrap_ci(fn, *graded(t, p, j), n_boot=n_boot, seed=seed)
+                    v, lo, hi = bootstrap_ci(fn, *graded(t, p, j), n_boot=n_boot, seed=seed, stratify=False)
                     row[label][metric].update(pooled=v, ci95=[lo, hi])
         out["strategies"][name] = row
     return out

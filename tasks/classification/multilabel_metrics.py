@@ -124,7 +124,7 @@ def label_metrics(y_true, scores, threshold: float, *, n_boot: int = 1000, seed:
     y, s = np.asarray(y_true).astype(int), np.asarray(scores, np.float64)
     d = (s >= threshold).astype(int)
     out = {"n_graded": int(len(y)), "n_positive": int(y.sum()), "threshold": float(threshold)}
-    kw = dict(n_boot=n_boot, seed=seed)
+    kw = dict(n_boot=n_boot, seed=seed, stratify=False)  # plain resampling of the graded rows
     out["auroc"] = _entry(bootstrap_ci(auroc_score, y, s, **kw))
     out["ap"] = _entry(bootstrap_ci(average_precision, y, s, **kw))
     for name, fn in (("sensitivity", _rate(1, 1)), ("specificity", _rate(0, 0)), ("ppv", _predictive(1)),
@@ -171,7 +171,7 @@ def multilabel_metrics(targets, probs, thresholds, label_names, *, logits=None, 
     L = t.shape[1]
     labels = {name: label_metrics(*graded(t, p, j), thresholds[j], n_boot=n_boot, seed=seed)
               for j, name in enumerate(label_names)}
-    kw = dict(n_boot=n_boot, seed=seed)
+    kw = dict(n_boot=n_boot, seed=seed, stratify=False)  # plain resampling of the graded rows
     out = {"n": int(len(t)), "labels": labels,
            "macro": {"auroc": _entry(bootstrap_ci(_macro(auroc_score, L), t, p, **kw)),
                      "ap": _entry(bootstrap_ci(_macro(average_precision, L), t, p, **kw)),
