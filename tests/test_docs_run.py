@@ -53,13 +53,17 @@ SKIPPED = {
     "pytest": "runs tests",
     "sweeps/balanced": "an example folder of a compression sweep no command here makes",
     "mkdir -p KODAK4": "prepares a 4-image Kodak folder; the commands get a fixture instead",
+    "mkdir -p runs/fundus60": "prepares a 60-image ACRIMA folder for a benchmark script (skipped above)",
+    "RETFound_cfp_weights.pth": "a ViT-L foundation checkpoint not stored here; tests/tasks/classification/"
+                                "test_foundation_weights.py loads each layout written with random weights",
 }
 
 _SHARED = {
     "../shared/data/acrima/images": "acrima", "runs/acrima120": "acrima",
     "new_images/": "acrima", "external_set/": "acrima_classes", "../shared/data/fundus-dr/labels.csv": "fundus_csv",
     "../shared/data/fundus-dr": "fundus", "../shared/data/photos-train": "photos", "../shared/data/kodak": "kodak",
-    "KODAK4": "kodak",
+    "KODAK4": "kodak", "../shared/data/fundus-dr/pdr": "fundus_pdr", "external_labels.csv": "fundus_csv",
+    "heldout/": "acrima",
 }
 #: size options -> tiny value
 _TINY = {"--num_epochs": "1", "--num-epochs": "1", "--epochs": "1", "--steps-per-epoch": "2", "--steps_per_epoch": "2",
@@ -117,7 +121,7 @@ def place(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs_run")
     acrima = sorted((DATA / "acrima/images").iterdir())
     g, n = [p for p in acrima if "_g_" in p.name][:10], [p for p in acrima if "_g_" not in p.name][:10]
-    fundus = [p for c in ("normal", "dme", "npdr", "pdr") for p in sorted((DATA / "fundus-dr" / c).iterdir())[:15]]
+    fundus = [p for c in ("normal", "dme", "npdr", "pdr") for p in _one_per_patient(DATA / "fundus-dr" / c, 12)]
     places = {
         "acrima": _small_copy(g + n, root / "acrima", 96),
         "fundus": _small_copy(fundus, root / "fundus", 96, keep_tree=DATA / "fundus-dr"),
@@ -129,10 +133,12 @@ def place(tmp_path_factory):
         (root / "acrima_classes" / ("glaucoma" if "_g_" in p.name else "normal")).mkdir(parents=True, exist_ok=True)
         os.symlink(p, root / "acrima_classes" / ("glaucoma" if "_g_" in p.name else "normal") / p.name)
     places["acrima_classes"] = root / "acrima_classes"
-    rows = ["path,label,patient_id"] + [f"{p.relative_to(DATA / 'fundus-dr')},{p.parent.name},{p.name.split('_')[0]}"
-                                        for p in fundus]
-    (places["fundus"] / "labels.csv").write_text("\n".join(rows) + "\n")
+    real = (DATA / "fundus-dr" / "labels.csv").read_text().splitlines()  # path,label,patient_id,eye,DME,NPDR,PDR
+    keep = {str(p.relative_to(DATA / "fundus-dr")) for p in fundus}
+    (places["fundus"] / "labels.csv").write_text("\n".join([real[0]] + [r for r in real[1:] if r.split(",")[0] in keep])
+                                                 + "\n")
     places["fundus_csv"] = places["fundus"] / "labels.csv"
+    places["fundus_pdr"] = places["fundus"] / "pdr"
     run = _invoke(app, ["classify", "--data", str(places["acrima"]), "--label-preset", "acrima", "--ft-strategy",
                         "linear", "--custom-weights-path", str(WEIGHTS / "mobilenetv2_100.in1k_int8dequant.pth"),
                         "--output-dir", str(root / "fixture-runs"), *_APPEND["classify"]])
@@ -142,6 +148,28 @@ def place(tmp_path_factory):
     places["ckpt"] = sorted((root / "fixture-ckpt").glob("*/checkpoints/last.pt"))[0]
     assert run is not None
     return places
+
+
+def _one_per_patient(folder: Path, n: int) -> list[Path]:
+    """The first image of each of the first ``n`` patients (file names ``<patient>_<eye>_...``)."""
+    seen, out = set(), []
+    for p in sorted(folder.iterdir()):
+        if p.name.split("_")[0] not in seen and len(out) < n:
+            seen.add(p.name.split("_")[0])
+            out.append(p)
+    return out
+
+
+def _multilabel_run(places: dict) -> Path:
+    """A finished tiny ``--task multilabel`` run on the fundus fixture (made on first use)."""
+    if "ml_run" not in places:
+        out = places["root"] / "fixture-ml-runs"
+        _invoke(app, ["classify", "--data", str(places["fundus_csv"]), "--task", "multilabel", "--label-columns",
+                      "DME,NPDR,PDR", "--group-column", "patient_id", "--ft-strategy", "linear",
+                      "--custom-weights-path", str(WEIGHTS / "mobilenetv2_100.in1k_int8dequant.pth"),
+                      "--output-dir", str(out), *_APPEND["classify"]])
+        places["ml_run"] = next(p.parent for p in out.glob("*/metrics.json"))
+    return places["ml_run"]
 
 
 def _invoke(target, args: list[str]):
@@ -162,13 +190,15 @@ def _swap(word: str, places: dict, command: str) -> str | list[str]:
             return str(places[key])
     if word.startswith("../shared/weights/"):
         return str(Path(WEIGHTS, word.split("../shared/weights/", 1)[1]))
-    if "RUN_FOLDER" in word:
+    if "multilabel/RUN_FOLDER" in word:
+        return str(_multilabel_run(places))
+    if "RUN_FOLDER" in word or "COMPARE_FOLDER/" in word:  # COMPARE_FOLDER/full: one strategy's run of a comparison
         return str(places["run"])
     if word in ("CKPT", "$B") or word.endswith(".pt") and not glob.glob(word):  # $B: a checkpoint variable
         return str(places["ckpt"])
     if word == "DIR":
         return str(places["photos" if command.startswith("compress") else "acrima"])
-    if ("/" in word or word.isupper()) and not word.startswith("-") and not Path(word).exists():
+    if ("/" in word or word.isupper()) and "," not in word and not word.startswith("-") and not Path(word).exists():
         return str(places["root"] / "out" / re.sub(r"[^\w.-]+", "_", word.strip("/")))
     return word
 
