@@ -115,8 +115,10 @@ def convert_foundation(sd: Mapping[str, torch.Tensor], model: nn.Module, head: s
     Raises:
         FoundationWeightsError: fewer than :data:`MIN_MAPPED_FRACTION` of the backbone keys mapped.
     """
+    if not isinstance(model, VisionTransformer):  # CNN keys such as blocks.0.0. are not DINOv2's chunks
+        return dict(sd), "timm"
     layout = detect_layout(sd)
-    if layout == "timm" or not isinstance(model, VisionTransformer):
+    if layout == "timm":
         return dict(sd), layout
     out = _to_timm_keys(sd, layout)
     match_pooling(model, out)

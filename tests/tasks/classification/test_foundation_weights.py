@@ -142,3 +142,13 @@ def test_llrd_at_retfound_layer_decay():
         assert math.isclose(scale[f"blocks.{i}"], 0.65 ** (12 - i)), (i, scale)
     assert math.isclose(scale[next(n for n in scale if n.startswith("blocks.11"))], 0.65)
     assert math.isclose(scale[groups[0].name], 0.65 ** 13) and groups[0].index == 0
+
+
+def test_a_cnn_checkpoint_with_nested_block_keys_is_read_as_timm_layout():
+    """MobileNetV2's ``blocks.0.0.`` keys look like DINOv2's chunked blocks; for a CNN the file is a
+    timm state dict, loaded as it is and reported as such."""
+    path = WEIGHTS / "mobilenetv2_100.in1k_int8dequant.pth"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (real weights live in ../shared/weights)")
+    _, rep = build_model("mobilenetv2_100", 2, pretrained=False, custom_weights_path=str(path))
+    assert rep.layout == "timm" and not rep.missing and rep.loaded == 312
