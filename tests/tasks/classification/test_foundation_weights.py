@@ -15,6 +15,7 @@ from finetune_kit.layer_groups import resolve_layer_groups
 from finetune_kit.strategy import get_strategy
 from finetune_kit.tasks.classification.foundation_weights import FoundationWeightsError, detect_layout, match_pooling
 from finetune_kit.tasks.classification.model import build_model, head_param_names, load_custom_weights
+from tests.conftest import WEIGHTS
 
 NAME = "vit_tiny_patch16_224"
 
