@@ -16,7 +16,6 @@ solve) and :func:`probe_head` the first step of LP-FT (Kumar et al., ICLR 2022) 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,31 +30,13 @@ from finetune_kit.tasks.classification.memory import PeakMemory
 from finetune_kit.tasks.classification.metrics import auroc
 from finetune_kit.tasks.classification.multilabel_loss import masked_bce
 from finetune_kit.tasks.classification.multilabel_probe import fit_ovr_probe
+from finetune_kit.tasks.classification.probe_result import LinearProbeResult
 
 __all__ = ["LinearProbeResult", "fit_linear_probe", "logistic_reference", "load_into_head", "probe_head",
            "solve_run", "C_GRID"]
 
 #: Inverse L2 strengths tried (scikit-learn ``C``, on standardised features): 1e-4 .. 1e2.
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
-
-
-@dataclass
-class LinearProbeResult:
-    """The solved head: ``weight`` ``(K, D)`` and ``bias`` ``(K,)`` acting on raw features ``(N, D)``
-    (K = number of classes, also 2 for binary problems), the chosen ``C``, its validation NLL and
-    AUROC, the grid searched (``[{"C", "val_nll", "val_auroc"}]``) and the solve time in seconds."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-    C: float
-    val_nll: float
-    val_auroc: float
-    grid: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def logits(self, features) -> np.ndarray:
-        """Logits ``(N, K)`` of features ``(N, D)``."""
-        return np.asarray(features, dtype=np.float64) @ self.weight.T + self.bias
 
 
 def _as_head(clf, mean: np.ndarray, scale: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

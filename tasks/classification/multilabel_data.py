@@ -29,7 +29,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from finetune_kit.runs.checkpoint import atomic_write_text
 from finetune_kit.tasks.classification.data import (MISSING_LABELS, SPLITS, DataError, LabelledImages, Sample,
-                                                    check_disjoint, discover)
+                                                    check_disjoint, discover, read_csv_table)
 
 __all__ = ["MultiLabelSample", "MultiLabelImages", "read_multilabel_csv", "targets_of", "label_values",
            "grouped_split", "write_multilabel_split", "read_multilabel_split", "is_multilabel", "combination_key",
@@ -120,20 +120,13 @@ def read_multilabel_csv(path: str | Path, label_columns: Sequence[str], *, group
             column and the row), an empty path or group, a missing image, or an image listed twice.
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            rows = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
-            header = list(reader.fieldnames or [])
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV") from None
+    rows = read_csv_table(path)  # UTF-8 (a byte-order mark ignored), at least one row
+    header = list(rows[0])
     needed = [path_column, *label_columns] + ([group_column] if group_column else [])
     missing = [c for c in needed if c not in header]
     if missing:
         raise DataError(f"{path}: no column {', '.join(missing)}; the CSV's columns are {', '.join(header)} "
                         "(check --label-columns / --group-column)")
-    if not rows:
-        raise DataError(f"{path}: no rows under the header; list one image per row")
     samples, seen = [], {}
     for line, r in enumerate(rows, start=2):
         where = f"{path}:{line}"

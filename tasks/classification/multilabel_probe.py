@@ -11,7 +11,7 @@ a plain ``nn.Linear`` ``(L, D)`` whose logits are the labels' sigmoid logits.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from finetune_kit.tasks.classification.multilabel_loss import masked_bce
 from finetune_kit.tasks.classification.multilabel_metrics import multilabel_validation
+from finetune_kit.tasks.classification.probe_result import LinearProbeResult
 
 __all__ = ["OvrProbeResult", "fit_ovr_probe", "ovr_reference", "C_GRID"]
 
@@ -28,21 +29,10 @@ C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))
 
 
 @dataclass
-class OvrProbeResult:
-    """The solved multi-label head: ``weight`` ``(L, D)``, ``bias`` ``(L,)`` on raw features, the
-    shared ``C``, its masked validation NLL and macro AUROC, the grid and the solve time (s)."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-    C: float
-    val_nll: float
-    val_auroc: float
-    grid: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def logits(self, features) -> np.ndarray:
-        """Sigmoid logits ``(N, L)`` of features ``(N, D)``."""
-        return np.asarray(features, dtype=np.float64) @ self.weight.T + self.bias
+class OvrProbeResult(LinearProbeResult):
+    """The solved multi-label head: ``weight`` ``(L, D)``, ``bias`` ``(L,)`` on raw features (``logits``
+    gives the sigmoid logits ``(N, L)``), the shared ``C``, its masked validation NLL and macro AUROC,
+    the grid and the solve time (s)."""
 
 
 def fit_ovr_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: int = 2000) -> OvrProbeResult:
@@ -87,7 +77,7 @@ def fit_ovr_probe(train_x, train_y, val_x, val_y, *, grid=C_GRID, max_iter: int 
             best = (key, w, b, row)
     _, w, b, row = best
     return OvrProbeResult(weight=w, bias=b, C=row["C"], val_nll=row["val_nll"], val_auroc=row["val_auroc"],
-                             grid=rows, seconds=time.perf_counter() - t0)
+                          grid=rows, seconds=time.perf_counter() - t0)
 
 
 def ovr_reference(train_x, train_y, test_x) -> np.ndarray:
