@@ -111,8 +111,8 @@ def test_compare_demo_fills_only_what_is_not_given(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_run(cfg, names, output_dir, *, per_strategy, console, title):
-        seen.update(cfg=cfg, names=names, per_strategy=per_strategy)
+    def fake_run(cfg, names, output_dir, *, per_strategy, console, title, resume=None):
+        seen.update(cfg=cfg, names=names, per_strategy=per_strategy, resume=resume)
         return {"markdown": "table", "folder": str(tmp_path)}
 
     monkeypatch.setattr(compare_mod, "run_comparison", fake_run)
@@ -124,6 +124,7 @@ def test_compare_demo_fills_only_what_is_not_given(monkeypatch, tmp_path):
     assert cfg.model.model_name == "resnet18" and cfg.transforms.img_size == 64 and cfg.output.wandb == "offline"
     (filled,) = [ln for ln in res.output.splitlines() if ln.startswith("--demo filled:")]
     assert "--model-name resnet18" in filled and "--num-epochs" not in filled and "linear-probe" not in filled
+    assert seen["resume"] is None  # a fresh comparison (compare --resume FOLDER continues one)
 
 
 def test_evaluate_takes_the_runs_config_for_its_data(finished_run):
